@@ -1,0 +1,49 @@
+# One vocabulary: install, proto, serve, test, lint, bench, clients.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install proto proto-check serve test test-fast lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## install: create .venv and install sessiond with its development tools
+install: $(STAMP)
+
+## proto: regenerate client/sessiond/v1 from protos/ (pinned tools)
+proto: $(STAMP)
+	PYTHON=$(PY) bash scripts/genproto.sh
+
+## proto-check: fail when the committed generated code is stale
+proto-check: proto
+	git diff --exit-code --stat -- client/sessiond/v1
+	test -z "$$(git status --porcelain -- client/sessiond/v1)"
+
+## serve: start the server on the embedded SQLite database (127.0.0.1:50051)
+serve: $(STAMP)
+	$(VENV)/bin/sessiond serve
+
+## test: the whole test suite against real servers
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## lint: ruff and mypy --strict
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+## bench: the benchmark suite (see bench/README.md)
+bench: $(STAMP)
+	$(PY) -m bench
+
+## bench-quick: the benchmark suite with small sizes (< 3 minutes)
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

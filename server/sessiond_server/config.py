@@ -1,0 +1,77 @@
+"""Server settings: one frozen dataclass, so every limit and interval is injectable.
+
+Defaults here are the documented defaults; the CLI maps flags onto these
+fields. Tests build their own ``ServerConfig`` with small limits and short
+intervals instead of waiting for real time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def default_database_path() -> Path:
+    """The default SQLite file, under the user's data directory."""
+    return Path(platformdirs.user_data_dir("sessiond")) / "sessiond.db"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Size bounds enforced on every request (the API layer checks them)."""
+
+    max_message_bytes: int = 1 << 20
+    max_messages_per_append: int = 100
+    max_labels: int = 64
+    max_label_key_bytes: int = 63
+    max_label_value_bytes: int = 256
+    max_id_bytes: int = 256
+    max_text_field_bytes: int = 64 << 10
+    max_page_size: int = 500
+    default_page_size: int = 50
+    max_message_page_size: int = 1000
+    default_message_page_size: int = 100
+    max_filter_values: int = 100
+    max_query_bytes: int = 256
+    max_request_bytes: int = 8 << 20
+    max_watchers: int = 1000
+    max_watchers_per_caller: int = 100
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything the server needs to start."""
+
+    database: Path = dataclasses.field(default_factory=default_database_path)
+    address: str = DEFAULT_ADDRESS
+    # Active sessions idle longer than this read as ABANDONED.
+    abandoned_after_seconds: float = 30 * 60
+    # Durability: "full" survives power loss, "normal" survives a process crash.
+    durability: str = "full"
+    # Group commit: the writer takes at most this many queued writes per
+    # transaction, and waits at most this long for more once one is queued.
+    max_batch_writes: int = 256
+    # Change log compaction: keep at least this many revisions, and drop
+    # revisions older than max_age (seconds) beyond that. 0 disables a bound.
+    changelog_keep_revisions: int = 100_000
+    changelog_max_age_seconds: float = 7 * 24 * 3600
+    compaction_interval_seconds: float = 60.0
+    # Retention: remove sessions idle longer than ttl (0 = never) and keep at
+    # most max_sessions (0 = no cap), checked every retention_interval.
+    retention_ttl_seconds: float = 0.0
+    retention_max_sessions: int = 0
+    retention_interval_seconds: float = 300.0
+    # Number of read-only connections.
+    readers: int = 4
+    # Page tokens are signed with this key; empty means a key kept in the
+    # database (created on first start), so tokens survive restarts.
+    page_token_key: bytes = b""
+    # Seconds in-flight calls get to finish on shutdown.
+    shutdown_grace_seconds: float = 10.0
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    # Serve the gRPC reflection service.
+    reflection: bool = True
