@@ -8,11 +8,18 @@ intervals instead of waiting for real time.
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import platformdirs
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def wall_clock_micros() -> int:
+    """The server's clock: integer microseconds since the epoch, UTC."""
+    return time.time_ns() // 1000
 
 
 def default_database_path() -> Path:
@@ -75,3 +82,6 @@ class ServerConfig:
     limits: Limits = dataclasses.field(default_factory=Limits)
     # Serve the gRPC reflection service.
     reflection: bool = True
+    # The clock every stored time comes from (epoch microseconds); tests
+    # inject a controllable one instead of sleeping.
+    clock: Callable[[], int] = wall_clock_micros
