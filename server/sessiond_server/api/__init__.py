@@ -1,0 +1,1 @@
+"""The gRPC layer: validation, authorisation and error mapping; no SQL here."""

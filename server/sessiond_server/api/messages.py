@@ -1,0 +1,176 @@
+"""MessageService: append, page, pop, update-last, clear and search a session's history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from sessiond.v1 import message_pb2, message_service_pb2, message_service_pb2_grpc
+
+from ..store import MessageQuery
+from .context import ApiContext
+from .errors import unary
+from .page_tokens import request_digest
+from .validation import Checker
+
+ms = message_service_pb2
+M = message_pb2
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+UPDATE_PATHS = frozenset({"content", "reasoning", "status", "name", "tool_calls",
+                          "content_blocks", "provider_response_id", "metadata"})
+STREAMING_PATHS = ("content", "reasoning", "status")
+
+
+def check_message(c: Checker, prefix: str, m: M.Message, *, role_required: bool = True) -> None:
+    lim = c.limits
+    c.identifier(f"{prefix}.id", m.id, required=False)
+    c.enum(f"{prefix}.role", m.role, M.Role, required=role_required)
+    c.enum(f"{prefix}.status", m.status, M.MessageStatus)
+    size = (len(m.content.encode()) + len(m.reasoning.encode())
+            + sum(b.ByteSize() for b in m.content_blocks)
+            + sum(t.ByteSize() for t in m.tool_calls))
+    if size > lim.max_message_bytes:
+        c.fail(f"{prefix}.content", f"the message is {size} bytes; the limit is "
+               f"{lim.max_message_bytes}")
+    c.identifier(f"{prefix}.tool_call_id", m.tool_call_id, required=False)
+    c.text(f"{prefix}.name", m.name, 1024)
+    c.text(f"{prefix}.provider_response_id", m.provider_response_id, 1024)
+    if len(m.tool_calls) > 1024:
+        c.fail(f"{prefix}.tool_calls", "has more than 1024 calls")
+    c.string_map(f"{prefix}.metadata", m.metadata)
+
+
+class MessageService(message_service_pb2_grpc.MessageServiceServicer):
+    def __init__(self, api: ApiContext) -> None:
+        self.api = api
+
+    def _checker(self) -> Checker:
+        return Checker(self.api.config.limits)
+
+    @unary
+    async def AppendMessages(self, request: ms.AppendMessagesRequest, context: Ctx
+                             ) -> ms.AppendMessagesResponse:
+        lim = self.api.config.limits
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        n = len(request.messages)
+        if n == 0:
+            c.fail("messages", "must hold at least one message")
+        elif n > lim.max_messages_per_append:
+            c.fail("messages", f"holds {n} messages; the limit is {lim.max_messages_per_append}")
+        else:
+            for i, message in enumerate(request.messages):
+                check_message(c, f"messages[{i}]", message)
+        c.done()
+        expected = (request.expected_last_seq if request.HasField("expected_last_seq")
+                    else None)
+        result = await self.api.store.append_messages(
+            self.api.scope(context), request.session_id, request.messages, expected)
+        return ms.AppendMessagesResponse(messages=result.messages, session=result.session,
+                                         revision=result.revision)
+
+    @unary
+    async def ListMessages(self, request: ms.ListMessagesRequest, context: Ctx
+                           ) -> ms.ListMessagesResponse:
+        lim = self.api.config.limits
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        size = c.page_size("page_size", request.page_size, lim.default_message_page_size,
+                           lim.max_message_page_size)
+        paging = bool(request.page_size or request.page_token or request.descending
+                      or request.after_seq or request.HasField("after_time"))
+        if request.last_n and request.last_turns:
+            c.fail("last_turns", "cannot be combined with last_n")
+        for name in ("last_n", "last_turns"):
+            value = getattr(request, name)
+            if value < 0 or value > lim.max_message_page_size:
+                c.fail(name, f"must be between 1 and {lim.max_message_page_size}")
+            elif value and paging:
+                c.fail(name, "cannot be combined with paging fields")
+        c.non_negative("after_seq", request.after_seq)
+        c.done()
+        digest = request_digest(request.session_id, request.descending, request.after_seq,
+                                request.after_time)
+        cursor = None
+        if request.page_token:
+            cursor = int(self.api.tokens.decode("page_token", request.page_token, "messages",
+                                                digest))
+        query = MessageQuery(
+            page_size=size, descending=request.descending, after_seq=request.after_seq,
+            after_time_micros=(request.after_time.ToMicroseconds()
+                               if request.HasField("after_time") else 0),
+            last_n=request.last_n, last_turns=request.last_turns, cursor_seq=cursor,
+            max_messages=lim.max_message_page_size)
+        page = await self.api.store.list_messages(self.api.scope(context), request.session_id,
+                                                  query)
+        token = ("" if page.next_cursor is None
+                 else self.api.tokens.encode("messages", digest, page.next_cursor))
+        return ms.ListMessagesResponse(messages=page.messages, next_page_token=token,
+                                       truncated=page.truncated, revision=page.revision)
+
+    @unary
+    async def PopMessage(self, request: ms.PopMessageRequest, context: Ctx
+                         ) -> ms.PopMessageResponse:
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        c.done()
+        expected = request.expected_seq if request.HasField("expected_seq") else None
+        result = await self.api.store.pop_message(self.api.scope(context), request.session_id,
+                                                  expected)
+        return ms.PopMessageResponse(message=result.messages[0], session=result.session,
+                                     revision=result.revision)
+
+    @unary
+    async def UpdateLastMessage(self, request: ms.UpdateLastMessageRequest, context: Ctx
+                                ) -> ms.UpdateLastMessageResponse:
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        check_message(c, "message", request.message, role_required=False)
+        paths = list(request.update_mask.paths) or list(STREAMING_PATHS)
+        for i, path in enumerate(request.update_mask.paths):
+            if path not in UPDATE_PATHS:
+                c.fail(f"update_mask.paths[{i}]",
+                       f"{path!r} cannot be updated; allowed: {', '.join(sorted(UPDATE_PATHS))}")
+        c.done()
+        expected = request.expected_seq if request.HasField("expected_seq") else None
+        result = await self.api.store.update_last_message(
+            self.api.scope(context), request.session_id, request.message, paths, expected)
+        return ms.UpdateLastMessageResponse(message=result.messages[0], session=result.session,
+                                            revision=result.revision)
+
+    @unary
+    async def ClearMessages(self, request: ms.ClearMessagesRequest, context: Ctx
+                            ) -> ms.ClearMessagesResponse:
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        c.done()
+        removed, session, revision = await self.api.store.clear_messages(
+            self.api.scope(context), request.session_id)
+        return ms.ClearMessagesResponse(removed_count=removed, session=session,
+                                        revision=revision)
+
+    @unary
+    async def SearchMessages(self, request: ms.SearchMessagesRequest, context: Ctx
+                             ) -> ms.SearchMessagesResponse:
+        lim = self.api.config.limits
+        c = self._checker()
+        if not request.query.strip():
+            c.fail("query", "is required")
+        c.text("query", request.query, lim.max_query_bytes)
+        c.values("session_ids", request.session_ids)
+        size = c.page_size("page_size", request.page_size, lim.default_page_size,
+                           lim.max_page_size)
+        c.done()
+        digest = request_digest(request.query, list(request.session_ids))
+        cursor = None
+        if request.page_token:
+            cursor = int(self.api.tokens.decode("page_token", request.page_token, "search",
+                                                digest))
+        found, next_cursor, revision = await self.api.store.search_messages(
+            self.api.scope(context), request.query, list(request.session_ids), size, cursor)
+        token = "" if next_cursor is None else self.api.tokens.encode("search", digest,
+                                                                      next_cursor)
+        return ms.SearchMessagesResponse(messages=found, next_page_token=token,
+                                         revision=revision)

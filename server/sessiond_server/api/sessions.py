@@ -1,0 +1,390 @@
+"""SessionService: lifecycle, runtime state, retention and the watch stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+
+from sessiond.v1 import event_pb2, session_pb2, session_service_pb2, session_service_pb2_grpc
+
+from ..store import Change, MessageQuery  # noqa: F401  (MessageQuery re-exported for symmetry)
+from ..store.sqlite_rows import TERMINAL_STATUSES
+from ..watch import HubClosed
+from .context import ApiContext
+from .errors import RpcError, streaming, unary
+from .page_tokens import request_digest
+from .validation import Checker
+
+ss = session_service_pb2
+S = session_pb2
+E = event_pb2
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+UPDATE_PATHS = frozenset({"kind", "channel", "room_id", "sender_id", "agent", "model",
+                          "display_name", "goal", "owner_id", "dataset_id", "labels",
+                          "runtime_instance", "budget_micros"})
+PURGE_LIMIT = 10_000
+WATCH_CHANGE_LIMIT = 256  # revisions read per step of a watch
+
+
+def check_session_fields(c: Checker, prefix: str, s: S.Session) -> None:
+    c.enum(f"{prefix}.kind", s.kind, S.SessionKind)
+    c.channel(f"{prefix}.channel", s.channel)
+    for name in ("room_id", "sender_id", "agent", "model", "owner_id", "dataset_id",
+                 "runtime_instance"):
+        c.identifier(f"{prefix}.{name}", getattr(s, name), required=False)
+    c.text(f"{prefix}.display_name", s.display_name, 1024)
+    c.text(f"{prefix}.goal", s.goal)
+    c.string_map(f"{prefix}.labels", s.labels)
+    c.non_negative(f"{prefix}.budget_micros", s.budget_micros)
+
+
+def check_filter(c: Checker, prefix: str, f: S.SessionFilter) -> None:
+    c.values(f"{prefix}.session_ids", f.session_ids)
+    for i, status in enumerate(f.statuses):
+        c.enum(f"{prefix}.statuses[{i}]", status, S.SessionStatus, required=True)
+    for i, kind in enumerate(f.kinds):
+        c.enum(f"{prefix}.kinds[{i}]", kind, S.SessionKind, required=True)
+    for i, channel in enumerate(f.channels[:c.limits.max_filter_values]):
+        c.channel(f"{prefix}.channels[{i}]", channel, type_prefix_ok=True)
+    for name in ("agents", "models", "owner_ids", "dataset_ids", "runtime_instances"):
+        c.values(f"{prefix}.{name}", getattr(f, name))
+    if len(f.labels) > c.limits.max_filter_values:
+        c.fail(f"{prefix}.labels", f"has more than {c.limits.max_filter_values} pairs")
+    c.non_negative(f"{prefix}.running_longer_than_seconds", f.running_longer_than_seconds)
+    c.text(f"{prefix}.text_query", f.text_query, c.limits.max_query_bytes)
+    c.identifier(f"{prefix}.parent_id", f.parent_id, required=False)
+
+
+def watch_matches(f: ss.WatchFilter, change: Change) -> bool:
+    event = change.event
+    if f.event_types and event.type not in f.event_types:
+        return False
+    if f.session_ids and event.session_id not in f.session_ids:
+        return False
+    if not event.HasField("session"):
+        # Deletions carry only the id: they pass unless ids were asked for.
+        return not (f.owner_ids or f.agents or f.channels or f.statuses or f.labels) or bool(
+            f.session_ids)
+    s = event.session
+    if f.owner_ids and s.owner_id not in f.owner_ids:
+        return False
+    if f.agents and s.agent not in f.agents:
+        return False
+    if f.channels and not any(
+            s.channel == ch or (ch.endswith(".") and (s.channel == ch[:-1]
+                                                      or s.channel.startswith(ch)))
+            for ch in f.channels):
+        return False
+    if f.statuses:
+        stored = S.SESSION_STATUS_ACTIVE if s.status == S.SESSION_STATUS_ABANDONED else s.status
+        if stored not in f.statuses:
+            return False
+    return all(s.labels.get(k) == v for k, v in f.labels.items())
+
+
+class SessionService(session_service_pb2_grpc.SessionServiceServicer):
+    def __init__(self, api: ApiContext) -> None:
+        self.api = api
+
+    def _checker(self) -> Checker:
+        return Checker(self.api.config.limits)
+
+    @unary
+    async def CreateSession(self, request: ss.CreateSessionRequest, context: Ctx
+                            ) -> ss.CreateSessionResponse:
+        c = self._checker()
+        c.identifier("session.id", request.session.id, required=False)
+        check_session_fields(c, "session", request.session)
+        c.done()
+        session, created, revision = await self.api.store.create_session(
+            self.api.scope(context), request.session)
+        return ss.CreateSessionResponse(session=session, created=created, revision=revision)
+
+    @unary
+    async def GetSession(self, request: ss.GetSessionRequest, context: Ctx
+                         ) -> ss.GetSessionResponse:
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        c.done()
+        session, revision = await self.api.store.get_session(self.api.scope(context),
+                                                             request.session_id)
+        return ss.GetSessionResponse(session=session, revision=revision)
+
+    @unary
+    async def UpdateSession(self, request: ss.UpdateSessionRequest, context: Ctx
+                            ) -> ss.UpdateSessionResponse:
+        c = self._checker()
+        c.identifier("session.id", request.session.id)
+        check_session_fields(c, "session", request.session)
+        paths = list(request.update_mask.paths)
+        if not paths:
+            c.fail("update_mask", "is required and must name at least one field")
+        for i, path in enumerate(paths):
+            if path not in UPDATE_PATHS:
+                c.fail(f"update_mask.paths[{i}]",
+                       f"{path!r} cannot be updated; allowed: {', '.join(sorted(UPDATE_PATHS))}")
+        c.text("etag", request.etag, 64)
+        c.done()
+        session, revision = await self.api.store.update_session(
+            self.api.scope(context), request.session, paths, request.etag)
+        return ss.UpdateSessionResponse(session=session, revision=revision)
+
+    @unary
+    async def DeleteSession(self, request: ss.DeleteSessionRequest, context: Ctx
+                            ) -> ss.DeleteSessionResponse:
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        c.text("etag", request.etag, 64)
+        c.done()
+        removed, revision = await self.api.store.delete_session(
+            self.api.scope(context), request.session_id, request.etag)
+        return ss.DeleteSessionResponse(revision=revision, deleted_message_count=removed)
+
+    @unary
+    async def ListSessions(self, request: ss.ListSessionsRequest, context: Ctx
+                           ) -> ss.ListSessionsResponse:
+        lim = self.api.config.limits
+        c = self._checker()
+        check_filter(c, "filter", request.filter)
+        c.enum("order_by", request.order_by, ss.SessionOrderField)
+        size = c.page_size("page_size", request.page_size, lim.default_page_size,
+                           lim.max_page_size)
+        c.done()
+        digest = request_digest(request.filter, request.order_by, request.ascending)
+        cursor = None
+        if request.page_token:
+            value, key = self.api.tokens.decode("page_token", request.page_token, "sessions",
+                                                digest)
+            cursor = (int(value), str(key))
+        page = await self.api.store.list_sessions(self.api.scope(context), request.filter,
+                                                  request.order_by, request.ascending, size,
+                                                  cursor)
+        token = (self.api.tokens.encode("sessions", digest, list(page.next_cursor))
+                 if page.next_cursor else "")
+        return ss.ListSessionsResponse(sessions=page.sessions, next_page_token=token,
+                                       total_size=page.total_size, revision=page.revision)
+
+    @unary
+    async def TouchSession(self, request: ss.TouchSessionRequest, context: Ctx
+                           ) -> ss.TouchSessionResponse:
+        c = self._checker()
+        c.identifier("session.id", request.session.id)
+        check_session_fields(c, "session", request.session)
+        c.done()
+        session, created, revision = await self.api.store.touch_session(
+            self.api.scope(context), request.session)
+        return ss.TouchSessionResponse(session=session, created=created, revision=revision)
+
+    @unary
+    async def EndSession(self, request: ss.EndSessionRequest, context: Ctx
+                         ) -> ss.EndSessionResponse:
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        c.enum("status", request.status, S.SessionStatus, TERMINAL_STATUSES, required=True)
+        c.text("reason", request.reason, 4096)
+        c.done()
+        ended = request.ended_at.ToMicroseconds() if request.HasField("ended_at") else 0
+        session, revision = await self.api.store.end_session(
+            self.api.scope(context), request.session_id, request.status, request.reason, ended)
+        return ss.EndSessionResponse(session=session, revision=revision)
+
+    @unary
+    async def SetRuntimeState(self, request: ss.SetRuntimeStateRequest, context: Ctx
+                              ) -> ss.SetRuntimeStateResponse:
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        c.enum("state", request.state, S.RuntimeState, required=True)
+        c.identifier("turn_id", request.turn_id, required=False)
+        c.identifier("runtime_instance", request.runtime_instance, required=False)
+        c.done()
+        started = (request.turn_started_at.ToMicroseconds()
+                   if request.HasField("turn_started_at") else 0)
+        session, revision = await self.api.store.set_runtime_state(
+            self.api.scope(context), request.session_id, request.state, request.turn_id,
+            started, request.runtime_instance)
+        return ss.SetRuntimeStateResponse(session=session, revision=revision)
+
+    @unary
+    async def ForkSession(self, request: ss.ForkSessionRequest, context: Ctx
+                          ) -> ss.ForkSessionResponse:
+        c = self._checker()
+        c.identifier("source_session_id", request.source_session_id)
+        c.identifier("new_session_id", request.new_session_id, required=False)
+        c.non_negative("up_to_seq", request.up_to_seq)
+        c.text("display_name", request.display_name, 1024)
+        c.done()
+        session, created, revision = await self.api.store.fork_session(
+            self.api.scope(context), request.source_session_id, request.up_to_seq,
+            request.new_session_id, request.display_name)
+        return ss.ForkSessionResponse(session=session, created=created, revision=revision)
+
+    @unary
+    async def ReconcileSessions(self, request: ss.ReconcileSessionsRequest, context: Ctx
+                                ) -> ss.ReconcileSessionsResponse:
+        c = self._checker()
+        c.identifier("runtime_instance", request.runtime_instance)
+        if len(request.keep_session_ids) > 10_000:
+            c.fail("keep_session_ids", "has more than 10000 ids")
+        c.text("reason", request.reason, 4096)
+        c.done()
+        marked, revision = await self.api.store.reconcile_sessions(
+            self.api.scope(context), request.runtime_instance, request.keep_session_ids,
+            request.reason)
+        return ss.ReconcileSessionsResponse(marked_session_ids=marked, revision=revision)
+
+    @unary
+    async def PurgeSessions(self, request: ss.PurgeSessionsRequest, context: Ctx
+                            ) -> ss.PurgeSessionsResponse:
+        c = self._checker()
+        if not request.HasField("last_activity_before") and request.keep_newest <= 0:
+            c.fail("last_activity_before", "set it or keep_newest")
+        c.non_negative("keep_newest", request.keep_newest)
+        for i, status in enumerate(request.statuses):
+            c.enum(f"statuses[{i}]", status, S.SessionStatus, required=True)
+        c.done()
+        before = (request.last_activity_before.ToMicroseconds()
+                  if request.HasField("last_activity_before") else 0)
+        count, more, revision = await self.api.store.purge_sessions(
+            self.api.scope(context), before, request.keep_newest, list(request.statuses),
+            request.dry_run, PURGE_LIMIT)
+        return ss.PurgeSessionsResponse(purged_count=count, has_more=more, revision=revision)
+
+    @streaming
+    async def WatchSessions(self, request: ss.WatchSessionsRequest, context: Ctx
+                            ) -> AsyncIterator[ss.WatchSessionsResponse]:
+        lim = self.api.config.limits
+        c = self._checker()
+        c.non_negative("start_revision", request.start_revision)
+        f = request.filter
+        c.values("filter.session_ids", f.session_ids)
+        c.values("filter.owner_ids", f.owner_ids)
+        c.values("filter.agents", f.agents)
+        for i, channel in enumerate(f.channels[:lim.max_filter_values]):
+            c.channel(f"filter.channels[{i}]", channel, type_prefix_ok=True)
+        for i, status in enumerate(f.statuses):
+            c.enum(f"filter.statuses[{i}]", status, S.SessionStatus, required=True)
+        for i, event_type in enumerate(f.event_types):
+            c.enum(f"filter.event_types[{i}]", event_type, E.EventType, required=True)
+        c.string_map("filter.labels", f.labels)
+        interval = request.progress_interval_ms
+        if interval and not 50 <= interval <= 3_600_000:
+            c.fail("progress_interval_ms", "must be 0 or between 50 and 3600000")
+        if request.include_initial and request.start_revision:
+            c.fail("start_revision", "must be 0 with include_initial")
+        c.done()
+        scope = self.api.scope(context)
+        caller = scope.tenant + "/" + scope.user_id
+        api = self.api
+        if api.hub.watcher_count >= lim.max_watchers or \
+                api.watchers_by_caller.get(caller, 0) >= lim.max_watchers_per_caller:
+            raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_WATCHES",
+                           "too many concurrent watches; close one and retry")
+        api.hub.watcher_count += 1
+        api.watchers_by_caller[caller] = api.watchers_by_caller.get(caller, 0) + 1
+        try:
+            async for response in self._watch(request, scope, interval / 1000 or None):
+                yield response
+        finally:
+            api.hub.watcher_count -= 1
+            left = api.watchers_by_caller[caller] - 1
+            if left:
+                api.watchers_by_caller[caller] = left
+            else:
+                del api.watchers_by_caller[caller]
+
+    async def _watch(self, request: ss.WatchSessionsRequest, scope: Any,
+                     progress_every: float | None) -> AsyncIterator[ss.WatchSessionsResponse]:
+        store, hub = self.api.store, self.api.hub
+        f = request.filter
+        now = self.api.config.clock
+        current = store.revision
+        yield _response(ss.WATCH_RESPONSE_TYPE_CREATED, current, now(),
+                        compacted_revision=store.compacted_revision)
+        if request.include_initial:
+            sessions, read_at = await store.initial_state(scope, list(f.session_ids))
+            batch: list[E.SessionEvent] = []
+            for session in sessions:
+                change = Change(read_at, session.tenant, session.owner_id, session.dataset_id,
+                                E.SessionEvent(type=E.EVENT_TYPE_INITIAL, revision=read_at,
+                                               session_id=session.id, session=session))
+                initial_filter = ss.WatchFilter()
+                initial_filter.CopyFrom(f)
+                initial_filter.ClearField("event_types")
+                if watch_matches(initial_filter, change):
+                    batch.append(change.event)
+                if len(batch) >= 100:
+                    yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(), batch)
+                    batch = []
+            if batch:
+                yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(), batch)
+            yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE, read_at, now())
+            next_revision = read_at + 1
+        elif request.start_revision:
+            next_revision = request.start_revision
+        else:
+            next_revision = current + 1
+        last_sent = time.monotonic()
+        try:
+            while True:
+                changes = await hub.changes_from(next_revision, WATCH_CHANGE_LIMIT)
+                if changes:
+                    events = self._visible(scope, f, changes)
+                    next_revision = changes[-1].revision + 1
+                    if events:
+                        for response in _pack_events(events, now()):
+                            yield response
+                        last_sent = time.monotonic()
+                        continue
+                else:
+                    wait = None
+                    if progress_every:
+                        wait = max(0.0, last_sent + progress_every - time.monotonic())
+                    if await hub.wait_for(next_revision, wait):
+                        continue
+                if progress_every and time.monotonic() - last_sent >= progress_every:
+                    yield _response(ss.WATCH_RESPONSE_TYPE_PROGRESS, next_revision - 1, now())
+                    last_sent = time.monotonic()
+                else:
+                    await asyncio.sleep(0)
+        except HubClosed:
+            yield _response(ss.WATCH_RESPONSE_TYPE_PROGRESS, next_revision - 1, now())
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN",
+                           "the server is shutting down; resume from the last revision + 1"
+                           ) from None
+
+    @staticmethod
+    def _visible(scope: Any, f: ss.WatchFilter, changes: Sequence[Change]) -> list[Change]:
+        return [ch for ch in changes
+                if scope.can_see(ch.tenant, ch.owner_id, ch.dataset_id) and watch_matches(f, ch)]
+
+
+def _response(kind: ss.WatchResponseType.ValueType, revision: int, now_micros: int,
+              events: Sequence[E.SessionEvent] = (), compacted_revision: int = 0
+              ) -> ss.WatchSessionsResponse:
+    response = ss.WatchSessionsResponse(type=kind, revision=revision, events=events,
+                                        compacted_revision=compacted_revision)
+    response.time.FromMicroseconds(now_micros)
+    return response
+
+
+def _pack_events(changes: Sequence[Change], now_micros: int
+                 ) -> list[ss.WatchSessionsResponse]:
+    """Responses of whole revisions, about 64 events each (one revision is never split)."""
+    responses: list[ss.WatchSessionsResponse] = []
+    batch: list[E.SessionEvent] = []
+    for i, change in enumerate(changes):
+        batch.append(change.event)
+        boundary = i + 1 == len(changes) or changes[i + 1].revision != change.revision
+        if boundary and len(batch) >= 64:
+            responses.append(_response(ss.WATCH_RESPONSE_TYPE_EVENTS, change.revision,
+                                       now_micros, batch))
+            batch = []
+    if batch:
+        responses.append(_response(ss.WATCH_RESPONSE_TYPE_EVENTS, changes[-1].revision,
+                                   now_micros, batch))
+    return responses

@@ -1,0 +1,106 @@
+"""Request validation: every bound and format rule, each violation named by field path.
+
+A ``Checker`` collects violations so that a request with several mistakes
+names all of them at once, then raises one BadRequest. Nothing reaches the
+store before its request passed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from ..config import Limits
+from .errors import BadRequest
+
+CHANNEL = re.compile(r"[a-z][a-z0-9_-]*(\.[A-Za-z0-9_.@:+-]+)?")
+CHANNEL_TYPE_PREFIX = re.compile(r"[a-z][a-z0-9_-]*\.")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Checker:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.violations: list[tuple[str, str]] = []
+
+    def fail(self, field: str, description: str) -> None:
+        self.violations.append((field, description))
+
+    def done(self) -> None:
+        if self.violations:
+            raise BadRequest(self.violations)
+
+    def identifier(self, field: str, value: str, *, required: bool = True) -> None:
+        if not value:
+            if required:
+                self.fail(field, "is required")
+            return
+        size = len(value.encode())
+        if size > self.limits.max_id_bytes:
+            self.fail(field, f"is {size} bytes; the limit is {self.limits.max_id_bytes}")
+        elif CONTROL.search(value):
+            self.fail(field, "must not contain control characters")
+
+    def text(self, field: str, value: str, max_bytes: int | None = None) -> None:
+        limit = self.limits.max_text_field_bytes if max_bytes is None else max_bytes
+        size = len(value.encode())
+        if size > limit:
+            self.fail(field, f"is {size} bytes; the limit is {limit}")
+
+    def channel(self, field: str, value: str, *, type_prefix_ok: bool = False) -> None:
+        if not value:
+            return
+        if len(value.encode()) > 128:
+            self.fail(field, "is longer than 128 bytes")
+        elif not (CHANNEL.fullmatch(value)
+                  or (type_prefix_ok and CHANNEL_TYPE_PREFIX.fullmatch(value))):
+            self.fail(field, 'must be "<type>" or "<type>.<alias>", e.g. "discord.clamps"')
+
+    def string_map(self, field: str, values: Mapping[str, str]) -> None:
+        lim = self.limits
+        if len(values) > lim.max_labels:
+            self.fail(field, f"has {len(values)} entries; the limit is {lim.max_labels}")
+            return
+        for key, value in values.items():
+            if not key or len(key.encode()) > lim.max_label_key_bytes or CONTROL.search(key):
+                self.fail(f"{field}[{key[:64]!r}]",
+                          f"keys must be 1 to {lim.max_label_key_bytes} bytes without control"
+                          " characters")
+            if len(value.encode()) > lim.max_label_value_bytes:
+                self.fail(f"{field}[{key[:64]!r}]",
+                          f"values must be at most {lim.max_label_value_bytes} bytes")
+
+    def enum(self, field: str, value: int, enum: EnumTypeWrapper,
+             allowed: Iterable[int] | None = None, *, required: bool = False) -> None:
+        if value == 0 and not required:
+            return
+        names = dict(enum.items())
+        valid = set(allowed) if allowed is not None else {v for v in names.values() if v}
+        if value not in valid:
+            choices = ", ".join(n for n, v in names.items() if v in valid)
+            self.fail(field, f"{value} is not one of {choices}")
+
+    def page_size(self, field: str, value: int, default: int, maximum: int) -> int:
+        if value == 0:
+            return default
+        if value < 0 or value > maximum:
+            self.fail(field, f"must be between 1 and {maximum} (0 means {default})")
+        return value
+
+    def non_negative(self, field: str, value: int) -> None:
+        if value < 0:
+            self.fail(field, "must not be negative")
+
+    def values(self, field: str, values: Iterable[str], *, identifiers: bool = True) -> None:
+        listed = list(values)
+        if len(listed) > self.limits.max_filter_values:
+            self.fail(field, f"has {len(listed)} values; the limit is "
+                      f"{self.limits.max_filter_values}")
+            return
+        for i, value in enumerate(listed):
+            if identifiers:
+                self.identifier(f"{field}[{i}]", value)
+            else:
+                self.text(f"{field}[{i}]", value, self.limits.max_id_bytes)

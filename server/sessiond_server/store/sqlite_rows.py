@@ -1,0 +1,126 @@
+"""Conversions between SQLite rows and ``sessiond.v1`` records.
+
+Rows are plain tuples in the column order of ``SESSION_COLUMNS`` (cheaper
+than ``sqlite3.Row``); each converter builds the protobuf record in one go.
+The effective status (ABANDONED) is computed here, at read time, from the
+caller's clock and threshold: nothing is written when a session goes idle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sessiond.v1 import message_pb2, session_pb2
+
+SESSION_FIELDS = (
+    "pk", "tenant", "id", "kind", "channel", "room_id", "sender_id", "agent", "model",
+    "display_name", "goal", "owner_id", "dataset_id", "labels", "runtime_instance",
+    "parent_id", "fork_seq", "status", "end_reason", "runtime_state", "current_turn_id",
+    "turn_started_at", "started_at", "last_activity_at", "ended_at", "updated_at",
+    "message_count", "turn_count", "tool_call_count", "last_seq", "prompt_tokens",
+    "completion_tokens", "reasoning_tokens", "cache_read_tokens", "cache_write_tokens",
+    "cost_micros", "request_count", "error_count", "total_tokens", "budget_micros", "revision",
+)
+SESSION_COLUMNS = ", ".join(f"s.{name}" for name in SESSION_FIELDS)
+COL = {name: i for i, name in enumerate(SESSION_FIELDS)}
+
+USAGE_FIELDS = (
+    "prompt_tokens", "completion_tokens", "reasoning_tokens", "cache_read_tokens",
+    "cache_write_tokens", "cost_micros", "request_count", "error_count", "total_tokens",
+)
+
+MESSAGE_FIELDS = ("rowid", "session_pk", "seq", "message_id", "role", "content",
+                  "is_turn", "tool_calls", "created_at", "updated_at", "body")
+MESSAGE_COLUMNS = ", ".join(f"m.{name}" for name in MESSAGE_FIELDS)
+
+ACTIVE = session_pb2.SESSION_STATUS_ACTIVE
+ABANDONED = session_pb2.SESSION_STATUS_ABANDONED
+UNKNOWN = session_pb2.SESSION_STATUS_UNKNOWN
+TERMINAL_STATUSES = frozenset({
+    session_pb2.SESSION_STATUS_COMPLETED,
+    session_pb2.SESSION_STATUS_FAILED,
+    session_pb2.SESSION_STATUS_CANCELLED,
+})
+
+
+def timestamp(micros: int) -> Timestamp | None:
+    """A Timestamp for a stored time; None for 0 ("not set")."""
+    if not micros:
+        return None
+    ts = Timestamp()
+    ts.FromMicroseconds(micros)
+    return ts
+
+
+def micros_of(ts: Timestamp) -> int:
+    return ts.ToMicroseconds()
+
+
+def effective_status(status: int, last_activity_at: int, abandoned_before: int) -> int:
+    """ACTIVE sessions idle since before ``abandoned_before`` read as ABANDONED."""
+    if status == ACTIVE and last_activity_at < abandoned_before:
+        return ABANDONED
+    return status
+
+
+def usage_from(values: Sequence[Any]) -> session_pb2.Usage:
+    """A Usage from the nine counters in USAGE_FIELDS order."""
+    return session_pb2.Usage(
+        prompt_tokens=values[0], completion_tokens=values[1], reasoning_tokens=values[2],
+        cache_read_tokens=values[3], cache_write_tokens=values[4], cost_micros=values[5],
+        request_count=values[6], error_count=values[7], total_tokens=values[8],
+    )
+
+
+def session_from_row(row: Sequence[Any], abandoned_before: int) -> session_pb2.Session:
+    u = COL["prompt_tokens"]
+    return session_pb2.Session(
+        id=row[2], tenant=row[1], kind=row[3], channel=row[4], room_id=row[5],
+        sender_id=row[6], agent=row[7], model=row[8], display_name=row[9], goal=row[10],
+        owner_id=row[11], dataset_id=row[12], labels=json.loads(row[13]),
+        runtime_instance=row[14], parent_id=row[15], fork_seq=row[16],
+        status=effective_status(row[17], row[23], abandoned_before),
+        end_reason=row[18], runtime_state=row[19], current_turn_id=row[20],
+        turn_started_at=timestamp(row[21]), started_at=timestamp(row[22]),
+        last_activity_at=timestamp(row[23]), ended_at=timestamp(row[24]),
+        updated_at=timestamp(row[25]), message_count=row[26], turn_count=row[27],
+        tool_call_count=row[28], last_seq=row[29], usage=usage_from(row[u:u + 9]),
+        budget_micros=row[39], revision=row[40], etag=str(row[40]),
+    )
+
+
+def message_from_row(row: Sequence[Any], session_id: str) -> message_pb2.Message:
+    message = message_pb2.Message.FromString(row[10])
+    message.session_id = session_id
+    message.seq = row[2]
+    if row[3] is not None:
+        message.id = row[3]
+    message.role = row[4]  # type: ignore[assignment]
+    message.content = row[5]
+    message.created_at.FromMicroseconds(row[8])
+    message.updated_at.FromMicroseconds(row[9])
+    return message
+
+
+def message_body(message: message_pb2.Message) -> bytes:
+    """The fields kept in ``messages.body``: all but the columns and output fields."""
+    body = message_pb2.Message()
+    body.CopyFrom(message)
+    for name in ("session_id", "seq", "id", "role", "content", "created_at", "updated_at"):
+        body.ClearField(name)  # type: ignore[arg-type]
+    if body.status == message_pb2.MESSAGE_STATUS_UNSPECIFIED:
+        body.status = message_pb2.MESSAGE_STATUS_COMPLETE
+    return body.SerializeToString(deterministic=True)
+
+
+def is_turn(message: message_pb2.Message) -> bool:
+    """A turn is counted for each assistant message with content."""
+    return message.role == message_pb2.ROLE_ASSISTANT and bool(message.content)
+
+
+def labels_json(labels: Any) -> str:
+    return json.dumps(dict(labels), sort_keys=True, separators=(",", ":"))
