@@ -19,9 +19,9 @@ import time
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-
 from sessiond.v1 import (
     message_service_pb2,
     message_service_pb2_grpc,
@@ -67,7 +67,7 @@ class RunningServer:
     store: SQLiteStore
     hub: WatchHub
     config: ServerConfig
-    health: health.aio.HealthServicer
+    health: HealthServicer
     port: int
     tasks: list[asyncio.Task[None]]
 
@@ -129,7 +129,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     session_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionService(api), server)
     message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageService(api), server)
     stats_service_pb2_grpc.add_StatsServiceServicer_to_server(StatsService(api), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
         reflection.enable_server_reflection(

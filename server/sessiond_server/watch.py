@@ -43,7 +43,8 @@ class WatchHub:
     def _on_commit(self, changes: Sequence[Change]) -> None:
         self._buffer.extend(changes)
         self._revisions.extend(c.revision for c in changes)
-        if self._revisions and self._revisions[-1] - self._revisions[0] > 2 * self._buffer_revisions:
+        span = self._revisions[-1] - self._revisions[0] if self._revisions else 0
+        if span > 2 * self._buffer_revisions:
             keep_from = self._revisions[-1] - self._buffer_revisions
             cut = bisect.bisect_left(self._revisions, keep_from)
             del self._buffer[:cut]
@@ -65,14 +66,14 @@ class WatchHub:
             return self._buffer[lo:hi]
         return await self._store.read_changes(revision, limit)
 
-    async def wait_for(self, revision: int, timeout: float | None) -> bool:
-        """Wait until ``revision`` is committed; False on timeout."""
+    async def wait_for(self, revision: int, seconds: float | None) -> bool:
+        """Wait until ``revision`` is committed; False after ``seconds``."""
         while self._store.revision < revision:
             if self._closed:
                 raise HubClosed
             wakeup = self._wakeup
             try:
-                await asyncio.wait_for(wakeup.wait(), timeout)
+                await asyncio.wait_for(wakeup.wait(), seconds)
             except TimeoutError:
                 return self._store.revision >= revision
         if self._closed:

@@ -99,7 +99,8 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException)
     if status is None:
         log.exception("unexpected error", exc_info=exc)
         status = rich_status(grpc.StatusCode.INTERNAL, "internal error", "INTERNAL")
-    await context.abort_with_status(status)
+    # grpc.aio has abort_with_status; the type stubs predate it.
+    await context.abort_with_status(status)  # type: ignore[attr-defined]
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 

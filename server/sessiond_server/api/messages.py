@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-
 from sessiond.v1 import message_pb2, message_service_pb2, message_service_pb2_grpc
 
 from ..store import MessageQuery

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-
 from sessiond.v1 import event_pb2, session_pb2, session_service_pb2, session_service_pb2_grpc
 
 from ..store import Change, MessageQuery  # noqa: F401  (MessageQuery re-exported for symmetry)

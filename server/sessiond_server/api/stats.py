@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-
 from sessiond.v1 import stats_service_pb2, stats_service_pb2_grpc
 
 from .context import ApiContext

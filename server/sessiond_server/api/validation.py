@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from typing import Any
 
 from ..config import Limits
 from .errors import BadRequest
@@ -72,7 +71,7 @@ class Checker:
                 self.fail(f"{field}[{key[:64]!r}]",
                           f"values must be at most {lim.max_label_value_bytes} bytes")
 
-    def enum(self, field: str, value: int, enum: EnumTypeWrapper,
+    def enum(self, field: str, value: int, enum: Any,
              allowed: Iterable[int] | None = None, *, required: bool = False) -> None:
         if value == 0 and not required:
             return

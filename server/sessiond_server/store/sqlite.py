@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import sqlite3
 import uuid
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-
 from sessiond.v1 import event_pb2, message_pb2, session_pb2, session_service_pb2, stats_service_pb2
 
 from . import sqlite_rows as rows
@@ -148,9 +146,6 @@ class SQLiteStore:
         return conn
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.recovered_wal = Path(f"{self.path}-wal").exists() and os.path.getsize(
-            f"{self.path}-wal") > 0
         await asyncio.to_thread(self._migrate)
         for _ in range(self._reader_count):
             conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
@@ -162,6 +157,9 @@ class SQLiteStore:
         self._writer.start()
 
     def _migrate(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        wal = Path(f"{self.path}-wal")
+        self.recovered_wal = wal.exists() and wal.stat().st_size > 0
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -290,7 +288,7 @@ class SQLiteStore:
     def _bump(self, ctx: WriteContext, row: Sequence[Any], extra_sql: str = "",
               extra_params: Sequence[Any] = ()) -> bool:
         """Bump activity and revision; revive an UNKNOWN session. True if revived."""
-        revived = row[COL["status"]] == rows.UNKNOWN
+        revived: bool = row[COL["status"]] == rows.UNKNOWN
         ctx.conn.execute(
             f"UPDATE sessions SET last_activity_at = ?, updated_at = ?, revision = ?,"
             f" status = ?{extra_sql} WHERE pk = ?",
@@ -529,7 +527,6 @@ class SQLiteStore:
     async def touch_session(self, scope: Scope, session: S.Session
                             ) -> tuple[S.Session, bool, int]:
         def write(ctx: WriteContext) -> tuple[S.Session, bool, int]:
-            vis, params = visibility_sql(scope)
             row = ctx.conn.execute(
                 f"SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.tenant = ? AND s.id = ?",
                 (scope.tenant, session.id)).fetchone()
@@ -1086,10 +1083,7 @@ class SQLiteStore:
                 aged = ctx.conn.execute(
                     "SELECT max(revision) FROM changes WHERE created_at < ?",
                     (cutoff,)).fetchone()[0]
-                if keep_revisions > 0:
-                    target = min(target, int(aged or 0))
-                else:
-                    target = int(aged or 0)
+                target = min(target, int(aged or 0)) if keep_revisions > 0 else int(aged or 0)
             current = int(ctx.conn.execute(
                 "SELECT value FROM meta WHERE key = 'compacted_revision'").fetchone()[0])
             if target <= current:

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from sessiond.v1 import message_pb2, session_pb2
 
 SESSION_FIELDS = (
@@ -83,7 +82,7 @@ def session_from_row(row: Sequence[Any], abandoned_before: int) -> session_pb2.S
         sender_id=row[6], agent=row[7], model=row[8], display_name=row[9], goal=row[10],
         owner_id=row[11], dataset_id=row[12], labels=json.loads(row[13]),
         runtime_instance=row[14], parent_id=row[15], fork_seq=row[16],
-        status=effective_status(row[17], row[23], abandoned_before),
+        status=effective_status(row[17], row[23], abandoned_before),  # type: ignore[arg-type]
         end_reason=row[18], runtime_state=row[19], current_turn_id=row[20],
         turn_started_at=timestamp(row[21]), started_at=timestamp(row[22]),
         last_activity_at=timestamp(row[23]), ended_at=timestamp(row[24]),
@@ -99,7 +98,7 @@ def message_from_row(row: Sequence[Any], session_id: str) -> message_pb2.Message
     message.seq = row[2]
     if row[3] is not None:
         message.id = row[3]
-    message.role = row[4]  # type: ignore[assignment]
+    message.role = row[4]
     message.content = row[5]
     message.created_at.FromMicroseconds(row[8])
     message.updated_at.FromMicroseconds(row[9])
@@ -111,7 +110,7 @@ def message_body(message: message_pb2.Message) -> bytes:
     body = message_pb2.Message()
     body.CopyFrom(message)
     for name in ("session_id", "seq", "id", "role", "content", "created_at", "updated_at"):
-        body.ClearField(name)  # type: ignore[arg-type]
+        body.ClearField(name)
     if body.status == message_pb2.MESSAGE_STATUS_UNSPECIFIED:
         body.status = message_pb2.MESSAGE_STATUS_COMPLETE
     return body.SerializeToString(deterministic=True)

@@ -17,6 +17,7 @@ so an acknowledged write is durable and every event is of a committed write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -225,10 +226,8 @@ class Writer:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             log.error("commit failed, %d writes rolled back: %s", len(batch), exc)
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             failure = Unavailable(f"database unavailable: {exc}")
             self._answer([(job, None, failure) for job in batch], self._revision, [])
             return
