@@ -347,8 +347,9 @@ class Session(_message.Message):
     tool_call_count: _builtins.int
     """tool_call_count is the number of tool calls across all messages."""
     last_seq: _builtins.int
-    """last_seq is the sequence number of the last message (0 when empty).
-    Sequence numbers only grow: a popped or cleared number is not reused.
+    """last_seq is the highest sequence number ever assigned in the session (0
+    when none). PopMessage and ClearMessages do not lower it, so a sequence
+    number is never reused.
     """
     budget_micros: _builtins.int
     """budget_micros is an optional cost budget in micro-dollars; 0 means none."""

@@ -820,6 +820,13 @@ class SQLiteStore:
                 " WHERE m.session_pk = ? AND m.role = 2 ORDER BY m.seq DESC LIMIT 1 OFFSET ?",
                 (pk, query.last_turns - 1))
             first_seq = int(start[0][0]) if start else 0
+            if first_seq:
+                earlier = await self._read(
+                    "SELECT 1 FROM messages m INDEXED BY messages_user_turns"
+                    " WHERE m.session_pk = ? AND m.role = 2 AND m.seq < ? LIMIT 1",
+                    (pk, first_seq))
+                if not earlier:
+                    first_seq = 0  # what precedes the first user message is its turn
             found = await self._read(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.session_pk = ?"
                 f" AND m.seq >= ? ORDER BY m.seq DESC LIMIT ?",
@@ -893,6 +900,8 @@ class SQLiteStore:
                     getattr(updated, path).MergeFrom(getattr(message, path))
                 else:
                     setattr(updated, path, getattr(message, path))
+            if updated.status == M.MESSAGE_STATUS_UNSPECIFIED:
+                updated.status = M.MESSAGE_STATUS_COMPLETE
             turn, calls = int(rows.is_turn(updated)), len(updated.tool_calls)
             ctx.conn.execute(
                 "UPDATE messages SET content = ?, is_turn = ?, tool_calls = ?, updated_at = ?,"

@@ -239,10 +239,9 @@ class Writer:
     def _answer(self, outcomes: list[tuple[_Job[Any], Any, BaseException | None]],
                 revision: int, changes: list[Change]) -> None:
         assert self._loop is not None
-        try:
+        # A closed loop means nobody is waiting for these answers any more.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._deliver, outcomes, revision, changes)
-        except RuntimeError:  # the loop is gone: nobody is waiting any more
-            pass
 
     def _deliver(self, outcomes: list[tuple[_Job[Any], Any, BaseException | None]],
                  revision: int, changes: list[Change]) -> None:

@@ -1,0 +1,589 @@
+"""The ``sessiond`` command: run the server, or look at one from a terminal.
+
+``sessiond serve`` starts the server (imported only then, so the client
+commands work where only the client is installed). Every other command is a
+thin layer over the blocking ``sessiond.Client``: parse flags into a request,
+call, print with ``sessiond.formatting`` (a table by default, JSON with
+``--json``). Failures print ``error: <CODE> <message>`` and the offending
+fields on stderr and exit 1; usage errors exit 2; Ctrl-C ends ``watch`` and
+``messages tail`` with exit 0.
+
+Common options may come before or after the command: ``sessiond --json
+stats`` and ``sessiond stats --json`` mean the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from sessiond.aio import DEFAULT_TARGET
+from sessiond.errors import SessiondError
+from sessiond.formatting import (
+    enum_word,
+    enum_words,
+    event_line,
+    message_line,
+    message_table,
+    model_cost_table,
+    session_details,
+    session_table,
+    stats_details,
+    to_json,
+)
+from sessiond.sync import Client
+from sessiond.v1 import (
+    event_pb2,
+    message_service_pb2,
+    session_pb2,
+    session_service_pb2,
+)
+
+ADDRESS_ENV = "SESSIOND_ADDRESS"
+TOKEN_ENV = "SESSIOND_TOKEN"
+DEFAULT_TIMEOUT = 10.0
+MAX_PAGE_SIZE = 500
+DEFAULT_TAIL = 10
+
+STATUS_WORDS = {
+    word: session_pb2.SessionStatus.Value(name)
+    for word, name in enum_words(session_pb2.SessionStatus.DESCRIPTOR).items()
+}
+TERMINAL_STATUS_WORDS = ("completed", "failed", "cancelled")
+EVENT_WORDS = {
+    word: event_pb2.EventType.Value(name)
+    for word, name in enum_words(event_pb2.EventType.DESCRIPTOR).items()
+}
+ORDER_WORDS = {
+    "last-activity": session_service_pb2.SESSION_ORDER_FIELD_LAST_ACTIVITY_AT,
+    "started": session_service_pb2.SESSION_ORDER_FIELD_STARTED_AT,
+    "ended": session_service_pb2.SESSION_ORDER_FIELD_ENDED_AT,
+    "cost": session_service_pb2.SESSION_ORDER_FIELD_COST,
+    "tokens": session_service_pb2.SESSION_ORDER_FIELD_TOKENS,
+}
+TAIL_EVENT_TYPES = (
+    event_pb2.EVENT_TYPE_MESSAGES_APPENDED,
+    event_pb2.EVENT_TYPE_MESSAGE_UPDATED,
+    event_pb2.EVENT_TYPE_MESSAGE_POPPED,
+    event_pb2.EVENT_TYPE_MESSAGES_CLEARED,
+    event_pb2.EVENT_TYPE_SESSION_ENDED,
+    event_pb2.EVENT_TYPE_SESSION_DELETED,
+    event_pb2.EVENT_TYPE_SESSION_PURGED,
+)
+
+Command = Callable[[argparse.Namespace, TextIO], int]
+
+
+class UsageError(Exception):
+    """A flag value the parser could not check itself (exit 2)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a usage error already printed
+        return exit_request.code if isinstance(exit_request.code, int) else 2
+    command: Command | None = getattr(args, "command", None)
+    if command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return command(args, sys.stdout)
+    except UsageError as error:
+        parser.print_usage(sys.stderr)
+        print(f"sessiond: error: {error}", file=sys.stderr)
+        return 2
+    except SessiondError as error:
+        print_error(error, sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `sessiond watch | head`: the reader left
+        # Point stdout at /dev/null so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def print_error(error: SessiondError, out: TextIO) -> None:
+    """``error: <CODE> <message>`` and one line per field violation."""
+    print(f"error: {error.code.name} {error.message}".rstrip(), file=out)
+    for field, description in error.field_violations:
+        print(f"  {field}: {description}", file=out)
+
+
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, defaults read from the environment now."""
+    parser = argparse.ArgumentParser(
+        prog="sessiond",
+        description="sessiond: a gRPC session service for AI-agent runtimes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--address",
+        default=os.environ.get(ADDRESS_ENV) or DEFAULT_TARGET,
+        help=f"server address host:port (env {ADDRESS_ENV}; default {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"bearer token (env {TOKEN_ENV})",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT,
+        help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT:g})",
+    )
+    # The same options after the command; SUPPRESS keeps the values given
+    # before it (or the defaults) when they are not repeated.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--address", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--token", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    common.add_argument(
+        "--timeout", type=positive_float, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    listing: list[tuple[str, str]] = []
+
+    def add(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        path: str,
+        name: str,
+        help_text: str,
+        handler: Command,
+        parents: Sequence[argparse.ArgumentParser] = (common,),
+    ) -> argparse.ArgumentParser:
+        command = group.add_parser(name, help=help_text, description=help_text, parents=parents)
+        command.set_defaults(command=handler)
+        listing.append((f"{path} {name}".strip(), help_text))
+        return command
+
+    serve = add(commands, "", "serve", "run the server", run_serve, parents=())
+    serve.add_argument("--database", type=Path, help="SQLite database file")
+    serve.add_argument(
+        "--address",
+        default=argparse.SUPPRESS,
+        help="address to listen on (default: the global --address)",
+    )
+    serve.add_argument(
+        "--abandoned-after",
+        type=positive_float,
+        metavar="SECONDS",
+        help="idle time after which an active session reads as abandoned",
+    )
+    serve.add_argument(
+        "--durability",
+        choices=("full", "normal"),
+        help="full survives power loss, normal survives a process crash",
+    )
+
+    sessions = commands.add_parser("sessions", help="list, read, end and delete sessions")
+    sessions_commands = sessions.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    sessions_list = add(
+        sessions_commands, "sessions", "list", "list sessions matching filters", run_sessions_list
+    )
+    add_session_filter_flags(sessions_list)
+    sessions_list.add_argument(
+        "--search", metavar="TEXT", help="sessions with a message containing every word"
+    )
+    sessions_list.add_argument(
+        "--order-by", choices=tuple(ORDER_WORDS), default="last-activity", help="sort key"
+    )
+    sessions_list.add_argument("--asc", action="store_true", help="smallest/oldest first")
+    sessions_list.add_argument(
+        "--limit", type=positive_int, default=50, help="most sessions to show (default 50)"
+    )
+    sessions_get = add(sessions_commands, "sessions", "get", "show one session", run_sessions_get)
+    sessions_get.add_argument("session_id", metavar="ID")
+    sessions_end = add(
+        sessions_commands, "sessions", "end", "end a session with a status", run_sessions_end
+    )
+    sessions_end.add_argument("session_id", metavar="ID")
+    sessions_end.add_argument("--status", choices=TERMINAL_STATUS_WORDS, required=True)
+    sessions_end.add_argument("--reason", default="", help="free-text reason")
+    sessions_delete = add(
+        sessions_commands,
+        "sessions",
+        "delete",
+        "delete a session with its messages",
+        run_sessions_delete,
+    )
+    sessions_delete.add_argument("session_id", metavar="ID")
+
+    messages = commands.add_parser("messages", help="read a session's messages")
+    messages_commands = messages.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    messages_list = add(
+        messages_commands, "messages", "list", "show a session's messages", run_messages_list
+    )
+    messages_list.add_argument("session_id", metavar="ID")
+    window = messages_list.add_mutually_exclusive_group()
+    window.add_argument("--last", type=positive_int, metavar="N", help="the last N messages")
+    window.add_argument("--turns", type=positive_int, metavar="N", help="the last N turns")
+    messages_tail = add(
+        messages_commands,
+        "messages",
+        "tail",
+        "show the last messages, then follow new ones live",
+        run_messages_tail,
+    )
+    messages_tail.add_argument("session_id", metavar="ID")
+    messages_tail.add_argument(
+        "--last",
+        type=non_negative_int,
+        default=DEFAULT_TAIL,
+        metavar="N",
+        help=f"messages to show before following (default {DEFAULT_TAIL})",
+    )
+
+    stats = add(commands, "", "stats", "aggregate counts, tokens and cost", run_stats)
+    add_session_filter_flags(stats)
+    cost = add(commands, "", "cost-by-model", "usage and cost per model", run_cost_by_model)
+    add_session_filter_flags(cost)
+
+    watch = add(commands, "", "watch", "print session changes as they happen", run_watch)
+    watch.add_argument("--session", action="append", default=[], metavar="ID")
+    add_watch_filter_flags(watch)
+    watch.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        choices=tuple(EVENT_WORDS),
+        metavar="TYPE",
+        help="event type, repeatable: " + ", ".join(EVENT_WORDS),
+    )
+    watch.add_argument(
+        "--start-revision", type=non_negative_int, default=0, help="replay from this revision"
+    )
+    watch.add_argument(
+        "--initial", action="store_true", help="first print the current state of each session"
+    )
+
+    width = max(len(name) for name, _ in listing)
+    parser.epilog = "all commands:\n" + "\n".join(
+        f"  sessiond {name:<{width}}  {text}" for name, text in listing
+    )
+    return parser
+
+
+def add_session_filter_flags(parser: argparse.ArgumentParser) -> None:
+    """The SessionFilter flags shared by sessions list, stats and cost-by-model."""
+    add_watch_filter_flags(parser)
+    parser.add_argument("--model", action="append", default=[], help="model, repeatable")
+
+
+def add_watch_filter_flags(parser: argparse.ArgumentParser) -> None:
+    """Filter flags that SessionFilter and WatchFilter have in common."""
+    parser.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        choices=tuple(STATUS_WORDS),
+        help="status, repeatable",
+    )
+    parser.add_argument("--agent", action="append", default=[], help="agent, repeatable")
+    parser.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        help='channel, repeatable ("discord." = any alias)',
+    )
+    parser.add_argument("--owner", action="append", default=[], help="owner id, repeatable")
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        type=label_pair,
+        metavar="KEY=VALUE",
+        help="label that must be present, repeatable",
+    )
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def label_pair(text: str) -> tuple[str, str]:
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def session_filter(args: argparse.Namespace) -> session_pb2.SessionFilter:
+    """The SessionFilter the filter flags describe."""
+    return session_pb2.SessionFilter(
+        statuses=[STATUS_WORDS[word] for word in args.status],
+        agents=args.agent,
+        channels=args.channel,
+        owner_ids=args.owner,
+        models=args.model,
+        labels=dict(args.label),
+        text_query=getattr(args, "search", None) or "",
+    )
+
+
+def connect(args: argparse.Namespace) -> Client:
+    return Client(args.address, token=args.token, timeout=args.timeout)
+
+
+def emit_json(messages: Iterable[Any], out: TextIO) -> None:
+    for message in messages:
+        print(to_json(message), file=out, flush=True)
+
+
+# Commands
+
+
+def run_serve(args: argparse.Namespace, out: TextIO) -> int:
+    """Build a ServerConfig from the flags and run until SIGTERM/SIGINT."""
+    from sessiond_server.app import run
+    from sessiond_server.config import ServerConfig
+
+    settings: dict[str, Any] = {"address": args.address}
+    if args.database is not None:
+        settings["database"] = args.database
+    if args.abandoned_after is not None:
+        settings["abandoned_after_seconds"] = args.abandoned_after
+    if args.durability is not None:
+        settings["durability"] = args.durability
+    try:
+        return run(ServerConfig(**settings))
+    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
+        return 130
+
+
+def run_sessions_list(args: argparse.Namespace, out: TextIO) -> int:
+    request = session_service_pb2.ListSessionsRequest(
+        filter=session_filter(args),
+        order_by=ORDER_WORDS[args.order_by],
+        ascending=args.asc,
+    )
+    listed = session_service_pb2.ListSessionsResponse()
+    with connect(args) as client:
+        # Walk pages until --limit sessions are in; the listing keeps the
+        # first page's total and revision and the token to continue.
+        while len(listed.sessions) < args.limit:
+            request.page_size = min(args.limit - len(listed.sessions), MAX_PAGE_SIZE)
+            page = client.list_sessions(request)
+            if not listed.revision:
+                listed.total_size = page.total_size
+                listed.revision = page.revision
+            listed.sessions.extend(page.sessions)
+            listed.next_page_token = page.next_page_token
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+    if args.json:
+        emit_json([listed], out)
+        return 0
+    print(session_table(listed.sessions), file=out)
+    shown = len(listed.sessions)
+    if listed.total_size > shown:
+        print(f"({shown} of {listed.total_size} sessions; --limit for more)", file=out)
+    return 0
+
+
+def run_sessions_get(args: argparse.Namespace, out: TextIO) -> int:
+    with connect(args) as client:
+        response = client.get_session(session_id=args.session_id)
+    if args.json:
+        emit_json([response], out)
+    else:
+        print(session_details(response.session), file=out)
+    return 0
+
+
+def run_sessions_end(args: argparse.Namespace, out: TextIO) -> int:
+    with connect(args) as client:
+        response = client.end_session(
+            session_id=args.session_id, status=STATUS_WORDS[args.status], reason=args.reason
+        )
+    if args.json:
+        emit_json([response], out)
+    else:
+        print(session_details(response.session), file=out)
+    return 0
+
+
+def run_sessions_delete(args: argparse.Namespace, out: TextIO) -> int:
+    with connect(args) as client:
+        response = client.delete_session(session_id=args.session_id)
+    if args.json:
+        emit_json([response], out)
+    else:
+        print(
+            f"deleted {args.session_id} with {response.deleted_message_count} message(s) "
+            f"at revision {response.revision}",
+            file=out,
+        )
+    return 0
+
+
+def run_messages_list(args: argparse.Namespace, out: TextIO) -> int:
+    with connect(args) as client:
+        if args.last or args.turns:
+            listed = client.list_messages(
+                session_id=args.session_id, last_n=args.last, last_turns=args.turns
+            )
+        else:
+            listed = message_service_pb2.ListMessagesResponse()
+            request = message_service_pb2.ListMessagesRequest(session_id=args.session_id)
+            while True:
+                page = client.list_messages(request)
+                listed.revision = listed.revision or page.revision
+                listed.messages.extend(page.messages)
+                if not page.next_page_token:
+                    break
+                request.page_token = page.next_page_token
+    if args.json:
+        emit_json([listed], out)
+        return 0
+    print(message_table(listed.messages), file=out)
+    if listed.truncated:
+        print("(older messages of these turns left out)", file=out)
+    return 0
+
+
+def run_messages_tail(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the last messages, then follow changes from the revision they were read at."""
+    with connect(args) as client:
+        if args.last:
+            listed = client.list_messages(session_id=args.session_id, last_n=args.last)
+            revision = listed.revision
+            if args.json:
+                emit_json(listed.messages, out)
+            else:
+                for message in listed.messages:
+                    print(message_line(message), file=out, flush=True)
+        else:
+            revision = client.get_session(session_id=args.session_id).revision
+        watch_filter = session_service_pb2.WatchFilter(
+            session_ids=[args.session_id], event_types=TAIL_EVENT_TYPES
+        )
+        stream = client.watch(watch_filter, start_revision=revision + 1)
+        try:
+            for response in stream:
+                for event in response.events:
+                    if args.json:
+                        emit_json([event], out)
+                    else:
+                        print_tail_event(event, out)
+                    if event.type in (
+                        event_pb2.EVENT_TYPE_SESSION_ENDED,
+                        event_pb2.EVENT_TYPE_SESSION_DELETED,
+                        event_pb2.EVENT_TYPE_SESSION_PURGED,
+                    ):
+                        return 0
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            stream.close()
+    return 0
+
+
+def print_tail_event(event: event_pb2.SessionEvent, out: TextIO) -> None:
+    kind = event.type
+    if kind == event_pb2.EVENT_TYPE_MESSAGES_APPENDED:
+        for message in event.messages:
+            print(message_line(message), file=out, flush=True)
+    elif kind == event_pb2.EVENT_TYPE_MESSAGE_UPDATED:
+        for message in event.messages:
+            print(f"{message_line(message)}  (updated)", file=out, flush=True)
+    elif kind == event_pb2.EVENT_TYPE_MESSAGE_POPPED:
+        seqs = ", ".join(f"#{message.seq}" for message in event.messages) or "last message"
+        print(f"-- popped {seqs}", file=out, flush=True)
+    elif kind == event_pb2.EVENT_TYPE_MESSAGES_CLEARED:
+        print(f"-- cleared {event.removed_count} message(s)", file=out, flush=True)
+    elif kind == event_pb2.EVENT_TYPE_SESSION_ENDED:
+        word = enum_word(session_pb2.SessionStatus.DESCRIPTOR, event.session.status)
+        print(f"-- session ended: {word}", file=out, flush=True)
+    else:
+        print("-- session deleted", file=out, flush=True)
+
+
+def run_stats(args: argparse.Namespace, out: TextIO) -> int:
+    with connect(args) as client:
+        response = client.get_stats(filter=session_filter(args))
+    if args.json:
+        emit_json([response], out)
+    else:
+        print(stats_details(response.stats), file=out)
+    return 0
+
+
+def run_cost_by_model(args: argparse.Namespace, out: TextIO) -> int:
+    with connect(args) as client:
+        response = client.cost_by_model(filter=session_filter(args))
+    if args.json:
+        emit_json([response], out)
+    else:
+        print(model_cost_table(response.models), file=out)
+    return 0
+
+
+def run_watch(args: argparse.Namespace, out: TextIO) -> int:
+    """Print each event as it comes, until Ctrl-C."""
+    watch_filter = session_service_pb2.WatchFilter(
+        session_ids=args.session,
+        statuses=[STATUS_WORDS[word] for word in args.status],
+        agents=args.agent,
+        channels=args.channel,
+        owner_ids=args.owner,
+        labels=dict(args.label),
+        event_types=[EVENT_WORDS[word] for word in args.event],
+    )
+    if args.initial and args.start_revision:
+        raise UsageError("--initial and --start-revision cannot be combined")
+    with connect(args) as client:
+        stream = client.watch(
+            watch_filter, start_revision=args.start_revision, include_initial=args.initial
+        )
+        try:
+            for response in stream:
+                if response.type == session_service_pb2.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE:
+                    print(f"-- initial state read at revision {response.revision}", file=sys.stderr)
+                for event in response.events:
+                    if args.json:
+                        emit_json([event], out)
+                    else:
+                        print(event_line(event), file=out, flush=True)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            stream.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

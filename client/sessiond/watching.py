@@ -1,0 +1,218 @@
+"""A WatchSessions stream that survives restarts and lost connections.
+
+A raw WatchSessions call ends when the server restarts or the connection
+drops. The iterators here reconnect by themselves, with exponential backoff
+and jitter, and resume at the revision after the last one they know to be
+complete, so the consumer sees one ordered stream in which no revision is
+missing and none is delivered twice (etcd's resumable watch, driven from the
+client).
+
+What the consumer receives is ``WatchSessionsResponse`` messages:
+
+* ``CREATED`` once, when the first connection is confirmed (reconnections
+  are invisible). Writes made after it has arrived are sure to be seen.
+* ``INITIAL`` and then ``INITIAL_COMPLETE`` when ``include_initial`` is set
+  (the "listed" sentinel). If the connection drops before INITIAL_COMPLETE,
+  the initial state is sent again from the start, so treat INITIAL events as
+  a snapshot that is complete only at INITIAL_COMPLETE.
+* ``EVENTS`` with whole revisions, each revision at most once.
+* ``PROGRESS`` bookmarks, never lower than a revision already delivered.
+
+The resume point advances on CREATED of a "from now" watch, on EVENTS, on
+INITIAL_COMPLETE and on PROGRESS. When the server answers that the resume
+point has been compacted away, the iterator raises ``RelistRequired``: list
+again and start a new watch from the list's revision + 1.
+
+The state machine (``WatchCursor``) knows nothing of gRPC, and the loops take
+their ``sleep`` and ``Backoff`` as arguments, so tests drive reconnection
+without waiting for real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+
+import grpc
+
+from sessiond.errors import Unavailable, error_from_rpc_error
+from sessiond.v1 import session_service_pb2
+
+WatchRequest = session_service_pb2.WatchSessionsRequest
+WatchResponse = session_service_pb2.WatchSessionsResponse
+
+_CREATED = session_service_pb2.WATCH_RESPONSE_TYPE_CREATED
+_EVENTS = session_service_pb2.WATCH_RESPONSE_TYPE_EVENTS
+_INITIAL = session_service_pb2.WATCH_RESPONSE_TYPE_INITIAL
+_INITIAL_COMPLETE = session_service_pb2.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE
+_PROGRESS = session_service_pb2.WATCH_RESPONSE_TYPE_PROGRESS
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter: how long to wait before attempt n.
+
+    The n-th delay (n from 0) is ``initial * multiplier**n`` capped at
+    ``maximum``, then scaled by a random factor in ``[1 - jitter, 1]`` so
+    that many clients cut off at once do not come back in step. Tests pass a
+    tiny ``initial`` (and a seeded ``rng``) instead of sleeping for real.
+    """
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    rng: random.Random = dataclasses.field(default_factory=random.Random, compare=False)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after the attempt-th consecutive failure (from 0)."""
+        # Cap the exponent first: a long outage must not overflow the float.
+        base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
+        return base * (1.0 - self.jitter * self.rng.random())
+
+
+class WatchCursor:
+    """The resume point of a watch, and the filter that keeps delivery exact.
+
+    ``request()`` is what to send on each (re)connection; ``accept(response)``
+    updates the resume point and returns what to hand to the consumer, or
+    None when the response holds nothing new (a repeated CREATED, a replayed
+    revision, a bookmark behind what was delivered).
+    """
+
+    def __init__(self, request: WatchRequest) -> None:
+        if request.include_initial and request.start_revision:
+            raise ValueError("include_initial requires start_revision 0")
+        self._template = WatchRequest()
+        self._template.CopyFrom(request)
+        # next_revision is the first revision not yet delivered; 0 means
+        # "from now", until the first CREATED tells us what now is.
+        self.next_revision = request.start_revision
+        self._initial_pending = request.include_initial
+        self._created_seen = False
+
+    @property
+    def initial_pending(self) -> bool:
+        """Whether the initial state has still to be completed."""
+        return self._initial_pending
+
+    def request(self) -> WatchRequest:
+        """The request that resumes the watch where delivery stopped."""
+        request = WatchRequest()
+        request.CopyFrom(self._template)
+        if self._initial_pending:
+            request.start_revision = 0
+            request.include_initial = True
+        else:
+            request.start_revision = self.next_revision
+            request.include_initial = False
+        return request
+
+    def accept(self, response: WatchResponse) -> WatchResponse | None:
+        """Advance the resume point past ``response``; return what to deliver."""
+        if response.type == _CREATED:
+            first = not self._created_seen
+            self._created_seen = True
+            if self.next_revision == 0 and not self._initial_pending:
+                # "From now": events after the revision current at creation
+                # follow, so a reconnect must resume right after it.
+                self.next_revision = response.revision + 1
+            return response if first else None
+        if response.type == _INITIAL:
+            return response if self._initial_pending else None
+        if response.type == _INITIAL_COMPLETE:
+            if not self._initial_pending:
+                return None
+            self._initial_pending = False
+            self.next_revision = response.revision + 1
+            return response
+        if response.type == _EVENTS:
+            fresh = [event for event in response.events if event.revision >= self.next_revision]
+            if not fresh:
+                return None
+            self.next_revision = max(response.revision, fresh[-1].revision) + 1
+            if len(fresh) == len(response.events):
+                return response
+            trimmed = WatchResponse()
+            trimmed.CopyFrom(response)
+            del trimmed.events[:]
+            trimmed.events.extend(fresh)
+            return trimmed
+        if response.type == _PROGRESS:
+            if self._initial_pending or response.revision + 1 < self.next_revision:
+                return None
+            self.next_revision = response.revision + 1
+            return response
+        return None
+
+
+def _raise_unless_connection_loss(error: grpc.RpcError) -> None:
+    """Return on UNAVAILABLE (reconnect); raise the SessiondError otherwise."""
+    converted = error_from_rpc_error(error)
+    if not isinstance(converted, Unavailable):
+        raise converted from error
+
+
+async def watch_async(
+    open_stream: Callable[[WatchRequest], AsyncGenerator[WatchResponse, None]],
+    request: WatchRequest,
+    *,
+    backoff: Backoff,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> AsyncGenerator[WatchResponse, None]:
+    """Yield the responses of a watch that reconnects on connection loss.
+
+    ``open_stream`` is a generator that starts one WatchSessions call and
+    yields its responses; it must cancel the call when closed early.
+    Raises ``SessiondError`` subclasses (``RelistRequired`` for a compacted
+    resume point) for anything but UNAVAILABLE or a stream that ends without
+    an error.
+    """
+    cursor = WatchCursor(request)
+    failures = 0
+    while True:
+        stream = open_stream(cursor.request())
+        try:
+            async for response in stream:
+                if response.type == _CREATED:
+                    failures = 0
+                delivered = cursor.accept(response)
+                if delivered is not None:
+                    yield delivered
+        except grpc.RpcError as error:
+            _raise_unless_connection_loss(error)
+        finally:
+            await stream.aclose()
+        # Connection lost, or the server ended the stream: come back later.
+        await sleep(backoff.delay(failures))
+        failures += 1
+
+
+def watch_sync(
+    open_stream: Callable[[WatchRequest], Generator[WatchResponse, None, None]],
+    request: WatchRequest,
+    *,
+    backoff: Backoff,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Generator[WatchResponse, None, None]:
+    """The blocking twin of ``watch_async``, for the sync client."""
+    cursor = WatchCursor(request)
+    failures = 0
+    while True:
+        stream = open_stream(cursor.request())
+        try:
+            for response in stream:
+                if response.type == _CREATED:
+                    failures = 0
+                delivered = cursor.accept(response)
+                if delivered is not None:
+                    yield delivered
+        except grpc.RpcError as error:
+            _raise_unless_connection_loss(error)
+        finally:
+            stream.close()
+        sleep(backoff.delay(failures))
+        failures += 1

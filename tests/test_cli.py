@@ -1,0 +1,342 @@
+"""The ``sessiond`` command against real servers: output, exit codes, live streams, serve.
+
+One-shot commands run ``sessiond.cli.main`` in a worker thread (the in-process server needs
+the event loop free) and read what it printed; the streaming commands (``watch``,
+``messages tail``) and ``serve`` run as real subprocesses, stopped with SIGINT/SIGTERM as a
+person would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sessiond
+from sessiond.cli import main
+from sessiond.formatting import format_duration, format_money, table
+from sessiond.v1 import message_pb2, session_pb2
+
+SESSIOND = str(Path(sys.executable).parent / "sessiond")
+LINE_TIMEOUT = 15.0
+
+
+def user(content: str) -> message_pb2.Message:
+    return message_pb2.Message(role=message_pb2.ROLE_USER, content=content)
+
+
+def assistant(content: str) -> message_pb2.Message:
+    return message_pb2.Message(role=message_pb2.ROLE_ASSISTANT, content=content)
+
+
+async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the command in a thread; return (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def seed(address: str) -> None:
+    """Two sessions with messages and usage, one of them completed."""
+    async with sessiond.AsyncClient(address) as client:
+        await client.create_session(
+            session=session_pb2.Session(
+                id="alpha", agent="clamps", channel="cli", model="m1", labels={"team": "a"}
+            )
+        )
+        await client.create_session(
+            session=session_pb2.Session(id="beta", agent="other", channel="discord.x")
+        )
+        await client.append_messages(
+            session_id="alpha",
+            messages=[user("first question"), assistant("first answer"), user("second")],
+        )
+        await client.record_usage(
+            session_id="alpha",
+            model="m1",
+            usage=session_pb2.Usage(prompt_tokens=100, completion_tokens=20, cost_micros=1234),
+        )
+        await client.end_session(session_id="beta", status=session_pb2.SESSION_STATUS_COMPLETED)
+
+
+# Parsing and output helpers
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in [
+        "serve",
+        "sessions list",
+        "sessions get",
+        "sessions end",
+        "sessions delete",
+        "messages list",
+        "messages tail",
+        "stats",
+        "cost-by-model",
+        "watch",
+    ]:
+        assert f"sessiond {command}" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["nonsense"],
+        ["sessions"],
+        ["sessions", "list", "--label", "no-equals"],
+        ["sessions", "end", "x", "--status", "active"],
+        ["messages", "list", "x", "--last", "2", "--turns", "1"],
+        ["--timeout", "-1", "stats"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+
+
+def test_money_and_durations_read_as_people_write_them() -> None:
+    assert format_money(1234) == "$0.001234"
+    assert format_money(12_345_678_901) == "$12,345.678901"
+    assert format_duration(3723) == "1h02m03s"
+    assert format_duration(6.5) == "6.5s"
+    assert table(["A", "NUM"], [["x", "1"], ["long", "22"]], right=(1,)).splitlines() == [
+        "A     NUM",
+        "x       1",
+        "long   22",
+    ]
+
+
+# One-shot commands
+
+
+async def test_sessions_list_shows_a_table_and_json(
+    server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await seed(server.address)
+    code, out, _ = await run_cli(capsys, "--address", server.address, "sessions", "list")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["ID", "STATUS", "RUNTIME"]
+    assert {row.split()[0] for row in rows} == {"alpha", "beta"}
+    assert "$0.001234" in out
+
+    code, out, _ = await run_cli(
+        capsys, "sessions", "list", "--address", server.address, "--json", "--agent", "clamps"
+    )
+    assert code == 0
+    listed = json.loads(out)
+    assert [s["id"] for s in listed["sessions"]] == ["alpha"]
+    assert listed["sessions"][0]["usage"]["cost_micros"] == "1234"
+
+
+async def test_sessions_list_filters_and_limit(
+    server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await seed(server.address)
+    address = ["--address", server.address]
+    _, out, _ = await run_cli(capsys, *address, "sessions", "list", "--status", "completed")
+    assert [row.split()[0] for row in out.splitlines()[1:]] == ["beta"]
+    _, out, _ = await run_cli(capsys, *address, "sessions", "list", "--label", "team=a")
+    assert [row.split()[0] for row in out.splitlines()[1:]] == ["alpha"]
+    _, out, _ = await run_cli(capsys, *address, "sessions", "list", "--search", "second")
+    assert [row.split()[0] for row in out.splitlines()[1:]] == ["alpha"]
+    _, out, _ = await run_cli(
+        capsys, *address, "sessions", "list", "--limit", "1", "--order-by", "started", "--asc"
+    )
+    lines = out.splitlines()
+    assert lines[1].split()[0] == "alpha"
+    assert lines[-1] == "(1 of 2 sessions; --limit for more)"
+
+
+async def test_address_comes_from_the_environment(
+    server: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seed(server.address)
+    monkeypatch.setenv("SESSIOND_ADDRESS", server.address)
+    code, out, _ = await run_cli(capsys, "sessions", "get", "alpha")
+    assert code == 0
+    assert "agent:" in out and "clamps" in out
+
+
+async def test_get_end_delete_a_session(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    await seed(server.address)
+    address = ["--address", server.address]
+    code, out, _ = await run_cli(
+        capsys, *address, "sessions", "end", "alpha", "--status", "failed", "--reason", "boom"
+    )
+    assert code == 0
+    assert "failed" in out and "boom" in out
+    code, out, _ = await run_cli(capsys, *address, "--json", "sessions", "get", "alpha")
+    assert json.loads(out)["session"]["status"] == "SESSION_STATUS_FAILED"
+    code, out, _ = await run_cli(capsys, *address, "sessions", "delete", "alpha")
+    assert code == 0 and "deleted alpha with 3 message(s)" in out
+    code, out, err = await run_cli(capsys, *address, "sessions", "get", "alpha")
+    assert code == 1
+    assert out == ""
+    assert err.startswith("error: NOT_FOUND ")
+
+
+async def test_failures_print_code_message_and_field_violations(
+    server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = await run_cli(
+        capsys, "--address", server.address, "sessions", "list", "--channel", "Not A Channel!"
+    )
+    assert code == 1
+    first, *violations = err.splitlines()
+    assert first.startswith("error: INVALID_ARGUMENT ")
+    assert violations and all(line.startswith("  ") and ": " in line for line in violations)
+
+
+async def test_unreachable_server_is_an_error_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = await run_cli(capsys, "--address", "127.0.0.1:1", "--timeout", "1", "stats")
+    assert code == 1
+    assert err.startswith("error: UNAVAILABLE")
+
+
+async def test_messages_list_modes(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    await seed(server.address)
+    address = ["--address", server.address]
+    _, out, _ = await run_cli(capsys, *address, "messages", "list", "alpha")
+    header, *rows = out.splitlines()
+    assert header.split() == ["SEQ", "TIME", "ROLE", "CONTENT"]
+    assert [row.split()[0] for row in rows] == ["1", "2", "3"]
+    assert "first question" in rows[0]
+    _, out, _ = await run_cli(capsys, *address, "messages", "list", "alpha", "--last", "1")
+    assert [row.split()[0] for row in out.splitlines()[1:]] == ["3"]
+    _, out, _ = await run_cli(
+        capsys, *address, "--json", "messages", "list", "alpha", "--turns", "1"
+    )
+    assert [m["content"] for m in json.loads(out)["messages"]] == ["second"]
+
+
+async def test_stats_and_cost_by_model(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    await seed(server.address)
+    address = ["--address", server.address]
+    code, out, _ = await run_cli(capsys, *address, "stats")
+    assert code == 0
+    values = dict(line.split(":", 1) for line in out.splitlines())
+    assert values["sessions"].strip() == "2"
+    assert values["completed"].strip() == "1"
+    assert values["cost"].strip() == "$0.001234"
+    code, out, _ = await run_cli(capsys, *address, "cost-by-model")
+    header, row = out.splitlines()
+    assert header.split()[0] == "MODEL" and row.split()[0] == "m1"
+    assert row.split()[-1] == "$0.001234"
+    code, out, _ = await run_cli(capsys, *address, "--json", "stats", "--agent", "nobody")
+    assert json.loads(out)["stats"].get("session_count", "0") == "0"
+
+
+# Streaming commands, as subprocesses
+
+
+async def start_cli(*argv: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        SESSIOND,
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+async def read_line(process: asyncio.subprocess.Process) -> str:
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), LINE_TIMEOUT)
+    assert line, "the command ended early"
+    return line.decode().rstrip("\n")
+
+
+async def test_watch_prints_json_lines_and_exits_0_on_ctrl_c(server: Any) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        start = (await client.create_session(session=session_pb2.Session(id="w0"))).revision
+        process = await start_cli(
+            "--address", server.address, "watch", "--json", "--start-revision", str(start + 1)
+        )
+        try:
+            await client.create_session(session=session_pb2.Session(id="w1"))
+            await client.append_messages(session_id="w1", messages=[user("hi")])
+            created = json.loads(await read_line(process))
+            appended = json.loads(await read_line(process))
+        finally:
+            process.send_signal(signal.SIGINT)
+            code = await asyncio.wait_for(process.wait(), LINE_TIMEOUT)
+    assert (created["type"], created["session_id"]) == ("EVENT_TYPE_SESSION_CREATED", "w1")
+    assert appended["type"] == "EVENT_TYPE_MESSAGES_APPENDED"
+    assert int(created["revision"]) == start + 1
+    assert code == 0
+
+
+async def test_watch_table_lines_follow_filters(server: Any) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        start = (await client.create_session(session=session_pb2.Session(id="w0"))).revision
+        process = await start_cli(
+            "--address",
+            server.address,
+            "watch",
+            "--start-revision",
+            str(start + 1),
+            "--event",
+            "session_ended",
+        )
+        try:
+            await client.create_session(session=session_pb2.Session(id="w1"))
+            await client.end_session(session_id="w1", status=session_pb2.SESSION_STATUS_CANCELLED)
+            line = await read_line(process)
+        finally:
+            process.send_signal(signal.SIGINT)
+            code = await asyncio.wait_for(process.wait(), LINE_TIMEOUT)
+    revision, _date, _clock, kind, session_id, *detail = line.split()
+    assert (kind, session_id, detail) == ("session_ended", "w1", ["cancelled"])
+    assert int(revision) == start + 2  # w1 created at start + 1, ended at start + 2
+    assert code == 0
+
+
+async def test_messages_tail_shows_the_last_messages_then_follows_until_the_end(
+    server: Any,
+) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        await client.create_session(session=session_pb2.Session(id="t"))
+        await client.append_messages(session_id="t", messages=[user("one"), assistant("two")])
+        process = await start_cli(
+            "--address", server.address, "messages", "tail", "t", "--last", "1"
+        )
+        first = await read_line(process)
+        await client.append_messages(session_id="t", messages=[user("three")])
+        second = await read_line(process)
+        await client.end_session(session_id="t", status=session_pb2.SESSION_STATUS_COMPLETED)
+        last = await read_line(process)
+        code = await asyncio.wait_for(process.wait(), LINE_TIMEOUT)
+    assert first.startswith("#2 ") and first.endswith("assistant: two")
+    assert second.startswith("#3 ") and second.endswith("user: three")
+    assert last == "-- session ended: completed"
+    assert code == 0
+
+
+async def test_messages_tail_of_a_missing_session_fails(server: Any) -> None:
+    process = await start_cli("--address", server.address, "messages", "tail", "missing")
+    _, err = await asyncio.wait_for(process.communicate(), LINE_TIMEOUT)
+    assert process.returncode == 1
+    assert err.decode().startswith("error: NOT_FOUND")
+
+
+# serve
+
+
+def test_serve_runs_the_server_and_exits_cleanly_on_sigterm(
+    server_process: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proc = server_process()
+    assert main(["--address", proc.address, "sessions", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out).get("sessions", []) == []
+    assert proc.terminate() == 0

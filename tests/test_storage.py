@@ -1,0 +1,115 @@
+"""Storage guarantees that only the database can show: query plans and migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from sessiond.v1 import message_pb2, session_pb2, session_service_pb2
+from sessiond_server.store import SchemaTooNew, Scope, SQLiteStore
+from sessiond_server.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+
+
+def wall_clock() -> int:
+    return time.time_ns() // 1000
+
+
+def plan(db: Path, sql: str, params: list[object]) -> str:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+    return "\n".join(str(r[-1]) for r in rows)
+
+
+ORDERS = [
+    session_service_pb2.SESSION_ORDER_FIELD_LAST_ACTIVITY_AT,
+    session_service_pb2.SESSION_ORDER_FIELD_STARTED_AT,
+    session_service_pb2.SESSION_ORDER_FIELD_ENDED_AT,
+    session_service_pb2.SESSION_ORDER_FIELD_COST,
+    session_service_pb2.SESSION_ORDER_FIELD_TOKENS,
+]
+FILTERS = [
+    session_pb2.SessionFilter(),
+    session_pb2.SessionFilter(statuses=[session_pb2.SESSION_STATUS_ABANDONED]),
+    session_pb2.SessionFilter(agents=["a"], channels=["discord."], labels={"k": "v"}),
+    session_pb2.SessionFilter(text_query="hello", owner_ids=["u"]),
+]
+
+
+@pytest.mark.parametrize("order_by", ORDERS)
+@pytest.mark.parametrize("ascending", [False, True])
+@pytest.mark.parametrize("session_filter", FILTERS)
+async def test_every_session_listing_walks_an_index_without_sorting(
+        tmp_path: Path, order_by: int, ascending: bool,
+        session_filter: session_pb2.SessionFilter) -> None:
+    store = SQLiteStore(tmp_path / "s.db", clock=wall_clock)
+    await store.open()
+    try:
+        for cursor in (None, (5, "x")):
+            sql, params = store.list_sessions_sql(Scope(), session_filter, order_by,  # type: ignore[arg-type]
+                                                  ascending, 50, cursor, wall_clock())
+            shown = plan(store.path, sql, params)
+            assert "USE TEMP B-TREE FOR ORDER BY" not in shown, shown
+            assert "USING INDEX sessions_by_" in shown, shown
+            assert "SCAN s\n" not in shown + "\n", shown
+    finally:
+        await store.close()
+
+
+async def test_reading_the_last_messages_uses_the_sequence_index(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db", clock=wall_clock)
+    await store.open()
+    await store.close()
+    shown = plan(tmp_path / "s.db",
+                 "SELECT * FROM messages m WHERE m.session_pk = ? ORDER BY m.seq DESC LIMIT 20",
+                 [1])
+    assert "messages_by_seq" in shown and "TEMP B-TREE" not in shown, shown
+
+
+def build_version_1(path: Path) -> None:
+    """A database as the first schema version left it, with one conversation."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(MIGRATIONS[0][1])
+    conn.execute("INSERT INTO meta VALUES ('revision', 2), ('compacted_revision', 0),"
+                 " ('page_token_key', x'00')")
+    conn.execute(
+        "INSERT INTO sessions (pk, tenant, id, kind, status, runtime_state, started_at,"
+        " last_activity_at, updated_at, message_count, last_seq, revision)"
+        " VALUES (1, 'default', 'old', 1, 1, 1, 1, 1, 1, 1, 1, 2)")
+    body = message_pb2.Message(status=message_pb2.MESSAGE_STATUS_COMPLETE).SerializeToString()
+    conn.execute("INSERT INTO messages (session_pk, seq, role, content, is_turn, tool_calls,"
+                 " created_at, updated_at, body) VALUES (1, 1, 2, 'legacy walrus', 0, 0, 1, 1, ?)",
+                 (body,))
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+
+async def test_an_old_schema_is_migrated_forward_and_its_history_becomes_searchable(
+        tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    build_version_1(db)
+    store = SQLiteStore(db, clock=wall_clock)
+    await store.open()
+    try:
+        found, _, _ = await store.search_messages(Scope(), "walrus", [], 10, None)
+        assert [m.content for m in found] == ["legacy walrus"]
+        session, revision = await store.get_session(Scope(), "old")
+        assert (session.message_count, revision) == (1, 2)
+        assert await store.check_consistency() == []
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "new.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE future (x)")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    before = db.read_bytes()
+    store = SQLiteStore(db, clock=wall_clock)
+    with pytest.raises(SchemaTooNew, match="newer"):
+        await store.open()
+    assert db.read_bytes() == before
