@@ -76,6 +76,7 @@ UPDATABLE_FIELDS = frozenset(CREATE_FIELDS) | {"labels"}
 EVENT_MAX_MESSAGES = 16
 EVENT_MAX_TEXT = 4096
 
+RETURNING_COLUMNS = ", ".join(rows.SESSION_FIELDS)
 USAGE_ADD = ", ".join(f"{name} = {name} + ?" for name in USAGE_FIELDS)
 
 
@@ -286,15 +287,15 @@ class SQLiteStore:
             raise FailedPrecondition(f"session {row[2]!r} has ended", reason="SESSION_ENDED")
 
     def _bump(self, ctx: WriteContext, row: Sequence[Any], extra_sql: str = "",
-              extra_params: Sequence[Any] = ()) -> bool:
-        """Bump activity and revision; revive an UNKNOWN session. True if revived."""
+              extra_params: Sequence[Any] = ()) -> tuple[S.Session, bool]:
+        """Bump activity and revision, revive an UNKNOWN session; the session after."""
         revived: bool = row[COL["status"]] == rows.UNKNOWN
-        ctx.conn.execute(
+        updated = ctx.conn.execute(
             f"UPDATE sessions SET last_activity_at = ?, updated_at = ?, revision = ?,"
-            f" status = ?{extra_sql} WHERE pk = ?",
+            f" status = ?{extra_sql} WHERE pk = ? RETURNING {RETURNING_COLUMNS}",
             (ctx.now, ctx.now, ctx.take_revision(),
-             rows.ACTIVE if revived else row[COL["status"]], *extra_params, row[0]))
-        return revived
+             rows.ACTIVE if revived else row[COL["status"]], *extra_params, row[0])).fetchone()
+        return self._session(updated, ctx.now), revived
 
     # Sessions.
     def _insert_session(self, ctx: WriteContext, scope: Scope, session: S.Session,
@@ -539,8 +540,7 @@ class SQLiteStore:
             if not scope.can_see(found.tenant, found.owner_id, found.dataset_id):
                 raise AlreadyExists(f"session {session.id!r} already exists")
             self._require_writable(row)
-            revived = self._bump(ctx, row)
-            touched = self._reload(ctx, row[0])
+            touched, revived = self._bump(ctx, row)
             self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED if revived
                        else E.EVENT_TYPE_SESSION_UPDATED, touched)
             return touched, False, ctx.write_revision
@@ -589,10 +589,9 @@ class SQLiteStore:
                 turn = turn_id or row[COL["current_turn_id"]]
                 started = turn_started_at_micros or row[COL["turn_started_at"]]
             instance = runtime_instance or row[COL["runtime_instance"]]
-            self._bump(ctx, row, ", runtime_state = ?, current_turn_id = ?,"
-                       " turn_started_at = ?, runtime_instance = ?",
-                       (state, turn, started, instance))
-            session = self._reload(ctx, row[0])
+            session, _ = self._bump(ctx, row, ", runtime_state = ?, current_turn_id = ?,"
+                                    " turn_started_at = ?, runtime_instance = ?",
+                                    (state, turn, started, instance))
             self._emit(ctx, E.EVENT_TYPE_RUNTIME_STATE_CHANGED, session)
             return session, ctx.write_revision
 
@@ -724,11 +723,18 @@ class SQLiteStore:
             out.append(copy)
         return out, truncated
 
-    def _messages_at(self, ctx: WriteContext, pk: int, session_id: str,
-                     where: str, params: Sequence[Any]) -> list[M.Message]:
-        return [rows.message_from_row(r, session_id) for r in ctx.conn.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.session_pk = ? AND {where}"
-            f" ORDER BY m.seq", (pk, *params))]
+    @staticmethod
+    def _stored_message(message: M.Message, session_id: str, seq: int, now: int) -> M.Message:
+        """The message as a read would return it, built without reading it back."""
+        stored = M.Message()
+        stored.CopyFrom(message)
+        stored.session_id = session_id
+        stored.seq = seq
+        if stored.status == M.MESSAGE_STATUS_UNSPECIFIED:
+            stored.status = M.MESSAGE_STATUS_COMPLETE
+        stored.created_at.FromMicroseconds(now)
+        stored.updated_at.FromMicroseconds(now)
+        return stored
 
     async def append_messages(self, scope: Scope, session_id: str,
                               messages: Sequence[M.Message],
@@ -777,14 +783,15 @@ class SQLiteStore:
                 "INSERT INTO messages (session_pk, seq, message_id, role, content, is_turn,"
                 " tool_calls, created_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 new_rows)
-            revived = self._bump(
+            session, revived = self._bump(
                 ctx, row, ", message_count = message_count + ?, turn_count = turn_count + ?,"
                 " tool_call_count = tool_call_count + ?, last_seq = ?",
                 (len(new_rows), turns, tool_calls, last_seq))
             first_new = new_rows[0][1]
-            stored_new = iter(self._messages_at(ctx, pk, session_id, "m.seq >= ?", (first_new,)))
-            result = [m if m is not None else next(stored_new) for m in out]
-            session = self._reload(ctx, pk)
+            inserted = iter(new_rows)
+            result = [m if m is not None else self._stored_message(message, session_id,
+                                                                   next(inserted)[1], ctx.now)
+                      for m, (message, *_) in zip(out, prepared, strict=True)]
             if revived:
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
             fresh = [m for m in result if m.seq >= first_new]
@@ -875,10 +882,9 @@ class SQLiteStore:
             last = self._last_message(ctx, row, session_id, expected_seq)
             message = rows.message_from_row(last, session_id)
             ctx.conn.execute("DELETE FROM messages WHERE rowid = ?", (last[0],))
-            self._bump(ctx, row, ", message_count = message_count - 1,"
-                       " turn_count = turn_count - ?, tool_call_count = tool_call_count - ?",
-                       (last[6], last[7]))
-            session = self._reload(ctx, row[0])
+            session, _ = self._bump(
+                ctx, row, ", message_count = message_count - 1, turn_count = turn_count - ?,"
+                " tool_call_count = tool_call_count - ?", (last[6], last[7]))
             carried, truncated = self._event_messages([message])
             self._emit(ctx, E.EVENT_TYPE_MESSAGE_POPPED, session, carried, truncated, 1)
             return MessagesResult([message], session, ctx.write_revision)
@@ -907,11 +913,10 @@ class SQLiteStore:
                 "UPDATE messages SET content = ?, is_turn = ?, tool_calls = ?, updated_at = ?,"
                 " body = ? WHERE rowid = ?",
                 (updated.content, turn, calls, ctx.now, rows.message_body(updated), last[0]))
-            self._bump(ctx, row, ", turn_count = turn_count + ?,"
-                       " tool_call_count = tool_call_count + ?",
-                       (turn - last[6], calls - last[7]))
+            session, _ = self._bump(ctx, row, ", turn_count = turn_count + ?,"
+                                    " tool_call_count = tool_call_count + ?",
+                                    (turn - last[6], calls - last[7]))
             updated.updated_at.FromMicroseconds(ctx.now)
-            session = self._reload(ctx, row[0])
             carried, truncated = self._event_messages([updated])
             self._emit(ctx, E.EVENT_TYPE_MESSAGE_UPDATED, session, carried, truncated)
             return MessagesResult([updated], session, ctx.write_revision)
@@ -928,8 +933,8 @@ class SQLiteStore:
                 return 0, self._session(row, ctx.now), 0
             removed = ctx.conn.execute("DELETE FROM messages WHERE session_pk = ?",
                                        (row[0],)).rowcount
-            self._bump(ctx, row, ", message_count = 0, turn_count = 0, tool_call_count = 0")
-            session = self._reload(ctx, row[0])
+            session, _ = self._bump(
+                ctx, row, ", message_count = 0, turn_count = 0, tool_call_count = 0")
             self._emit(ctx, E.EVENT_TYPE_MESSAGES_CLEARED, session, removed_count=removed)
             return int(removed), session, ctx.write_revision
 
@@ -986,11 +991,10 @@ class SQLiteStore:
                 " ON CONFLICT (session_pk, model) DO NOTHING", (pk, model))
             ctx.conn.execute(f"UPDATE session_usage SET {USAGE_ADD}"
                              f" WHERE session_pk = ? AND model = ?", (*delta, pk, model))
-            revived = self._bump(ctx, row, ", " + USAGE_ADD, delta)
+            session, revived = self._bump(ctx, row, ", " + USAGE_ADD, delta)
             model_row = ctx.conn.execute(
                 f"SELECT {', '.join(USAGE_FIELDS)} FROM session_usage"
                 f" WHERE session_pk = ? AND model = ?", (pk, model)).fetchone()
-            session = self._reload(ctx, pk)
             if revived:
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
             self._emit(ctx, E.EVENT_TYPE_USAGE_RECORDED, session)
