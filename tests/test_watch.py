@@ -22,6 +22,7 @@ from sessiond.v1 import (
     message_pb2,
     session_pb2,
     session_service_pb2,
+    session_service_pb2_grpc,
 )
 from sessiond_server.config import Limits
 from watch_validator import (
@@ -514,17 +515,23 @@ async def test_deletions_pass_field_filters_but_not_other_session_ids(server: An
             server.sessions,
             name="owner",
             filter=session_service_pb2.WatchFilter(owner_ids=["alice"]),
+            progress_interval_ms=50,
         ) as by_owner,
         WatchRecorder(
-            server.sessions, name="ids", filter=session_service_pb2.WatchFilter(session_ids=["a"])
+            server.sessions,
+            name="ids",
+            filter=session_service_pb2.WatchFilter(session_ids=["a"]),
+            progress_interval_ms=50,
         ) as by_id,
     ):
         await by_owner.wait_created()
         await by_id.wait_created()
         deleted_b = await writer.delete("b")
         deleted_a = await writer.delete("a")
-        await by_owner.wait_covered(deleted_a.revision)
-        await by_id.wait_covered(deleted_a.revision)
+        for recorder in (by_owner, by_id):
+            await wait_nudging_clock(
+                server, recorder, lambda s: s.last_covered >= deleted_a.revision, "the deletions"
+            )
     owner_keys = [(e.revision, e.session_id) for e in by_owner.stream.events]
     id_keys = [(e.revision, e.session_id) for e in by_id.stream.events]
     assert owner_keys == [(deleted_b.revision, "b"), (deleted_a.revision, "a")]
@@ -745,7 +752,13 @@ async def test_stalled_subscriber_does_not_block_writers_and_later_receives_ever
     ids = [f"s{i}" for i in range(20)]
     for sid in ids:
         await writer.create(sid)
-    stalled_call = server.sessions.WatchSessions(session_service_pb2.WatchSessionsRequest())
+    # Its own channel without BDP probing keeps the flow-control window at
+    # 64 KiB, so the server really cannot push the ~3 MB of events through.
+    stalled_channel = grpc.aio.insecure_channel(
+        server.address, options=[("grpc.http2.bdp_probe", 0)]
+    )
+    stalled_stub = session_service_pb2_grpc.SessionServiceStub(stalled_channel)
+    stalled_call = stalled_stub.WatchSessions(session_service_pb2.WatchSessionsRequest())
     created = await asyncio.wait_for(stalled_call.read(), DEFAULT_TIMEOUT)
     assert created.type == CREATED
     stalled = RecordedStream(request=session_service_pb2.WatchSessionsRequest(), name="stalled")
@@ -771,6 +784,7 @@ async def test_stalled_subscriber_does_not_block_writers_and_later_receives_ever
                 stalled.responses.append(response)
     finally:
         stalled_call.cancel()
+        await stalled_channel.close()
     expected = writer.log.filtered(lambda e: e.revision > created.revision)
     WatchValidator(expected).validate(stalled)
     WatchValidator(expected).validate(reading.stream)
@@ -914,3 +928,105 @@ async def test_server_stop_ends_streams_with_progress_then_unavailable(server: A
         assert last.revision <= writer.last_revision
     WatchValidator(writer.log).validate(everything.stream)
     assert EVENTS in [r.type for r in everything.stream.responses]
+
+
+# --------------------------------------------------------------------------
+# The validator itself: each broken guarantee is reported, so a passing watch
+# test means something.
+
+
+def _event(revision: int, sid: str, kind: int) -> event_pb2.SessionEvent:
+    return event_pb2.SessionEvent(
+        revision=revision, session_id=sid, type=kind, session=session_pb2.Session(id=sid)
+    )
+
+
+def _response(kind: int, revision: int, *events: event_pb2.SessionEvent) -> Any:
+    return session_service_pb2.WatchSessionsResponse(type=kind, revision=revision, events=events)
+
+
+_NEW = event_pb2.EVENT_TYPE_SESSION_CREATED
+_CHANGED = event_pb2.EVENT_TYPE_SESSION_UPDATED
+
+
+def _good_stream() -> list[Any]:
+    return [
+        _response(CREATED, 0),
+        _response(EVENTS, 1, _event(1, "a", _NEW)),
+        _response(
+            EVENTS, 3, _event(2, "b", _NEW), _event(3, "a", _CHANGED), _event(3, "b", _CHANGED)
+        ),
+        _response(PROGRESS, 4),
+    ]
+
+
+def _good_log() -> ChangeLog:
+    log = ChangeLog()
+    for revision, sid, kind in (
+        (1, "a", _NEW),
+        (2, "b", _NEW),
+        (3, "a", _CHANGED),
+        (3, "b", _CHANGED),
+    ):
+        log.expect(revision, sid, kind)
+    return log
+
+
+BROKEN: dict[str, tuple[str, Callable[[list[Any]], list[Any]]]] = {
+    "ordered": ("ordered", lambda r: [r[0], r[2], r[1], r[3]]),
+    "unique": ("unique", lambda r: [r[0], r[1], r[1], r[2], r[3]]),
+    "reliable_gap": ("reliable", lambda r: [r[0], r[2], r[3]]),
+    "reliable_phantom": (
+        "reliable",
+        lambda r: [*r[:3], _response(EVENTS, 4, _event(4, "c", _NEW))],
+    ),
+    "atomic_split": (
+        "atomic",
+        lambda r: [
+            r[0],
+            r[1],
+            _response(EVENTS, 3, _event(2, "b", _NEW), _event(3, "a", _CHANGED)),
+            _response(EVENTS, 3, _event(3, "b", _CHANGED)),
+            r[3],
+        ],
+    ),
+    "atomic_partial": (
+        "atomic",
+        lambda r: [
+            r[0],
+            r[1],
+            _response(EVENTS, 3, _event(2, "b", _NEW), _event(3, "a", _CHANGED)),
+            r[3],
+        ],
+    ),
+    "bookmarkable": ("bookmarkable", lambda r: [r[0], r[1], _response(PROGRESS, 3), r[2], r[3]]),
+    "well_formed": ("well-formed", lambda r: r[1:]),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN.values(), ids=BROKEN.keys())
+def test_validator_reports_each_broken_guarantee(
+    broken: tuple[str, Callable[[list[Any]], list[Any]]],
+) -> None:
+    good = RecordedStream(request=session_service_pb2.WatchSessionsRequest(), name="good")
+    good.responses = _good_stream()
+    WatchValidator(_good_log()).validate(good)
+    guarantee, mutate = broken
+    bad = RecordedStream(request=good.request, name="bad", responses=mutate(_good_stream()))
+    problems = WatchValidator(_good_log()).problems(bad)
+    assert any(p.startswith(guarantee) for p in problems), problems
+
+
+def test_validator_reports_a_resumption_that_skips_or_repeats() -> None:
+    first = RecordedStream(request=session_service_pb2.WatchSessionsRequest(), name="first")
+    first.responses = _good_stream()[:2]  # covers up to revision 1: resume at 2
+    for start, guarantees in ((3, {"resumable"}), (1, {"resumable", "unique"})):
+        resumed = RecordedStream(
+            request=session_service_pb2.WatchSessionsRequest(start_revision=start), name="resumed"
+        )
+        resumed.responses = [_response(CREATED, 4)] + [
+            r for r in _good_stream()[1:] if not r.events or r.events[0].revision >= start
+        ]
+        problems = WatchValidator(_good_log()).problems(first, resumed)
+        found = {p.split(" ")[0].rstrip(":") for p in problems}
+        assert guarantees <= found, problems

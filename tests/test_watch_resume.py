@@ -189,12 +189,17 @@ async def test_progress_bookmark_is_a_safe_resume_point(server: Any) -> None:
 async def test_start_revision_below_compaction_fails_with_revision_compacted(
     make_server: Any,
 ) -> None:
-    server = await make_server(changelog_keep_revisions=10, compaction_interval_seconds=0.05)
+    # Compaction keeps the newest 10 revisions and drops older ones once they
+    # are older than a minute (on the fake clock).
+    server = await make_server(
+        changelog_keep_revisions=10, changelog_max_age_seconds=60, compaction_interval_seconds=0.05
+    )
     writer = ChangeLogWriter.for_server(server)
     await writer.create("s")
     for i in range(40):
         await writer.append("s", f"m{i}")
     last = writer.last_revision
+    server.clock.advance(3600)
 
     # Compaction runs every 0.05 s: poll (bounded) until it has run.
     async with asyncio.timeout(DEFAULT_TIMEOUT):
@@ -208,7 +213,12 @@ async def test_start_revision_below_compaction_fails_with_revision_compacted(
     assert compacted <= last - 10, f"compacted {compacted} keeps fewer than 10 of {last}"
 
     for start in (1, compacted):
-        error, responses = await watch_error(server.sessions, start_revision=start)
+        try:
+            error, responses = await watch_error(server.sessions, start_revision=start)
+        except AssertionError as failure:
+            raise AssertionError(
+                f"start_revision {start} <= compacted_revision {compacted}: {failure}"
+            ) from None
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, (error.code(), error.details())
         info = error_info(error)
         assert info is not None, "no ErrorInfo in the status details"

@@ -16,7 +16,7 @@ import asyncio
 import bisect
 from collections.abc import Sequence
 
-from .store import Change, SessionStore
+from .store import Change, Compacted, SessionStore
 
 
 class HubClosed(Exception):
@@ -58,6 +58,10 @@ class WatchHub:
 
         Raises ``Compacted`` when the log no longer holds ``revision``.
         """
+        if revision <= self._store.compacted_revision:
+            # Even when the buffer still holds it: the answer must not depend on
+            # whether this replica happened to see the revision live.
+            raise Compacted(self._store.compacted_revision)
         if revision > self._store.revision:
             return []
         if revision >= self._buffer_start:

@@ -66,9 +66,8 @@ def watch_matches(f: ss.WatchFilter, change: Change) -> bool:
     if f.session_ids and event.session_id not in f.session_ids:
         return False
     if not event.HasField("session"):
-        # Deletions carry only the id: they pass unless ids were asked for.
-        return not (f.owner_ids or f.agents or f.channels or f.statuses or f.labels) or bool(
-            f.session_ids)
+        # Deletions carry only the id, already matched against session_ids above.
+        return True
     s = event.session
     if f.owner_ids and s.owner_id not in f.owner_ids:
         return False

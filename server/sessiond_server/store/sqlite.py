@@ -713,9 +713,10 @@ class SQLiteStore:
             copy = M.Message()
             copy.CopyFrom(message)
             for name in ("content", "reasoning"):
-                text = getattr(copy, name)
-                if len(text) > EVENT_MAX_TEXT:
-                    setattr(copy, name, text[:EVENT_MAX_TEXT])
+                encoded = getattr(copy, name).encode()
+                if len(encoded) > EVENT_MAX_TEXT:
+                    # Cut at a byte bound, dropping a character split in two.
+                    setattr(copy, name, encoded[:EVENT_MAX_TEXT].decode("utf-8", "ignore"))
                     truncated = True
             if copy.content_blocks and copy.ByteSize() > 2 * EVENT_MAX_TEXT:
                 copy.ClearField("content_blocks")
