@@ -7,6 +7,8 @@ recount of what ListMessages returns.
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -756,3 +758,110 @@ async def test_search_with_empty_or_too_long_query_is_invalid_argument(server, q
 @pytest.mark.parametrize("page_size", [-1, 501])
 async def test_search_with_out_of_range_page_size_is_invalid_argument(server, page_size):
     await expect_bad_request(search(server, "x", page_size=page_size), "page_size")
+
+
+# Concurrent writers ------------------------------------------------------------------------
+
+
+async def test_concurrent_appends_are_numbered_without_gaps_and_each_stays_contiguous(server):
+    await create_session(server.sessions, "s1")
+    answers = await asyncio.gather(
+        *[append(server.messages, "s1", user(f"q{i}"), assistant(f"a{i}")) for i in range(20)]
+    )
+    assert sorted(s for a in answers for s in seqs(a.messages)) == list(range(1, 41))
+    for a in answers:
+        first, second = seqs(a.messages)
+        assert second == first + 1  # one append is numbered as one block
+        assert a.revision > 0
+    s = await get_session(server.sessions, "s1")
+    assert (s.message_count, s.turn_count, s.last_seq) == (40, 20, 40)
+    assert s.revision == max(a.revision for a in answers)
+    await counters_ok(server, "s1")
+    assert await server.check_consistency() == []
+
+
+async def test_a_failing_write_does_not_fail_its_concurrent_neighbours(server):
+    await create_session(server.sessions, "s1")
+    await create_session(server.sessions, "s2")
+    await append(server.messages, "s1", user("first", id="taken"))
+    good = [append(server.messages, sid, user(f"ok {i}")) for i in range(8) for sid in ("s1", "s2")]
+    bad = [
+        append(server.messages, "s1", user("stale"), expected_last_seq=999),
+        append(server.messages, "missing", user("nowhere")),
+        append(server.messages, "s1", user("different", id="taken")),
+        append(server.messages, "s2", mp.Message(content="no role")),
+    ]
+    results = await asyncio.gather(*good, *bad, return_exceptions=True)
+    good_results, bad_results = results[: len(good)], results[len(good) :]
+    assert all(isinstance(r, ms.AppendMessagesResponse) for r in good_results), good_results
+    codes = [r.code() if isinstance(r, grpc.RpcError) else r for r in bad_results]
+    assert codes == [
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ]
+    assert (await get_session(server.sessions, "s1")).message_count == 9
+    assert (await get_session(server.sessions, "s2")).message_count == 8
+    await counters_ok(server, "s1")
+    await counters_ok(server, "s2")
+
+
+async def test_concurrent_retries_of_one_message_id_store_it_once(server):
+    await create_session(server.sessions, "s1")
+    answers = await asyncio.gather(
+        *[append(server.messages, "s1", user("same", id="m1")) for _ in range(10)]
+    )
+    assert {a.messages[0].seq for a in answers} == {1}
+    assert sum(1 for a in answers if a.revision) == 1
+    assert (await get_session(server.sessions, "s1")).message_count == 1
+    await counters_ok(server, "s1")
+
+
+# Paging tokens carry the request -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"session_id": "s2"}, {"descending": True}, {"after_seq": 1}],
+    ids=["session_id", "descending", "after_seq"],
+)
+async def test_a_list_messages_token_with_other_request_fields_is_invalid_argument(
+    server, changed
+):
+    for sid in ("s1", "s2"):
+        await create_session(server.sessions, sid)
+        await numbered(server, sid, 6)
+    page = await list_messages(server, "s1", page_size=2)
+    request = {"session_id": "s1", "page_size": 2, "page_token": page.next_page_token}
+    request.update(changed)
+    await expect_bad_request(
+        server.messages.ListMessages(ms.ListMessagesRequest(**request)), "page_token"
+    )
+
+
+async def test_a_search_token_with_another_query_is_invalid_argument(server):
+    await create_session(server.sessions, "s1")
+    await append(server.messages, "s1", *[user(f"needle hay {i}") for i in range(5)])
+    page = await search(server, "needle", page_size=2)
+    await expect_bad_request(
+        search(server, "hay", page_size=2, page_token=page.next_page_token), "page_token"
+    )
+
+
+async def test_list_messages_last_turns_of_exactly_1000_messages_is_not_truncated(server):
+    await create_session(server.sessions, "s1")
+    await append(server.messages, "s1", user("start"))
+    for start in range(0, 999, 100):
+        await append(server.messages, "s1", *[assistant("x")] * min(100, 999 - start))
+    page = await list_messages(server, "s1", last_turns=1)
+    assert len(page.messages) == 1000
+    assert not page.truncated
+
+
+async def test_search_default_page_size_is_50(server):
+    await create_session(server.sessions, "s1")
+    await append(server.messages, "s1", *[user(f"needle {i}") for i in range(60)])
+    page = await search(server, "needle")
+    assert len(page.messages) == 50
+    assert page.next_page_token

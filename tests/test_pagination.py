@@ -5,6 +5,8 @@ rows are inserted and deleted between pages (no duplicates, no pre-existing row 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from harness import (
     append,
@@ -348,3 +350,38 @@ async def test_message_pages_stay_consistent_while_messages_are_appended(server)
             await append(server.messages, "s1", user("more"))
     assert seen == sorted(set(seen))
     assert set(range(1, 11)) <= set(seen)
+
+
+async def test_pages_walked_while_another_client_inserts_and_deletes_concurrently(server):
+    existing = [f"old{i:02d}" for i in range(30)]
+    doomed = set(existing[1::5])
+    for sid in existing:
+        await create_session(server.sessions, sid)
+        server.clock.advance(1)
+
+    async def other_client() -> None:
+        for i in range(30):
+            await create_session(server.sessions, f"new{i:02d}")
+            server.clock.advance(1)
+            if i < len(doomed):
+                victim = sorted(doomed)[i]
+                await server.sessions.DeleteSession(ss.DeleteSessionRequest(session_id=victim))
+
+    async def pager() -> list[str]:
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = await server.sessions.ListSessions(
+                ss.ListSessionsRequest(
+                    order_by=ss.SESSION_ORDER_FIELD_STARTED_AT, page_size=2, page_token=token
+                )
+            )
+            seen.extend(s.id for s in page.sessions)
+            token = page.next_page_token
+            if not token:
+                return seen
+
+    seen, _ = await asyncio.gather(pager(), other_client())
+    assert len(seen) == len(set(seen)), "a session was listed twice"
+    survivors = set(existing) - doomed
+    assert survivors <= set(seen), f"skipped: {sorted(survivors - set(seen))}"

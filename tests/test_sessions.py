@@ -6,6 +6,7 @@ WatchSessions is covered by the watch tests.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import grpc
@@ -1115,3 +1116,99 @@ async def test_acknowledged_writes_survive_a_sigkill_of_the_server_process(serve
         stored = await list_all_messages(messages, "s1")
         assert [m.content for m in stored] == ["one", "two"]
         await assert_counters_match_recount(sessions, messages, "s1")
+
+
+# Concurrency and optimistic concurrency -----------------------------------------------------
+
+
+async def test_concurrent_identical_creates_create_the_session_once(server):
+    request = ss.CreateSessionRequest(session=sp.Session(id="s1", channel="cli"))
+    answers = await asyncio.gather(*[server.sessions.CreateSession(request) for _ in range(10)])
+    assert sum(a.created for a in answers) == 1
+    assert sorted(a.revision == 0 for a in answers) == [False] + [True] * 9
+    assert len({a.session.SerializeToString(deterministic=True) for a in answers}) == 1
+
+
+async def test_any_write_to_a_session_makes_an_older_etag_stale(server):
+    created = await create_session(server.sessions, "s1")
+    touched = await server.sessions.TouchSession(
+        ss.TouchSessionRequest(session=sp.Session(id="s1"))
+    )
+    assert touched.session.etag != created.etag
+    await expect_failure(
+        server.sessions.UpdateSession(
+            ss.UpdateSessionRequest(
+                session=sp.Session(id="s1", agent="x"), update_mask=mask("agent"),
+                etag=created.etag,
+            )
+        ),
+        ABORTED,
+        "ETAG_MISMATCH",
+    )
+
+
+async def test_purge_by_effective_status_can_target_abandoned_sessions(make_server):
+    server = await make_server(abandoned_after_seconds=600)
+    await create_session(server.sessions, "idle")
+    server.clock.advance(1000)
+    await create_session(server.sessions, "fresh")
+    answer = await server.sessions.PurgeSessions(
+        ss.PurgeSessionsRequest(
+            last_activity_before=timestamp(server.clock.now_micros() + 1),
+            statuses=[sp.SESSION_STATUS_ABANDONED],
+        )
+    )
+    assert answer.purged_count == 1
+    assert await list_ids(server) == ["fresh"]
+
+
+async def test_an_abandoned_session_can_be_ended(make_server):
+    server = await make_server(abandoned_after_seconds=60)
+    await create_session(server.sessions, "s1")
+    server.clock.advance(120)
+    answer = await end(server, "s1", sp.SESSION_STATUS_CANCELLED)
+    assert answer.session.status == sp.SESSION_STATUS_CANCELLED
+    assert answer.revision > 0
+
+
+async def test_list_sessions_filters_settled_statuses(server):
+    for sid in ("live", "done", "failed", "lost"):
+        await create_session(server.sessions, sid, runtime_instance=f"rt-{sid}")
+    await end(server, "done")
+    await end(server, "failed", sp.SESSION_STATUS_FAILED)
+    await reconcile(server, "rt-lost")
+    assert await list_ids(server, statuses=[sp.SESSION_STATUS_UNKNOWN]) == ["lost"]
+    assert await list_ids(server, statuses=[sp.SESSION_STATUS_COMPLETED]) == ["done"]
+    terminal = [sp.SESSION_STATUS_COMPLETED, sp.SESSION_STATUS_FAILED]
+    assert await list_ids(server, statuses=terminal) == ["done", "failed"]
+
+
+async def test_a_channel_with_an_empty_alias_is_invalid_argument(server):
+    await expect_bad_request(
+        server.sessions.CreateSession(
+            ss.CreateSessionRequest(session=sp.Session(id="s1", channel="discord."))
+        ),
+        "session.channel",
+    )
+
+
+async def test_reconcile_with_more_than_10000_kept_ids_is_invalid_argument(server):
+    await create_session(server.sessions, "a", runtime_instance="rt-1")
+    await expect_bad_request(
+        reconcile(server, "rt-1", keep=[f"k{i}" for i in range(10_001)]), "keep_session_ids"
+    )
+    assert (await get_session(server.sessions, "a")).status == sp.SESSION_STATUS_ACTIVE
+
+
+async def test_sessions_survive_a_graceful_terminate_of_the_server_process(server_process):
+    from sessiond.v1 import session_service_pb2_grpc
+
+    proc = server_process()
+    async with grpc.aio.insecure_channel(proc.address) as channel:
+        sessions = session_service_pb2_grpc.SessionServiceStub(channel)
+        await create_session(sessions, "s1", agent="kept")
+    proc.terminate()
+    proc.start()
+    async with grpc.aio.insecure_channel(proc.address) as channel:
+        sessions = session_service_pb2_grpc.SessionServiceStub(channel)
+        assert (await get_session(sessions, "s1")).agent == "kept"

@@ -4,6 +4,8 @@ request_id idempotency, budgets, late bills after the end), GetStats and CostByM
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from harness import (
@@ -340,3 +342,22 @@ async def test_cost_by_model_counts_usage_by_the_model_given_not_the_session_mod
     await record(server, "s1", "other-model", usage=usage(cost_micros=9))
     answer = await server.stats.CostByModel(st.CostByModelRequest())
     assert [m.model for m in answer.models] == ["other-model"]
+
+
+async def test_concurrent_retries_of_one_request_id_count_once(server):
+    await create_session(server.sessions, "s1")
+    answers = await asyncio.gather(
+        *[record(server, "s1", usage=usage(prompt_tokens=10, cost_micros=100), request_id="r")
+          for _ in range(10)]
+    )
+    assert sum(not a.duplicate for a in answers) == 1
+    assert len({a.revision for a in answers}) == 1
+    s = await get_session(server.sessions, "s1")
+    assert (s.usage.prompt_tokens, s.usage.cost_micros, s.usage.request_count) == (10, 100, 1)
+
+
+async def test_usage_of_a_reconciled_session_still_counts(server):
+    await create_session(server.sessions, "s1", runtime_instance="rt-1")
+    await server.sessions.ReconcileSessions(ss.ReconcileSessionsRequest(runtime_instance="rt-1"))
+    answer = await record(server, "s1", usage=usage(cost_micros=5))
+    assert answer.session_usage.cost_micros == 5

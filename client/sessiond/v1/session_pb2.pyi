@@ -72,9 +72,10 @@ class _SessionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Session
     """SESSION_STATUS_CANCELLED is a session stopped before it finished (terminal)."""
     SESSION_STATUS_UNKNOWN: _SessionStatus.ValueType  # 5
     """SESSION_STATUS_UNKNOWN is a session whose runtime crashed while it was
-    active (set by ReconcileSessions). It is not terminal: any activity
-    (AppendMessages, TouchSession, SetRuntimeState) makes it ACTIVE again, and
-    EndSession may settle it.
+    active (set by ReconcileSessions). It is not terminal: activity of the
+    runtime (any message write, TouchSession, SetRuntimeState) makes it
+    ACTIVE again, and EndSession may settle it. RecordUsage does not: a late
+    bill says nothing about the runtime being back.
     """
     SESSION_STATUS_ABANDONED: _SessionStatus.ValueType  # 6
     """SESSION_STATUS_ABANDONED is computed at read time, never stored: an ACTIVE
@@ -104,9 +105,10 @@ SESSION_STATUS_CANCELLED: SessionStatus.ValueType  # 4
 """SESSION_STATUS_CANCELLED is a session stopped before it finished (terminal)."""
 SESSION_STATUS_UNKNOWN: SessionStatus.ValueType  # 5
 """SESSION_STATUS_UNKNOWN is a session whose runtime crashed while it was
-active (set by ReconcileSessions). It is not terminal: any activity
-(AppendMessages, TouchSession, SetRuntimeState) makes it ACTIVE again, and
-EndSession may settle it.
+active (set by ReconcileSessions). It is not terminal: activity of the
+runtime (any message write, TouchSession, SetRuntimeState) makes it
+ACTIVE again, and EndSession may settle it. RecordUsage does not: a late
+bill says nothing about the runtime being back.
 """
 SESSION_STATUS_ABANDONED: SessionStatus.ValueType  # 6
 """SESSION_STATUS_ABANDONED is computed at read time, never stored: an ACTIVE
@@ -313,7 +315,7 @@ class Session(_message.Message):
     whatever this says.
     """
     display_name: _builtins.str
-    """display_name is a human-readable title."""
+    """display_name is a human-readable title, at most 1 KiB."""
     goal: _builtins.str
     """goal is the goal text of an autonomous session, at most 64 KiB."""
     owner_id: _builtins.str

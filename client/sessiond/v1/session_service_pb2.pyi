@@ -509,7 +509,9 @@ class EndSessionRequest(_message.Message):
     """reason is an optional free-text reason, at most 4 KiB."""
     @_builtins.property
     def ended_at(self) -> _timestamp_pb2.Timestamp:
-        """ended_at is when the session ended; unset means the server's time."""
+        """ended_at is when the session ended; unset means the server's time. A
+        time before the session's started_at is INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,

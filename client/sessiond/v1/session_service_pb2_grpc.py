@@ -188,8 +188,8 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetRuntimeState(self, request, context):
-        """SetRuntimeState records what the runtime is doing. RUNNING makes an
-        UNKNOWN session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
+        """SetRuntimeState records what the runtime is doing; it makes an UNKNOWN
+        session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
         (SESSION_ENDED) for a terminal session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -80,8 +80,8 @@ class SessionServiceStub:
     for a non-terminal status.
     """
     SetRuntimeState: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.SetRuntimeStateRequest, _session_service_pb2.SetRuntimeStateResponse]
-    """SetRuntimeState records what the runtime is doing. RUNNING makes an
-    UNKNOWN session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
+    """SetRuntimeState records what the runtime is doing; it makes an UNKNOWN
+    session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
     (SESSION_ENDED) for a terminal session.
     """
     ForkSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ForkSessionRequest, _session_service_pb2.ForkSessionResponse]
@@ -160,8 +160,8 @@ class SessionServiceAsyncStub(SessionServiceStub):
     for a non-terminal status.
     """
     SetRuntimeState: _aio.UnaryUnaryMultiCallable[_session_service_pb2.SetRuntimeStateRequest, _session_service_pb2.SetRuntimeStateResponse]  # type: ignore[assignment]
-    """SetRuntimeState records what the runtime is doing. RUNNING makes an
-    UNKNOWN session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
+    """SetRuntimeState records what the runtime is doing; it makes an UNKNOWN
+    session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
     (SESSION_ENDED) for a terminal session.
     """
     ForkSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ForkSessionRequest, _session_service_pb2.ForkSessionResponse]  # type: ignore[assignment]
@@ -285,8 +285,8 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.SetRuntimeStateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.SetRuntimeStateResponse, _abc.Awaitable[_session_service_pb2.SetRuntimeStateResponse]]:
-        """SetRuntimeState records what the runtime is doing. RUNNING makes an
-        UNKNOWN session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
+        """SetRuntimeState records what the runtime is doing; it makes an UNKNOWN
+        session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
         (SESSION_ENDED) for a terminal session.
         """
 

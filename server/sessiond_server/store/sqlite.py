@@ -287,9 +287,10 @@ class SQLiteStore:
             raise FailedPrecondition(f"session {row[2]!r} has ended", reason="SESSION_ENDED")
 
     def _bump(self, ctx: WriteContext, row: Sequence[Any], extra_sql: str = "",
-              extra_params: Sequence[Any] = ()) -> tuple[S.Session, bool]:
+              extra_params: Sequence[Any] = (), *, revive: bool = True
+              ) -> tuple[S.Session, bool]:
         """Bump activity and revision, revive an UNKNOWN session; the session after."""
-        revived: bool = row[COL["status"]] == rows.UNKNOWN
+        revived: bool = revive and row[COL["status"]] == rows.UNKNOWN
         updated = ctx.conn.execute(
             f"UPDATE sessions SET last_activity_at = ?, updated_at = ?, revision = ?,"
             f" status = ?{extra_sql} WHERE pk = ? RETURNING {RETURNING_COLUMNS}",
@@ -561,6 +562,8 @@ class SQLiteStore:
                     f"session {session_id!r} already ended as "
                     f"{S.SessionStatus.Name(current)}", reason="SESSION_ENDED")
             ended = ended_at_micros or ctx.now
+            if ended < row[COL["started_at"]]:
+                raise InvalidArgument("ended_at", "is before the session's started_at")
             ctx.conn.execute(
                 "UPDATE sessions SET status = ?, end_reason = ?, ended_at = ?, updated_at = ?,"
                 " revision = ?, runtime_state = CASE WHEN runtime_state = ? THEN ? ELSE"
@@ -992,12 +995,10 @@ class SQLiteStore:
                 " ON CONFLICT (session_pk, model) DO NOTHING", (pk, model))
             ctx.conn.execute(f"UPDATE session_usage SET {USAGE_ADD}"
                              f" WHERE session_pk = ? AND model = ?", (*delta, pk, model))
-            session, revived = self._bump(ctx, row, ", " + USAGE_ADD, delta)
+            session, _ = self._bump(ctx, row, ", " + USAGE_ADD, delta, revive=False)
             model_row = ctx.conn.execute(
                 f"SELECT {', '.join(USAGE_FIELDS)} FROM session_usage"
                 f" WHERE session_pk = ? AND model = ?", (pk, model)).fetchone()
-            if revived:
-                self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
             self._emit(ctx, E.EVENT_TYPE_USAGE_RECORDED, session)
             result = UsageResult(session.usage, rows.usage_from(model_row),
                                  session.budget_micros, False, ctx.write_revision)
