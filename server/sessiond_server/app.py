@@ -42,6 +42,16 @@ from .watch import WatchHub
 
 log = logging.getLogger("sessiond")
 
+
+def open_store(config: ServerConfig) -> SQLiteStore:
+    """The store the configuration names (SQLite is the embedded default)."""
+    return SQLiteStore(
+        config.database, clock=config.clock,
+        abandoned_after_seconds=config.abandoned_after_seconds,
+        durability=config.durability, readers=config.readers,
+        max_batch=config.max_batch_writes,
+    )
+
 SERVICE_NAMES = (
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
     message_service_pb2.DESCRIPTOR.services_by_name["MessageService"].full_name,
@@ -104,12 +114,7 @@ async def _every(seconds: float, what: str, action: Any) -> None:
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
-    store = SQLiteStore(
-        config.database, clock=config.clock,
-        abandoned_after_seconds=config.abandoned_after_seconds,
-        durability=config.durability, readers=config.readers,
-        max_batch=config.max_batch_writes,
-    )
+    store = open_store(config)
     await store.open()
     if store.recovered_wal:
         log.info("database %s had a write-ahead log left by an unclean stop; SQLite "
