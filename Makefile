@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto proto-check serve test test-fast lint bench bench-quick clean
+.PHONY: install proto proto-check serve test lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,3 +47,16 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: clients clients-check interop
+## clients: lint and breaking-check the protos, regenerate the Go/TypeScript/Rust clients and docs/api.md
+clients: $(STAMP)
+	PYTHON=$(PY) bash scripts/gen_clients.sh
+
+## clients-check: fail when the generated clients or docs/api.md are stale
+clients-check: $(STAMP)
+	PYTHON=$(PY) bash scripts/gen_clients.sh --check
+
+## interop: Go, TypeScript and Rust clients against a real server, compared with Python
+interop: $(STAMP)
+	bash scripts/interop.sh

@@ -101,9 +101,10 @@ const (
 	// SESSION_STATUS_CANCELLED is a session stopped before it finished (terminal).
 	SessionStatus_SESSION_STATUS_CANCELLED SessionStatus = 4
 	// SESSION_STATUS_UNKNOWN is a session whose runtime crashed while it was
-	// active (set by ReconcileSessions). It is not terminal: any activity
-	// (AppendMessages, TouchSession, SetRuntimeState) makes it ACTIVE again, and
-	// EndSession may settle it.
+	// active (set by ReconcileSessions). It is not terminal: activity of the
+	// runtime (any message write, TouchSession, SetRuntimeState) makes it
+	// ACTIVE again, and EndSession may settle it. RecordUsage does not: a late
+	// bill says nothing about the runtime being back.
 	SessionStatus_SESSION_STATUS_UNKNOWN SessionStatus = 5
 	// SESSION_STATUS_ABANDONED is computed at read time, never stored: an ACTIVE
 	// session idle for longer than the abandoned threshold.
@@ -415,7 +416,7 @@ type Session struct {
 	// model is the default model of the session; usage is counted per model
 	// whatever this says.
 	Model string `protobuf:"bytes,8,opt,name=model,proto3" json:"model,omitempty"`
-	// display_name is a human-readable title.
+	// display_name is a human-readable title, at most 1 KiB.
 	DisplayName string `protobuf:"bytes,9,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// goal is the goal text of an autonomous session, at most 64 KiB.
 	Goal string `protobuf:"bytes,10,opt,name=goal,proto3" json:"goal,omitempty"`
@@ -461,8 +462,9 @@ type Session struct {
 	TurnCount int64 `protobuf:"varint,27,opt,name=turn_count,json=turnCount,proto3" json:"turn_count,omitempty"`
 	// tool_call_count is the number of tool calls across all messages.
 	ToolCallCount int64 `protobuf:"varint,28,opt,name=tool_call_count,json=toolCallCount,proto3" json:"tool_call_count,omitempty"`
-	// last_seq is the sequence number of the last message (0 when empty).
-	// Sequence numbers only grow: a popped or cleared number is not reused.
+	// last_seq is the highest sequence number ever assigned in the session (0
+	// when none). PopMessage and ClearMessages do not lower it, so a sequence
+	// number is never reused.
 	LastSeq int64 `protobuf:"varint,29,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
 	// usage is the session's usage summed over all models.
 	Usage *Usage `protobuf:"bytes,30,opt,name=usage,proto3" json:"usage,omitempty"`

@@ -887,7 +887,8 @@ type EndSessionRequest struct {
 	Status SessionStatus `protobuf:"varint,2,opt,name=status,proto3,enum=sessiond.v1.SessionStatus" json:"status,omitempty"`
 	// reason is an optional free-text reason, at most 4 KiB.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	// ended_at is when the session ended; unset means the server's time.
+	// ended_at is when the session ended; unset means the server's time. A
+	// time before the session's started_at is INVALID_ARGUMENT.
 	EndedAt       *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -78,8 +78,8 @@ type SessionServiceClient interface {
 	// FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
 	// for a non-terminal status.
 	EndSession(ctx context.Context, in *EndSessionRequest, opts ...grpc.CallOption) (*EndSessionResponse, error)
-	// SetRuntimeState records what the runtime is doing. RUNNING makes an
-	// UNKNOWN session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
+	// SetRuntimeState records what the runtime is doing; it makes an UNKNOWN
+	// session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
 	// (SESSION_ENDED) for a terminal session.
 	SetRuntimeState(ctx context.Context, in *SetRuntimeStateRequest, opts ...grpc.CallOption) (*SetRuntimeStateResponse, error)
 	// ForkSession creates a session that starts with a copy of another's
@@ -285,8 +285,8 @@ type SessionServiceServer interface {
 	// FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
 	// for a non-terminal status.
 	EndSession(context.Context, *EndSessionRequest) (*EndSessionResponse, error)
-	// SetRuntimeState records what the runtime is doing. RUNNING makes an
-	// UNKNOWN session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
+	// SetRuntimeState records what the runtime is doing; it makes an UNKNOWN
+	// session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
 	// (SESSION_ENDED) for a terminal session.
 	SetRuntimeState(context.Context, *SetRuntimeStateRequest) (*SetRuntimeStateResponse, error)
 	// ForkSession creates a session that starts with a copy of another's

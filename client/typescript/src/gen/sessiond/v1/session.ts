@@ -85,9 +85,10 @@ export enum SessionStatus {
   SESSION_STATUS_CANCELLED = 4,
   /**
    * SESSION_STATUS_UNKNOWN - SESSION_STATUS_UNKNOWN is a session whose runtime crashed while it was
-   * active (set by ReconcileSessions). It is not terminal: any activity
-   * (AppendMessages, TouchSession, SetRuntimeState) makes it ACTIVE again, and
-   * EndSession may settle it.
+   * active (set by ReconcileSessions). It is not terminal: activity of the
+   * runtime (any message write, TouchSession, SetRuntimeState) makes it
+   * ACTIVE again, and EndSession may settle it. RecordUsage does not: a late
+   * bill says nothing about the runtime being back.
    */
   SESSION_STATUS_UNKNOWN = 5,
   /**
@@ -267,7 +268,7 @@ export interface Session {
    * whatever this says.
    */
   model: string;
-  /** display_name is a human-readable title. */
+  /** display_name is a human-readable title, at most 1 KiB. */
   displayName: string;
   /** goal is the goal text of an autonomous session, at most 64 KiB. */
   goal: string;
@@ -336,8 +337,9 @@ export interface Session {
   /** tool_call_count is the number of tool calls across all messages. */
   toolCallCount: bigint;
   /**
-   * last_seq is the sequence number of the last message (0 when empty).
-   * Sequence numbers only grow: a popped or cleared number is not reused.
+   * last_seq is the highest sequence number ever assigned in the session (0
+   * when none). PopMessage and ClearMessages do not lower it, so a sequence
+   * number is never reused.
    */
   lastSeq: bigint;
   /** usage is the session's usage summed over all models. */

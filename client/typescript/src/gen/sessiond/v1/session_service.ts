@@ -336,7 +336,10 @@ export interface EndSessionRequest {
   status: SessionStatus;
   /** reason is an optional free-text reason, at most 4 KiB. */
   reason: string;
-  /** ended_at is when the session ended; unset means the server's time. */
+  /**
+   * ended_at is when the session ended; unset means the server's time. A
+   * time before the session's started_at is INVALID_ARGUMENT.
+   */
   endedAt: Timestamp | undefined;
 }
 
@@ -3604,8 +3607,8 @@ export const SessionServiceService = {
     responseDeserialize: (value: Buffer): EndSessionResponse => EndSessionResponse.decode(value),
   },
   /**
-   * SetRuntimeState records what the runtime is doing. RUNNING makes an
-   * UNKNOWN session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
+   * SetRuntimeState records what the runtime is doing; it makes an UNKNOWN
+   * session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
    * (SESSION_ENDED) for a terminal session.
    */
   setRuntimeState: {
@@ -3725,8 +3728,8 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
    */
   endSession: handleUnaryCall<EndSessionRequest, EndSessionResponse>;
   /**
-   * SetRuntimeState records what the runtime is doing. RUNNING makes an
-   * UNKNOWN session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
+   * SetRuntimeState records what the runtime is doing; it makes an UNKNOWN
+   * session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
    * (SESSION_ENDED) for a terminal session.
    */
   setRuntimeState: handleUnaryCall<SetRuntimeStateRequest, SetRuntimeStateResponse>;
@@ -3898,8 +3901,8 @@ export interface SessionServiceClient extends Client {
     callback: (error: ServiceError | null, response: EndSessionResponse) => void,
   ): ClientUnaryCall;
   /**
-   * SetRuntimeState records what the runtime is doing. RUNNING makes an
-   * UNKNOWN session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
+   * SetRuntimeState records what the runtime is doing; it makes an UNKNOWN
+   * session ACTIVE again. Errors: NOT_FOUND; FAILED_PRECONDITION
    * (SESSION_ENDED) for a terminal session.
    */
   setRuntimeState(
