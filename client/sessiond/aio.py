@@ -14,7 +14,7 @@ adds what every caller would otherwise repeat:
 * page walking (``iter_sessions``, ``iter_messages``) and a watch that
   resumes by itself (``watch``, see ``sessiond.watching``).
 
-The request-building helpers at the top are shared with the sync client.
+The request-building helpers live in ``sessiond.requests``, shared with the sync client.
 """
 
 # ASYNC109 prefers asyncio.timeout() over a timeout parameter; here timeout
@@ -24,7 +24,6 @@ The request-building helpers at the top are shared with the sync client.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
@@ -32,11 +31,17 @@ from typing import Any, Self, TypeVar
 
 import grpc
 import grpc.aio
-from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from sessiond.errors import Unavailable, error_from_rpc_error, retry_is_safe
+from sessiond.requests import (
+    FieldMaskLike,
+    TimestampLike,
+    auth_metadata,
+    build_request,
+    to_field_mask,
+    to_timestamp,
+)
 from sessiond.v1 import (
     message_pb2,
     message_service_pb2,
@@ -53,52 +58,6 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
-
-TimestampLike = Timestamp | datetime.datetime
-FieldMaskLike = FieldMask | Sequence[str]
-
-
-def build_request(
-    request_type: type[RequestT], request: RequestT | None, **fields: Any
-) -> RequestT:
-    """The request itself, or one built from the keyword fields that are set.
-
-    None stands for "not given", so a field left out keeps its proto default
-    (and an ``optional`` field stays unset).
-    """
-    given = {name: value for name, value in fields.items() if value is not None}
-    if request is None:
-        return request_type(**given)
-    if given:
-        raise TypeError(
-            f"pass a {request_type.__name__} or keyword fields, not both "
-            f"(got {', '.join(sorted(given))})"
-        )
-    return request
-
-
-def to_timestamp(value: TimestampLike | None) -> Timestamp | None:
-    """A Timestamp from a Timestamp or an aware datetime (naive means UTC)."""
-    if value is None or isinstance(value, Timestamp):
-        return value
-    timestamp = Timestamp()
-    timestamp.FromDatetime(value)
-    return timestamp
-
-
-def to_field_mask(value: FieldMaskLike | None) -> FieldMask | None:
-    """A FieldMask from a FieldMask or a sequence of paths."""
-    if value is None or isinstance(value, FieldMask):
-        return value
-    if isinstance(value, str):
-        raise TypeError("update_mask takes a sequence of paths, not one string")
-    return FieldMask(paths=list(value))
-
-
-def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """The call metadata that carries the bearer token (none without one)."""
-    return (("authorization", f"Bearer {token}"),) if token else ()
-
 
 class AsyncClient:
     """A sessiond client for asyncio code.
@@ -421,7 +380,7 @@ class AsyncClient:
         EVENTS and PROGRESS, each revision once, across reconnections.
         Raises ``RelistRequired`` when the resume point was compacted, and
         other ``SessiondError`` subclasses for anything but UNAVAILABLE.
-        Close it (``aclose()``, or leave an ``async for``) to end the call.
+        Close it with ``aclose()`` (or ``contextlib.aclosing``) to end the call.
         """
         request = WatchRequest(
             filter=filter,

@@ -16,18 +16,16 @@ from typing import Any, Self
 
 import grpc
 
-from sessiond.aio import (
-    DEFAULT_TARGET,
+from sessiond.aio import DEFAULT_TARGET, RequestT, ResponseT
+from sessiond.errors import Unavailable, error_from_rpc_error, retry_is_safe
+from sessiond.requests import (
     FieldMaskLike,
-    RequestT,
-    ResponseT,
     TimestampLike,
     auth_metadata,
     build_request,
     to_field_mask,
     to_timestamp,
 )
-from sessiond.errors import Unavailable, error_from_rpc_error, retry_is_safe
 from sessiond.v1 import (
     message_pb2,
     message_service_pb2,
@@ -361,7 +359,7 @@ class Client:
         EVENTS and PROGRESS, each revision once, across reconnections.
         Raises ``RelistRequired`` when the resume point was compacted, and
         other ``SessiondError`` subclasses for anything but UNAVAILABLE.
-        Close it (``close()``, or leave a ``for`` loop) to end the call.
+        Close it with ``close()`` (or ``contextlib.closing``) to end the call.
         """
         request = WatchRequest(
             filter=filter,
