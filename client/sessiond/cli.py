@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sessiond.aio import DEFAULT_TARGET
+from sessiond.dashboard import add_arguments as add_dashboard_arguments
 from sessiond.errors import SessiondError
 from sessiond.formatting import (
     enum_word,
@@ -272,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--initial", action="store_true", help="first print the current state of each session"
     )
 
+    dashboard = add(
+        commands, "", "dashboard", "live fleet dashboard in the browser", run_dashboard
+    )
+    add_dashboard_arguments(dashboard)
     width = max(len(name) for name, _ in listing)
     parser.epilog = "all commands:\n" + "\n".join(
         f"  sessiond {name:<{width}}  {text}" for name, text in listing
@@ -587,3 +592,10 @@ def run_watch(args: argparse.Namespace, out: TextIO) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def run_dashboard(args: argparse.Namespace, out: TextIO) -> int:
+    """Serve the dashboard until Ctrl-C or SIGTERM."""
+    from sessiond.dashboard import main as dashboard_main
+
+    return dashboard_main(args)
