@@ -6,8 +6,9 @@ the same cores at the same moment. Three ceilings:
 * a bare ``grpc.aio`` echo server: a generic handler, bytes in and bytes out,
   no protobuf, no storage; the most a Python gRPC server does per second here;
 * a bare ``grpc.aio`` fan-out server: a writer publishes bytes, every
-  subscriber's server-streaming call receives them, stamped with the send
-  time; the most a Python gRPC server fans out here;
+  subscriber's server-streaming call receives them, stamped with the time
+  they were published (frames that queue up meanwhile share one response,
+  as sessiond batches revisions); the most a Python gRPC server fans out here;
 * raw SQLite inserts through aiosqlite (WAL, synchronous=FULL): one commit per
   row, and 64 rows per commit (what group commit can reach).
 
@@ -33,7 +34,7 @@ PUBLISH_METHOD = "/bench.Fanout/Publish"
 SUBSCRIBE_METHOD = "/bench.Fanout/Subscribe"
 # A subscriber's queue holds this many messages; a full queue makes Publish
 # wait (backpressure), so the ceiling never "wins" by buffering without bound.
-FANOUT_QUEUE = 64
+FANOUT_QUEUE = 1024
 # A ceiling server exits by itself after this long, whatever happens.
 SERVER_LIFETIME_S = 1800.0
 
@@ -49,7 +50,7 @@ class _FanoutHub:
     async def publish(
         self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
-        frame = time.time_ns().to_bytes(8, "big") + request
+        frame = time.time_ns().to_bytes(8, "big") + len(request).to_bytes(4, "big") + request
         for queue in list(self.queues):
             await queue.put(frame)
         return b""
@@ -60,9 +61,14 @@ class _FanoutHub:
         queue: asyncio.Queue[bytes] = asyncio.Queue(FANOUT_QUEUE)
         self.queues.add(queue)
         try:
-            yield bytes(8)  # "subscribed": a zero stamp and an empty response
+            yield bytes(12)  # "subscribed": a zero stamp and an empty response
             while True:
-                yield await queue.get()
+                # Whatever queued up meanwhile goes in the same response, as
+                # sessiond puts several revisions in one WatchSessionsResponse.
+                frames = [await queue.get()]
+                while len(frames) < 64 and not queue.empty():
+                    frames.append(queue.get_nowait())
+                yield b"".join(frames)
         finally:
             self.queues.discard(queue)
 

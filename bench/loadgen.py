@@ -84,9 +84,10 @@ class SubscribeSpec:
 
     ``framing`` says how to read a response: "sessiond" is a serialised
     WatchSessionsResponse whose events carry their commit time; "stamped" is
-    8 bytes of big-endian epoch nanoseconds (the ceiling server's send time)
-    followed by a serialised WatchSessionsResponse, parsed too so that both
-    subscribers do the same client work.
+    one or more frames of 8 bytes of big-endian epoch nanoseconds (when the
+    ceiling server got the publish), a 4-byte length and a serialised
+    WatchSessionsResponse, parsed too so that both subscribers do the same
+    client work.
     """
 
     target: str
@@ -95,19 +96,6 @@ class SubscribeSpec:
     request: bytes
     framing: str
     warmup_s: float
-    duration_s: float
-    start_at_ns: int = 0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class FillSpec:
-    """Create filled sessions ``first`` .. ``first + count - 1`` (see workload)."""
-
-    target: str
-    concurrency: int
-    first: int
-    count: int
-    base_us: int
     duration_s: float
     start_at_ns: int = 0
 
@@ -212,12 +200,18 @@ async def _run_subscribers(spec: SubscribeSpec) -> PhaseResult:
                     received_wall = time.time_ns()
                     received = time.monotonic_ns()
                     if spec.framing == "stamped":
-                        sent_ns = int.from_bytes(raw[:8], "big")
-                        response = parse(raw[8:])
-                        if sent_ns == 0:  # the ceiling server's "subscribed" frame
+                        stamps = []
+                        offset = 0
+                        while offset + 12 <= len(raw):
+                            sent_ns = int.from_bytes(raw[offset : offset + 8], "big")
+                            size = int.from_bytes(raw[offset + 8 : offset + 12], "big")
+                            response = parse(raw[offset + 12 : offset + 12 + size])
+                            offset += 12 + size
+                            if sent_ns:
+                                stamps += [sent_ns] * max(1, len(response.events))
+                        if not stamps:  # the ceiling server's "subscribed" frame
                             ready_at.append(received)
                             continue
-                        stamps = [sent_ns] * max(1, len(response.events))
                     else:
                         response = parse(raw)
                         if not response.events:  # CREATED, PROGRESS
@@ -250,39 +244,6 @@ async def _run_subscribers(spec: SubscribeSpec) -> PhaseResult:
     return result
 
 
-async def _run_fill(spec: FillSpec) -> PhaseResult:
-    from bench.workload import fill_session_calls
-
-    result = PhaseResult()
-    errors: Counter[str] = Counter()
-    stop_at = spec.start_at_ns + int(spec.duration_s * 1e9)
-    indices = iter(range(spec.first, spec.first + spec.count))
-    async with grpc.aio.insecure_channel(spec.target, options=CHANNEL_OPTIONS) as channel:
-        await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
-        methods: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
-        await _sleep_until(spec.start_at_ns)
-        result.first_start_ns = time.monotonic_ns()
-
-        async def run_task() -> None:
-            for index in indices:
-                if time.monotonic_ns() >= stop_at:
-                    return
-                try:
-                    for call in fill_session_calls(index, spec.base_us):
-                        if call.method not in methods:
-                            methods[call.method] = channel.unary_unary(call.method, None, None)
-                        await methods[call.method](call.request, timeout=CALL_TIMEOUT_S)
-                except grpc.aio.AioRpcError as error:
-                    errors[error.code().name] += 1
-                    continue
-                result.completed += 1
-
-        await asyncio.gather(*(run_task() for _ in range(spec.concurrency)))
-    result.last_end_ns = time.monotonic_ns()
-    result.errors = dict(errors)
-    return result
-
-
 def _worker_main(connection: multiprocessing.connection.Connection) -> None:
     """A worker's life: run each phase it is sent until it is sent None."""
     while True:
@@ -294,8 +255,6 @@ def _worker_main(connection: multiprocessing.connection.Connection) -> None:
                 result = asyncio.run(_run_load(spec))
             elif isinstance(spec, SubscribeSpec):
                 result = asyncio.run(_run_subscribers(spec))
-            elif isinstance(spec, FillSpec):
-                result = asyncio.run(_run_fill(spec))
             else:
                 result = PhaseResult(failure=f"unknown spec {type(spec).__name__}")
         except Exception as error:  # reported, never silently lost
@@ -326,7 +285,7 @@ class WorkerPool:
 
     def run(
         self,
-        specs: Sequence[LoadSpec | SubscribeSpec | FillSpec],
+        specs: Sequence[LoadSpec | SubscribeSpec],
         timeout_s: float,
         start_delay_s: float | None = None,
     ) -> PhaseResult:

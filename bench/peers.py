@@ -4,8 +4,7 @@ The peers (OpenAI Agents SDK, LangGraph, Google ADK) bring large dependency
 trees that sessiond must not depend on, even optionally, so they live in
 bench/.peers-venv (git-ignored), created by ``python -m bench --install-peers``
 or by a full run when it is missing. Versions are pinned so that figures
-from two runs compare. The same venv holds py-spy, used by
-``--profile-server``. Without the venv, the peers are reported as skipped.
+from two runs compare. Without the venv, the peers are reported as skipped.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ PEER_REQUIREMENTS = [
     "langgraph==1.2.22",
     "langgraph-checkpoint-sqlite==3.1.2",
     "google-adk[db]==2.13.0",
-    "py-spy==0.4.3",
 ]
 INSTALL_TIMEOUT_S = 900.0
 

@@ -9,9 +9,8 @@ Peak memory is the kernel's high-water mark of resident memory (VmHWM in
 /proc/PID/status). Writing 5 to /proc/PID/clear_refs resets it, so each phase
 reports its own peak, not the largest of the whole run.
 
-With ``profile_dir`` set, py-spy (when installed in the peers venv or on
-PATH) samples every thread of the server during chosen phases, because the
-store's writer runs on a thread that cProfile would not see.
+With ``profile_output`` set, the server runs under bench.profiled_server
+(cProfile on every thread) and writes its pstats there when it stops.
 """
 
 from __future__ import annotations
@@ -77,24 +76,22 @@ def peak_rss_mib(pid: int) -> float:
     return read_status_kib(pid, "VmHWM") / 1024
 
 
-def find_py_spy() -> str | None:
-    beside_peers = Path(__file__).resolve().parent / ".peers-venv" / "bin" / "py-spy"
-    if beside_peers.exists():
-        return str(beside_peers)
-    return shutil.which("py-spy")
-
-
 class SessiondServer:
     """One ``sessiond serve`` subprocess on a database file of its own."""
 
-    def __init__(self, database: Path, durability: str, log_path: Path) -> None:
+    def __init__(
+        self, database: Path, durability: str, log_path: Path, profile_output: Path | None = None
+    ) -> None:
         self.database = database
         self.durability = durability
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self._log = log_path.open("ab")
+        launcher = sessiond_command()
+        if profile_output is not None:
+            launcher = [sys.executable, "-m", "bench.profiled_server", str(profile_output)]
         command = [
-            *sessiond_command(),
+            *launcher,
             "serve",
             "--database",
             str(database),
@@ -104,10 +101,15 @@ class SessiondServer:
             durability,
         ]
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parent.parent,
+            # A native crash leaves every thread's Python stack in the log.
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
         self.started_in_s = self._wait_serving()
-        self._profilers: list[subprocess.Popen[bytes]] = []
 
     @property
     def pid(self) -> int:
@@ -132,31 +134,8 @@ class SessiondServer:
         self.stop()
         raise RuntimeError(f"sessiond serve was not SERVING within {START_TIMEOUT_S:.0f} s")
 
-    def start_profile(self, output: Path, duration_s: float) -> bool:
-        """Sample every thread of the server for ``duration_s`` (py-spy)."""
-        py_spy = find_py_spy()
-        if py_spy is None:
-            return False
-        command = [
-            py_spy, "record", "--pid", str(self.pid), "--duration", str(max(1, round(duration_s))),
-            "--rate", "200", "--format", "raw", "--output", str(output), "--nonblocking",
-        ]  # fmt: skip
-        self._profilers.append(
-            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        )
-        return True
-
-    def wait_profiles(self) -> None:
-        for profiler in self._profilers:
-            try:
-                profiler.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                profiler.kill()
-        self._profilers.clear()
-
     def stop(self) -> int | None:
         """SIGTERM (graceful shutdown), then SIGKILL if it takes too long."""
-        self.wait_profiles()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

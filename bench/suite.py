@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,9 +22,9 @@ from typing import Any
 
 import grpc
 
-from bench import ceilings, peers, workload
+from bench import bulk_fill, ceilings, peers, workload
 from bench.figures import Figure, percentile_ms
-from bench.loadgen import Call, FillSpec, LoadSpec, PhaseResult, SubscribeSpec, WorkerPool, split
+from bench.loadgen import Call, LoadSpec, PhaseResult, SubscribeSpec, WorkerPool, split
 from bench.sessiond_process import SessiondServer, free_port, peak_rss_mib, reset_peak_rss
 
 
@@ -54,7 +53,6 @@ class Sizes:
     watch_subscribers: int = 100
     watch_subscriber_processes: int = 4
     watch_writer_in_flight: int = 8
-    fill_in_flight: int = 32
 
 
 FULL = Sizes(
@@ -86,10 +84,6 @@ QUICK = Sizes(
     peers_s=1.0,
     fill_timeout_s=120.0,
 )
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 class Suite:
@@ -127,8 +121,15 @@ class Suite:
         self.pool.close()
         self.ceiling.stop()
 
-    def start_server(self, name: str, durability: str) -> SessiondServer:
-        server = SessiondServer(self.workdir / f"{name}.db", durability, self._server_log)
+    def start_server(
+        self, name: str, durability: str, database: Path | None = None
+    ) -> SessiondServer:
+        database = database or self.workdir / f"{name}.db"
+        profile = None
+        if self.profile:
+            profile = self.results_dir / f"{self.stamp}-profile-{name}-{len(self.profiles)}.pstats"
+            self.profiles[f"{name} server ({len(self.profiles)})"] = str(profile)
+        server = SessiondServer(database, durability, self._server_log, profile)
         self.facts[f"server_{name}_start_s"] = round(server.started_in_s, 3)
         self.log(f"sessiond serve ({name}, durability {durability}) on {server.target}")
         return server
@@ -155,23 +156,15 @@ class Suite:
 
     def run_phase(
         self,
-        specs: Sequence[LoadSpec | SubscribeSpec | FillSpec],
+        specs: Sequence[LoadSpec | SubscribeSpec],
         pid: int | None,
         timeout_s: float,
         start_delay_s: float | None = None,
-        profile_as: str = "",
-        server: SessiondServer | None = None,
     ) -> tuple[PhaseResult, float]:
         """Run a phase; return the merged result and the server's peak RSS."""
         if pid is not None:
             reset_peak_rss(pid)
-        if self.profile and profile_as and server is not None:
-            output = self.results_dir / f"{self.stamp}-profile-{slug(profile_as)}.txt"
-            if server.start_profile(output, timeout_s):
-                self.profiles[profile_as] = str(output)
         result = self.pool.run(specs, timeout_s, start_delay_s)
-        if server is not None:
-            server.wait_profiles()
         if result.failure:
             raise RuntimeError(f"a worker failed: {result.failure}")
         return result, peak_rss_mib(pid) if pid is not None else math.nan
@@ -185,7 +178,6 @@ class Suite:
         in_flight: int,
         workers: int,
         pid: int | None,
-        server: SessiondServer | None = None,
         note: str = "",
         extra: dict[str, Any] | None = None,
     ) -> Figure:
@@ -204,9 +196,7 @@ class Suite:
             for ops in per_worker_ops
         ]
         timeout = sizes.warmup_s + sizes.duration_s + 60
-        result, rss = self.run_phase(
-            specs, pid, timeout, profile_as=f"{group} {name}", server=server
-        )
+        result, rss = self.run_phase(specs, pid, timeout)
         return self.record(
             Figure.from_latencies(
                 group,
@@ -241,27 +231,19 @@ class Suite:
             unary(server.target, workload.append_call(session_id, count % 100))
         return time.monotonic() - started
 
-    def fill_sessions(self, server: SessiondServer, first: int, count: int, base_us: int) -> float:
-        """Create sessions first..first+count-1 with usage, over gRPC; seconds."""
-        workers = self.pool.size
-        share = math.ceil(count / workers)
-        specs = [
-            FillSpec(
-                target=server.target,
-                concurrency=self.sizes.fill_in_flight,
-                first=first + index * share,
-                count=max(0, min(share, first + count - (first + index * share))),
-                base_us=base_us,
-                duration_s=self.sizes.fill_timeout_s,
-            )
-            for index in range(workers)
-        ]
+    def fill_sessions(self, database: Path, first: int, count: int, base_us: int) -> float:
+        """Create sessions first..first+count-1 with usage, in-process; seconds."""
+        context = multiprocessing.get_context("spawn")
         started = time.monotonic()
-        result, _ = self.run_phase(specs, None, self.sizes.fill_timeout_s + 60, 0.2)
-        elapsed = time.monotonic() - started
-        if result.errors or result.completed != count:
-            raise RuntimeError(f"session fill: {result.completed}/{count}, {result.errors}")
-        return elapsed
+        with context.Pool(1) as pool:
+            pending = pool.apply_async(
+                bulk_fill.fill_sessions,
+                (database, first, count, base_us, self.sizes.fill_timeout_s),
+            )
+            created = pending.get(timeout=self.sizes.fill_timeout_s + 120)
+        if created != count:
+            raise RuntimeError(f"session fill: {created}/{count} before the deadline")
+        return time.monotonic() - started
 
     # -- scenarios --------------------------------------------------------
 
@@ -280,14 +262,14 @@ class Suite:
         eight = [(workload.append_call(s, 8),) for s in sessions]
         w = sizes.load_workers
         self.load(group, "append 1 x 1 KB, 64 in flight", server.target, one,
-                  sizes.append_in_flight, w, server.pid, server)  # fmt: skip
+                  sizes.append_in_flight, w, server.pid)  # fmt: skip
         if group == "sessiond":
             # The ceiling right after the figure it bounds: same bytes, same load.
             self.load("ceiling", "grpc.aio echo, same bytes, 64 in flight", self.ceiling.target,
                       [(Call(ceilings.ECHO_METHOD, c.request),) for (c,) in one],
                       sizes.append_in_flight, w, self.ceiling.pid)  # fmt: skip
         figure = self.load(group, "append 8 x 1 KB, 64 in flight", server.target, eight,
-                           sizes.append_in_flight, w, server.pid, server)  # fmt: skip
+                           sizes.append_in_flight, w, server.pid)  # fmt: skip
         figure.extra["messages_per_s"] = figure.ops_per_s * 8
 
     def scenarios_full_durability(self) -> None:
@@ -300,7 +282,7 @@ class Suite:
             create_sessions(server.target, turns)
             self.load("sessiond", "agent turn (last 20 + append 2 + usage), 64 in flight",
                       server.target, [workload.agent_turn(s) for s in turns],
-                      sizes.append_in_flight, sizes.load_workers, server.pid, server)  # fmt: skip
+                      sizes.append_in_flight, sizes.load_workers, server.pid)  # fmt: skip
 
             for size in sizes.read_sizes:
                 session_id = f"read-{size}"
@@ -308,7 +290,7 @@ class Suite:
                 self.facts[f"fill_messages_{size}_s"] = round(seconds, 2)
                 self.load("sessiond", f"read last 20 of {size:,} messages, 32 in flight",
                           server.target, [(workload.read_last_call(session_id),)],
-                          sizes.read_in_flight, sizes.load_workers, server.pid, server,
+                          sizes.read_in_flight, sizes.load_workers, server.pid,
                           extra={"session_messages": size})  # fmt: skip
 
             create_sessions(server.target, ["growth-empty"])
@@ -319,7 +301,7 @@ class Suite:
             ):
                 self.load("sessiond", f"append 1 x 1 KB into {label} session, 8 in flight",
                           server.target, [(workload.append_call(session_id),)],
-                          sizes.growth_in_flight, 1, server.pid, server)  # fmt: skip
+                          sizes.growth_in_flight, 1, server.pid)  # fmt: skip
 
             self.watch_fanout(server)
         finally:
@@ -341,7 +323,7 @@ class Suite:
             subscribers = split(
                 list(range(sizes.watch_subscribers)), sizes.watch_subscriber_processes
             )
-            specs: list[LoadSpec | SubscribeSpec | FillSpec] = [
+            specs: list[LoadSpec | SubscribeSpec] = [
                 SubscribeSpec(target, len(share), method, request, framing,
                               sizes.warmup_s, sizes.duration_s)
                 for share in subscribers
@@ -355,8 +337,6 @@ class Suite:
                 pid,
                 sizes.warmup_s + sizes.duration_s + 60,
                 start_delay_s=4.0,
-                profile_as=f"{group} watch fan-out",
-                server=server if group == "sessiond" else None,
             )
             name = (
                 f"watch fan-out to {sizes.watch_subscribers} subscribers"
@@ -398,24 +378,29 @@ class Suite:
             self.stop_server("normal", server)
 
     def scenarios_large_tables(self) -> None:
-        sizes = self.sizes
-        server = self.start_server("tables", "full")
-        try:
-            # Start times one second apart, ending about now.
-            base_us = time.time_ns() // 1000 - sizes.stats_sessions * 1_000_000
-            seconds = self.fill_sessions(server, 0, sizes.list_sessions, base_us)
-            self.facts["fill_sessions_list"] = sizes.list_sessions
-            self.facts["fill_sessions_per_s"] = round(sizes.list_sessions / seconds, 1)
-            self.log(f"  filled {sizes.list_sessions:,} sessions in {seconds:.1f} s")
-            self.list_pages(server)
+        """Listing over list_sessions sessions, then stats over stats_sessions.
 
-            remaining = sizes.stats_sessions - sizes.list_sessions
-            if remaining > 0:
-                seconds = self.fill_sessions(server, sizes.list_sessions, remaining, base_us)
-                self.log(f"  filled {remaining:,} more sessions in {seconds:.1f} s")
-            self.stats_calls(server)
-        finally:
-            self.stop_server("tables", server)
+        The database is filled in-process while no server runs (bulk_fill),
+        then served; the server is restarted on the same file between the
+        two sizes.
+        """
+        sizes = self.sizes
+        database = self.workdir / "tables.db"
+        # Start times one second apart, ending about now.
+        base_us = time.time_ns() // 1000 - sizes.stats_sessions * 1_000_000
+        filled = 0
+        for total, measure in ((sizes.list_sessions, self.list_pages),
+                               (sizes.stats_sessions, self.stats_calls)):  # fmt: skip
+            if total > filled:
+                seconds = self.fill_sessions(database, filled, total - filled, base_us)
+                self.facts[f"bulk_fill_{total}_sessions_per_s"] = round((total - filled) / seconds)
+                self.log(f"  filled {total - filled:,} sessions in {seconds:.1f} s (in-process)")
+                filled = total
+            server = self.start_server("tables", "full", database)
+            try:
+                measure(server)
+            finally:
+                self.stop_server("tables", server)
 
     def list_pages(self, server: SessiondServer) -> None:
         sizes = self.sizes
@@ -446,7 +431,6 @@ class Suite:
                 sizes.list_in_flight,
                 1,
                 server.pid,
-                server,
             )
 
     def stats_calls(self, server: SessiondServer) -> None:
