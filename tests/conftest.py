@@ -3,6 +3,9 @@
 Every test talks to a fresh server on its own temporary SQLite file, only through gRPC.
 
 * ``server``: an in-process server with default limits and a ``FakeClock``.
+* Both are parametrised over the storage backends: ``[sqlite]`` on a temporary file and
+  ``[postgres]`` on a fresh database of a throwaway PostgreSQL cluster (marked ``postgres``;
+  skipped with the reason when PostgreSQL cannot be started here, a failure when CI=true).
 * ``make_server(**overrides)``: the same with other ``ServerConfig`` fields (``limits=`` takes a
   ``Limits`` or a dict of its fields; ``clock=`` a ``FakeClock``; ``database=`` a path, to
   start again on an existing file).
@@ -25,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,70 @@ from sessiond.v1 import (
 __all__ = ["FakeClock"]
 
 HEALTH_TIMEOUT_SECONDS = 20.0
+REPO = Path(__file__).resolve().parent.parent
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "postgres: needs a PostgreSQL server (scripts/postgres.sh starts one)"
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server for the whole run: $SESSIOND_TEST_POSTGRES_URL, or a
+    throwaway cluster that scripts/postgres.sh installs if needed and starts (fsync off)."""
+    given = os.environ.get("SESSIOND_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    started = subprocess.run(
+        ["bash", str(REPO / "scripts" / "postgres.sh"), "start"],
+        capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "SESSIOND_PG_FAST": "1"},
+    )
+    exported = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in started.stdout.splitlines() if line.startswith("export ")
+    )
+    url = exported.get("SESSIOND_TEST_POSTGRES_URL")
+    if started.returncode != 0 or not url:
+        reason = (f"PostgreSQL could not be started by scripts/postgres.sh "
+                  f"(exit {started.returncode}): {started.stderr.strip()[-500:]}")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield url
+    finally:
+        subprocess.run(["bash", str(REPO / "scripts" / "postgres.sh"), "stop",
+                        exported["SESSIOND_PG_DIR"]], capture_output=True, timeout=60,
+                       check=False)
+
+
+async def create_postgres_database(admin_url: str) -> str:
+    """A fresh, empty database on the server of ``admin_url``; its URL."""
+    import asyncpg
+
+    name = f"sessiond_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    finally:
+        await conn.close()
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+async def drop_postgres_databases(admin_url: str, urls: list[str]) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        for url in urls:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 @dataclasses.dataclass
@@ -65,8 +133,10 @@ class ServerHarness:
         return self.running.store
 
     @property
-    def database(self) -> Path:
-        return Path(self.running.config.database)
+    def database(self) -> Path | str:
+        """The SQLite file, or the PostgreSQL URL; either starts another server on the same data."""
+        database = self.running.config.database
+        return database if str(database).startswith("postgresql:") else Path(database)
 
     async def check_consistency(self) -> list[str]:
         """Integrity check and counter recounts, as the store reports them."""
@@ -83,22 +153,30 @@ class ServerHarness:
 MakeServer = Callable[..., Awaitable[ServerHarness]]
 
 
-@pytest.fixture
-async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
+@pytest.fixture(params=BACKENDS)
+async def make_server(tmp_path: Path, request: pytest.FixtureRequest
+                      ) -> AsyncIterator[MakeServer]:
     from sessiond_server.app import start_server
     from sessiond_server.config import Limits, ServerConfig
 
     started: list[ServerHarness] = []
     numbers = itertools.count(1)
+    admin_url = request.getfixturevalue("postgres_server") if request.param == "postgres" else None
+    databases: list[str] = []
 
     async def factory(**overrides: Any) -> ServerHarness:
         clock = overrides.pop("clock", None) or FakeClock()
         limits = overrides.pop("limits", None)
         if isinstance(limits, dict):
             limits = Limits(**limits)
-        database = overrides.pop("database", None) or tmp_path / f"sessiond-{next(numbers)}.db"
+        database = overrides.pop("database", None)
+        if database is None and admin_url is not None:
+            database = await create_postgres_database(admin_url)
+            databases.append(database)
+        if database is None:
+            database = tmp_path / f"sessiond-{next(numbers)}.db"
         config = ServerConfig(
-            database=Path(database),
+            database=database if isinstance(database, str) else Path(database),
             address=overrides.pop("address", "127.0.0.1:0"),
             clock=clock.now_micros,
             limits=limits or Limits(),
@@ -120,6 +198,8 @@ async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
     yield factory
     for harness in reversed(started):
         await harness.close()
+    if admin_url is not None and databases:
+        await drop_postgres_databases(admin_url, databases)
 
 
 @pytest.fixture

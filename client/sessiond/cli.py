@@ -18,7 +18,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from sessiond.aio import DEFAULT_TARGET
@@ -173,24 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
         listing.append((f"{path} {name}".strip(), help_text))
         return command
 
-    serve = add(commands, "", "serve", "run the server", run_serve, parents=())
-    serve.add_argument("--database", type=Path, help="SQLite database file")
-    serve.add_argument(
-        "--address",
-        default=argparse.SUPPRESS,
-        help="address to listen on (default: the global --address)",
-    )
-    serve.add_argument(
-        "--abandoned-after",
-        type=positive_float,
-        metavar="SECONDS",
-        help="idle time after which an active session reads as abandoned",
-    )
-    serve.add_argument(
-        "--durability",
-        choices=("full", "normal"),
-        help="full survives power loss, normal survives a process crash",
-    )
+    # serve, config, backup, restore, export, import: they need the server
+    # package, and a client-only install goes without them.
+    try:
+        from sessiond_server.server_commands import add_server_commands
+    except ImportError:
+        pass
+    else:
+        add_server_commands(add, commands)
 
     sessions = commands.add_parser("sessions", help="list, read, end and delete sessions")
     sessions_commands = sessions.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -368,24 +357,6 @@ def emit_json(messages: Iterable[Any], out: TextIO) -> None:
 
 
 # Commands
-
-
-def run_serve(args: argparse.Namespace, out: TextIO) -> int:
-    """Build a ServerConfig from the flags and run until SIGTERM/SIGINT."""
-    from sessiond_server.app import run
-    from sessiond_server.config import ServerConfig
-
-    settings: dict[str, Any] = {"address": args.address}
-    if args.database is not None:
-        settings["database"] = args.database
-    if args.abandoned_after is not None:
-        settings["abandoned_after_seconds"] = args.abandoned_after
-    if args.durability is not None:
-        settings["durability"] = args.durability
-    try:
-        return run(ServerConfig(**settings))
-    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
-        return 130
 
 
 def run_sessions_list(args: argparse.Namespace, out: TextIO) -> int:

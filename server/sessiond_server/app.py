@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,17 +36,40 @@ from .api.messages import MessageService
 from .api.page_tokens import PageTokens
 from .api.sessions import SessionService
 from .api.stats import StatsService
+from .auth import prepare_security
 from .config import ServerConfig
+from .maintenance import DatabaseLock
+from .observability import CursorTrackingHub, Observability, configure_logging, ping_database
 from .store import SQLiteStore
+from .store.postgres_url import postgres_url, redacted, sqlite_path
 from .watch import WatchHub
+
+if TYPE_CHECKING:
+    from .store.postgres import PostgresStore
 
 log = logging.getLogger("sessiond")
 
 
-def open_store(config: ServerConfig) -> SQLiteStore:
-    """The store the configuration names (SQLite is the embedded default)."""
+#: The stores open_store returns; both implement store.SessionStore.
+Store = Union[SQLiteStore, "PostgresStore"]
+
+
+def open_store(config: ServerConfig) -> Store:
+    """The store the configuration names: a PostgreSQL URL, else a SQLite file (the default)."""
+    url = postgres_url(config.database)
+    if url is not None:
+        # Imported here: asyncpg is an optional dependency (the `postgres` extra).
+        from .store.postgres import PostgresStore
+
+        return PostgresStore(
+            url, clock=config.clock, abandoned_after_seconds=config.abandoned_after_seconds,
+            max_batch=config.max_batch_writes, pool_min_size=config.postgres_pool_min_size,
+            pool_max_size=config.postgres_pool_max_size,
+            statement_timeout_seconds=config.postgres_statement_timeout_seconds,
+            poll_interval_seconds=config.postgres_poll_interval_seconds,
+        )
     return SQLiteStore(
-        config.database, clock=config.clock,
+        sqlite_path(config.database), clock=config.clock,
         abandoned_after_seconds=config.abandoned_after_seconds,
         durability=config.durability, readers=config.readers,
         max_batch=config.max_batch_writes,
@@ -74,12 +97,20 @@ class RunningServer:
     """A started server; ``stop`` shuts it down in order."""
 
     server: grpc.aio.Server
-    store: SQLiteStore
+    store: Store
     hub: WatchHub
     config: ServerConfig
     health: HealthServicer
     port: int
     tasks: list[asyncio.Task[None]]
+    observability: Observability | None = None
+    # The SQLite database's server lock (maintenance.DatabaseLock); None for PostgreSQL.
+    lock: DatabaseLock | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        """The port /metrics is served on; 0 when metrics are off."""
+        return self.observability.metrics_port if self.observability else 0
 
     @property
     def address(self) -> str:
@@ -99,7 +130,12 @@ class RunningServer:
                 await task
         await self.server.stop(grace)
         await self.store.close()
-        log.info("stopped: revision=%d elapsed=%.2fs", self.store.revision,
+        if self.observability is not None:  # off the loop: the HTTP server polls at 0.5 s
+            await asyncio.to_thread(self.observability.close)
+        if self.lock is not None:
+            self.lock.release()
+        log.info("stopped: revision=%d rpcs=%d elapsed=%.2fs", self.store.revision,
+                 self.observability.rpc_count() if self.observability else 0,
                  time.monotonic() - started)
 
 
@@ -114,16 +150,24 @@ async def _every(seconds: float, what: str, action: Any) -> None:
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
+    security = prepare_security(config, loopback=is_loopback(config.address))
+    lock = _lock_database(config)
     store = open_store(config)
-    await store.open()
+    await _open_store(store, lock)
     if store.recovered_wal:
         log.info("database %s had a write-ahead log left by an unclean stop; SQLite "
                  "replayed it (revision %d)", config.database, store.revision)
-    hub = WatchHub(store)
+    hub = CursorTrackingHub(store)
+    observability = Observability(
+        store, hub, database=None if postgres_url(config.database) else sqlite_path(
+            config.database), abandoned_after_seconds=config.abandoned_after_seconds,
+        clock=config.clock)
     api = ApiContext(store=store, hub=hub, config=config,
-                     tokens=PageTokens(config.page_token_key or store.page_token_key))
+                     tokens=PageTokens(config.page_token_key or store.page_token_key),
+                     authenticated=security.keys is not None)
     limits = config.limits
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(interceptors=[observability.interceptor, *security.interceptors],
+                             options=[
         ("grpc.max_receive_message_length", limits.max_request_bytes),
         ("grpc.max_send_message_length", 64 << 20),
         ("grpc.keepalive_time_ms", 60_000),
@@ -135,19 +179,24 @@ async def start_server(config: ServerConfig) -> RunningServer:
     message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageService(api), server)
     stats_service_pb2_grpc.add_StatsServiceServicer_to_server(StatsService(api), server)
     health_servicer = HealthServicer()
+    for name in ("", *SERVICE_NAMES):  # the servicer starts "" as SERVING: not yet
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), server)
-    if not is_loopback(config.address):
-        log.warning("listening on %s, beyond loopback, without authentication",
-                    config.address)
-    port = server.add_insecure_port(config.address)
+    port = (server.add_secure_port(config.address, security.credentials)
+            if security.credentials else server.add_insecure_port(config.address))
     if port == 0:
         await store.close()
+        if lock is not None:
+            lock.release()
         raise OSError(f"cannot listen on {config.address}")
     await server.start()
+    await _ping_or_stop(server, store, lock)
+    if config.metrics_address:
+        observability.serve_metrics(config.metrics_address)
     tasks = [asyncio.create_task(_every(
         config.compaction_interval_seconds, "compaction",
         lambda: store.compact(config.changelog_keep_revisions,
@@ -158,13 +207,49 @@ async def start_server(config: ServerConfig) -> RunningServer:
             lambda: _apply_retention(store, config))))
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server, store, hub, config, health_servicer, port, tasks)
+    running = RunningServer(server, store, hub, config, health_servicer, port, tasks,
+                            observability, lock)
     log.info("serving on %s database=%s revision=%d durability=%s", running.address,
-             config.database, store.revision, config.durability)
+             redacted(config.database), store.revision, config.durability)
+    log.info("metrics=%s reflection=%s readers=%d tracing=%s log_level=%s",
+             f"{config.metrics_address.rsplit(':', 1)[0] or '127.0.0.1'}:"
+             f"{running.metrics_port}" if config.metrics_address else "off",
+             config.reflection, config.readers,
+             "on" if observability.tracer is not None else "off", config.log_level)
     return running
 
 
-async def _apply_retention(store: SQLiteStore, config: ServerConfig) -> None:
+def _lock_database(config: ServerConfig) -> DatabaseLock | None:
+    """Hold the SQLite file's server lock, so restore and import refuse to run beside us."""
+    if postgres_url(config.database) is not None:
+        return None
+    return DatabaseLock(sqlite_path(config.database))
+
+
+async def _open_store(store: Store, lock: DatabaseLock | None) -> None:
+    try:
+        await store.open()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+async def _ping_or_stop(server: grpc.aio.Server, store: Store,
+                        lock: DatabaseLock | None) -> None:
+    """Health turns SERVING only once the database answers; a failure ends the start."""
+    try:
+        await ping_database(store)
+    except BaseException:
+        log.exception("the database does not answer; not serving")
+        await server.stop(0)
+        await store.close()
+        if lock is not None:
+            lock.release()
+        raise
+
+
+async def _apply_retention(store: Store, config: ServerConfig) -> None:
     from .api.context import DEFAULT_SCOPE
 
     before = 0
@@ -181,8 +266,7 @@ async def _apply_retention(store: SQLiteStore, config: ServerConfig) -> None:
 
 def run(config: ServerConfig) -> int:
     """Serve until SIGTERM or SIGINT; returns the process exit code."""
-    logging.basicConfig(level=os.environ.get("SESSIOND_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(config.log_format, config.log_level)
 
     async def main() -> int:
         running = await start_server(config)

@@ -47,13 +47,20 @@ class Limits:
     max_request_bytes: int = 8 << 20
     max_watchers: int = 1000
     max_watchers_per_caller: int = 100
+    # Requests per second each caller (API key, or peer host without
+    # authentication) may make, sustained; 0 turns the limit off. Up to
+    # rate_limit_burst requests may come at once (0 means one second's worth).
+    rate_limit_per_second: float = 0.0
+    rate_limit_burst: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything the server needs to start."""
 
-    database: Path = dataclasses.field(default_factory=default_database_path)
+    # The store: a SQLite file (a path, or "sqlite:///path"), or a PostgreSQL
+    # URL ("postgresql://user@host:port/db") shared by several replicas.
+    database: Path | str = dataclasses.field(default_factory=default_database_path)
     address: str = DEFAULT_ADDRESS
     # Active sessions idle longer than this read as ABANDONED.
     abandoned_after_seconds: float = 30 * 60
@@ -85,3 +92,28 @@ class ServerConfig:
     # The clock every stored time comes from (epoch microseconds); tests
     # inject a controllable one instead of sleeping.
     clock: Callable[[], int] = wall_clock_micros
+    # Prometheus metrics over HTTP on this host:port; empty turns them off.
+    # A bare port (":9464" or "9464") listens on loopback only.
+    metrics_address: str = ""
+    # Log lines as "text" (human) or "json" (one object per line).
+    log_format: str = "text"
+    # The lowest level logged: debug (one line per RPC), info, warning, error.
+    log_level: str = "info"
+    # Authentication: a TOML or JSON file mapping API key hashes to principals
+    # (see SECURITY.md); None turns authentication off (loopback only).
+    api_keys_file: Path | None = None
+    # TLS: certificate chain and private key (PEM); with client_ca, clients
+    # must present a certificate signed by it (mutual TLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    # Listen beyond loopback without API keys and TLS (logged loudly).
+    insecure: bool = False
+    # PostgreSQL only: connections per replica (the writer, the change feed's
+    # catch-up reads and RPC reads share them), the longest a statement may
+    # run, and how often the change feed polls the change log besides
+    # waking on NOTIFY (so a lost notification delays delivery by at most this).
+    postgres_pool_min_size: int = 2
+    postgres_pool_max_size: int = 10
+    postgres_statement_timeout_seconds: float = 30.0
+    postgres_poll_interval_seconds: float = 1.0

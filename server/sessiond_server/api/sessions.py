@@ -55,6 +55,9 @@ def check_filter(c: Checker, prefix: str, f: S.SessionFilter) -> None:
     if len(f.labels) > c.limits.max_filter_values:
         c.fail(f"{prefix}.labels", f"has more than {c.limits.max_filter_values} pairs")
     c.non_negative(f"{prefix}.running_longer_than_seconds", f.running_longer_than_seconds)
+    if f.running_longer_than_seconds > 100 * 366 * 86400:
+        # The store subtracts it from now in microseconds; beyond a century it overflows.
+        c.fail(f"{prefix}.running_longer_than_seconds", "must be at most 100 years")
     c.text(f"{prefix}.text_query", f.text_query, c.limits.max_query_bytes)
     c.identifier(f"{prefix}.parent_id", f.parent_id, required=False)
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..auth import REQUEST_VIOLATIONS
 from ..config import Limits
 from .errors import BadRequest
 
@@ -28,6 +29,8 @@ class Checker:
         self.violations.append((field, description))
 
     def done(self) -> None:
+        named = {f for f, _ in self.violations}
+        self.violations.extend(v for v in REQUEST_VIOLATIONS.get() if v[0] not in named)
         if self.violations:
             raise BadRequest(self.violations)
 

@@ -10,6 +10,7 @@ caller's :class:`~.interface.Scope` here, in the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import sqlite3
@@ -76,6 +77,7 @@ UPDATABLE_FIELDS = frozenset(CREATE_FIELDS) | {"labels"}
 EVENT_MAX_MESSAGES = 16
 EVENT_MAX_TEXT = 4096
 
+MAX_USAGE_COUNTER = (1 << 62)
 RETURNING_COLUMNS = ", ".join(rows.SESSION_FIELDS)
 USAGE_ADD = ", ".join(f"{name} = {name} + ?" for name in USAGE_FIELDS)
 
@@ -86,7 +88,8 @@ class SchemaTooNew(Exception):
 
 def fts_query(text: str) -> str:
     """Every word of ``text`` as a quoted FTS5 string: no query syntax survives."""
-    words = [w for w in text.split() if any(ch.isalnum() for ch in w)]
+    # NUL ends an FTS5 query string early ("unterminated string"): it separates words.
+    words = [w for w in text.replace("\x00", " ").split() if any(ch.isalnum() for ch in w)]
     return " ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
@@ -135,6 +138,7 @@ class SQLiteStore:
         self._compacted_revision = 0
         self.page_token_key = b""
         self.recovered_wal = False
+        self._recycling: set[asyncio.Task[None]] = set()
 
     # Life cycle.
     def _connect_writer(self) -> sqlite3.Connection:
@@ -155,7 +159,7 @@ class SQLiteStore:
             self._readers.put_nowait(conn)
         self._writer = Writer(self._connect_writer, self._revision, self._clock,
                               self._max_batch, self._committed)
-        self._writer.start()
+        await self._writer.start()
 
     def _migrate(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,11 +198,14 @@ class SQLiteStore:
             conn.close()
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self._writer.close()
+        # Readers first: the last connection to close checkpoints and removes the
+        # write-ahead log, and a read-only one cannot, which would leave a WAL that
+        # the next start mistakes for the trace of a crash.
         for conn in self._all_readers:
             await conn.close()
         self._all_readers.clear()
+        if self._writer is not None:
+            await self._writer.close()
 
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -240,6 +247,7 @@ class SQLiteStore:
     async def _read_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         """Several statements in one read transaction: one consistent snapshot."""
         conn = await self._readers.get()
+        ended = False
         try:
             await conn.execute("BEGIN")
             try:
@@ -247,10 +255,24 @@ class SQLiteStore:
                         for sql, params in statements]
             finally:
                 await conn.execute("COMMIT")
+                ended = True
         except sqlite3.Error as exc:
             raise Unavailable(f"database error: {exc}") from exc
         finally:
-            self._readers.put_nowait(conn)
+            if ended:
+                self._readers.put_nowait(conn)
+            else:
+                # Cancelled (or failed) inside the transaction: a reader left in it
+                # would fail its next BEGIN and serve a stale snapshot. aiosqlite runs
+                # statements in order, so this ROLLBACK follows any pending BEGIN.
+                task = asyncio.get_running_loop().create_task(self._recycle(conn))
+                self._recycling.add(task)
+                task.add_done_callback(self._recycling.discard)
+
+    async def _recycle(self, conn: aiosqlite.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error, ValueError):  # ValueError: closed meanwhile
+            await conn.execute("ROLLBACK")
+        self._readers.put_nowait(conn)
 
     def _abandoned_before(self, now: int | None = None) -> int:
         return (self._clock() if now is None else now) - self._abandoned_after
@@ -990,6 +1012,13 @@ class SQLiteStore:
                     first = stats_service_pb2.RecordUsageResponse.FromString(seen[0])
                     return UsageResult(first.session_usage, first.model_usage,
                                        first.budget_micros, True, first.revision)
+            start = COL["prompt_tokens"]
+            for name, have, add in zip(USAGE_FIELDS, row[start:start + 9], delta, strict=True):
+                if have + add > MAX_USAGE_COUNTER:
+                    # Past 2^63 SQLite would silently turn the counter into a float.
+                    raise FailedPrecondition(
+                        f"session {session_id!r}: usage.{name} would exceed "
+                        f"{MAX_USAGE_COUNTER}", reason="USAGE_OVERFLOW")
             ctx.conn.execute(
                 "INSERT INTO session_usage (session_pk, model) VALUES (?, ?)"
                 " ON CONFLICT (session_pk, model) DO NOTHING", (pk, model))

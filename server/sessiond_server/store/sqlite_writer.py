@@ -22,6 +22,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -142,11 +143,19 @@ class Writer:
         self._closed = False
         self.batches = 0
         self.writes = 0
+        # Called on the writer thread after each commit with (writes in the
+        # batch, seconds from BEGIN to COMMIT); metrics hook in here, so the
+        # store needs no metrics library.
+        self.batch_observers: list[Callable[[int, float], None]] = []
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start the thread; raises what opening its connection raised."""
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="sessiond-writer", daemon=True)
+        opened: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(target=self._run, args=(opened,),
+                                        name="sessiond-writer", daemon=True)
         self._thread.start()
+        await opened
 
     async def submit(self, fn: WriteFn[T]) -> T:
         if self._closed or self._loop is None:
@@ -164,8 +173,16 @@ class Writer:
             await asyncio.to_thread(self._thread.join)
 
     # The writer thread.
-    def _run(self) -> None:
-        conn = self._connect()
+    def _run(self, opened: asyncio.Future[None]) -> None:
+        assert self._loop is not None
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            # Nothing may hang on a writer that never started: refuse at once.
+            self._closed = True
+            self._loop.call_soon_threadsafe(opened.set_exception, exc)
+            return
+        self._loop.call_soon_threadsafe(opened.set_result, None)
         try:
             stopping = False
             while not stopping:
@@ -190,6 +207,7 @@ class Writer:
         ctx = WriteContext(conn, self._revision, self._clock)
         outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
         changes: list[Change] = []
+        began = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -234,6 +252,12 @@ class Writer:
         self._revision = ctx.revision
         self.batches += 1
         self.writes += len(batch)
+        elapsed = time.perf_counter() - began
+        for observe in self.batch_observers:
+            try:
+                observe(len(batch), elapsed)
+            except Exception:
+                log.exception("batch observer failed")
         self._answer(outcomes, ctx.revision, changes)
 
     def _answer(self, outcomes: list[tuple[_Job[Any], Any, BaseException | None]],
