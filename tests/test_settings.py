@@ -84,12 +84,14 @@ def test_relative_paths_in_the_file_are_relative_to_the_file(tmp_path: Path) -> 
     assert config.database == tmp_path / "etc" / "data" / "sessiond.db"
 
 
-def test_booleans_and_the_old_abandoned_after_flag() -> None:
-    config = config_from_args(parse("--no-reflection", "--abandoned-after", "90"),
+def test_booleans_and_the_short_flag_spellings() -> None:
+    config = config_from_args(parse("--no-reflection", "--abandoned-after", "90",
+                                    "--tls-cert", "c.pem", "--api-keys", "keys.toml"),
                               {"SESSIOND_INSECURE": "yes"})
     assert config.reflection is False
     assert config.abandoned_after_seconds == 90.0
     assert config.insecure is True
+    assert (config.tls_cert_file, config.api_keys_file) == (Path("c.pem"), Path("keys.toml"))
 
 
 @pytest.mark.parametrize(

@@ -176,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     # package, and a client-only install goes without them.
     try:
         from sessiond_server.server_commands import add_server_commands
-    except ImportError:
-        pass
+    except ModuleNotFoundError as missing:
+        if missing.name != "sessiond_server":
+            raise  # the server is installed but broken: say so, do not hide `serve`
     else:
         add_server_commands(add, commands)
 

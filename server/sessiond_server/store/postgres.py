@@ -218,22 +218,27 @@ class PostgresStore:
                 f"understands ({SCHEMA_VERSION}); it was left untouched")
         if current == SCHEMA_VERSION:
             return
-        async with conn.transaction():
-            # Replicas starting together: one migrates, the others then find it done.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-            current = await version()
-            if current > SCHEMA_VERSION:
-                raise SchemaTooNew(f"schema version {current} appeared while migrating")
-            for target, sql in MIGRATIONS:
-                if target <= current:
-                    continue
-                await conn.execute(sql)
-                if target == 1:
-                    await conn.execute("INSERT INTO meta (key, data) VALUES"
-                                       " ('page_token_key', $1)", secrets.token_bytes(32))
-                await conn.execute("UPDATE meta SET value = $1 WHERE key = 'schema_version'",
-                                   target)
-                log.info("migrated %s to schema version %d", redacted(self.url), target)
+        # Replicas starting together: one migrates, the others then find it done. The
+        # lock is taken before the transaction begins so that the transaction's view
+        # of the catalog includes what the previous holder created.
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            async with conn.transaction():
+                current = await version()
+                if current > SCHEMA_VERSION:
+                    raise SchemaTooNew(f"schema version {current} appeared while migrating")
+                for target, sql in MIGRATIONS:
+                    if target <= current:
+                        continue
+                    await conn.execute(sql)
+                    if target == 1:
+                        await conn.execute("INSERT INTO meta (key, data) VALUES"
+                                           " ('page_token_key', $1)", secrets.token_bytes(32))
+                    await conn.execute(
+                        "UPDATE meta SET value = $1 WHERE key = 'schema_version'", target)
+                    log.info("migrated %s to schema version %d", redacted(self.url), target)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
     async def close(self) -> None:
         self._closing = True

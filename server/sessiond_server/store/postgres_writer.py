@@ -47,7 +47,8 @@ T = TypeVar("T")
 
 #: What the database driver raises when the database cannot serve a request.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError,
+    asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+    TimeoutError,
 )
 
 

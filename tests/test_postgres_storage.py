@@ -1,0 +1,262 @@
+"""PostgreSQL storage guarantees only the database can show.
+
+Query plans use the indexes; migrations refuse a newer schema untouched and
+let replicas start together; group commit keeps each write's own outcome; the
+change feed delivers other replicas' commits in order even when the LISTEN
+connection is lost; an unreachable database answers ``Unavailable`` and the
+store recovers by itself; compaction runs on one replica at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+from conftest import create_postgres_database, drop_postgres_databases
+from sessiond.v1 import message_pb2, session_pb2, session_service_pb2
+from sessiond_server.store import NotFound, SchemaTooNew, Scope, Unavailable
+from sessiond_server.store.interface import Change
+from sessiond_server.store.postgres import PostgresStore
+from sessiond_server.store.postgres_schema import COMPACTION_LOCK, SCHEMA_VERSION
+
+asyncpg = pytest.importorskip("asyncpg")
+pytestmark = pytest.mark.postgres
+
+DEADLINE = 20.0
+
+
+def wall_clock() -> int:
+    return time.time_ns() // 1000
+
+
+OpenStore = Callable[..., Awaitable[PostgresStore]]
+
+
+@pytest.fixture
+async def database(postgres_server: str) -> AsyncIterator[str]:
+    url = await create_postgres_database(postgres_server)
+    yield url
+    await drop_postgres_databases(postgres_server, [url])
+
+
+@pytest.fixture
+async def open_store(database: str) -> AsyncIterator[OpenStore]:
+    stores: list[PostgresStore] = []
+
+    async def factory(**options: Any) -> PostgresStore:
+        store = PostgresStore(options.pop("url", database), clock=wall_clock, **options)
+        await store.open()
+        stores.append(store)
+        return store
+
+    yield factory
+    for store in stores:
+        await store.close()
+
+
+async def explain(url: str, sql: str, params: Sequence[Any]) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        # Tiny test tables would be scanned whole and sorted; forbid what can be avoided,
+        # so the plan shows whether an index serves the filter and the order (a Sort that
+        # remains means no index can).
+        await conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off;"
+                           " SET enable_sort = off")
+        rows = await conn.fetch(f"EXPLAIN {sql}", *params)
+    finally:
+        await conn.close()
+    return "\n".join(r[0] for r in rows)
+
+
+class Recorder:
+    """A change listener that keeps everything delivered, to wait on."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.changes: list[Change] = []
+        self._store = store
+        self._delivered = asyncio.Event()
+        store.add_listener(self._record)
+
+    def _record(self, changes: Sequence[Change]) -> None:
+        self.changes.extend(changes)
+        self._delivered.set()
+
+    async def wait_for(self, revision: int) -> None:
+        async with asyncio.timeout(DEADLINE):
+            while self._store.revision < revision:
+                self._delivered.clear()
+                await self._delivered.wait()
+
+    @property
+    def revisions(self) -> list[int]:
+        return [c.revision for c in self.changes]
+
+
+async def create(store: PostgresStore, session_id: str) -> int:
+    _, _, revision = await store.create_session(Scope(), session_pb2.Session(id=session_id))
+    return revision
+
+
+ORDERS = [
+    session_service_pb2.SESSION_ORDER_FIELD_LAST_ACTIVITY_AT,
+    session_service_pb2.SESSION_ORDER_FIELD_STARTED_AT,
+    session_service_pb2.SESSION_ORDER_FIELD_ENDED_AT,
+    session_service_pb2.SESSION_ORDER_FIELD_COST,
+    session_service_pb2.SESSION_ORDER_FIELD_TOKENS,
+]
+
+
+async def test_every_session_listing_walks_an_index_without_sorting(
+        open_store: OpenStore, database: str) -> None:
+    store = await open_store()
+    for order_by in ORDERS:
+        for ascending in (False, True):
+            for cursor in (None, (5, "x")):
+                sql, params = store.list_sessions_sql(
+                    Scope(), session_pb2.SessionFilter(agents=["a"]), order_by,  # type: ignore[arg-type]
+                    ascending, 50, cursor, wall_clock())
+                shown = await explain(database, sql, params)
+                assert "Index Scan" in shown and "sessions_by_" in shown, shown
+                assert "Sort" not in shown, shown
+
+
+async def test_last_messages_and_keyword_search_use_their_indexes(
+        open_store: OpenStore, database: str) -> None:
+    await open_store()
+    shown = await explain(database, "SELECT * FROM messages m WHERE m.session_pk = $1"
+                          " ORDER BY m.seq DESC LIMIT 20", [1])
+    assert "messages_pkey" in shown and "Sort" not in shown, shown
+    shown = await explain(database, "SELECT m.row_id FROM messages m WHERE"
+                          " to_tsvector('simple', left(m.content, 100000))"
+                          " @@ plainto_tsquery('simple', $1)", ["walrus"])
+    assert "messages_fts" in shown, shown
+
+
+async def test_a_database_from_a_newer_version_is_refused_untouched(database: str) -> None:
+    conn = await asyncpg.connect(database)
+    try:
+        await conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL"
+                           " DEFAULT 0, data BYTEA)")
+        await conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', $1)",
+                           SCHEMA_VERSION + 1)
+        store = PostgresStore(database, clock=wall_clock)
+        with pytest.raises(SchemaTooNew, match="newer"):
+            await store.open()
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        assert [r[0] for r in tables] == ["meta"]
+        assert await conn.fetchval("SELECT value FROM meta") == SCHEMA_VERSION + 1
+    finally:
+        await conn.close()
+
+
+async def test_replicas_starting_together_migrate_once(open_store: OpenStore) -> None:
+    stores = await asyncio.gather(*(open_store() for _ in range(4)))
+    assert len({s.page_token_key for s in stores}) == 1
+    assert [await s.check_consistency() for s in stores] == [[]] * 4
+
+
+async def test_a_failing_write_in_a_batch_does_not_fail_its_neighbours(
+        open_store: OpenStore) -> None:
+    store = await open_store()
+    results = await asyncio.gather(
+        *(create(store, f"s{i}") for i in range(20)),
+        store.get_session(Scope(), "absent"),
+        store.append_messages(Scope(), "absent", [message_pb2.Message(content="x")], None),
+        return_exceptions=True)
+    revisions = results[:20]
+    assert sorted(revisions) == list(range(1, 21)), revisions  # type: ignore[type-var]
+    assert all(isinstance(r, NotFound) for r in results[20:]), results[20:]
+    batches, writes = store.writer_stats
+    assert writes == 21 and batches < writes
+    assert await store.check_consistency() == []
+
+
+async def test_other_replicas_commits_reach_listeners_in_revision_order(
+        open_store: OpenStore) -> None:
+    a = await open_store(poll_interval_seconds=30.0)  # notifications only
+    b = await open_store(poll_interval_seconds=30.0)
+    on_a, on_b = Recorder(a), Recorder(b)
+    written = await asyncio.gather(*(create(a if i % 2 else b, f"s{i}") for i in range(40)))
+    last = max(written)
+    await on_a.wait_for(last)
+    await on_b.wait_for(last)
+    assert on_a.revisions == on_b.revisions == list(range(1, last + 1))
+    assert [c.event.session_id for c in on_a.changes] == \
+        [c.event.session_id for c in on_b.changes]
+
+
+async def test_a_lost_listen_connection_only_delays_delivery(
+        open_store: OpenStore, database: str) -> None:
+    a = await open_store(poll_interval_seconds=0.05)
+    b = await open_store()
+    on_a = Recorder(a)
+    conn = await asyncpg.connect(database)
+    try:
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'sessiond-listen' AND datname = current_database()")
+        assert killed == 2
+    finally:
+        await conn.close()
+    revision = await create(b, "after-the-loss")
+    await on_a.wait_for(revision)
+    assert on_a.revisions == [revision]
+    again = await create(b, "after-reconnecting")
+    await on_a.wait_for(again)
+    assert on_a.revisions == [revision, again]
+
+
+async def test_an_unreachable_database_is_unavailable_and_the_store_recovers(
+        open_store: OpenStore, database: str, postgres_server: str) -> None:
+    store = await open_store(poll_interval_seconds=0.05)
+    other = await open_store()
+    on_store = Recorder(store)
+    await create(store, "before")
+    name = database.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = $1", name)
+        with pytest.raises(Unavailable) as read_failure:
+            await store.get_session(Scope(), "before")
+        with pytest.raises(Unavailable) as write_failure:
+            await create(store, "during")
+        for failure in (read_failure.value, write_failure.value):
+            assert "select" not in failure.message.lower(), failure.message
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        await admin.close()
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            try:
+                session, _ = await store.get_session(Scope(), "before")
+                break
+            except Unavailable:
+                await asyncio.sleep(0.05)
+    assert session.id == "before"
+    revision = await create(other, "after")
+    await on_store.wait_for(revision)
+    assert on_store.revisions[-1] == revision
+    assert await store.check_consistency() == []
+
+
+async def test_compaction_runs_on_one_replica_at_a_time(
+        open_store: OpenStore, database: str) -> None:
+    store = await open_store()
+    for i in range(10):
+        await create(store, f"s{i}")
+    holder = await asyncpg.connect(database)
+    try:
+        async with holder.transaction():
+            assert await holder.fetchval("SELECT pg_try_advisory_xact_lock($1)",
+                                         COMPACTION_LOCK)
+            assert await store.compact(keep_revisions=3, max_age_seconds=0) == 0
+        assert await store.compact(keep_revisions=3, max_age_seconds=0) == 7
+    finally:
+        await holder.close()
+    assert [c.revision for c in await store.read_changes(8, 10)] == [8, 9, 10]
+    assert await store.check_consistency() == []
