@@ -36,7 +36,7 @@ from .api.messages import MessageService
 from .api.page_tokens import PageTokens
 from .api.sessions import SessionService
 from .api.stats import StatsService
-from .auth import prepare_security
+from .auth import CallerGate, prepare_security
 from .config import ServerConfig
 from .maintenance import DatabaseLock
 from .observability import CursorTrackingHub, Observability, configure_logging, ping_database
@@ -106,6 +106,8 @@ class RunningServer:
     observability: Observability | None = None
     # The SQLite database's server lock (maintenance.DatabaseLock); None for PostgreSQL.
     lock: DatabaseLock | None = None
+    # The interceptors of the security layer; the CallerGate among them drains calls.
+    security_interceptors: tuple[Any, ...] = ()
 
     @property
     def metrics_port(self) -> int:
@@ -122,7 +124,12 @@ class RunningServer:
         started = time.monotonic()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        gates = [i for i in self.security_interceptors if isinstance(i, CallerGate)]
+        for gate in gates:
+            gate.draining = True
         self.hub.close()
+        for gate in gates:
+            await gate.drain(grace)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -208,7 +215,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(server, store, hub, config, health_servicer, port, tasks,
-                            observability, lock)
+                            observability, lock, security.interceptors)
     log.info("serving on %s database=%s revision=%d durability=%s", running.address,
              redacted(config.database), store.revision, config.durability)
     log.info("metrics=%s reflection=%s readers=%d tracing=%s log_level=%s",

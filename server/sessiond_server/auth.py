@@ -28,6 +28,8 @@ Keys are never logged; a principal is logged by its key's ``name``.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import hashlib
@@ -54,6 +56,8 @@ from .ratelimit import RateLimiter
 from .store import Scope
 
 log = logging.getLogger(__name__)
+
+DRAIN_LINGER_SECONDS = 0.2
 
 DOMAIN = "sessiond.v1"
 KEY_PREFIX = "sk_sessiond_"
@@ -275,6 +279,31 @@ class CallerGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                  limiter: RateLimiter | None) -> None:
         self.keys = keys
         self.limiter = limiter
+        # Shutdown: once draining, new calls get UNAVAILABLE (retryable) from
+        # here rather than whatever the transport says when the server stops
+        # under them; ``in_flight`` counts the calls already past the gate.
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+
+    async def drain(self, seconds: float) -> None:
+        """Refuse new calls and wait (at most ``seconds``) for those in flight."""
+        self.draining = True
+        if self.in_flight:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), seconds)
+        # Calls already on the wire still reach the gate and get their
+        # retryable UNAVAILABLE, instead of being cut off by the transport.
+        await asyncio.sleep(min(DRAIN_LINGER_SECONDS, seconds))
 
     def authenticate(self, metadata: Sequence[tuple[str, Any]] | None) -> Principal | None:
         if self.keys is None:
@@ -296,6 +325,10 @@ class CallerGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(details)
         if handler is None or not method.startswith(API_PACKAGE):
             return handler
+        if self.draining:
+            return _rejection(handler, denial(  # type: ignore[no-any-return]
+                grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN",
+                "the server is shutting down; retry shortly or on another replica"))
         try:
             principal = self.authenticate(details.invocation_metadata)
             needed = METHOD_ROLES.get(method, "admin")
@@ -311,7 +344,7 @@ class CallerGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                  principal.write_scope() if needed != "reader" else principal.read_scope())
         handler = cast(Any, handler)._replace(
             request_deserializer=_tolerant(handler.request_deserializer))
-        return _wrap(handler, self._gate(method, principal, scope))  # type: ignore[no-any-return]
+        return _wrap(handler, self._gate(method, principal, scope), self)  # type: ignore[no-any-return]
 
     def _gate(self, method: str, principal: Principal | None, scope: Scope) -> Gate:
         limiter = self.limiter
@@ -421,13 +454,17 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return parse
 
 
-def _wrap(handler: Any, gate: Gate) -> Any:
+def _wrap(handler: Any, gate: Gate, counter: CallerGate) -> Any:
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await gate(request, context)
-            return await inner(request, context)
+            counter.enter()
+            try:
+                await gate(request, context)
+                return await inner(request, context)
+            finally:
+                counter.leave()
 
         return handler._replace(unary_unary=unary)
     if handler.unary_stream is not None:
@@ -435,9 +472,13 @@ def _wrap(handler: Any, gate: Gate) -> Any:
 
         async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]
                          ) -> AsyncIterator[Any]:
-            await gate(request, context)
-            async for response in inner_stream(request, context):
-                yield response
+            counter.enter()
+            try:
+                await gate(request, context)
+                async for response in inner_stream(request, context):
+                    yield response
+            finally:
+                counter.leave()
 
         return handler._replace(unary_stream=stream)
     # Client-streaming methods do not exist in sessiond.v1; refuse rather than pass.

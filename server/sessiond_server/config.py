@@ -69,8 +69,9 @@ class ServerConfig:
     # Group commit: the writer takes at most this many queued writes per
     # transaction, and waits at most this long for more once one is queued.
     max_batch_writes: int = 256
-    # Change log compaction: the log keeps at most the newest keep_revisions
-    # revisions and nothing older than max_age seconds; 0 disables a bound.
+    # Change log compaction: the newest keep_revisions revisions are always
+    # kept (so a subscriber can fall that far behind), and older ones are
+    # dropped once they are older than max_age seconds; 0 disables a bound.
     changelog_keep_revisions: int = 100_000
     changelog_max_age_seconds: float = 7 * 24 * 3600
     compaction_interval_seconds: float = 60.0

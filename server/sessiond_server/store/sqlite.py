@@ -1127,7 +1127,7 @@ class SQLiteStore:
                 aged = ctx.conn.execute(
                     "SELECT max(revision) FROM changes WHERE created_at < ?",
                     (cutoff,)).fetchone()[0]
-                target = max(target, int(aged or 0))
+                target = min(target, int(aged or 0)) if keep_revisions > 0 else int(aged or 0)
             current = int(ctx.conn.execute(
                 "SELECT value FROM meta WHERE key = 'compacted_revision'").fetchone()[0])
             if target <= current:
