@@ -60,3 +60,17 @@ clients-check: $(STAMP)
 ## interop: Go, TypeScript and Rust clients against a real server, compared with Python
 interop: $(STAMP)
 	bash scripts/interop.sh
+
+.PHONY: serve-pg bench-replicas
+## serve-pg: two replicas (50051, 50052) on a throwaway PostgreSQL; Ctrl-C stops all
+serve-pg: $(STAMP)
+	set -e; eval "$$(bash scripts/postgres.sh start)"; \
+	trap 'kill $$a $$b 2>/dev/null; bash scripts/postgres.sh stop' EXIT; \
+	$(VENV)/bin/sessiond serve --database "$$SESSIOND_TEST_POSTGRES_URL" --address 127.0.0.1:50051 & a=$$!; \
+	$(VENV)/bin/sessiond serve --database "$$SESSIOND_TEST_POSTGRES_URL" --address 127.0.0.1:50052 & b=$$!; \
+	wait
+
+## bench-replicas: append throughput SQLite vs PostgreSQL 1/2 replicas, watch delay
+bench-replicas: $(STAMP)
+	set -e; eval "$$(bash scripts/postgres.sh start)"; trap 'bash scripts/postgres.sh stop' EXIT; \
+	$(PY) -m bench.replicas

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from .auth import add_mint_arguments, run_mint
 from .settings import DEST_PREFIX, SettingsError, add_serve_arguments, describe, resolve
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
@@ -73,6 +74,16 @@ def add_server_commands(add: AddCommand, commands: Any) -> None:
     imported.add_argument("--tenant", default="default", help="history: the tenant")
     imported.add_argument("--agent", default="", help="history: the sessions' agent")
     imported.add_argument("--channel", default="", help="history: the sessions' channel")
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    mint = add(key_commands, "keys", "mint", "mint an API key and print its key-file entry",
+               run_keys_mint, parents=())
+    add_mint_arguments(mint)
+
+
+def run_keys_mint(args: argparse.Namespace, out: TextIO) -> int:
+    return run_mint(args, out)
 
 
 def _add_database(parser: argparse.ArgumentParser) -> None:

@@ -39,6 +39,7 @@ const (
 // missing session is NOT_FOUND (use SessionService.TouchSession to create on
 // demand). Each write bumps the session's last_activity_at and keeps its
 // message_count, turn_count and tool_call_count in the same transaction.
+// The errors common to every RPC are listed on SessionService.
 type MessageServiceClient interface {
 	// AppendMessages appends one or more messages atomically, numbered in
 	// order. A message whose id already exists in the session is not stored
@@ -146,6 +147,7 @@ func (c *messageServiceClient) SearchMessages(ctx context.Context, in *SearchMes
 // missing session is NOT_FOUND (use SessionService.TouchSession to create on
 // demand). Each write bumps the session's last_activity_at and keeps its
 // message_count, turn_count and tool_call_count in the same transaction.
+// The errors common to every RPC are listed on SessionService.
 type MessageServiceServer interface {
 	// AppendMessages appends one or more messages atomically, numbered in
 	// order. A message whose id already exists in the session is not stored

@@ -30,6 +30,7 @@ const (
 //
 // StatsService records usage and cost and answers aggregate questions.
 // Aggregates are computed in the database over the caller's scope.
+// The errors common to every RPC are listed on SessionService.
 type StatsServiceClient interface {
 	// RecordUsage adds usage to a session and to its per-model row, in one
 	// transaction. Usage recorded after a session ended still counts (bills
@@ -89,6 +90,7 @@ func (c *statsServiceClient) CostByModel(ctx context.Context, in *CostByModelReq
 //
 // StatsService records usage and cost and answers aggregate questions.
 // Aggregates are computed in the database over the caller's scope.
+// The errors common to every RPC are listed on SessionService.
 type StatsServiceServer interface {
 	// RecordUsage adds usage to a session and to its per-model row, in one
 	// transaction. Usage recorded after a session ended still counts (bills

@@ -34,6 +34,7 @@ class MessageServiceStub:
     missing session is NOT_FOUND (use SessionService.TouchSession to create on
     demand). Each write bumps the session's last_activity_at and keeps its
     message_count, turn_count and tool_call_count in the same transaction.
+    The errors common to every RPC are listed on SessionService.
     """
 
     def __init__(self, channel):
@@ -83,6 +84,7 @@ class MessageServiceServicer:
     missing session is NOT_FOUND (use SessionService.TouchSession to create on
     demand). Each write bumps the session's last_activity_at and keeps its
     message_count, turn_count and tool_call_count in the same transaction.
+    The errors common to every RPC are listed on SessionService.
     """
 
     def AppendMessages(self, request, context):
@@ -189,6 +191,7 @@ class MessageService:
     missing session is NOT_FOUND (use SessionService.TouchSession to create on
     demand). Each write bumps the session's last_activity_at and keeps its
     message_count, turn_count and tool_call_count in the same transaction.
+    The errors common to every RPC are listed on SessionService.
     """
 
     @staticmethod

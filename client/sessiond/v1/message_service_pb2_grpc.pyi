@@ -35,6 +35,7 @@ class MessageServiceStub:
     missing session is NOT_FOUND (use SessionService.TouchSession to create on
     demand). Each write bumps the session's last_activity_at and keeps its
     message_count, turn_count and tool_call_count in the same transaction.
+    The errors common to every RPC are listed on SessionService.
     """
 
     @_typing.overload
@@ -82,6 +83,7 @@ class MessageServiceAsyncStub(MessageServiceStub):
     missing session is NOT_FOUND (use SessionService.TouchSession to create on
     demand). Each write bumps the session's last_activity_at and keeps its
     message_count, turn_count and tool_call_count in the same transaction.
+    The errors common to every RPC are listed on SessionService.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -125,6 +127,7 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
     missing session is NOT_FOUND (use SessionService.TouchSession to create on
     demand). Each write bumps the session's last_activity_at and keeps its
     message_count, turn_count and tool_call_count in the same transaction.
+    The errors common to every RPC are listed on SessionService.
     """
 
     @_abc_1.abstractmethod

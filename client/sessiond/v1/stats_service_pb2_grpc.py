@@ -28,6 +28,7 @@ if _version_not_supported:
 class StatsServiceStub:
     """StatsService records usage and cost and answers aggregate questions.
     Aggregates are computed in the database over the caller's scope.
+    The errors common to every RPC are listed on SessionService.
     """
 
     def __init__(self, channel):
@@ -56,6 +57,7 @@ class StatsServiceStub:
 class StatsServiceServicer:
     """StatsService records usage and cost and answers aggregate questions.
     Aggregates are computed in the database over the caller's scope.
+    The errors common to every RPC are listed on SessionService.
     """
 
     def RecordUsage(self, request, context):
@@ -114,6 +116,7 @@ def add_StatsServiceServicer_to_server(servicer, server):
 class StatsService:
     """StatsService records usage and cost and answers aggregate questions.
     Aggregates are computed in the database over the caller's scope.
+    The errors common to every RPC are listed on SessionService.
     """
 
     @staticmethod

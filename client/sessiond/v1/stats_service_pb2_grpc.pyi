@@ -29,6 +29,7 @@ GRPC_VERSION: str
 class StatsServiceStub:
     """StatsService records usage and cost and answers aggregate questions.
     Aggregates are computed in the database over the caller's scope.
+    The errors common to every RPC are listed on SessionService.
     """
 
     @_typing.overload
@@ -54,6 +55,7 @@ class StatsServiceStub:
 class StatsServiceAsyncStub(StatsServiceStub):
     """StatsService records usage and cost and answers aggregate questions.
     Aggregates are computed in the database over the caller's scope.
+    The errors common to every RPC are listed on SessionService.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -75,6 +77,7 @@ class StatsServiceAsyncStub(StatsServiceStub):
 class StatsServiceServicer(metaclass=_abc_1.ABCMeta):
     """StatsService records usage and cost and answers aggregate questions.
     Aggregates are computed in the database over the caller's scope.
+    The errors common to every RPC are listed on SessionService.
     """
 
     @_abc_1.abstractmethod

@@ -1656,6 +1656,7 @@ export const SearchMessagesResponse: MessageFns<SearchMessagesResponse> = {
  * missing session is NOT_FOUND (use SessionService.TouchSession to create on
  * demand). Each write bumps the session's last_activity_at and keeps its
  * message_count, turn_count and tool_call_count in the same transaction.
+ * The errors common to every RPC are listed on SessionService.
  */
 export type MessageServiceService = typeof MessageServiceService;
 export const MessageServiceService = {

@@ -3502,7 +3502,18 @@ export const WatchSessionsResponse: MessageFns<WatchSessionsResponse> = {
  * Errors carry a google.rpc.Status with an ErrorInfo (domain
  * "sessiond.v1", reason in UPPER_SNAKE_CASE) and, for bad input, a
  * BadRequest naming each offending field. A session outside the caller's
- * scope answers NOT_FOUND, exactly as a missing one.
+ * scope answers NOT_FOUND, exactly as a missing one. These hold for every
+ * RPC of every sessiond.v1 service:
+ * - INVALID_ARGUMENT (reason BAD_REQUEST) for a field that breaks its rule;
+ *   strings must not contain NUL characters; undecodable request bytes give
+ *   reason MALFORMED_REQUEST.
+ * - UNAUTHENTICATED when the server requires API keys and the call carries
+ *   none ("authorization: Bearer <key>") or an unknown one.
+ * - PERMISSION_DENIED when the key's role does not allow the RPC.
+ * - RESOURCE_EXHAUSTED (reason RATE_LIMITED, with a RetryInfo delay) when the
+ *   caller exceeds its request rate.
+ * - UNAVAILABLE (reason SHUTTING_DOWN or STORAGE_UNAVAILABLE) when the server
+ *   is stopping or its database cannot answer; safe to retry idempotent calls.
  */
 export type SessionServiceService = typeof SessionServiceService;
 export const SessionServiceService = {

@@ -1297,6 +1297,7 @@ export const CostByModelResponse: MessageFns<CostByModelResponse> = {
 /**
  * StatsService records usage and cost and answers aggregate questions.
  * Aggregates are computed in the database over the caller's scope.
+ * The errors common to every RPC are listed on SessionService.
  */
 export type StatsServiceService = typeof StatsServiceService;
 export const StatsServiceService = {
