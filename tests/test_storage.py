@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sessiond.v1 import message_pb2, session_pb2, session_service_pb2
 from sessiond_server.store import SchemaTooNew, Scope, SQLiteStore
+from sessiond_server.store.revisions import compaction_target
 from sessiond_server.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 
@@ -113,3 +114,19 @@ async def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Pa
     with pytest.raises(SchemaTooNew, match="newer"):
         await store.open()
     assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("head", "keep", "aged", "target"),
+    [
+        (100, 10, None, 90),  # count bound only: all but the newest 10
+        (100, 0, 40, 40),  # age bound only: everything older than it
+        (100, 10, 40, 40),  # both: older than the age bound AND beyond the newest 10
+        (100, 10, 95, 90),  # the newest 10 stay however old they are
+        (100, 0, None, 0),  # no bound: nothing is dropped
+        (5, 10, None, 0),  # fewer revisions than kept
+    ],
+)
+def test_compaction_keeps_the_newest_revisions_and_drops_only_aged_ones(
+        head: int, keep: int, aged: int | None, target: int) -> None:
+    assert compaction_target(head, keep, aged) == target

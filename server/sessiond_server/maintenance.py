@@ -38,9 +38,9 @@ from typing import IO, Any, TextIO
 from google.protobuf import json_format
 from sessiond.v1 import event_pb2, message_pb2, session_pb2
 
-from .store import sqlite_rows as rows
+from .store import records as rows
+from .store.records import COL, SESSION_COLUMNS, USAGE_FIELDS
 from .store.sqlite import SQLiteStore
-from .store.sqlite_rows import COL, SESSION_COLUMNS, USAGE_FIELDS
 from .store.sqlite_schema import SCHEMA_VERSION
 from .store.sqlite_writer import WriteContext
 
@@ -462,7 +462,7 @@ class ImportingStore(SQLiteStore):
             elif added:
                 for message in inserted:
                     message.session_id = session.id
-                carried, truncated = self._event_messages(inserted)
+                carried, truncated = rows.event_messages(inserted)
                 self._emit(ctx, event_pb2.EVENT_TYPE_MESSAGES_APPENDED, stored, carried,
                            truncated or added > len(carried))
             else:

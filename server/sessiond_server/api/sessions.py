@@ -11,7 +11,7 @@ import grpc
 from sessiond.v1 import event_pb2, session_pb2, session_service_pb2, session_service_pb2_grpc
 
 from ..store import Change, MessageQuery  # noqa: F401  (MessageQuery re-exported for symmetry)
-from ..store.sqlite_rows import TERMINAL_STATUSES
+from ..store.records import TERMINAL_STATUSES
 from ..watch import HubClosed
 from .context import ApiContext
 from .errors import RpcError, streaming, unary

@@ -39,7 +39,7 @@ from typing import Any
 import asyncpg
 from sessiond.v1 import event_pb2, message_pb2, session_pb2, session_service_pb2, stats_service_pb2
 
-from . import sqlite_rows as rows
+from . import records as rows
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -69,14 +69,9 @@ from .postgres_schema import (
 )
 from .postgres_url import redacted
 from .postgres_writer import DATABASE_ERRORS, WriteContext, Writer, unavailable
-from .sqlite import (
-    CREATE_FIELDS,
-    EVENT_MAX_MESSAGES,
-    EVENT_MAX_TEXT,
-    ORDER_COLUMNS,
-    SchemaTooNew,
-)
-from .sqlite_rows import COL, SESSION_COLUMNS, USAGE_FIELDS
+from .records import COL, SESSION_COLUMNS, USAGE_FIELDS
+from .revisions import compaction_target
+from .sqlite import ORDER_COLUMNS, SchemaTooNew
 
 log = logging.getLogger(__name__)
 
@@ -450,11 +445,6 @@ class PostgresStore:
                  session=session, messages=messages, messages_truncated=truncated,
                  removed_count=removed_count)
 
-    @staticmethod
-    def _require_writable(row: Sequence[Any]) -> None:
-        if row[COL["status"]] in rows.TERMINAL_STATUSES:
-            raise FailedPrecondition(f"session {row[2]!r} has ended", reason="SESSION_ENDED")
-
     async def _bump(self, ctx: WriteContext, row: Sequence[Any], extra_sql: str = "",
                     extra_params: Sequence[Any] = (), *, revive: bool = True
                     ) -> tuple[S.Session, bool]:
@@ -491,18 +481,6 @@ class PostgresStore:
             session.budget_micros, ctx.take_revision())
         return int(pk)
 
-    @staticmethod
-    def _same_content(existing: S.Session, wanted: S.Session) -> bool:
-        for name in CREATE_FIELDS:
-            a, b = getattr(existing, name), getattr(wanted, name)
-            if name == "kind":
-                b = b or S.SESSION_KIND_INTERACTIVE
-            if a != b:
-                return False
-        if dict(existing.labels) != dict(wanted.labels):
-            return False
-        return not (wanted.HasField("started_at") and wanted.started_at != existing.started_at)
-
     async def create_session(self, scope: Scope, session: S.Session
                              ) -> tuple[S.Session, bool, int]:
         session_id = session.id or str(uuid.uuid4())
@@ -512,7 +490,7 @@ class PostgresStore:
             if existing is not None:
                 found = self._session(existing, ctx.now)
                 if scope.can_see(found.tenant, found.owner_id, found.dataset_id) and \
-                        self._same_content(found, session):
+                        rows.same_content(found, session):
                     return found, False, 0
                 raise AlreadyExists(f"session {session_id!r} already exists with other content")
             pk = await self._insert_session(ctx, scope, session, session_id)
@@ -699,7 +677,7 @@ class PostgresStore:
             found = self._session(row, ctx.now)
             if not scope.can_see(found.tenant, found.owner_id, found.dataset_id):
                 raise AlreadyExists(f"session {session.id!r} already exists")
-            self._require_writable(row)
+            rows.require_writable(row)
             touched, revived = await self._bump(ctx, row)
             self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED if revived
                        else E.EVENT_TYPE_SESSION_UPDATED, touched)
@@ -742,7 +720,7 @@ class PostgresStore:
                                 ) -> tuple[S.Session, int]:
         async def write(ctx: WriteContext) -> tuple[S.Session, int]:
             row = await self._load(ctx, scope, session_id)
-            self._require_writable(row)
+            rows.require_writable(row)
             if state == S.RUNTIME_STATE_IDLE:
                 turn, started = "", 0
             elif state == S.RUNTIME_STATE_RUNNING:
@@ -866,38 +844,6 @@ class PostgresStore:
         return result
 
     # Messages.
-    @staticmethod
-    def _event_messages(messages: Sequence[M.Message]) -> tuple[list[M.Message], bool]:
-        """Messages as a watch event carries them: bounded and cut short."""
-        truncated = len(messages) > EVENT_MAX_MESSAGES
-        out: list[M.Message] = []
-        for message in messages[-EVENT_MAX_MESSAGES:]:
-            copy = M.Message()
-            copy.CopyFrom(message)
-            for name in ("content", "reasoning"):
-                encoded = getattr(copy, name).encode()
-                if len(encoded) > EVENT_MAX_TEXT:
-                    setattr(copy, name, encoded[:EVENT_MAX_TEXT].decode("utf-8", "ignore"))
-                    truncated = True
-            if copy.content_blocks and copy.ByteSize() > 2 * EVENT_MAX_TEXT:
-                copy.ClearField("content_blocks")
-                truncated = True
-            out.append(copy)
-        return out, truncated
-
-    @staticmethod
-    def _stored_message(message: M.Message, session_id: str, seq: int, now: int) -> M.Message:
-        """The message as a read would return it, built without reading it back."""
-        stored = M.Message()
-        stored.CopyFrom(message)
-        stored.session_id = session_id
-        stored.seq = seq
-        if stored.status == M.MESSAGE_STATUS_UNSPECIFIED:
-            stored.status = M.MESSAGE_STATUS_COMPLETE
-        stored.created_at.FromMicroseconds(now)
-        stored.updated_at.FromMicroseconds(now)
-        return stored
-
     async def append_messages(self, scope: Scope, session_id: str,
                               messages: Sequence[M.Message],
                               expected_last_seq: int | None) -> MessagesResult:
@@ -906,7 +852,7 @@ class PostgresStore:
 
         async def write(ctx: WriteContext) -> MessagesResult:
             row = await self._load(ctx, scope, session_id)
-            self._require_writable(row)
+            rows.require_writable(row)
             pk, last_seq = row[0], row[COL["last_seq"]]
             if expected_last_seq is not None and expected_last_seq != last_seq:
                 raise Aborted(f"expected last_seq {expected_last_seq}, the session is at "
@@ -955,13 +901,13 @@ class PostgresStore:
                 (len(new_rows), turns, tool_calls, last_seq))
             first_new = new_rows[0][1]
             inserted = iter(new_rows)
-            result = [m if m is not None else self._stored_message(message, session_id,
+            result = [m if m is not None else rows.stored_message(message, session_id,
                                                                    next(inserted)[1], ctx.now)
                       for m, (message, *_) in zip(out, prepared, strict=True)]
             if revived:
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
             fresh = [m for m in result if m.seq >= first_new]
-            carried, truncated = self._event_messages(fresh)
+            carried, truncated = rows.event_messages(fresh)
             self._emit(ctx, E.EVENT_TYPE_MESSAGES_APPENDED, session, carried, truncated)
             return MessagesResult(result, session, ctx.write_revision)
 
@@ -1042,7 +988,7 @@ class PostgresStore:
                           expected_seq: int | None) -> MessagesResult:
         async def write(ctx: WriteContext) -> MessagesResult:
             row = await self._load(ctx, scope, session_id)
-            self._require_writable(row)
+            rows.require_writable(row)
             last = await self._last_message(ctx, row, session_id, expected_seq)
             message = rows.message_from_row(last, session_id)
             await ctx.conn.execute("DELETE FROM messages WHERE session_pk = $1 AND seq = $2",
@@ -1050,7 +996,7 @@ class PostgresStore:
             session, _ = await self._bump(
                 ctx, row, ", message_count = message_count - 1, turn_count = turn_count - {},"
                 " tool_call_count = tool_call_count - {}", (last[6], last[7]))
-            carried, truncated = self._event_messages([message])
+            carried, truncated = rows.event_messages([message])
             self._emit(ctx, E.EVENT_TYPE_MESSAGE_POPPED, session, carried, truncated, 1)
             return MessagesResult([message], session, ctx.write_revision)
 
@@ -1062,7 +1008,7 @@ class PostgresStore:
                                   ) -> MessagesResult:
         async def write(ctx: WriteContext) -> MessagesResult:
             row = await self._load(ctx, scope, session_id)
-            self._require_writable(row)
+            rows.require_writable(row)
             last = await self._last_message(ctx, row, session_id, expected_seq)
             updated = rows.message_from_row(last, session_id)
             for path in paths:
@@ -1083,7 +1029,7 @@ class PostgresStore:
                                           " tool_call_count = tool_call_count + {}",
                                           (turn - last[6], calls - last[7]))
             updated.updated_at.FromMicroseconds(ctx.now)
-            carried, truncated = self._event_messages([updated])
+            carried, truncated = rows.event_messages([updated])
             self._emit(ctx, E.EVENT_TYPE_MESSAGE_UPDATED, session, carried, truncated)
             return MessagesResult([updated], session, ctx.write_revision)
 
@@ -1094,7 +1040,7 @@ class PostgresStore:
                              ) -> tuple[int, S.Session, int]:
         async def write(ctx: WriteContext) -> tuple[int, S.Session, int]:
             row = await self._load(ctx, scope, session_id)
-            self._require_writable(row)
+            rows.require_writable(row)
             if not row[COL["message_count"]]:
                 return 0, self._session(row, ctx.now), 0
             removed = count_of(await ctx.conn.execute(
@@ -1267,12 +1213,13 @@ class PostgresStore:
                 head, current = await conn.fetchrow(
                     f"SELECT {REVISION}, (SELECT value FROM meta"
                     f" WHERE key = 'compacted_revision')")
-                target = int(head) - keep_revisions if keep_revisions > 0 else 0
+                aged: int | None = None
                 if max_age_seconds > 0:
                     cutoff = self._clock() - int(max_age_seconds * 1_000_000)
-                    aged = await conn.fetchval(
-                        "SELECT max(revision) FROM changes WHERE created_at < $1", cutoff)
-                    target = max(target, int(aged or 0))
+                    aged = int(await conn.fetchval(
+                        "SELECT coalesce(max(revision), 0) FROM changes WHERE created_at < $1",
+                        cutoff))
+                target = compaction_target(int(head), keep_revisions, aged)
                 compacted = int(current)
                 if target > compacted:
                     await conn.execute("DELETE FROM changes WHERE revision <= $1", target)

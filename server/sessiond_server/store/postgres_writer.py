@@ -31,15 +31,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import asyncpg
-from sessiond.v1 import event_pb2, message_pb2, session_pb2
 
 from .errors import StoreError, Unavailable
 from .interface import Change
 from .postgres_schema import CHANGES_CHANNEL
+from .revisions import ChangeRecorder
 
 log = logging.getLogger(__name__)
 
@@ -77,78 +77,23 @@ def write_failure(exc: Exception) -> Exception:
     return exc
 
 
-class WriteContext:
+class WriteContext(ChangeRecorder):
     """What a write function gets: the connection, the time, and revisions."""
 
     def __init__(self, conn: asyncpg.Connection, revision: int,
                  clock: Callable[[], int]) -> None:
+        super().__init__(revision, clock)
         self.conn = conn
-        self.revision = revision  # last revision taken in this batch
-        self._clock = clock
-        self.now = 0
-        self._write_revision = 0
-        self._changes: list[Change] = []
-        self._change_rows: list[tuple[Any, ...]] = []
-
-    def begin_write(self) -> None:
-        self.now = self._clock()
-        self._write_revision = 0
-        self._changes = []
-        self._change_rows = []
-
-    def take_revision(self) -> int:
-        """The revision of the current write, taken on first use."""
-        if not self._write_revision:
-            self.revision += 1
-            self._write_revision = self.revision
-        return self._write_revision
-
-    @property
-    def write_revision(self) -> int:
-        return self._write_revision
-
-    def emit(
-        self,
-        event_type: event_pb2.EventType.ValueType,
-        session_id: str,
-        tenant: str,
-        owner_id: str,
-        dataset_id: str,
-        session: session_pb2.Session | None = None,
-        messages: Sequence[message_pb2.Message] = (),
-        messages_truncated: bool = False,
-        removed_count: int = 0,
-    ) -> None:
-        revision = self.take_revision()
-        event = event_pb2.SessionEvent(
-            type=event_type, revision=revision, session_id=session_id, session=session,
-            messages=messages, messages_truncated=messages_truncated,
-            removed_count=removed_count,
-        )
-        event.time.FromMicroseconds(self.now)
-        idx = len(self._changes)
-        self._changes.append(Change(revision, tenant, owner_id, dataset_id, event))
-        self._change_rows.append((revision, idx, tenant, owner_id, dataset_id, self.now,
-                                  event.SerializeToString()))
 
     async def finish_write(self) -> list[Change]:
-        if self._change_rows:
+        changes, change_rows = self.take_pending()
+        if change_rows:
             await self.conn.executemany(
                 "INSERT INTO changes (revision, idx, tenant, owner_id, dataset_id, created_at,"
                 " event) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                self._change_rows,
+                change_rows,
             )
-        changes = self._changes
-        self._changes = []
-        self._change_rows = []
         return changes
-
-    def abandon_write(self) -> None:
-        if self._write_revision:
-            self.revision = self._write_revision - 1
-        self._write_revision = 0
-        self._changes = []
-        self._change_rows = []
 
 
 WriteFn = Callable[[WriteContext], Awaitable[T]]

@@ -22,7 +22,7 @@ from typing import Any
 import aiosqlite
 from sessiond.v1 import event_pb2, message_pb2, session_pb2, session_service_pb2, stats_service_pb2
 
-from . import sqlite_rows as rows
+from . import records as rows
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -42,7 +42,8 @@ from .interface import (
     SessionPage,
     UsageResult,
 )
-from .sqlite_rows import COL, MESSAGE_COLUMNS, SESSION_COLUMNS, USAGE_FIELDS
+from .records import COL, MESSAGE_COLUMNS, SESSION_COLUMNS, USAGE_FIELDS
+from .revisions import compaction_target
 from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from .sqlite_writer import WriteContext, Writer
 
@@ -68,14 +69,8 @@ ORDER_INDEXES = {
     "total_tokens": "sessions_by_tokens",
 }
 
-# Fields compared to decide whether a repeated CreateSession is identical.
-CREATE_FIELDS = ("kind", "channel", "room_id", "sender_id", "agent", "model", "display_name",
-                 "goal", "owner_id", "dataset_id", "runtime_instance", "budget_micros")
-UPDATABLE_FIELDS = frozenset(CREATE_FIELDS) | {"labels"}
+UPDATABLE_FIELDS = frozenset(rows.CREATE_FIELDS) | {"labels"}
 
-# Bounds on what a watch event carries for message events.
-EVENT_MAX_MESSAGES = 16
-EVENT_MAX_TEXT = 4096
 
 MAX_USAGE_COUNTER = (1 << 62)
 RETURNING_COLUMNS = ", ".join(rows.SESSION_FIELDS)
@@ -303,11 +298,6 @@ class SQLiteStore:
                  session=session, messages=messages, messages_truncated=truncated,
                  removed_count=removed_count)
 
-    @staticmethod
-    def _require_writable(row: Sequence[Any]) -> None:
-        if row[COL["status"]] in rows.TERMINAL_STATUSES:
-            raise FailedPrecondition(f"session {row[2]!r} has ended", reason="SESSION_ENDED")
-
     def _bump(self, ctx: WriteContext, row: Sequence[Any], extra_sql: str = "",
               extra_params: Sequence[Any] = (), *, revive: bool = True
               ) -> tuple[S.Session, bool]:
@@ -339,18 +329,6 @@ class SQLiteStore:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    @staticmethod
-    def _same_content(existing: S.Session, wanted: S.Session) -> bool:
-        for name in CREATE_FIELDS:
-            a, b = getattr(existing, name), getattr(wanted, name)
-            if name == "kind":
-                b = b or S.SESSION_KIND_INTERACTIVE
-            if a != b:
-                return False
-        if dict(existing.labels) != dict(wanted.labels):
-            return False
-        return not (wanted.HasField("started_at") and wanted.started_at != existing.started_at)
-
     async def create_session(self, scope: Scope, session: S.Session
                              ) -> tuple[S.Session, bool, int]:
         session_id = session.id or str(uuid.uuid4())
@@ -362,7 +340,7 @@ class SQLiteStore:
             if existing is not None:
                 found = self._session(existing, ctx.now)
                 if scope.can_see(found.tenant, found.owner_id, found.dataset_id) and \
-                        self._same_content(found, session):
+                        rows.same_content(found, session):
                     return found, False, 0
                 raise AlreadyExists(f"session {session_id!r} already exists with other content")
             pk = self._insert_session(ctx, scope, session, session_id)
@@ -562,7 +540,7 @@ class SQLiteStore:
             found = self._session(row, ctx.now)
             if not scope.can_see(found.tenant, found.owner_id, found.dataset_id):
                 raise AlreadyExists(f"session {session.id!r} already exists")
-            self._require_writable(row)
+            rows.require_writable(row)
             touched, revived = self._bump(ctx, row)
             self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED if revived
                        else E.EVENT_TYPE_SESSION_UPDATED, touched)
@@ -605,7 +583,7 @@ class SQLiteStore:
                                 ) -> tuple[S.Session, int]:
         def write(ctx: WriteContext) -> tuple[S.Session, int]:
             row = self._load(ctx, scope, session_id)
-            self._require_writable(row)
+            rows.require_writable(row)
             if state == S.RUNTIME_STATE_IDLE:
                 turn, started = "", 0
             elif state == S.RUNTIME_STATE_RUNNING:
@@ -729,39 +707,6 @@ class SQLiteStore:
         return result
 
     # Messages.
-    @staticmethod
-    def _event_messages(messages: Sequence[M.Message]) -> tuple[list[M.Message], bool]:
-        """Messages as a watch event carries them: bounded and cut short."""
-        truncated = len(messages) > EVENT_MAX_MESSAGES
-        out: list[M.Message] = []
-        for message in messages[-EVENT_MAX_MESSAGES:]:
-            copy = M.Message()
-            copy.CopyFrom(message)
-            for name in ("content", "reasoning"):
-                encoded = getattr(copy, name).encode()
-                if len(encoded) > EVENT_MAX_TEXT:
-                    # Cut at a byte bound, dropping a character split in two.
-                    setattr(copy, name, encoded[:EVENT_MAX_TEXT].decode("utf-8", "ignore"))
-                    truncated = True
-            if copy.content_blocks and copy.ByteSize() > 2 * EVENT_MAX_TEXT:
-                copy.ClearField("content_blocks")
-                truncated = True
-            out.append(copy)
-        return out, truncated
-
-    @staticmethod
-    def _stored_message(message: M.Message, session_id: str, seq: int, now: int) -> M.Message:
-        """The message as a read would return it, built without reading it back."""
-        stored = M.Message()
-        stored.CopyFrom(message)
-        stored.session_id = session_id
-        stored.seq = seq
-        if stored.status == M.MESSAGE_STATUS_UNSPECIFIED:
-            stored.status = M.MESSAGE_STATUS_COMPLETE
-        stored.created_at.FromMicroseconds(now)
-        stored.updated_at.FromMicroseconds(now)
-        return stored
-
     async def append_messages(self, scope: Scope, session_id: str,
                               messages: Sequence[M.Message],
                               expected_last_seq: int | None) -> MessagesResult:
@@ -770,7 +715,7 @@ class SQLiteStore:
 
         def write(ctx: WriteContext) -> MessagesResult:
             row = self._load(ctx, scope, session_id)
-            self._require_writable(row)
+            rows.require_writable(row)
             pk, last_seq = row[0], row[COL["last_seq"]]
             if expected_last_seq is not None and expected_last_seq != last_seq:
                 raise Aborted(f"expected last_seq {expected_last_seq}, the session is at "
@@ -815,13 +760,13 @@ class SQLiteStore:
                 (len(new_rows), turns, tool_calls, last_seq))
             first_new = new_rows[0][1]
             inserted = iter(new_rows)
-            result = [m if m is not None else self._stored_message(message, session_id,
+            result = [m if m is not None else rows.stored_message(message, session_id,
                                                                    next(inserted)[1], ctx.now)
                       for m, (message, *_) in zip(out, prepared, strict=True)]
             if revived:
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
             fresh = [m for m in result if m.seq >= first_new]
-            carried, truncated = self._event_messages(fresh)
+            carried, truncated = rows.event_messages(fresh)
             self._emit(ctx, E.EVENT_TYPE_MESSAGES_APPENDED, session, carried, truncated)
             return MessagesResult(result, session, ctx.write_revision)
 
@@ -904,14 +849,14 @@ class SQLiteStore:
                           expected_seq: int | None) -> MessagesResult:
         def write(ctx: WriteContext) -> MessagesResult:
             row = self._load(ctx, scope, session_id)
-            self._require_writable(row)
+            rows.require_writable(row)
             last = self._last_message(ctx, row, session_id, expected_seq)
             message = rows.message_from_row(last, session_id)
             ctx.conn.execute("DELETE FROM messages WHERE rowid = ?", (last[0],))
             session, _ = self._bump(
                 ctx, row, ", message_count = message_count - 1, turn_count = turn_count - ?,"
                 " tool_call_count = tool_call_count - ?", (last[6], last[7]))
-            carried, truncated = self._event_messages([message])
+            carried, truncated = rows.event_messages([message])
             self._emit(ctx, E.EVENT_TYPE_MESSAGE_POPPED, session, carried, truncated, 1)
             return MessagesResult([message], session, ctx.write_revision)
 
@@ -923,7 +868,7 @@ class SQLiteStore:
                                   ) -> MessagesResult:
         def write(ctx: WriteContext) -> MessagesResult:
             row = self._load(ctx, scope, session_id)
-            self._require_writable(row)
+            rows.require_writable(row)
             last = self._last_message(ctx, row, session_id, expected_seq)
             updated = rows.message_from_row(last, session_id)
             for path in paths:
@@ -943,7 +888,7 @@ class SQLiteStore:
                                     " tool_call_count = tool_call_count + ?",
                                     (turn - last[6], calls - last[7]))
             updated.updated_at.FromMicroseconds(ctx.now)
-            carried, truncated = self._event_messages([updated])
+            carried, truncated = rows.event_messages([updated])
             self._emit(ctx, E.EVENT_TYPE_MESSAGE_UPDATED, session, carried, truncated)
             return MessagesResult([updated], session, ctx.write_revision)
 
@@ -954,7 +899,7 @@ class SQLiteStore:
                              ) -> tuple[int, S.Session, int]:
         def write(ctx: WriteContext) -> tuple[int, S.Session, int]:
             row = self._load(ctx, scope, session_id)
-            self._require_writable(row)
+            rows.require_writable(row)
             if not row[COL["message_count"]]:
                 return 0, self._session(row, ctx.now), 0
             removed = ctx.conn.execute("DELETE FROM messages WHERE session_pk = ?",
@@ -1119,15 +1064,13 @@ class SQLiteStore:
 
     async def compact(self, keep_revisions: int, max_age_seconds: float) -> int:
         def write(ctx: WriteContext) -> int:
-            target = 0
-            if keep_revisions > 0:
-                target = ctx.revision - keep_revisions
+            aged: int | None = None
             if max_age_seconds > 0:
                 cutoff = ctx.now - int(max_age_seconds * 1_000_000)
-                aged = ctx.conn.execute(
-                    "SELECT max(revision) FROM changes WHERE created_at < ?",
-                    (cutoff,)).fetchone()[0]
-                target = min(target, int(aged or 0)) if keep_revisions > 0 else int(aged or 0)
+                aged = int(ctx.conn.execute(
+                    "SELECT coalesce(max(revision), 0) FROM changes WHERE created_at < ?",
+                    (cutoff,)).fetchone()[0])
+            target = compaction_target(ctx.revision, keep_revisions, aged)
             current = int(ctx.conn.execute(
                 "SELECT value FROM meta WHERE key = 'compacted_revision'").fetchone()[0])
             if target <= current:

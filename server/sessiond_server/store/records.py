@@ -15,6 +15,8 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from sessiond.v1 import message_pb2, session_pb2
 
+from .errors import FailedPrecondition
+
 SESSION_FIELDS = (
     "pk", "tenant", "id", "kind", "channel", "room_id", "sender_id", "agent", "model",
     "display_name", "goal", "owner_id", "dataset_id", "labels", "runtime_instance",
@@ -123,3 +125,68 @@ def is_turn(message: message_pb2.Message) -> bool:
 
 def labels_json(labels: Any) -> str:
     return json.dumps(dict(labels), sort_keys=True, separators=(",", ":"))
+
+
+# Shared by every backend: what a write returns and what its event carries.
+
+# Fields compared to decide whether a repeated CreateSession is identical.
+CREATE_FIELDS = ("kind", "channel", "room_id", "sender_id", "agent", "model", "display_name",
+                 "goal", "owner_id", "dataset_id", "runtime_instance", "budget_micros")
+
+# Bounds on what a watch event carries for message events.
+EVENT_MAX_MESSAGES = 16
+EVENT_MAX_TEXT = 4096
+
+
+def same_content(existing: session_pb2.Session, wanted: session_pb2.Session) -> bool:
+    """Whether a repeated create asks for what is stored (idempotent retry)."""
+    for name in CREATE_FIELDS:
+        a, b = getattr(existing, name), getattr(wanted, name)
+        if name == "kind":
+            b = b or session_pb2.SESSION_KIND_INTERACTIVE
+        if a != b:
+            return False
+    if dict(existing.labels) != dict(wanted.labels):
+        return False
+    return not (wanted.HasField("started_at") and wanted.started_at != existing.started_at)
+
+
+def require_writable(row: Sequence[Any]) -> None:
+    """Message and runtime writes are refused on a session in a terminal status."""
+    if row[COL["status"]] in TERMINAL_STATUSES:
+        raise FailedPrecondition(f"session {row[2]!r} has ended", reason="SESSION_ENDED")
+
+
+def event_messages(messages: Sequence[message_pb2.Message]
+                   ) -> tuple[list[message_pb2.Message], bool]:
+    """Messages as a watch event carries them: bounded and cut short."""
+    truncated = len(messages) > EVENT_MAX_MESSAGES
+    out: list[message_pb2.Message] = []
+    for message in messages[-EVENT_MAX_MESSAGES:]:
+        copy = message_pb2.Message()
+        copy.CopyFrom(message)
+        for name in ("content", "reasoning"):
+            encoded = getattr(copy, name).encode()
+            if len(encoded) > EVENT_MAX_TEXT:
+                # Cut at a byte bound, dropping a character split in two.
+                setattr(copy, name, encoded[:EVENT_MAX_TEXT].decode("utf-8", "ignore"))
+                truncated = True
+        if copy.content_blocks and copy.ByteSize() > 2 * EVENT_MAX_TEXT:
+            copy.ClearField("content_blocks")
+            truncated = True
+        out.append(copy)
+    return out, truncated
+
+
+def stored_message(message: message_pb2.Message, session_id: str, seq: int,
+                   now: int) -> message_pb2.Message:
+    """The message as a read would return it, built without reading it back."""
+    stored = message_pb2.Message()
+    stored.CopyFrom(message)
+    stored.session_id = session_id
+    stored.seq = seq
+    if stored.status == message_pb2.MESSAGE_STATUS_UNSPECIFIED:
+        stored.status = message_pb2.MESSAGE_STATUS_COMPLETE
+    stored.created_at.FromMicroseconds(now)
+    stored.updated_at.FromMicroseconds(now)
+    return stored
