@@ -150,3 +150,15 @@ def test_a_second_signal_forces_an_exit_while_a_call_is_stuck(server_process: An
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         db.close()
+
+
+def test_the_server_runs_on_uvloop_when_asked(server_process: Any) -> None:
+    process = server_process(None, "--event-loop", "uvloop")
+    with grpc.insecure_channel(process.address) as channel:
+        sessions = session_service_pb2_grpc.SessionServiceStub(channel)
+        created = sessions.CreateSession(
+            ss.CreateSessionRequest(session=session_pb2.Session(id="on-uvloop")))
+        assert created.created and created.revision == 1
+    assert process.process is not None
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(timeout=60) == 0

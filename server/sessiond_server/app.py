@@ -296,4 +296,8 @@ def run(config: ServerConfig) -> int:
         await running.stop()
         return 0
 
+    if config.event_loop == "uvloop":
+        import uvloop  # the `fast` extra; a missing module stops the start with its name
+
+        return uvloop.run(main())
     return asyncio.run(main())

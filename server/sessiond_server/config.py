@@ -118,3 +118,7 @@ class ServerConfig:
     postgres_pool_max_size: int = 10
     postgres_statement_timeout_seconds: float = 30.0
     postgres_poll_interval_seconds: float = 1.0
+    # The event loop: "asyncio" (the default) or "uvloop" (the `fast` extra).
+    # uvloop served about 20% more reads and 5-10% more appends per second in
+    # bench runs here; it stays opt-in until it has run as long as asyncio has.
+    event_loop: str = "asyncio"

@@ -50,6 +50,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "durability": ("full", "normal"),
     "log_format": ("text", "json"),
     "log_level": ("debug", "info", "warning", "error"),
+    "event_loop": ("asyncio", "uvloop"),
 }
 # Numbers that must be above zero; every other number may be zero (which
 # means "off" or "no bound" where the field's comment says so) but not negative.
