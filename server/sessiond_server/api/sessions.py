@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from sessiond.v1 import event_pb2, session_pb2, session_service_pb2, session_service_pb2_grpc
 
-from ..store import Change, MessageQuery  # noqa: F401  (MessageQuery re-exported for symmetry)
+from ..store import Change
 from ..store.records import TERMINAL_STATUSES
 from ..watch import HubClosed
 from .context import ApiContext
@@ -308,14 +308,15 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                         compacted_revision=store.compacted_revision)
         if request.include_initial:
             sessions, read_at = await store.initial_state(scope, list(f.session_ids))
+            # Event types select changes; the initial state is sent whatever they say.
+            initial_filter = ss.WatchFilter()
+            initial_filter.CopyFrom(f)
+            initial_filter.ClearField("event_types")
             batch: list[E.SessionEvent] = []
             for session in sessions:
                 change = Change(read_at, session.tenant, session.owner_id, session.dataset_id,
                                 E.SessionEvent(type=E.EVENT_TYPE_INITIAL, revision=read_at,
                                                session_id=session.id, session=session))
-                initial_filter = ss.WatchFilter()
-                initial_filter.CopyFrom(f)
-                initial_filter.ClearField("event_types")
                 if watch_matches(initial_filter, change):
                     batch.append(change.event)
                 if len(batch) >= 100:
