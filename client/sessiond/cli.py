@@ -24,6 +24,8 @@ from sessiond.aio import DEFAULT_TARGET
 from sessiond.dashboard import add_arguments as add_dashboard_arguments
 from sessiond.errors import SessiondError
 from sessiond.formatting import (
+    ORDER_WORDS,
+    STATUS_WORDS,
     enum_word,
     enum_words,
     event_line,
@@ -49,21 +51,10 @@ DEFAULT_TIMEOUT = 10.0
 MAX_PAGE_SIZE = 500
 DEFAULT_TAIL = 10
 
-STATUS_WORDS = {
-    word: session_pb2.SessionStatus.Value(name)
-    for word, name in enum_words(session_pb2.SessionStatus.DESCRIPTOR).items()
-}
 TERMINAL_STATUS_WORDS = ("completed", "failed", "cancelled")
 EVENT_WORDS = {
     word: event_pb2.EventType.Value(name)
     for word, name in enum_words(event_pb2.EventType.DESCRIPTOR).items()
-}
-ORDER_WORDS = {
-    "last-activity": session_service_pb2.SESSION_ORDER_FIELD_LAST_ACTIVITY_AT,
-    "started": session_service_pb2.SESSION_ORDER_FIELD_STARTED_AT,
-    "ended": session_service_pb2.SESSION_ORDER_FIELD_ENDED_AT,
-    "cost": session_service_pb2.SESSION_ORDER_FIELD_COST,
-    "tokens": session_service_pb2.SESSION_ORDER_FIELD_TOKENS,
 }
 TAIL_EVENT_TYPES = (
     event_pb2.EVENT_TYPE_MESSAGES_APPENDED,

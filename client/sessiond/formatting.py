@@ -18,7 +18,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sessiond.v1 import event_pb2, message_pb2, session_pb2, stats_service_pb2
+from sessiond.v1 import event_pb2, message_pb2, session_pb2, session_service_pb2, stats_service_pb2
 
 CONTENT_WIDTH = 80
 """The most characters of message content a table row or event line shows."""
@@ -356,3 +356,17 @@ def event_line(event: event_pb2.SessionEvent) -> str:
             event_detail(event),
         ]
     ).rstrip()
+
+
+# The words the CLI and the dashboard accept for statuses and sort orders.
+STATUS_WORDS = {
+    word: session_pb2.SessionStatus.Value(name)
+    for word, name in enum_words(session_pb2.SessionStatus.DESCRIPTOR).items()
+}
+ORDER_WORDS = {
+    "last-activity": session_service_pb2.SESSION_ORDER_FIELD_LAST_ACTIVITY_AT,
+    "started": session_service_pb2.SESSION_ORDER_FIELD_STARTED_AT,
+    "ended": session_service_pb2.SESSION_ORDER_FIELD_ENDED_AT,
+    "cost": session_service_pb2.SESSION_ORDER_FIELD_COST,
+    "tokens": session_service_pb2.SESSION_ORDER_FIELD_TOKENS,
+}

@@ -44,7 +44,7 @@ from sessiond.dashboard.web import (
     text_response,
 )
 from sessiond.errors import SessiondError
-from sessiond.formatting import enum_words
+from sessiond.formatting import ORDER_WORDS, STATUS_WORDS
 from sessiond.v1 import session_pb2, session_service_pb2
 from sessiond.watching import Backoff
 
@@ -61,17 +61,6 @@ MAX_SPEND_BUCKETS = 48
 DEFAULT_SPEND_BUCKETS = 24
 CLIENT_POOL_SIZE = 16
 
-STATUS_WORDS = {
-    word: session_pb2.SessionStatus.Value(name)
-    for word, name in enum_words(session_pb2.SessionStatus.DESCRIPTOR).items()
-}
-ORDER_WORDS = {
-    "last-activity": session_service_pb2.SESSION_ORDER_FIELD_LAST_ACTIVITY_AT,
-    "started": session_service_pb2.SESSION_ORDER_FIELD_STARTED_AT,
-    "ended": session_service_pb2.SESSION_ORDER_FIELD_ENDED_AT,
-    "cost": session_service_pb2.SESSION_ORDER_FIELD_COST,
-    "tokens": session_service_pb2.SESSION_ORDER_FIELD_TOKENS,
-}
 HTTP_STATUS_BY_CODE = {
     "INVALID_ARGUMENT": 400,
     "UNAUTHENTICATED": 401,
