@@ -8,6 +8,7 @@ import asyncio
 
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 from harness import (
     append,
     assistant,
@@ -361,3 +362,69 @@ async def test_usage_of_a_reconciled_session_still_counts(server):
     await server.sessions.ReconcileSessions(ss.ReconcileSessionsRequest(runtime_instance="rt-1"))
     answer = await record(server, "s1", usage=usage(cost_micros=5))
     assert answer.session_usage.cost_micros == 5
+
+
+async def cost_by_model(server, **filter_fields) -> list[st.ModelCost]:
+    answer = await server.stats.CostByModel(
+        st.CostByModelRequest(filter=sp.SessionFilter(**filter_fields)))
+    return list(answer.models)
+
+
+# Whole days of a GetStats or CostByModel window come from rollups kept by the
+# store; the rest is summed row by row. Both must give the same figures for any window.
+
+HOUR = 3_600_000_000
+DAY = 24 * HOUR
+ALL_KINDS = [sp.SESSION_KIND_INTERACTIVE, sp.SESSION_KIND_AUTONOMOUS,
+             sp.SESSION_KIND_AGENT_TO_AGENT]
+
+
+async def test_stats_from_the_rollup_equal_a_row_by_row_sum_for_any_window(make_server):
+    server = await make_server(abandoned_after_seconds=12 * 3600)
+    origin = server.clock.now_micros() - server.clock.now_micros() % DAY
+    ends = [None, sp.SESSION_STATUS_COMPLETED, sp.SESSION_STATUS_FAILED,
+            sp.SESSION_STATUS_CANCELLED]
+    for i in range(24):  # one every 7 hours: about 7 days, day edges crossed mid-window
+        sid = f"s{i}"
+        await create_session(server.sessions, sid, owner_id=f"o{i % 3}",
+                             dataset_id=f"d{i % 2}", kind=ALL_KINDS[i % 3])
+        await record(server, sid, f"m{i % 2}", usage=usage(prompt_tokens=i, cost_micros=i * 7))
+        if i % 4 == 1:
+            await append(server.messages, sid, user("q"), assistant("a"))
+        if i % 5 == 0:
+            await server.sessions.SetRuntimeState(
+                ss.SetRuntimeStateRequest(session_id=sid, state=sp.RUNTIME_STATE_RUNNING))
+        if ends[i % 4]:
+            await end(server, sid, ends[i % 4])
+        server.clock.advance(7 * 3600)
+    await append(server.messages, "s20", user("back"))  # active again, the rest abandoned
+    await server.sessions.DeleteSession(ss.DeleteSessionRequest(session_id="s9"))
+    # A session moved to another owner takes its usage with it.
+    await server.sessions.UpdateSession(ss.UpdateSessionRequest(
+        session=sp.Session(id="s4", owner_id="o2"),
+        update_mask=field_mask_pb2.FieldMask(paths=["owner_id"])))
+    windows = [
+        sp.TimeRange(),
+        sp.TimeRange(start=timestamp(origin + DAY), end=timestamp(origin + 4 * DAY)),
+        sp.TimeRange(start=timestamp(origin + DAY + 5 * HOUR),
+                     end=timestamp(origin + 5 * DAY + 3 * HOUR)),
+        sp.TimeRange(start=timestamp(origin + 2 * DAY + 1)),
+        sp.TimeRange(end=timestamp(origin + 3 * DAY - 1)),
+        sp.TimeRange(start=timestamp(origin + 2 * HOUR), end=timestamp(origin + 20 * HOUR)),
+        sp.TimeRange(start=timestamp(origin + 3 * DAY), end=timestamp(origin + DAY)),
+    ]
+    compared = 0
+    for window in windows:
+        for owners in ([], ["o1"], ["o0", "o2"]):
+            fast = await stats(server, started=window, owner_ids=owners)
+            # Naming every kind matches the same sessions but is not served by the rollup.
+            rowwise = await stats(server, started=window, owner_ids=owners, kinds=ALL_KINDS)
+            assert fast == rowwise, (window, owners)
+            assert await cost_by_model(server, started=window, owner_ids=owners) == \
+                await cost_by_model(server, started=window, owner_ids=owners, kinds=ALL_KINDS)
+            compared += fast.session_count
+    assert compared > 0
+    everything = await stats(server)
+    assert everything.session_count == 23
+    assert everything.abandoned_count > 0 and everything.active_count > 0
+    assert await server.check_consistency() == []

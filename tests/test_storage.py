@@ -97,6 +97,9 @@ async def test_an_old_schema_is_migrated_forward_and_its_history_becomes_searcha
         assert [m.content for m in found] == ["legacy walrus"]
         session, revision = await store.get_session(Scope(), "old")
         assert (session.message_count, revision) == (1, 2)
+        # The stats rollup (version 3) was filled from the sessions already there.
+        stats, _ = await store.get_stats(Scope(), session_pb2.SessionFilter())
+        assert (stats.session_count, stats.message_count) == (1, 1)
         assert await store.check_consistency() == []
     finally:
         await store.close()

@@ -16,6 +16,7 @@ import secrets
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,17 @@ from .interface import (
 )
 from .records import COL, MESSAGE_COLUMNS, SESSION_COLUMNS, USAGE_FIELDS
 from .revisions import compaction_target
-from .sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from .sqlite_schema import (
+    DAY_MICROS,
+    MIGRATIONS,
+    ROLLUP_KEY,
+    ROLLUP_RECOUNT_SQL,
+    ROLLUP_SUMS,
+    SCHEMA_VERSION,
+    USAGE_ROLLUP_KEY,
+    USAGE_ROLLUP_RECOUNT_SQL,
+    USAGE_SUMS,
+)
 from .sqlite_writer import WriteContext, Writer
 
 log = logging.getLogger(__name__)
@@ -86,6 +97,91 @@ def fts_query(text: str) -> str:
     # NUL ends an FTS5 query string early ("unterminated string"): it separates words.
     words = [w for w in text.replace("\x00", " ").split() if any(ch.isalnum() for ch in w)]
     return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+# GetStats sums, in the order of _scan_stats_sql's columns.
+STATS_SUMS = 19
+STATS_ACTIVE, STATS_ABANDONED = 12, 14
+
+
+def _stats_from_sums(sums: Sequence[float]) -> stats_service_pb2.Stats:
+    r = [int(value) for value in sums]
+    count = r[0]
+    duration = float(sums[11]) / 1_000_000
+    completed, failed = r[15], r[16]
+    return stats_service_pb2.Stats(
+        session_count=count, usage=rows.usage_from(r[1:10]),
+        average_cost_micros=r[6] // count if count else 0,
+        message_count=r[10], total_duration_seconds=duration,
+        average_duration_seconds=duration / count if count else 0.0,
+        active_count=r[STATS_ACTIVE], running_count=r[13], abandoned_count=r[STATS_ABANDONED],
+        completed_count=completed, failed_count=failed, cancelled_count=r[17],
+        unknown_count=r[18],
+        success_rate=completed / (completed + failed) if completed + failed else 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class RollupPlan:
+    """How GetStats splits a filter between the rollup and a row-by-row sum."""
+
+    # owner/dataset and the whole UTC days of the window, served by the rollup.
+    whole_days: S.SessionFilter
+    # The window's partial days at either end, summed row by row.
+    scanned: list[S.SessionFilter]
+
+
+def _rollup_plan(f: S.SessionFilter) -> RollupPlan | None:
+    """The rollup's share of ``f``, or None when rows must be summed one by one."""
+    rest = S.SessionFilter()
+    rest.CopyFrom(f)
+    # The fields the rollup serves; any other one set means a scan.
+    rest.ClearField("started")
+    rest.ClearField("owner_ids")
+    rest.ClearField("dataset_ids")
+    if rest.ByteSize():
+        return None
+    start = f.started.start.ToMicroseconds() if f.started.HasField("start") else None
+    end = f.started.end.ToMicroseconds() if f.started.HasField("end") else None
+    first_day = -(-start // DAY_MICROS) if start is not None else None
+    end_day = end // DAY_MICROS if end is not None else None
+    if first_day is not None and end_day is not None and first_day >= end_day:
+        return None  # not one whole day in the window
+    whole = S.SessionFilter(owner_ids=f.owner_ids, dataset_ids=f.dataset_ids)
+    scanned: list[S.SessionFilter] = []
+
+    def edge(lo: int, hi: int) -> None:
+        if lo < hi:
+            part = S.SessionFilter(owner_ids=f.owner_ids, dataset_ids=f.dataset_ids)
+            part.started.start.FromMicroseconds(lo)
+            part.started.end.FromMicroseconds(hi)
+            scanned.append(part)
+
+    if start is not None and first_day is not None:
+        whole.started.start.FromMicroseconds(first_day * DAY_MICROS)
+        edge(start, first_day * DAY_MICROS)
+    if end is not None and end_day is not None:
+        whole.started.end.FromMicroseconds(end_day * DAY_MICROS)
+        edge(end_day * DAY_MICROS, end)
+    return RollupPlan(whole, scanned)
+
+
+def _rollup_where(scope: Scope, days: S.SessionFilter, alias: str = "u"
+                  ) -> tuple[str, list[Any]]:
+    """The WHERE of a rollup read: the caller's scope, owners, datasets, whole days."""
+    clause, params = visibility_sql(scope, alias)
+    clauses = [clause]
+    for column, values in (("owner_id", days.owner_ids), ("dataset_id", days.dataset_ids)):
+        if values:
+            clauses.append(f"{alias}.{column} IN ({','.join('?' * len(values))})")
+            params.extend(values)
+    if days.started.HasField("start"):
+        clauses.append(f"{alias}.day >= ?")
+        params.append(days.started.start.ToMicroseconds() // DAY_MICROS)
+    if days.started.HasField("end"):
+        clauses.append(f"{alias}.day < ?")
+        params.append(days.started.end.ToMicroseconds() // DAY_MICROS)
+    return " AND ".join(clauses), params
 
 
 def visibility_sql(scope: Scope, alias: str = "s") -> tuple[str, list[Any]]:
@@ -993,49 +1089,93 @@ class SQLiteStore:
                         ) -> tuple[stats_service_pb2.Stats, int]:
         now = self._clock()
         cutoff = self._abandoned_before(now)
-        where, params = self._filter_sql(scope, filter, now)
-        sums = ", ".join(f"coalesce(sum(s.{name}), 0)" for name in USAGE_FIELDS)
-        found = await self._read(
-            f"SELECT count(*), {sums}, coalesce(sum(s.message_count), 0),"
-            f" coalesce(sum(CASE WHEN s.ended_at > 0 THEN s.ended_at ELSE s.last_activity_at"
-            f" END - s.started_at), 0),"
-            f" coalesce(sum(s.status = 1 AND s.last_activity_at >= ?), 0),"
-            f" coalesce(sum(s.status IN (1, 5) AND s.runtime_state = 2), 0),"
-            f" coalesce(sum(s.status = 1 AND s.last_activity_at < ?), 0),"
-            f" coalesce(sum(s.status = 2), 0), coalesce(sum(s.status = 3), 0),"
-            f" coalesce(sum(s.status = 4), 0), coalesce(sum(s.status = 5), 0),"
-            f" (SELECT value FROM meta WHERE key = 'revision')"
+        plan = _rollup_plan(filter)
+        statements: list[tuple[str, Sequence[Any]]] = [
+            ("SELECT value FROM meta WHERE key = 'revision'", ())]
+        # Sessions summed row by row: all of them, or the part of a window
+        # that does not cover whole days.
+        for scanned in plan.scanned if plan else [filter]:
+            where, params = self._filter_sql(scope, scanned, now)
+            statements.append(self._scan_stats_sql(where, params, cutoff))
+        if plan:
+            statements.extend(self._rollup_stats_sql(scope, plan.whole_days, cutoff, now))
+        found = await self._read_many(statements)
+        sums = [0.0] * STATS_SUMS
+        for part in found[1:-1] if plan else found[1:]:
+            for i, value in enumerate(part[0]):
+                sums[i] += value or 0
+        if plan:
+            # Active sessions in the rollup minus the ones still active (not
+            # abandoned), read from the status index: the abandoned ones.
+            active_live = int(found[-1][0][0])
+            sums[STATS_ABANDONED] += sums[STATS_ACTIVE] - active_live
+            sums[STATS_ACTIVE] = active_live
+        return _stats_from_sums(sums), int(found[0][0][0])
+
+    def _scan_stats_sql(self, where: str, params: list[Any], cutoff: int
+                        ) -> tuple[str, Sequence[Any]]:
+        """The STATS_SUMS aggregates of the sessions matching ``where``, row by row."""
+        sums = ", ".join(f"total(s.{name})" for name in USAGE_FIELDS)
+        return (
+            f"SELECT count(*), {sums}, total(s.message_count),"
+            f" total(CASE WHEN s.ended_at > 0 THEN s.ended_at ELSE s.last_activity_at"
+            f" END - s.started_at),"
+            f" total(s.status = 1 AND s.last_activity_at >= ?),"
+            f" total(s.status IN (1, 5) AND s.runtime_state = 2),"
+            f" total(s.status = 1 AND s.last_activity_at < ?),"
+            f" total(s.status = 2), total(s.status = 3),"
+            f" total(s.status = 4), total(s.status = 5)"
             f" FROM sessions s WHERE {where}", (cutoff, cutoff, *params))
-        r = found[0]
-        count = int(r[0])
-        duration = float(r[11]) / 1_000_000
-        completed, failed = int(r[15]), int(r[16])
-        stats = stats_service_pb2.Stats(
-            session_count=count, usage=rows.usage_from(r[1:10]),
-            average_cost_micros=int(r[6]) // count if count else 0,
-            message_count=int(r[10]), total_duration_seconds=duration,
-            average_duration_seconds=duration / count if count else 0.0,
-            active_count=int(r[12]), running_count=int(r[13]), abandoned_count=int(r[14]),
-            completed_count=completed, failed_count=failed, cancelled_count=int(r[17]),
-            unknown_count=int(r[18]),
-            success_rate=completed / (completed + failed) if completed + failed else 0.0,
-        )
-        return stats, int(r[19])
+
+    def _rollup_stats_sql(self, scope: Scope, days: S.SessionFilter, cutoff: int, now: int
+                          ) -> list[tuple[str, Sequence[Any]]]:
+        """The STATS_SUMS of whole days from the rollup (every ACTIVE session
+        counted as active), then the count of sessions still active."""
+        where, params = _rollup_where(scope, days, "r")
+        sums = ", ".join(f"total(r.{name})" for name in USAGE_FIELDS)
+        # Column for column as _scan_stats_sql; abandoned (0 here) is
+        # split off the active count by the caller.
+        count_of = "total(CASE WHEN r.status = {} THEN r.session_count END)".format
+        rollup = (
+            f"SELECT total(r.session_count), {sums}, total(r.message_count),"
+            f" total(r.duration_micros), {count_of(1)}, total(r.running_count), 0,"
+            f" {count_of(2)}, {count_of(3)}, {count_of(4)}, {count_of(5)}"
+            f" FROM session_rollup r WHERE {where}", params)
+        where, live_params = self._filter_sql(scope, days, now)
+        live = (f"SELECT count(*) FROM sessions s INDEXED BY sessions_by_status"
+                f" WHERE s.status = 1 AND s.last_activity_at >= ? AND {where}",
+                (cutoff, *live_params))
+        return [rollup, live]
 
     async def cost_by_model(self, scope: Scope, filter: S.SessionFilter
                             ) -> tuple[list[stats_service_pb2.ModelCost], int]:
         now = self._clock()
-        where, params = self._filter_sql(scope, filter, now)
-        sums = ", ".join(f"sum(u.{name})" for name in USAGE_FIELDS)
-        found, rev = await self._read_many([
-            (f"SELECT u.model, count(*), {sums} FROM session_usage u"
-             f" JOIN sessions s ON s.pk = u.session_pk WHERE {where}"
-             f" GROUP BY u.model ORDER BY sum(u.cost_micros) DESC, u.model", params),
-            ("SELECT value FROM meta WHERE key = 'revision'", ()),
-        ])
-        return [stats_service_pb2.ModelCost(model=r[0], session_count=r[1],
-                                            usage=rows.usage_from(r[2:11])) for r in found], \
-            int(rev[0][0])
+        plan = _rollup_plan(filter)
+        sums = ", ".join(f"total(u.{name})" for name in USAGE_FIELDS)
+        statements: list[tuple[str, Sequence[Any]]] = [
+            ("SELECT value FROM meta WHERE key = 'revision'", ())]
+        for scanned in plan.scanned if plan else [filter]:
+            where, params = self._filter_sql(scope, scanned, now)
+            statements.append((f"SELECT u.model, count(*), {sums} FROM session_usage u"
+                               f" JOIN sessions s ON s.pk = u.session_pk WHERE {where}"
+                               f" GROUP BY u.model", params))
+        if plan:
+            where, params = _rollup_where(scope, plan.whole_days)
+            statements.append((f"SELECT u.model, total(u.session_count), {sums}"
+                               f" FROM usage_rollup u WHERE {where} GROUP BY u.model", params))
+        found = await self._read_many(statements)
+        by_model: dict[str, list[float]] = {}
+        for part in found[1:]:
+            for model, *values in part:
+                into = by_model.setdefault(model, [0.0] * len(values))
+                for i, value in enumerate(values):
+                    into[i] += value
+        costs = [stats_service_pb2.ModelCost(
+            model=model, session_count=int(values[0]),
+            usage=rows.usage_from([int(v) for v in values[1:]]))
+            for model, values in by_model.items()]
+        costs.sort(key=lambda c: (-c.usage.cost_micros, c.model))
+        return costs, int(found[0][0][0])
 
     # Change log.
     async def read_changes(self, from_revision: int, limit: int) -> list[Change]:
@@ -1106,11 +1246,32 @@ class SQLiteStore:
             f" FROM session_usage GROUP BY session_pk) u ON u.session_pk = s.pk WHERE {differs}")
         problems.extend(f"session {r[0]!r}: usage differs from its per-model rows"
                         for r in bad_usage)
+        problems.extend(await self._rollup_problems())
         gaps = await self._read(
             "SELECT count(DISTINCT revision), min(revision), max(revision) FROM changes")
         n, lo, hi = gaps[0]
         if n and hi - lo + 1 != n:
             problems.append(f"change log has gaps: {n} revisions between {lo} and {hi}")
+        return problems
+
+
+    async def _rollup_problems(self) -> list[str]:
+        """Rollup rows that differ from a recount of the rows they sum."""
+        problems: list[str] = []
+        for table, recount_sql, columns in (
+            ("session_rollup", ROLLUP_RECOUNT_SQL,
+             (*ROLLUP_KEY, "session_count", "running_count", "duration_micros", *ROLLUP_SUMS)),
+            ("usage_rollup", USAGE_ROLLUP_RECOUNT_SQL,
+             (*USAGE_ROLLUP_KEY, "session_count", *USAGE_SUMS)),
+        ):
+            recount = await self._read(recount_sql)
+            stored = await self._read(f"SELECT {', '.join(columns)} FROM {table}")
+            expected = {tuple(r[:5]): tuple(r[5:]) for r in recount}
+            actual = {tuple(r[:5]): tuple(r[5:]) for r in stored}
+            problems.extend(
+                f"{table} {key}: {actual.get(key)} != recount {expected.get(key)}"
+                for key in sorted(expected.keys() | actual.keys())
+                if expected.get(key) != actual.get(key))
         return problems
 
 

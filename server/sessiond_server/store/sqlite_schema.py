@@ -146,4 +146,188 @@ INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
     ),
 ]
 
+
+# Version 3: the stats rollup. GetStats over a whole tenant (or a window of
+# whole days) sums these rows instead of every session: one row per tenant,
+# UTC day of started_at, status, owner and dataset, kept by triggers in the
+# same transaction as the session row, so every write path (create, append,
+# usage, end, delete, purge, fork, import) keeps it exact. The text of a
+# released migration never changes: these names are frozen with it.
+DAY_MICROS = 86_400_000_000
+ROLLUP_SUMS = (
+    "message_count", "prompt_tokens", "completion_tokens", "reasoning_tokens",
+    "cache_read_tokens", "cache_write_tokens", "cost_micros", "request_count",
+    "error_count", "total_tokens",
+)
+ROLLUP_KEY = ("tenant", "day", "status", "owner_id", "dataset_id")
+
+
+def _day(row: str) -> str:
+    # Floor division, as Python's //, also for times before 1970.
+    return (f"(CASE WHEN {row}.started_at >= 0 THEN {row}.started_at / {DAY_MICROS}"
+            f" ELSE ({row}.started_at + 1) / {DAY_MICROS} - 1 END)")
+
+
+def _contribution(row: str) -> list[str]:
+    """What one session row adds to its rollup row, in column order."""
+    return [
+        "1",
+        f"({row}.status IN (1, 5) AND {row}.runtime_state = 2)",
+        f"(CASE WHEN {row}.ended_at > 0 THEN {row}.ended_at ELSE {row}.last_activity_at END"
+        f" - {row}.started_at)",
+        *(f"{row}.{name}" for name in ROLLUP_SUMS),
+    ]
+
+
+_ROLLUP_VALUES = ("session_count", "running_count", "duration_micros", *ROLLUP_SUMS)
+
+
+def _add(row: str) -> str:
+    key = (f"{row}.tenant", _day(row), f"{row}.status", f"{row}.owner_id", f"{row}.dataset_id")
+    return (
+        f"INSERT INTO session_rollup ({', '.join(ROLLUP_KEY + _ROLLUP_VALUES)})"
+        f" VALUES ({', '.join(key + tuple(_contribution(row)))})"
+        f" ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET "
+        + ", ".join(f"{name} = {name} + excluded.{name}" for name in _ROLLUP_VALUES)
+        + ";"
+    )
+
+
+def _remove(row: str) -> str:
+    match = (f"tenant = {row}.tenant AND day = {_day(row)} AND status = {row}.status"
+             f" AND owner_id = {row}.owner_id AND dataset_id = {row}.dataset_id")
+    sets = ", ".join(f"{name} = {name} - {value}"
+                     for name, value in zip(_ROLLUP_VALUES, _contribution(row), strict=True))
+    return (f"UPDATE session_rollup SET {sets} WHERE {match};\n"
+            f"    DELETE FROM session_rollup WHERE {match} AND session_count = 0;")
+
+
+_ROLLUP_COLUMNS = ",\n    ".join(
+    [f"{name} TEXT NOT NULL" if name in ("tenant", "owner_id", "dataset_id")
+     else f"{name} INTEGER NOT NULL" for name in ROLLUP_KEY]
+    + ["session_count INTEGER NOT NULL", "running_count INTEGER NOT NULL",
+       # REAL: a sum of durations must never fail a write by overflowing.
+       "duration_micros REAL NOT NULL"]
+    + [f"{name} INTEGER NOT NULL" for name in ROLLUP_SUMS])
+
+# The rollup as the sessions table says it should be (the backfill of version
+# 3, and the consistency check's recount).
+ROLLUP_RECOUNT_SQL = f"""
+    SELECT s.tenant, {_day("s")}, s.status, s.owner_id, s.dataset_id, count(*),
+           sum(s.status IN (1, 5) AND s.runtime_state = 2),
+           total(CASE WHEN s.ended_at > 0 THEN s.ended_at ELSE s.last_activity_at END
+                 - s.started_at),
+           {', '.join(f"sum(s.{name})" for name in ROLLUP_SUMS)}
+    FROM sessions s GROUP BY 1, 2, 3, 4, 5"""
+
+# The per-model rollup, for CostByModel: one row per tenant, day, owner,
+# dataset and model, summing session_usage rows. A usage row finds its key in
+# its session; when the session goes (or its key changes) the session's
+# triggers move its usage rows, so either delete order keeps the sums exact.
+USAGE_ROLLUP_KEY = ("tenant", "day", "owner_id", "dataset_id", "model")
+USAGE_SUMS = ROLLUP_SUMS[1:]
+_USAGE_VALUES = ("session_count", *USAGE_SUMS)
+_USAGE_UPSERT = (
+    f" ON CONFLICT ({', '.join(USAGE_ROLLUP_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{name} = {name} + excluded.{name}" for name in _USAGE_VALUES) + ";")
+_USAGE_INSERT = f"INSERT INTO usage_rollup ({', '.join(USAGE_ROLLUP_KEY + _USAGE_VALUES)})"
+
+
+def _usage_key_of(session: str) -> str:
+    return f"{session}.tenant, {_day(session)}, {session}.owner_id, {session}.dataset_id"
+
+
+def _add_usage_row(u: str) -> str:
+    """Add usage row ``u`` under its session's key (nothing if the session is gone)."""
+    return (f"{_USAGE_INSERT} SELECT {_usage_key_of('s')}, {u}.model, 1,"
+            f" {', '.join(f'{u}.{name}' for name in USAGE_SUMS)}"
+            f" FROM sessions s WHERE s.pk = {u}.session_pk{_USAGE_UPSERT}")
+
+
+def _remove_usage_row(u: str) -> str:
+    match = (f"model = {u}.model AND (tenant, day, owner_id, dataset_id) ="
+             f" (SELECT {_usage_key_of('s')} FROM sessions s WHERE s.pk = {u}.session_pk)")
+    sets = ", ".join(f"{name} = {name} - {u}.{name}" for name in USAGE_SUMS)
+    return (f"UPDATE usage_rollup SET session_count = session_count - 1, {sets}"
+            f" WHERE {match};\n"
+            f"    DELETE FROM usage_rollup WHERE {match} AND session_count = 0;")
+
+
+def _add_session_usage(session: str) -> str:
+    """Add every usage row of ``session`` under its key."""
+    return (f"{_USAGE_INSERT} SELECT {_usage_key_of(session)}, u.model, 1,"
+            f" {', '.join(f'u.{name}' for name in USAGE_SUMS)}"
+            f" FROM session_usage u WHERE u.session_pk = {session}.pk{_USAGE_UPSERT}")
+
+
+def _remove_session_usage(session: str) -> str:
+    """Take every usage row of ``session`` away from its key."""
+    key = (f"usage_rollup.tenant = {session}.tenant AND usage_rollup.day = {_day(session)}"
+           f" AND usage_rollup.owner_id = {session}.owner_id"
+           f" AND usage_rollup.dataset_id = {session}.dataset_id")
+    sets = ", ".join(f"{name} = usage_rollup.{name} - u.{name}" for name in USAGE_SUMS)
+    return (f"UPDATE usage_rollup SET session_count = usage_rollup.session_count - 1, {sets}"
+            f" FROM session_usage u WHERE u.session_pk = {session}.pk"
+            f" AND usage_rollup.model = u.model AND {key};\n"
+            f"    DELETE FROM usage_rollup WHERE {key.replace('usage_rollup.', '')}"
+            f" AND session_count = 0;")
+
+
+USAGE_ROLLUP_RECOUNT_SQL = f"""
+    SELECT {_usage_key_of("s")}, u.model, count(*),
+           {', '.join(f"sum(u.{name})" for name in USAGE_SUMS)}
+    FROM session_usage u JOIN sessions s ON s.pk = u.session_pk GROUP BY 1, 2, 3, 4, 5"""
+
+_USAGE_ROLLUP_COLUMNS = ",\n    ".join(
+    [f"{name} INTEGER NOT NULL" if name == "day" else f"{name} TEXT NOT NULL"
+     for name in USAGE_ROLLUP_KEY]
+    + [f"{name} INTEGER NOT NULL" for name in _USAGE_VALUES])
+_KEY_CHANGED = (f"old.tenant IS NOT new.tenant OR old.owner_id IS NOT new.owner_id"
+                f" OR old.dataset_id IS NOT new.dataset_id OR {_day('old')} <> {_day('new')}")
+
+MIGRATIONS.append((
+    3,
+    f"""
+CREATE TABLE session_rollup (
+    {_ROLLUP_COLUMNS},
+    PRIMARY KEY ({', '.join(ROLLUP_KEY)})
+) WITHOUT ROWID;
+CREATE TRIGGER sessions_rollup_insert AFTER INSERT ON sessions BEGIN
+    {_add("new")}
+END;
+CREATE TRIGGER sessions_rollup_delete AFTER DELETE ON sessions BEGIN
+    {_remove("old")}
+END;
+CREATE TRIGGER sessions_rollup_update AFTER UPDATE ON sessions BEGIN
+    {_remove("old")}
+    {_add("new")}
+END;
+INSERT INTO session_rollup ({', '.join(ROLLUP_KEY + _ROLLUP_VALUES)}){ROLLUP_RECOUNT_SQL};
+
+CREATE TABLE usage_rollup (
+    {_USAGE_ROLLUP_COLUMNS},
+    PRIMARY KEY ({', '.join(USAGE_ROLLUP_KEY)})
+) WITHOUT ROWID;
+CREATE TRIGGER usage_rollup_insert AFTER INSERT ON session_usage BEGIN
+    {_add_usage_row("new")}
+END;
+CREATE TRIGGER usage_rollup_delete AFTER DELETE ON session_usage BEGIN
+    {_remove_usage_row("old")}
+END;
+CREATE TRIGGER usage_rollup_update AFTER UPDATE ON session_usage BEGIN
+    {_remove_usage_row("old")}
+    {_add_usage_row("new")}
+END;
+CREATE TRIGGER usage_rollup_session_delete AFTER DELETE ON sessions BEGIN
+    {_remove_session_usage("old")}
+END;
+CREATE TRIGGER usage_rollup_session_move AFTER UPDATE OF tenant, owner_id, dataset_id,
+    started_at ON sessions WHEN {_KEY_CHANGED} BEGIN
+    {_remove_session_usage("old")}
+    {_add_session_usage("new")}
+END;
+{_USAGE_INSERT}{USAGE_ROLLUP_RECOUNT_SQL};
+""",
+))
+
 SCHEMA_VERSION = MIGRATIONS[-1][0]
