@@ -40,9 +40,14 @@ type StatsServiceClient interface {
 	// missing model.
 	RecordUsage(ctx context.Context, in *RecordUsageRequest, opts ...grpc.CallOption) (*RecordUsageResponse, error)
 	// GetStats aggregates sessions matching a filter (the window is
-	// filter.started).
+	// filter.started). Cost: a filter of only owner_ids, dataset_ids and
+	// started is answered from per-day rollups kept in the write transaction
+	// (SQLite), so its cost follows the number of days and of sessions still
+	// active, not of all sessions; any other filter field sums the matching
+	// sessions one by one. The answer is the same either way.
 	GetStats(ctx context.Context, in *GetStatsRequest, opts ...grpc.CallOption) (*GetStatsResponse, error)
-	// CostByModel aggregates usage per model over sessions matching a filter.
+	// CostByModel aggregates usage per model over sessions matching a filter,
+	// from the same rollups as GetStats under the same rule.
 	CostByModel(ctx context.Context, in *CostByModelRequest, opts ...grpc.CallOption) (*CostByModelResponse, error)
 }
 
@@ -100,9 +105,14 @@ type StatsServiceServer interface {
 	// missing model.
 	RecordUsage(context.Context, *RecordUsageRequest) (*RecordUsageResponse, error)
 	// GetStats aggregates sessions matching a filter (the window is
-	// filter.started).
+	// filter.started). Cost: a filter of only owner_ids, dataset_ids and
+	// started is answered from per-day rollups kept in the write transaction
+	// (SQLite), so its cost follows the number of days and of sessions still
+	// active, not of all sessions; any other filter field sums the matching
+	// sessions one by one. The answer is the same either way.
 	GetStats(context.Context, *GetStatsRequest) (*GetStatsResponse, error)
-	// CostByModel aggregates usage per model over sessions matching a filter.
+	// CostByModel aggregates usage per model over sessions matching a filter,
+	// from the same rollups as GetStats under the same rule.
 	CostByModel(context.Context, *CostByModelRequest) (*CostByModelResponse, error)
 	mustEmbedUnimplementedStatsServiceServer()
 }

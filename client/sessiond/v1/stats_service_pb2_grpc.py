@@ -74,14 +74,19 @@ class StatsServiceServicer:
 
     def GetStats(self, request, context):
         """GetStats aggregates sessions matching a filter (the window is
-        filter.started).
+        filter.started). Cost: a filter of only owner_ids, dataset_ids and
+        started is answered from per-day rollups kept in the write transaction
+        (SQLite), so its cost follows the number of days and of sessions still
+        active, not of all sessions; any other filter field sums the matching
+        sessions one by one. The answer is the same either way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CostByModel(self, request, context):
-        """CostByModel aggregates usage per model over sessions matching a filter.
+        """CostByModel aggregates usage per model over sessions matching a filter,
+        from the same rollups as GetStats under the same rule.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,10 +46,16 @@ class StatsServiceStub:
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_stats_service_pb2.GetStatsRequest, _stats_service_pb2.GetStatsResponse]
     """GetStats aggregates sessions matching a filter (the window is
-    filter.started).
+    filter.started). Cost: a filter of only owner_ids, dataset_ids and
+    started is answered from per-day rollups kept in the write transaction
+    (SQLite), so its cost follows the number of days and of sessions still
+    active, not of all sessions; any other filter field sums the matching
+    sessions one by one. The answer is the same either way.
     """
     CostByModel: _grpc.UnaryUnaryMultiCallable[_stats_service_pb2.CostByModelRequest, _stats_service_pb2.CostByModelResponse]
-    """CostByModel aggregates usage per model over sessions matching a filter."""
+    """CostByModel aggregates usage per model over sessions matching a filter,
+    from the same rollups as GetStats under the same rule.
+    """
 
 @_typing.type_check_only
 class StatsServiceAsyncStub(StatsServiceStub):
@@ -69,10 +75,16 @@ class StatsServiceAsyncStub(StatsServiceStub):
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_stats_service_pb2.GetStatsRequest, _stats_service_pb2.GetStatsResponse]  # type: ignore[assignment]
     """GetStats aggregates sessions matching a filter (the window is
-    filter.started).
+    filter.started). Cost: a filter of only owner_ids, dataset_ids and
+    started is answered from per-day rollups kept in the write transaction
+    (SQLite), so its cost follows the number of days and of sessions still
+    active, not of all sessions; any other filter field sums the matching
+    sessions one by one. The answer is the same either way.
     """
     CostByModel: _aio.UnaryUnaryMultiCallable[_stats_service_pb2.CostByModelRequest, _stats_service_pb2.CostByModelResponse]  # type: ignore[assignment]
-    """CostByModel aggregates usage per model over sessions matching a filter."""
+    """CostByModel aggregates usage per model over sessions matching a filter,
+    from the same rollups as GetStats under the same rule.
+    """
 
 class StatsServiceServicer(metaclass=_abc_1.ABCMeta):
     """StatsService records usage and cost and answers aggregate questions.
@@ -101,7 +113,11 @@ class StatsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_stats_service_pb2.GetStatsResponse, _abc.Awaitable[_stats_service_pb2.GetStatsResponse]]:
         """GetStats aggregates sessions matching a filter (the window is
-        filter.started).
+        filter.started). Cost: a filter of only owner_ids, dataset_ids and
+        started is answered from per-day rollups kept in the write transaction
+        (SQLite), so its cost follows the number of days and of sessions still
+        active, not of all sessions; any other filter field sums the matching
+        sessions one by one. The answer is the same either way.
         """
 
     @_abc_1.abstractmethod
@@ -110,6 +126,8 @@ class StatsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _stats_service_pb2.CostByModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_stats_service_pb2.CostByModelResponse, _abc.Awaitable[_stats_service_pb2.CostByModelResponse]]:
-        """CostByModel aggregates usage per model over sessions matching a filter."""
+        """CostByModel aggregates usage per model over sessions matching a filter,
+        from the same rollups as GetStats under the same rule.
+        """
 
 def add_StatsServiceServicer_to_server(servicer: StatsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

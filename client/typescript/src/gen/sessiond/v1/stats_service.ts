@@ -1320,7 +1320,11 @@ export const StatsServiceService = {
   },
   /**
    * GetStats aggregates sessions matching a filter (the window is
-   * filter.started).
+   * filter.started). Cost: a filter of only owner_ids, dataset_ids and
+   * started is answered from per-day rollups kept in the write transaction
+   * (SQLite), so its cost follows the number of days and of sessions still
+   * active, not of all sessions; any other filter field sums the matching
+   * sessions one by one. The answer is the same either way.
    */
   getStats: {
     path: "/sessiond.v1.StatsService/GetStats" as const,
@@ -1331,7 +1335,10 @@ export const StatsServiceService = {
     responseSerialize: (value: GetStatsResponse): Buffer => Buffer.from(GetStatsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetStatsResponse => GetStatsResponse.decode(value),
   },
-  /** CostByModel aggregates usage per model over sessions matching a filter. */
+  /**
+   * CostByModel aggregates usage per model over sessions matching a filter,
+   * from the same rollups as GetStats under the same rule.
+   */
   costByModel: {
     path: "/sessiond.v1.StatsService/CostByModel" as const,
     requestStream: false as const,
@@ -1355,10 +1362,17 @@ export interface StatsServiceServer extends UntypedServiceImplementation {
   recordUsage: handleUnaryCall<RecordUsageRequest, RecordUsageResponse>;
   /**
    * GetStats aggregates sessions matching a filter (the window is
-   * filter.started).
+   * filter.started). Cost: a filter of only owner_ids, dataset_ids and
+   * started is answered from per-day rollups kept in the write transaction
+   * (SQLite), so its cost follows the number of days and of sessions still
+   * active, not of all sessions; any other filter field sums the matching
+   * sessions one by one. The answer is the same either way.
    */
   getStats: handleUnaryCall<GetStatsRequest, GetStatsResponse>;
-  /** CostByModel aggregates usage per model over sessions matching a filter. */
+  /**
+   * CostByModel aggregates usage per model over sessions matching a filter,
+   * from the same rollups as GetStats under the same rule.
+   */
   costByModel: handleUnaryCall<CostByModelRequest, CostByModelResponse>;
 }
 
@@ -1388,7 +1402,11 @@ export interface StatsServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * GetStats aggregates sessions matching a filter (the window is
-   * filter.started).
+   * filter.started). Cost: a filter of only owner_ids, dataset_ids and
+   * started is answered from per-day rollups kept in the write transaction
+   * (SQLite), so its cost follows the number of days and of sessions still
+   * active, not of all sessions; any other filter field sums the matching
+   * sessions one by one. The answer is the same either way.
    */
   getStats(
     request: GetStatsRequest,
@@ -1405,7 +1423,10 @@ export interface StatsServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetStatsResponse) => void,
   ): ClientUnaryCall;
-  /** CostByModel aggregates usage per model over sessions matching a filter. */
+  /**
+   * CostByModel aggregates usage per model over sessions matching a filter,
+   * from the same rollups as GetStats under the same rule.
+   */
   costByModel(
     request: CostByModelRequest,
     callback: (error: ServiceError | null, response: CostByModelResponse) => void,
