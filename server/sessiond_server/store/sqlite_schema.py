@@ -147,8 +147,9 @@ INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
 ]
 
 
-# Version 3: the stats rollup. GetStats over a whole tenant (or a window of
-# whole days) sums these rows instead of every session: one row per tenant,
+# Version 3: the stats rollups and an agent index. GetStats over a whole
+# tenant (or a window of whole days) sums rollup rows instead of every
+# session: one row per tenant,
 # UTC day of started_at, status, owner and dataset, kept by triggers in the
 # same transaction as the session row, so every write path (create, append,
 # usage, end, delete, purge, fork, import) keeps it exact. The text of a
@@ -327,6 +328,10 @@ CREATE TRIGGER usage_rollup_session_move AFTER UPDATE OF tenant, owner_id, datas
     {_add_session_usage("new")}
 END;
 {_USAGE_INSERT}{USAGE_ROLLUP_RECOUNT_SQL};
+
+-- Counting a listing filtered by agent (total_size, stats) reads this
+-- index instead of every session of the tenant.
+CREATE INDEX sessions_by_agent ON sessions (tenant, agent);
 """,
 ))
 
