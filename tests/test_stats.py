@@ -428,3 +428,23 @@ async def test_stats_from_the_rollup_equal_a_row_by_row_sum_for_any_window(make_
     assert everything.session_count == 23
     assert everything.abandoned_count > 0 and everything.active_count > 0
     assert await server.check_consistency() == []
+
+
+async def test_stats_past_the_int64_range_saturate_and_writes_go_on(server):
+    # A session may hold up to 2^62 micro-dollars, one call adds up to 2^53:
+    # 512 calls bring a session near its cap, and three such sessions (one
+    # rollup row) sum past 2^63.
+    per_call = (1 << 53) - 1
+    for sid in ("big1", "big2", "big3"):
+        await create_session(server.sessions, sid)
+        for _ in range(8):
+            await asyncio.gather(*(record(server, sid, usage=usage(cost_micros=per_call))
+                                   for _ in range(64)))
+    got = await stats(server)
+    assert got.session_count == 3
+    assert got.usage.cost_micros == (1 << 63) - 1
+    [model] = await cost_by_model(server)
+    assert model.usage.cost_micros == (1 << 63) - 1
+    await append(server.messages, "big1", user("still writable"))
+    assert (await stats(server)).message_count == 1
+    assert await server.check_consistency() == []

@@ -1123,11 +1123,13 @@ class PostgresStore:
         p = Params()
         cut = p(cutoff)
         where = self._filter_sql(scope, filter, now, p)
-        sums = ", ".join(f"coalesce(sum(s.{name}), 0)::bigint" for name in USAGE_FIELDS)
+        # Sums stay numeric: past the int64 range they saturate in Python
+        # (rows.int64) instead of failing the cast.
+        sums = ", ".join(f"coalesce(sum(s.{name}), 0)" for name in USAGE_FIELDS)
         found = await self._read(
-            f"SELECT count(*), {sums}, coalesce(sum(s.message_count), 0)::bigint,"
+            f"SELECT count(*), {sums}, coalesce(sum(s.message_count), 0),"
             f" coalesce(sum(CASE WHEN s.ended_at > 0 THEN s.ended_at ELSE s.last_activity_at"
-            f" END - s.started_at), 0)::bigint,"
+            f" END - s.started_at), 0),"
             f" count(*) FILTER (WHERE s.status = 1 AND s.last_activity_at >= {cut}),"
             f" count(*) FILTER (WHERE s.status IN (1, 5) AND s.runtime_state = 2),"
             f" count(*) FILTER (WHERE s.status = 1 AND s.last_activity_at < {cut}),"
@@ -1139,9 +1141,9 @@ class PostgresStore:
         duration = float(r[11]) / 1_000_000
         completed, failed = int(r[15]), int(r[16])
         stats = stats_service_pb2.Stats(
-            session_count=count, usage=rows.usage_from([int(v) for v in r[1:10]]),
-            average_cost_micros=int(r[6]) // count if count else 0,
-            message_count=int(r[10]), total_duration_seconds=duration,
+            session_count=count, usage=rows.usage_from([rows.int64(v) for v in r[1:10]]),
+            average_cost_micros=rows.int64(r[6]) // count if count else 0,
+            message_count=rows.int64(r[10]), total_duration_seconds=duration,
             average_duration_seconds=duration / count if count else 0.0,
             active_count=int(r[12]), running_count=int(r[13]), abandoned_count=int(r[14]),
             completed_count=completed, failed_count=failed, cancelled_count=int(r[17]),
@@ -1155,16 +1157,19 @@ class PostgresStore:
         now = self._clock()
         p = Params()
         where = self._filter_sql(scope, filter, now, p)
-        sums = ", ".join(f"sum(u.{name})::bigint" for name in USAGE_FIELDS)
+        sums = ", ".join(f"sum(u.{name})" for name in USAGE_FIELDS)
         found, rev = await self._read_many([
             (f"SELECT u.model, count(*), {sums} FROM session_usage u"
              f" JOIN sessions s ON s.pk = u.session_pk WHERE {where}"
              f" GROUP BY u.model ORDER BY sum(u.cost_micros) DESC, u.model", p.values),
             (f"SELECT {REVISION}", ()),
         ])
-        return [stats_service_pb2.ModelCost(model=r[0], session_count=r[1],
-                                            usage=rows.usage_from(r[2:11])) for r in found], \
-            int(rev[0][0])
+        costs = [stats_service_pb2.ModelCost(
+            model=r[0], session_count=r[1], usage=rows.usage_from([rows.int64(v) for v in r[2:11]]))
+            for r in found]
+        # Ordered again after saturation, as on SQLite: equal (saturated) costs by name.
+        costs.sort(key=lambda c: (-c.usage.cost_micros, c.model))
+        return costs, int(rev[0][0])
 
     # Change log.
     async def read_changes(self, from_revision: int, limit: int) -> list[Change]:

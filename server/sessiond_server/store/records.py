@@ -68,6 +68,14 @@ def effective_status(status: int, last_activity_at: int, abandoned_before: int) 
     return status
 
 
+INT64_MAX = (1 << 63) - 1
+
+
+def int64(value: Any) -> int:
+    """An aggregate for an int64 field: a sum past the range saturates at its top."""
+    return min(int(value), INT64_MAX)
+
+
 def usage_from(values: Sequence[Any]) -> session_pb2.Usage:
     """A Usage from the nine counters in USAGE_FIELDS order."""
     return session_pb2.Usage(

@@ -105,7 +105,7 @@ STATS_ACTIVE, STATS_ABANDONED = 12, 14
 
 
 def _stats_from_sums(sums: Sequence[float]) -> stats_service_pb2.Stats:
-    r = [int(value) for value in sums]
+    r = [rows.int64(value) for value in sums]
     count = r[0]
     duration = float(sums[11]) / 1_000_000
     completed, failed = r[15], r[16]
@@ -1172,7 +1172,7 @@ class SQLiteStore:
                     into[i] += value
         costs = [stats_service_pb2.ModelCost(
             model=model, session_count=int(values[0]),
-            usage=rows.usage_from([int(v) for v in values[1:]]))
+            usage=rows.usage_from([rows.int64(v) for v in values[1:]]))
             for model, values in by_model.items()]
         costs.sort(key=lambda c: (-c.usage.cost_micros, c.model))
         return costs, int(found[0][0][0])
@@ -1254,7 +1254,6 @@ class SQLiteStore:
             problems.append(f"change log has gaps: {n} revisions between {lo} and {hi}")
         return problems
 
-
     async def _rollup_problems(self) -> list[str]:
         """Rollup rows that differ from a recount of the rows they sum."""
         problems: list[str] = []
@@ -1264,8 +1263,8 @@ class SQLiteStore:
             ("usage_rollup", USAGE_ROLLUP_RECOUNT_SQL,
              (*USAGE_ROLLUP_KEY, "session_count", *USAGE_SUMS)),
         ):
-            recount = await self._read(recount_sql)
-            stored = await self._read(f"SELECT {', '.join(columns)} FROM {table}")
+            recount, stored = await self._read_many(
+                [(recount_sql, ()), (f"SELECT {', '.join(columns)} FROM {table}", ())])
             expected = {tuple(r[:5]): tuple(r[5:]) for r in recount}
             actual = {tuple(r[:5]): tuple(r[5:]) for r in stored}
             problems.extend(

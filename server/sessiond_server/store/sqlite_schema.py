@@ -212,13 +212,14 @@ _ROLLUP_COLUMNS = ",\n    ".join(
     + [f"{name} INTEGER NOT NULL" for name in ROLLUP_SUMS])
 
 # The rollup as the sessions table says it should be (the backfill of version
-# 3, and the consistency check's recount).
+# 3, and the consistency check's recount). total(), not sum(): a sum past
+# 2^63 must not stop a migration; it becomes a REAL, as the triggers' "+" does.
 ROLLUP_RECOUNT_SQL = f"""
     SELECT s.tenant, {_day("s")}, s.status, s.owner_id, s.dataset_id, count(*),
            sum(s.status IN (1, 5) AND s.runtime_state = 2),
            total(CASE WHEN s.ended_at > 0 THEN s.ended_at ELSE s.last_activity_at END
                  - s.started_at),
-           {', '.join(f"sum(s.{name})" for name in ROLLUP_SUMS)}
+           {', '.join(f"total(s.{name})" for name in ROLLUP_SUMS)}
     FROM sessions s GROUP BY 1, 2, 3, 4, 5"""
 
 # The per-model rollup, for CostByModel: one row per tenant, day, owner,
@@ -276,7 +277,7 @@ def _remove_session_usage(session: str) -> str:
 
 USAGE_ROLLUP_RECOUNT_SQL = f"""
     SELECT {_usage_key_of("s")}, u.model, count(*),
-           {', '.join(f"sum(u.{name})" for name in USAGE_SUMS)}
+           {', '.join(f"total(u.{name})" for name in USAGE_SUMS)}
     FROM session_usage u JOIN sessions s ON s.pk = u.session_pk GROUP BY 1, 2, 3, 4, 5"""
 
 _USAGE_ROLLUP_COLUMNS = ",\n    ".join(
