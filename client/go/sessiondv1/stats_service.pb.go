@@ -249,7 +249,8 @@ type Stats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// session_count is the number of sessions.
 	SessionCount int64 `protobuf:"varint,1,opt,name=session_count,json=sessionCount,proto3" json:"session_count,omitempty"`
-	// usage sums the sessions' usage.
+	// usage sums the sessions' usage; a sum past 2^63 - 1 saturates there
+	// (as does message_count).
 	Usage *Usage `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
 	// average_cost_micros is usage.cost_micros / session_count (0 if none),
 	// rounded down.
@@ -518,7 +519,8 @@ type ModelCost struct {
 	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	// session_count is the number of sessions that used the model.
 	SessionCount int64 `protobuf:"varint,2,opt,name=session_count,json=sessionCount,proto3" json:"session_count,omitempty"`
-	// usage sums the model's usage over those sessions.
+	// usage sums the model's usage over those sessions; a sum past
+	// 2^63 - 1 saturates there.
 	Usage         *Usage `protobuf:"bytes,3,opt,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -191,7 +191,9 @@ class Stats(_message.Message):
     """message_count sums the sessions' message counts."""
     @_builtins.property
     def usage(self) -> _session_pb2.Usage:
-        """usage sums the sessions' usage."""
+        """usage sums the sessions' usage; a sum past 2^63 - 1 saturates there
+        (as does message_count).
+        """
 
     def __init__(
         self,
@@ -286,7 +288,9 @@ class ModelCost(_message.Message):
     """session_count is the number of sessions that used the model."""
     @_builtins.property
     def usage(self) -> _session_pb2.Usage:
-        """usage sums the model's usage over those sessions."""
+        """usage sums the model's usage over those sessions; a sum past
+        2^63 - 1 saturates there.
+        """
 
     def __init__(
         self,

@@ -78,7 +78,10 @@ export interface GetStatsRequest {
 export interface Stats {
   /** session_count is the number of sessions. */
   sessionCount: bigint;
-  /** usage sums the sessions' usage. */
+  /**
+   * usage sums the sessions' usage; a sum past 2^63 - 1 saturates there
+   * (as does message_count).
+   */
   usage:
     | Usage
     | undefined;
@@ -139,7 +142,10 @@ export interface ModelCost {
   model: string;
   /** session_count is the number of sessions that used the model. */
   sessionCount: bigint;
-  /** usage sums the model's usage over those sessions. */
+  /**
+   * usage sums the model's usage over those sessions; a sum past
+   * 2^63 - 1 saturates there.
+   */
   usage: Usage | undefined;
 }
 
