@@ -21,6 +21,11 @@ from grpc_status import rpc_status
 from sessiond.v1 import message_pb2, message_service_pb2, session_pb2, session_service_pb2
 
 ERROR_DOMAIN = "sessiond.v1"
+# Channel options for reaching a server restarted on the same port: with
+# subchannels of its own, a new channel cannot inherit (from grpc's
+# process-wide pool) the killed server's connection still in back-off, which
+# fails calls at once with "connection refused" while the new server serves.
+OWN_SUBCHANNELS = [("grpc.use_local_subchannel_pool", 1)]
 
 # 2025-06-15T00:00:00Z: a fixed, round start so stored times are easy to read in failures.
 FAKE_EPOCH_MICROS = 1_749_945_600_000_000

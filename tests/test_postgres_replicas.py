@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from conftest import create_postgres_database
+from harness import OWN_SUBCHANNELS
 from sessiond.v1 import (
     event_pb2,
     message_service_pb2,
@@ -57,7 +58,7 @@ class Writes:
 
 async def write_until_stopped(address: str, name: str, writes: Writes) -> None:
     """Create a session and append to it, repeatedly, until told to stop or a call fails."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, options=OWN_SUBCHANNELS) as channel:
         sessions = session_service_pb2_grpc.SessionServiceStub(channel)
         messages = message_service_pb2_grpc.MessageServiceStub(channel)
         i = 0
@@ -120,7 +121,7 @@ async def test_two_replicas_deliver_every_event_once_in_order_across_a_kill(
 
             b.restart()
             await b_channel.close()
-            b_channel = grpc.aio.insecure_channel(b.address)
+            b_channel = grpc.aio.insecure_channel(b.address, options=OWN_SUBCHANNELS)
             b_stub = session_service_pb2_grpc.SessionServiceStub(b_channel)
             async with WatchRecorder(b_stub, name="b-after-restart",
                                      start_revision=b_before.stream.resume_revision) as b_after:

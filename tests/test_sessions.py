@@ -13,6 +13,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 from harness import (
+    OWN_SUBCHANNELS,
     append,
     assert_counters_match_recount,
     assistant,
@@ -1107,7 +1108,7 @@ async def test_acknowledged_writes_survive_a_sigkill_of_the_server_process(serve
         last = await append(messages, "s1", user("one"), assistant("two"))
     proc.kill()
     proc.restart()
-    async with grpc.aio.insecure_channel(proc.address) as channel:
+    async with grpc.aio.insecure_channel(proc.address, options=OWN_SUBCHANNELS) as channel:
         sessions = session_service_pb2_grpc.SessionServiceStub(channel)
         messages = message_service_pb2_grpc.MessageServiceStub(channel)
         got = await sessions.GetSession(ss.GetSessionRequest(session_id="s1"))

@@ -18,6 +18,7 @@ import inspect
 from typing import Any
 
 import grpc
+from harness import OWN_SUBCHANNELS
 from sessiond.v1 import (
     event_pb2,
     message_service_pb2,
@@ -42,10 +43,6 @@ from watch_validator import (
 WRITERS = 4
 ROUNDS = 2
 ACKS_BEFORE_KILL = 120
-# A channel of its own subchannels: from grpc's process-wide pool a new channel
-# could inherit the killed server's connection in back-off, and fail at once
-# with "connection refused" although the restarted server is serving.
-FRESH_CHANNEL = [("grpc.use_local_subchannel_pool", 1)]
 
 
 async def maybe_await(value: Any) -> Any:
@@ -100,7 +97,7 @@ async def test_resume_after_kill_delivers_each_committed_event_once(server_proce
     streams: list[RecordedStream] = []
     resume_at = 0
     for round_ in range(ROUNDS):
-        async with grpc.aio.insecure_channel(process.address, options=FRESH_CHANNEL) as channel:
+        async with grpc.aio.insecure_channel(process.address, options=OWN_SUBCHANNELS) as channel:
             stub = session_service_pb2_grpc.SessionServiceStub(channel)
             async with WatchRecorder(
                 stub, name=f"before-kill-{round_}", start_revision=resume_at
@@ -126,7 +123,7 @@ async def test_resume_after_kill_delivers_each_committed_event_once(server_proce
         resume_at = stream.resume_revision
         await maybe_await(process.restart())
 
-    async with grpc.aio.insecure_channel(process.address, options=FRESH_CHANNEL) as channel:
+    async with grpc.aio.insecure_channel(process.address, options=OWN_SUBCHANNELS) as channel:
         stub = session_service_pb2_grpc.SessionServiceStub(channel)
         marker = await stub.CreateSession(
             session_service_pb2.CreateSessionRequest(session=session_pb2.Session(id="marker")),
