@@ -42,8 +42,10 @@ async def new_postgres_database(admin_url: str) -> str:
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
-async def appends_per_second(stores: list[Any], writers: int, seconds: float) -> float:
-    """Concurrent writers, spread over the stores, each appending to its own session."""
+async def appends_per_second(stores: list[Any], writers: int, seconds: float,
+                             content: str = "hello " * 20) -> float:
+    """Concurrent writers, spread over the stores, each appending ``content`` to its own
+    session."""
     for i in range(writers):
         await stores[i % len(stores)].create_session(Scope(), session_pb2.Session(id=f"w{i}"))
     done = 0
@@ -52,7 +54,7 @@ async def appends_per_second(stores: list[Any], writers: int, seconds: float) ->
     async def writer(i: int) -> None:
         nonlocal done
         store = stores[i % len(stores)]
-        message = message_pb2.Message(role=message_pb2.ROLE_USER, content="hello " * 20)
+        message = message_pb2.Message(role=message_pb2.ROLE_USER, content=content)
         while time.monotonic() < stop:
             await store.append_messages(Scope(), f"w{i}", [message], None)
             done += 1

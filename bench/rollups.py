@@ -20,11 +20,11 @@ import asyncio
 import sqlite3
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from sessiond.v1 import message_pb2, session_pb2
-from sessiond_server.store import Scope, SQLiteStore
+from sessiond_server.store import SQLiteStore
+
+from bench.replicas import appends_per_second, clock
 
 ROLLUP_TRIGGERS = (
     "sessions_rollup_insert", "sessions_rollup_delete", "sessions_rollup_update",
@@ -33,11 +33,8 @@ ROLLUP_TRIGGERS = (
 )
 
 
-def clock() -> int:
-    return time.time_ns() // 1000
-
-
-async def appends_per_second(path: Path, writers: int, seconds: float, triggers: bool) -> float:
+async def rate(path: Path, writers: int, seconds: float, triggers: bool) -> float:
+    """Appends/s of 1 KB messages on a fresh database, its rollup triggers kept or dropped."""
     store = SQLiteStore(path, clock=clock, durability="full")
     await store.open()
     await store.close()
@@ -48,21 +45,7 @@ async def appends_per_second(path: Path, writers: int, seconds: float, triggers:
     store = SQLiteStore(path, clock=clock, durability="full")
     await store.open()
     try:
-        for i in range(writers):
-            await store.create_session(Scope(), session_pb2.Session(id=f"w{i}"))
-        message = message_pb2.Message(role=message_pb2.ROLE_USER, content="x" * 1024)
-        done = 0
-        stop = time.monotonic() + seconds
-
-        async def writer(i: int) -> None:
-            nonlocal done
-            while time.monotonic() < stop:
-                await store.append_messages(Scope(), f"w{i}", [message], None)
-                done += 1
-
-        started = time.monotonic()
-        await asyncio.gather(*(writer(i) for i in range(writers)))
-        return done / (time.monotonic() - started)
+        return await appends_per_second([store], writers, seconds, content="x" * 1024)
     finally:
         await store.close()
 
@@ -78,10 +61,10 @@ def main() -> None:
         for round_ in range(args.rounds):
             for triggers in (True, False):
                 path = Path(tmp) / f"{round_}-{int(triggers)}.db"
-                rate = asyncio.run(appends_per_second(path, args.writers, args.seconds, triggers))
-                rates[triggers].append(rate)
+                measured = asyncio.run(rate(path, args.writers, args.seconds, triggers))
+                rates[triggers].append(measured)
                 print(f"round {round_ + 1}: {'with' if triggers else 'without'} rollup triggers:"
-                      f" {rate:,.0f} appends/s", flush=True)
+                      f" {measured:,.0f} appends/s", flush=True)
     with_, without = statistics.median(rates[True]), statistics.median(rates[False])
     print(f"RESULT_ROLLUPS with={with_:.0f} without={without:.0f} ratio={with_ / without:.3f}")
 

@@ -370,8 +370,9 @@ async def cost_by_model(server, **filter_fields) -> list[st.ModelCost]:
     return list(answer.models)
 
 
-# Whole days of a GetStats or CostByModel window come from rollups kept by the
-# store; the rest is summed row by row. Both must give the same figures for any window.
+# Whole days of a GetStats or CostByModel window (and of a listing's total_size)
+# come from rollups kept by the store; the rest is summed row by row. Both must
+# give the same figures for any window.
 
 HOUR = 3_600_000_000
 DAY = 24 * HOUR
@@ -422,6 +423,11 @@ async def test_stats_from_the_rollup_equal_a_row_by_row_sum_for_any_window(make_
             assert fast == rowwise, (window, owners)
             assert await cost_by_model(server, started=window, owner_ids=owners) == \
                 await cost_by_model(server, started=window, owner_ids=owners, kinds=ALL_KINDS)
+            # A listing's total_size is counted the same way.
+            totals = [(await server.sessions.ListSessions(ss.ListSessionsRequest(
+                filter=sp.SessionFilter(started=window, owner_ids=owners, **extra),
+                page_size=1))).total_size for extra in ({}, {"kinds": ALL_KINDS})]
+            assert totals == [fast.session_count] * 2, (window, owners)
             compared += fast.session_count
     assert compared > 0
     everything = await stats(server)

@@ -123,7 +123,8 @@ def _stats_from_sums(sums: Sequence[float]) -> stats_service_pb2.Stats:
 
 @dataclass(frozen=True)
 class RollupPlan:
-    """How GetStats splits a filter between the rollup and a row-by-row sum."""
+    """How an aggregate (GetStats, CostByModel, a listing's total_size) splits a
+    filter between the rollups and a row-by-row sum."""
 
     # owner/dataset and the whole UTC days of the window, served by the rollup.
     whole_days: S.SessionFilter
@@ -607,11 +608,10 @@ class SQLiteStore:
         now = self._clock()
         page_sql, page_params = self.list_sessions_sql(scope, filter, order_by, ascending,
                                                        page_size, cursor, now)
-        where, params = self._filter_sql(scope, filter, now)
-        page, total, rev = await self._read_many([
+        page, rev, *counts = await self._read_many([
             (page_sql, page_params),
-            (f"SELECT count(*) FROM sessions s WHERE {where}", params),
             ("SELECT value FROM meta WHERE key = 'revision'", ()),
+            *self._count_sql(scope, filter, now),
         ])
         column = COL[ORDER_COLUMNS[order_by]]
         next_cursor = None
@@ -620,7 +620,23 @@ class SQLiteStore:
             last = page[-1]
             next_cursor = (int(last[column]), str(last[2]))
         return SessionPage([self._session(r, now) for r in page], next_cursor,
-                           int(total[0][0]), int(rev[0][0]))
+                           sum(int(found[0][0]) for found in counts), int(rev[0][0]))
+
+    def _count_sql(self, scope: Scope, filter: S.SessionFilter, now: int
+                   ) -> list[tuple[str, Sequence[Any]]]:
+        """Statements whose answers add up to the number of sessions matching
+        ``filter``: whole days from the rollup where it serves (as GetStats)."""
+        plan = _rollup_plan(filter)
+        statements: list[tuple[str, Sequence[Any]]] = []
+        for scanned in plan.scanned if plan else [filter]:
+            where, params = self._filter_sql(scope, scanned, now)
+            statements.append((f"SELECT count(*) FROM sessions s WHERE {where}", params))
+        if plan:
+            where, params = _rollup_where(scope, plan.whole_days, "r")
+            statements.append(
+                (f"SELECT coalesce(sum(r.session_count), 0) FROM session_rollup r"
+                 f" WHERE {where}", params))
+        return statements
 
     async def touch_session(self, scope: Scope, session: S.Session
                             ) -> tuple[S.Session, bool, int]:
