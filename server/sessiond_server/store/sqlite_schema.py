@@ -149,11 +149,11 @@ INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
 
 # Version 3: the stats rollups and an agent index. GetStats over a whole
 # tenant (or a window of whole days) sums rollup rows instead of every
-# session: one row per tenant,
-# UTC day of started_at, status, owner and dataset, kept by triggers in the
-# same transaction as the session row, so every write path (create, append,
-# usage, end, delete, purge, fork, import) keeps it exact. The text of a
-# released migration never changes: these names are frozen with it.
+# session: one row per tenant, UTC day of started_at, status, owner and
+# dataset, kept by triggers in the same transaction as the session row, so
+# every write path (create, append, usage, end, delete, purge, fork, import)
+# keeps it exact. The migration's text is built from the names below: once
+# released, they are frozen with it.
 DAY_MICROS = 86_400_000_000
 ROLLUP_SUMS = (
     "message_count", "prompt_tokens", "completion_tokens", "reasoning_tokens",
