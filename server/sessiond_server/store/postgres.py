@@ -1161,13 +1161,13 @@ class PostgresStore:
         found, rev = await self._read_many([
             (f"SELECT u.model, count(*), {sums} FROM session_usage u"
              f" JOIN sessions s ON s.pk = u.session_pk WHERE {where}"
-             f" GROUP BY u.model ORDER BY sum(u.cost_micros) DESC, u.model", p.values),
+             f" GROUP BY u.model", p.values),
             (f"SELECT {REVISION}", ()),
         ])
         costs = [stats_service_pb2.ModelCost(
             model=r[0], session_count=r[1], usage=rows.usage_from([rows.int64(v) for v in r[2:11]]))
             for r in found]
-        # Ordered again after saturation, as on SQLite: equal (saturated) costs by name.
+        # Ordered after saturation, as on SQLite: equal (saturated) costs by name.
         costs.sort(key=lambda c: (-c.usage.cost_micros, c.model))
         return costs, int(rev[0][0])
 

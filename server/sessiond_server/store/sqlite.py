@@ -622,15 +622,21 @@ class SQLiteStore:
         return SessionPage([self._session(r, now) for r in page], next_cursor,
                            sum(int(found[0][0]) for found in counts), int(rev[0][0]))
 
+    def _row_by_row(self, scope: Scope, filter: S.SessionFilter, plan: RollupPlan | None,
+                    now: int) -> list[tuple[str, list[Any]]]:
+        """WHERE clauses of the sessions an aggregate sums one by one: all that
+        match ``filter`` without a plan, else the window's partial days."""
+        return [self._filter_sql(scope, part, now)
+                for part in (plan.scanned if plan else [filter])]
+
     def _count_sql(self, scope: Scope, filter: S.SessionFilter, now: int
                    ) -> list[tuple[str, Sequence[Any]]]:
         """Statements whose answers add up to the number of sessions matching
         ``filter``: whole days from the rollup where it serves (as GetStats)."""
         plan = _rollup_plan(filter)
-        statements: list[tuple[str, Sequence[Any]]] = []
-        for scanned in plan.scanned if plan else [filter]:
-            where, params = self._filter_sql(scope, scanned, now)
-            statements.append((f"SELECT count(*) FROM sessions s WHERE {where}", params))
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (f"SELECT count(*) FROM sessions s WHERE {where}", params)
+            for where, params in self._row_by_row(scope, filter, plan, now)]
         if plan:
             where, params = _rollup_where(scope, plan.whole_days, "r")
             statements.append(
@@ -1108,11 +1114,8 @@ class SQLiteStore:
         plan = _rollup_plan(filter)
         statements: list[tuple[str, Sequence[Any]]] = [
             ("SELECT value FROM meta WHERE key = 'revision'", ())]
-        # Sessions summed row by row: all of them, or the part of a window
-        # that does not cover whole days.
-        for scanned in plan.scanned if plan else [filter]:
-            where, params = self._filter_sql(scope, scanned, now)
-            statements.append(self._scan_stats_sql(where, params, cutoff))
+        statements.extend(self._scan_stats_sql(where, params, cutoff)
+                          for where, params in self._row_by_row(scope, filter, plan, now))
         if plan:
             statements.extend(self._rollup_stats_sql(scope, plan.whole_days, cutoff, now))
         found = await self._read_many(statements)
@@ -1170,11 +1173,10 @@ class SQLiteStore:
         sums = ", ".join(f"total(u.{name})" for name in USAGE_FIELDS)
         statements: list[tuple[str, Sequence[Any]]] = [
             ("SELECT value FROM meta WHERE key = 'revision'", ())]
-        for scanned in plan.scanned if plan else [filter]:
-            where, params = self._filter_sql(scope, scanned, now)
-            statements.append((f"SELECT u.model, count(*), {sums} FROM session_usage u"
-                               f" JOIN sessions s ON s.pk = u.session_pk WHERE {where}"
-                               f" GROUP BY u.model", params))
+        statements.extend((f"SELECT u.model, count(*), {sums} FROM session_usage u"
+                           f" JOIN sessions s ON s.pk = u.session_pk WHERE {where}"
+                           f" GROUP BY u.model", params)
+                          for where, params in self._row_by_row(scope, filter, plan, now))
         if plan:
             where, params = _rollup_where(scope, plan.whole_days)
             statements.append((f"SELECT u.model, total(u.session_count), {sums}"
