@@ -100,7 +100,8 @@ const (
 	// current store revision.
 	WatchResponseType_WATCH_RESPONSE_TYPE_CREATED WatchResponseType = 1
 	// WATCH_RESPONSE_TYPE_EVENTS carries the events of one or more whole
-	// revisions; revision is the highest among them.
+	// revisions, revision being the highest among them; or one part of a
+	// revision too large for one response (see WatchSessionsResponse.fragment).
 	WatchResponseType_WATCH_RESPONSE_TYPE_EVENTS WatchResponseType = 2
 	// WATCH_RESPONSE_TYPE_INITIAL carries INITIAL events of include_initial.
 	WatchResponseType_WATCH_RESPONSE_TYPE_INITIAL WatchResponseType = 3
@@ -1741,7 +1742,19 @@ type WatchSessionsResponse struct {
 	// (0 when none); set on CREATED.
 	CompactedRevision int64 `protobuf:"varint,4,opt,name=compacted_revision,json=compactedRevision,proto3" json:"compacted_revision,omitempty"`
 	// time is the server's time when the response was sent.
-	Time          *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	Time *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	// fragment is true when this EVENTS response carries only part of one
+	// revision, because the whole revision would exceed the response bound
+	// (1 MiB of events; one event is always smaller, see SessionEvent). The
+	// parts of a revision follow one another with no other response between
+	// them: every part but the last has fragment = true, the last has
+	// fragment = false, and all carry the same revision. A client joins them
+	// before it acts on the revision, so a revision is still never split for
+	// the application. A stream that breaks between parts resumes with
+	// start_revision = that revision, which is sent again from its first
+	// part. INITIAL responses are bounded by size too, but are never marked:
+	// the initial state is complete only at INITIAL_COMPLETE.
+	Fragment      bool `protobuf:"varint,6,opt,name=fragment,proto3" json:"fragment,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1809,6 +1822,13 @@ func (x *WatchSessionsResponse) GetTime() *timestamppb.Timestamp {
 		return x.Time
 	}
 	return nil
+}
+
+func (x *WatchSessionsResponse) GetFragment() bool {
+	if x != nil {
+		return x.Fragment
+	}
+	return false
 }
 
 var File_sessiond_v1_session_service_proto protoreflect.FileDescriptor
@@ -1924,13 +1944,14 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\x0estart_revision\x18\x01 \x01(\x03R\rstartRevision\x120\n" +
 	"\x06filter\x18\x02 \x01(\v2\x18.sessiond.v1.WatchFilterR\x06filter\x12'\n" +
 	"\x0finclude_initial\x18\x03 \x01(\bR\x0eincludeInitial\x120\n" +
-	"\x14progress_interval_ms\x18\x04 \x01(\x03R\x12progressIntervalMs\"\xf9\x01\n" +
+	"\x14progress_interval_ms\x18\x04 \x01(\x03R\x12progressIntervalMs\"\x95\x02\n" +
 	"\x15WatchSessionsResponse\x122\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1e.sessiond.v1.WatchResponseTypeR\x04type\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x121\n" +
 	"\x06events\x18\x03 \x03(\v2\x19.sessiond.v1.SessionEventR\x06events\x12-\n" +
 	"\x12compacted_revision\x18\x04 \x01(\x03R\x11compactedRevision\x12.\n" +
-	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*\xe6\x01\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1a\n" +
+	"\bfragment\x18\x06 \x01(\bR\bfragment*\xe6\x01\n" +
 	"\x11SessionOrderField\x12#\n" +
 	"\x1fSESSION_ORDER_FIELD_UNSPECIFIED\x10\x00\x12(\n" +
 	"$SESSION_ORDER_FIELD_LAST_ACTIVITY_AT\x10\x01\x12\"\n" +

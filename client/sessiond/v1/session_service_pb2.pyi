@@ -79,7 +79,8 @@ class _WatchResponseTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Wat
     """
     WATCH_RESPONSE_TYPE_EVENTS: _WatchResponseType.ValueType  # 2
     """WATCH_RESPONSE_TYPE_EVENTS carries the events of one or more whole
-    revisions; revision is the highest among them.
+    revisions, revision being the highest among them; or one part of a
+    revision too large for one response (see WatchSessionsResponse.fragment).
     """
     WATCH_RESPONSE_TYPE_INITIAL: _WatchResponseType.ValueType  # 3
     """WATCH_RESPONSE_TYPE_INITIAL carries INITIAL events of include_initial."""
@@ -104,7 +105,8 @@ current store revision.
 """
 WATCH_RESPONSE_TYPE_EVENTS: WatchResponseType.ValueType  # 2
 """WATCH_RESPONSE_TYPE_EVENTS carries the events of one or more whole
-revisions; revision is the highest among them.
+revisions, revision being the highest among them; or one part of a
+revision too large for one response (see WatchSessionsResponse.fragment).
 """
 WATCH_RESPONSE_TYPE_INITIAL: WatchResponseType.ValueType  # 3
 """WATCH_RESPONSE_TYPE_INITIAL carries INITIAL events of include_initial."""
@@ -976,6 +978,7 @@ class WatchSessionsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     COMPACTED_REVISION_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    FRAGMENT_FIELD_NUMBER: _builtins.int
     type: Global___WatchResponseType.ValueType
     """type is the kind of response."""
     revision: _builtins.int
@@ -983,6 +986,19 @@ class WatchSessionsResponse(_message.Message):
     compacted_revision: _builtins.int
     """compacted_revision is the highest revision removed from the change log
     (0 when none); set on CREATED.
+    """
+    fragment: _builtins.bool
+    """fragment is true when this EVENTS response carries only part of one
+    revision, because the whole revision would exceed the response bound
+    (1 MiB of events; one event is always smaller, see SessionEvent). The
+    parts of a revision follow one another with no other response between
+    them: every part but the last has fragment = true, the last has
+    fragment = false, and all carry the same revision. A client joins them
+    before it acts on the revision, so a revision is still never split for
+    the application. A stream that breaks between parts resumes with
+    start_revision = that revision, which is sent again from its first
+    part. INITIAL responses are bounded by size too, but are never marked:
+    the initial state is complete only at INITIAL_COMPLETE.
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.SessionEvent]:
@@ -1000,10 +1016,11 @@ class WatchSessionsResponse(_message.Message):
         events: _abc.Iterable[_event_pb2.SessionEvent] | None = ...,
         compacted_revision: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        fragment: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compacted_revision", b"compacted_revision", "events", b"events", "revision", b"revision", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compacted_revision", b"compacted_revision", "events", b"events", "fragment", b"fragment", "revision", b"revision", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -115,7 +115,8 @@ export enum WatchResponseType {
   WATCH_RESPONSE_TYPE_CREATED = 1,
   /**
    * WATCH_RESPONSE_TYPE_EVENTS - WATCH_RESPONSE_TYPE_EVENTS carries the events of one or more whole
-   * revisions; revision is the highest among them.
+   * revisions, revision being the highest among them; or one part of a
+   * revision too large for one response (see WatchSessionsResponse.fragment).
    */
   WATCH_RESPONSE_TYPE_EVENTS = 2,
   /** WATCH_RESPONSE_TYPE_INITIAL - WATCH_RESPONSE_TYPE_INITIAL carries INITIAL events of include_initial. */
@@ -538,7 +539,23 @@ export interface WatchSessionsResponse {
    */
   compactedRevision: bigint;
   /** time is the server's time when the response was sent. */
-  time: Timestamp | undefined;
+  time:
+    | Timestamp
+    | undefined;
+  /**
+   * fragment is true when this EVENTS response carries only part of one
+   * revision, because the whole revision would exceed the response bound
+   * (1 MiB of events; one event is always smaller, see SessionEvent). The
+   * parts of a revision follow one another with no other response between
+   * them: every part but the last has fragment = true, the last has
+   * fragment = false, and all carry the same revision. A client joins them
+   * before it acts on the revision, so a revision is still never split for
+   * the application. A stream that breaks between parts resumes with
+   * start_revision = that revision, which is sent again from its first
+   * part. INITIAL responses are bounded by size too, but are never marked:
+   * the initial state is complete only at INITIAL_COMPLETE.
+   */
+  fragment: boolean;
 }
 
 function createBaseCreateSessionRequest(): CreateSessionRequest {
@@ -3345,7 +3362,7 @@ export const WatchSessionsRequest: MessageFns<WatchSessionsRequest> = {
 };
 
 function createBaseWatchSessionsResponse(): WatchSessionsResponse {
-  return { type: 0, revision: 0n, events: [], compactedRevision: 0n, time: undefined };
+  return { type: 0, revision: 0n, events: [], compactedRevision: 0n, time: undefined, fragment: false };
 }
 
 export const WatchSessionsResponse: MessageFns<WatchSessionsResponse> = {
@@ -3370,6 +3387,9 @@ export const WatchSessionsResponse: MessageFns<WatchSessionsResponse> = {
     }
     if (message.time !== undefined) {
       Timestamp.encode(message.time, writer.uint32(42).fork()).join();
+    }
+    if (message.fragment !== false) {
+      writer.uint32(48).bool(message.fragment);
     }
     return writer;
   },
@@ -3427,6 +3447,14 @@ export const WatchSessionsResponse: MessageFns<WatchSessionsResponse> = {
             message.time = Timestamp.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.fragment = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3450,6 +3478,7 @@ export const WatchSessionsResponse: MessageFns<WatchSessionsResponse> = {
         ? BigInt(object.compacted_revision)
         : 0n,
       time: isSet(object.time) ? fromJsonTimestamp(object.time) : undefined,
+      fragment: isSet(object.fragment) ? globalThis.Boolean(object.fragment) : false,
     };
   },
 
@@ -3470,6 +3499,9 @@ export const WatchSessionsResponse: MessageFns<WatchSessionsResponse> = {
     if (message.time !== undefined) {
       obj.time = fromTimestamp(message.time).toISOString();
     }
+    if (message.fragment !== false) {
+      obj.fragment = message.fragment;
+    }
     return obj;
   },
 
@@ -3485,6 +3517,7 @@ export const WatchSessionsResponse: MessageFns<WatchSessionsResponse> = {
       ? BigInt(object.compactedRevision)
       : 0n;
     message.time = (object.time !== undefined && object.time !== null) ? Timestamp.fromPartial(object.time) : undefined;
+    message.fragment = object.fragment ?? false;
     return message;
   },
 };
