@@ -164,7 +164,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
     if store.recovered_wal:
         log.info("database %s had a write-ahead log left by an unclean stop; SQLite "
                  "replayed it (revision %d)", config.database, store.revision)
-    hub = CursorTrackingHub(store)
+    hub = CursorTrackingHub(store, config.watch_buffer_bytes)
     observability = Observability(
         store, hub, database=None if postgres_url(config.database) else sqlite_path(
             config.database), abandoned_after_seconds=config.abandoned_after_seconds,
@@ -207,7 +207,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
     tasks = [asyncio.create_task(_every(
         config.compaction_interval_seconds, "compaction",
         lambda: store.compact(config.changelog_keep_revisions,
-                              config.changelog_max_age_seconds)))]
+                              config.changelog_max_age_seconds,
+                              config.changelog_max_bytes)))]
     if config.retention_ttl_seconds > 0 or config.retention_max_sessions > 0:
         tasks.append(asyncio.create_task(_every(
             config.retention_interval_seconds, "retention",

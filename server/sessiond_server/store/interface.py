@@ -250,8 +250,9 @@ class SessionStore(Protocol):
         self, scope: Scope, session_ids: Sequence[str]
     ) -> tuple[list[session_pb2.Session], int]:
         """Every visible session (or those named) and the revision read at."""
-    async def compact(self, keep_revisions: int, max_age_seconds: float) -> int:
-        """Drop old change log entries; returns the new compacted revision."""
+    async def compact(self, keep_revisions: int, max_age_seconds: float,
+                      max_bytes: int = 0) -> int:
+        """Drop old change log entries (``compaction_target``); returns the compacted revision."""
 
     # Maintenance.
     async def check_consistency(self) -> list[str]:

@@ -70,7 +70,7 @@ from .postgres_schema import (
 from .postgres_url import redacted
 from .postgres_writer import DATABASE_ERRORS, WriteContext, Writer, unavailable
 from .records import COL, SESSION_COLUMNS, USAGE_FIELDS
-from .revisions import compaction_target
+from .revisions import NEWEST_OVER_BYTES_SQL, compaction_target
 from .sqlite import ORDER_COLUMNS, SchemaTooNew
 
 log = logging.getLogger(__name__)
@@ -1199,7 +1199,8 @@ class PostgresStore:
         ])
         return [self._session(r, now) for r in found], int(rev[0][0])
 
-    async def compact(self, keep_revisions: int, max_age_seconds: float) -> int:
+    async def compact(self, keep_revisions: int, max_age_seconds: float,
+                      max_bytes: int = 0) -> int:
         """Drop old change log rows: one replica at a time (advisory lock), beside the writers.
 
         Compaction takes no revision and touches only ``changes`` and the
@@ -1224,7 +1225,9 @@ class PostgresStore:
                     aged = int(await conn.fetchval(
                         "SELECT coalesce(max(revision), 0) FROM changes WHERE created_at < $1",
                         cutoff))
-                target = compaction_target(int(head), keep_revisions, aged)
+                over_bytes = int(await conn.fetchval(
+                    NEWEST_OVER_BYTES_SQL.format(budget="$1"), max_bytes)) if max_bytes else None
+                target = compaction_target(int(head), keep_revisions, aged, over_bytes)
                 compacted = int(current)
                 if target > compacted:
                     await conn.execute("DELETE FROM changes WHERE revision <= $1", target)

@@ -44,7 +44,7 @@ from .interface import (
     UsageResult,
 )
 from .records import COL, MESSAGE_COLUMNS, SESSION_COLUMNS, USAGE_FIELDS
-from .revisions import compaction_target
+from .revisions import NEWEST_OVER_BYTES_SQL, compaction_target
 from .sqlite_schema import (
     DAY_MICROS,
     MIGRATIONS,
@@ -1220,7 +1220,8 @@ class SQLiteStore:
         ])
         return [self._session(r, now) for r in found], int(rev[0][0])
 
-    async def compact(self, keep_revisions: int, max_age_seconds: float) -> int:
+    async def compact(self, keep_revisions: int, max_age_seconds: float,
+                      max_bytes: int = 0) -> int:
         def write(ctx: WriteContext) -> int:
             aged: int | None = None
             if max_age_seconds > 0:
@@ -1228,7 +1229,9 @@ class SQLiteStore:
                 aged = int(ctx.conn.execute(
                     "SELECT coalesce(max(revision), 0) FROM changes WHERE created_at < ?",
                     (cutoff,)).fetchone()[0])
-            target = compaction_target(ctx.revision, keep_revisions, aged)
+            over_bytes = int(ctx.conn.execute(NEWEST_OVER_BYTES_SQL.format(budget="?"),
+                                              (max_bytes,)).fetchone()[0]) if max_bytes else None
+            target = compaction_target(ctx.revision, keep_revisions, aged, over_bytes)
             current = int(ctx.conn.execute(
                 "SELECT value FROM meta WHERE key = 'compacted_revision'").fetchone()[0])
             if target <= current:
