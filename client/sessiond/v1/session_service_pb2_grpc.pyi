@@ -116,7 +116,11 @@ class SessionServiceStub:
     (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
     is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
     watches are open; UNAVAILABLE when the server shuts down (after a
-    PROGRESS response with the last revision examined).
+    PROGRESS response with the last revision examined). Responses are
+    bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+    server reads the next part of the change log for a stream only once the
+    client has taken what it sent, so a client that stops reading holds only
+    a small, bounded amount of server memory and delays no one else.
     """
 
 @_typing.type_check_only
@@ -207,7 +211,11 @@ class SessionServiceAsyncStub(SessionServiceStub):
     (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
     is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
     watches are open; UNAVAILABLE when the server shuts down (after a
-    PROGRESS response with the last revision examined).
+    PROGRESS response with the last revision examined). Responses are
+    bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+    server reads the next part of the change log for a stream only once the
+    client has taken what it sent, so a client that stops reading holds only
+    a small, bounded amount of server memory and delays no one else.
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -367,7 +375,11 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
         is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
         watches are open; UNAVAILABLE when the server shuts down (after a
-        PROGRESS response with the last revision examined).
+        PROGRESS response with the last revision examined). Responses are
+        bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+        server reads the next part of the change log for a stream only once the
+        client has taken what it sent, so a client that stops reading holds only
+        a small, bounded amount of server memory and delays no one else.
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
