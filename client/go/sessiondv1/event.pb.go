@@ -125,9 +125,9 @@ func (EventType) EnumDescriptor() ([]byte, []int) {
 // SessionEvent is one change to one session. It is bounded in bytes: the
 // session snapshot by the limits on session fields (with the server's default
 // limits at most about 95 KB: a 64 KiB goal, 64 labels, the ids and names),
-// the messages by the cuts below (at most about 50 KB each), so an event is
-// at most about 900 KB and always fits in one WatchSessions response of the
-// default 1 MiB bound.
+// the messages by the cuts below (at most about 50 KB each, most of it 64
+// metadata pairs), so an event is at most about 900 KB and always fits in
+// one WatchSessions response of the default 1 MiB bound.
 type SessionEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// type is the kind of change.
@@ -147,7 +147,7 @@ type SessionEvent struct {
 	// popped one, the updated one. At most 16 per event (the last 16), each cut
 	// short: content and reasoning to at most 4 KiB each; tool_calls to the
 	// first 16, each with id and name cut to at most 256 bytes and
-	// arguments_json to at most 1 KiB (so cut arguments are not valid JSON);
+	// arguments_json to at most 512 bytes (so cut arguments are not valid JSON);
 	// content_blocks left out when the message is still larger than 8 KiB.
 	// Cuts fall on a byte bound and drop a character split in two. See
 	// messages_truncated.
