@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from sessiond.v1 import event_pb2, session_pb2, session_service_pb2, session_service_pb2_grpc
 
+from ..auth import peer_host
 from ..store import Change
 from ..store.records import TERMINAL_STATUSES
 from ..watch import HubClosed
@@ -279,7 +280,11 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             c.fail("start_revision", "must be 0 with include_initial")
         c.done()
         scope = self.api.scope(context)
-        caller = scope.tenant + "/" + scope.user_id
+        # The watch quota is per principal; without authentication every caller is the
+        # same principal, so the quota is per peer address instead (one client cannot
+        # take every slot).
+        caller = (scope.tenant + "/" + scope.user_id if self.api.authenticated
+                  else "peer:" + peer_host(context))
         api = self.api
         if api.hub.watcher_count >= lim.max_watchers or \
                 api.watchers_by_caller.get(caller, 0) >= lim.max_watchers_per_caller:
