@@ -59,7 +59,7 @@ def check_filter(c: Checker, prefix: str, f: S.SessionFilter) -> None:
     if f.running_longer_than_seconds > 100 * 366 * 86400:
         # The store subtracts it from now in microseconds; beyond a century it overflows.
         c.fail(f"{prefix}.running_longer_than_seconds", "must be at most 100 years")
-    c.text(f"{prefix}.text_query", f.text_query, c.limits.max_query_bytes)
+    c.query(f"{prefix}.text_query", f.text_query, required=False)
     c.identifier(f"{prefix}.parent_id", f.parent_id, required=False)
 
 
@@ -100,7 +100,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def CreateSession(self, request: ss.CreateSessionRequest, context: Ctx
                             ) -> ss.CreateSessionResponse:
         c = self._checker()
-        c.identifier("session.id", request.session.id, required=False)
+        c.identifier("session.id", request.session.id, required=False, chosen=True)
         check_session_fields(c, "session", request.session)
         c.done()
         session, created, revision = await self.api.store.create_session(
@@ -175,7 +175,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def TouchSession(self, request: ss.TouchSessionRequest, context: Ctx
                            ) -> ss.TouchSessionResponse:
         c = self._checker()
-        c.identifier("session.id", request.session.id)
+        c.identifier("session.id", request.session.id, chosen=True)
         check_session_fields(c, "session", request.session)
         c.done()
         session, created, revision = await self.api.store.touch_session(
@@ -216,7 +216,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                           ) -> ss.ForkSessionResponse:
         c = self._checker()
         c.identifier("source_session_id", request.source_session_id)
-        c.identifier("new_session_id", request.new_session_id, required=False)
+        c.identifier("new_session_id", request.new_session_id, required=False, chosen=True)
         c.non_negative("up_to_seq", request.up_to_seq)
         c.text("display_name", request.display_name, 1024)
         c.done()
