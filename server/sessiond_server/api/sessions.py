@@ -350,7 +350,6 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                     visible = ((ch.revision, ch.event) for ch in changes
                                if scope.can_see(ch.tenant, ch.owner_id, ch.dataset_id)
                                and selector.matches(ch.event))
-                    del changes  # what is left is referenced by the generator alone
                     sent = False
                     for part in _pack(visible, bound):
                         response = _response(ss.WATCH_RESPONSE_TYPE_EVENTS, part.revision,
