@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from sessiond.aio import DEFAULT_TARGET
 from sessiond.dashboard import add_arguments as add_dashboard_arguments
-from sessiond.errors import SessiondError
+from sessiond.errors import SessiondError, Unauthenticated, Unavailable
 from sessiond.formatting import (
     ORDER_WORDS,
     STATUS_WORDS,
@@ -32,6 +32,7 @@ from sessiond.formatting import (
     message_line,
     message_table,
     model_cost_table,
+    readable_enum_names,
     session_details,
     session_table,
     stats_details,
@@ -40,10 +41,12 @@ from sessiond.formatting import (
 from sessiond.sync import Client
 from sessiond.v1 import (
     event_pb2,
+    message_pb2,
     message_service_pb2,
     session_pb2,
     session_service_pb2,
 )
+from sessiond.watching import WatchConnection
 
 ADDRESS_ENV = "SESSIOND_ADDRESS"
 TOKEN_ENV = "SESSIOND_TOKEN"
@@ -52,6 +55,7 @@ MAX_PAGE_SIZE = 500
 DEFAULT_TAIL = 10
 
 TERMINAL_STATUS_WORDS = ("completed", "failed", "cancelled")
+TERMINAL_STATUSES = frozenset(STATUS_WORDS[word] for word in TERMINAL_STATUS_WORDS)
 EVENT_WORDS = {
     word: event_pb2.EventType.Value(name)
     for word, name in enum_words(event_pb2.EventType.DESCRIPTOR).items()
@@ -91,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sessiond: error: {error}", file=sys.stderr)
         return 2
     except SessiondError as error:
-        print_error(error, sys.stderr)
+        print_error(error, sys.stderr, args)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -101,11 +105,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def print_error(error: SessiondError, out: TextIO) -> None:
-    """``error: <CODE> <message>`` and one line per field violation."""
-    print(f"error: {error.code.name} {error.message}".rstrip(), file=out)
+def print_error(
+    error: SessiondError, out: TextIO, args: argparse.Namespace | None = None
+) -> None:
+    """``error: <CODE> <message>``, one line per field violation, and the fix
+    when the failure has an obvious one (no server, no credentials).
+
+    Enum value names in the server's message are written as the words the
+    command line takes ("completed", not SESSION_STATUS_COMPLETED).
+    """
+    print(f"error: {error.code.name} {readable_enum_names(error.message)}".rstrip(), file=out)
     for field, description in error.field_violations:
-        print(f"  {field}: {description}", file=out)
+        print(f"  {field}: {readable_enum_names(description)}", file=out)
+    fix = error_fix(error, args)
+    if fix:
+        print(fix, file=out)
+
+
+def error_fix(error: SessiondError, args: argparse.Namespace | None) -> str:
+    """What to do about a failure that has one obvious cause, or ""."""
+    address = getattr(args, "address", None) or DEFAULT_TARGET
+    if isinstance(error, Unavailable) and not error.reason:
+        # No ErrorInfo: the call never reached a sessiond (a sessiond that is
+        # up but cannot serve says why, with a reason).
+        return (
+            f"no sessiond answers at {address}: start `sessiond serve` or pass --address "
+            f"(or set {ADDRESS_ENV})"
+        )
+    if isinstance(error, Unauthenticated):
+        if getattr(args, "token", None):
+            return f"the server does not accept this token: check --token (or {TOKEN_ENV})"
+        return f"the server wants an API key: pass --token or set {TOKEN_ENV}"
+    return ""
 
 
 # Parser
@@ -444,22 +475,41 @@ def run_messages_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_messages_tail(args: argparse.Namespace, out: TextIO) -> int:
-    """Print the last messages, then follow changes from the revision they were read at."""
+    """Print the last messages, then follow changes from the revision they were read at.
+
+    Ends (exit 0) when the session ends or is deleted, and at once when it had
+    already ended: an ended session takes no more messages, so there is
+    nothing to follow.
+    """
     with connect(args) as client:
+        last_seq = 0
         if args.last:
             listed = client.list_messages(session_id=args.session_id, last_n=args.last)
             revision = listed.revision
-            if args.json:
-                emit_json(listed.messages, out)
-            else:
-                for message in listed.messages:
-                    print(message_line(message), file=out, flush=True)
+            for message in listed.messages:
+                print_tail_message(message, args.json, out)
+                last_seq = message.seq
+            # Read after the listing: if the session ended before it, the
+            # watch from the listing's revision would never see the end.
+            session = client.get_session(session_id=args.session_id).session
         else:
-            revision = client.get_session(session_id=args.session_id).revision
+            got = client.get_session(session_id=args.session_id)
+            session, revision, last_seq = got.session, got.revision, got.session.last_seq
+        if session.status in TERMINAL_STATUSES:
+            # Final: print what came after the listing, then the end.
+            for message in client.iter_messages(session_id=args.session_id, after_seq=last_seq):
+                print_tail_message(message, args.json, out)
+            if not args.json:
+                print_session_end(session, out)
+            return 0
         watch_filter = session_service_pb2.WatchFilter(
             session_ids=[args.session_id], event_types=TAIL_EVENT_TYPES
         )
-        stream = client.watch(watch_filter, start_revision=revision + 1)
+        stream = client.watch(
+            watch_filter,
+            start_revision=revision + 1,
+            on_connection=ConnectionReport(args.address, sys.stderr, quiet_first=True),
+        )
         try:
             for response in stream:
                 for event in response.events:
@@ -480,6 +530,51 @@ def run_messages_tail(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def print_tail_message(message: message_pb2.Message, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        emit_json([message], out)
+    else:
+        print(message_line(message), file=out, flush=True)
+
+
+def print_session_end(session: session_pb2.Session, out: TextIO) -> None:
+    word = enum_word(session_pb2.SessionStatus.DESCRIPTOR, session.status)
+    print(f"-- session ended: {word}", file=out, flush=True)
+
+
+class ConnectionReport:
+    """Says on standard error what a watch's connection is doing.
+
+    "connecting to ADDRESS" before the first call, "connected at revision R"
+    when the server confirms it, "reconnecting to ADDRESS (attempt n)" before
+    each later call and "resumed at revision R" (R the first revision still
+    to come) when one is confirmed. Events go to standard output, so these
+    lines never mix with what a pipe reads. ``quiet_first`` leaves out the
+    first two lines, for a command that has already talked to the server.
+    """
+
+    def __init__(self, address: str, err: TextIO, *, quiet_first: bool = False) -> None:
+        self._address = address
+        self._err = err
+        self._quiet_first = quiet_first
+
+    def __call__(self, step: WatchConnection) -> None:
+        if not step.confirmed:
+            if step.reconnecting:
+                line = f"reconnecting to {self._address} (attempt {step.attempt})"
+            elif self._quiet_first:
+                return
+            else:
+                line = f"connecting to {self._address}"
+        elif step.reconnecting and step.start_revision:
+            line = f"resumed at revision {step.start_revision}"
+        elif step.reconnecting or not self._quiet_first:
+            line = f"connected at revision {step.revision}"
+        else:
+            return
+        print(f"-- {line}", file=self._err, flush=True)
+
+
 def print_tail_event(event: event_pb2.SessionEvent, out: TextIO) -> None:
     kind = event.type
     if kind == event_pb2.EVENT_TYPE_MESSAGES_APPENDED:
@@ -494,8 +589,7 @@ def print_tail_event(event: event_pb2.SessionEvent, out: TextIO) -> None:
     elif kind == event_pb2.EVENT_TYPE_MESSAGES_CLEARED:
         print(f"-- cleared {event.removed_count} message(s)", file=out, flush=True)
     elif kind == event_pb2.EVENT_TYPE_SESSION_ENDED:
-        word = enum_word(session_pb2.SessionStatus.DESCRIPTOR, event.session.status)
-        print(f"-- session ended: {word}", file=out, flush=True)
+        print_session_end(event.session, out)
     else:
         print("-- session deleted", file=out, flush=True)
 
@@ -535,7 +629,10 @@ def run_watch(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("--initial and --start-revision cannot be combined")
     with connect(args) as client:
         stream = client.watch(
-            watch_filter, start_revision=args.start_revision, include_initial=args.initial
+            watch_filter,
+            start_revision=args.start_revision,
+            include_initial=args.initial,
+            on_connection=ConnectionReport(args.address, sys.stderr),
         )
         try:
             for response in stream:
@@ -553,12 +650,13 @@ def run_watch(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def run_dashboard(args: argparse.Namespace, out: TextIO) -> int:
     """Serve the dashboard until Ctrl-C or SIGTERM."""
     from sessiond.dashboard import main as dashboard_main
 
     return dashboard_main(args)
+
+
+# Last, so that every command above is defined when `python -m sessiond.cli` runs.
+if __name__ == "__main__":
+    sys.exit(main())
