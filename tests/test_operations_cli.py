@@ -152,3 +152,29 @@ async def test_import_progress_counts_what_it_reads_from_files_and_from_stdin(
     counts = [int(frame.split()[1].replace(",", "")) for frame in frames[:-1]]
     assert len(counts) > 2 and counts == sorted(counts) and counts[-1] == size
     assert "3 new sessions, 2100 new messages" in frames[-1]
+
+
+def test_config_help_reads_as_written_for_people(capsys: pytest.CaptureFixture[str]) -> None:
+    """Defaults as they are (an empty key is "empty", not 'secret'), no Python reprs, a
+    paragraph shared by several settings shown once, metavars that name the value."""
+    assert main(["config", "--help"]) == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    assert "--page-token-key KEY" in flat
+    assert "SESSIOND_PAGE_TOKEN_KEY; default empty)" in flat
+    for repr_text in ("PosixPath(", "default None", "default '", "default True",
+                      "default False", "default b'"):
+        assert repr_text not in flat, repr_text
+    assert "SESSIOND_REFLECTION; default on" in flat
+    assert "SESSIOND_TLS_CERT_FILE; default none" in flat
+    for paragraph in ("the newest keep_revisions revisions are always kept",
+                      "remove sessions idle longer than ttl", "certificate chain and private key",
+                      "connections per replica", "Requests per second each caller"):
+        assert flat.lower().count(paragraph.lower()) == 1, paragraph
+    for title in ("Change log compaction:", "Retention:", "TLS:", "PostgreSQL only:",
+                  "Rate limit (in the [limits] table):"):
+        assert title in out.splitlines(), title
+    metavars = set(re.findall(r"--[a-z-]+ ([A-Z][A-Z:|]*)\b", out))
+    assert metavars <= {"FILE", "PATH", "PATH|URL", "HOST:PORT", "KEY", "N", "NUMBER", "SECONDS",
+                        "BYTES", "TEXT"}, metavars
+    assert "--durability full|normal" in out and "--address HOST:PORT" in out
