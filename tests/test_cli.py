@@ -467,6 +467,74 @@ def test_python_m_sessiond_cli_runs_the_command() -> None:
     assert "sessiond dashboard" in done.stdout
 
 
+# Shell completion
+
+
+BASH_COMPLETE = """
+eval "$(sessiond completion bash)"
+complete_line() {  # what bash does on <Tab>: the words so far, the cursor at the end
+    COMP_LINE="$1"; COMP_POINT=${#COMP_LINE}
+    read -r -a COMP_WORDS <<< "$COMP_LINE"
+    [[ "$COMP_LINE" == *" " ]] && COMP_WORDS+=("")
+    COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+    COMPREPLY=()
+    _python_argcomplete sessiond "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+    echo "$(printf '%s ' "${COMPREPLY[@]}")"
+}
+"""
+
+
+def bash_completions(*lines: str) -> list[list[str]]:
+    """The completions bash offers for each command line, in a real bash."""
+    import subprocess
+
+    script = BASH_COMPLETE + "".join(f"complete_line {json.dumps(line)}\n" for line in lines)
+    done = subprocess.run(
+        ["bash", "--norc", "-c", script],
+        capture_output=True, text=True, timeout=120, check=True,
+        env={**os.environ, "PATH": f"{Path(SESSIOND).parent}:{os.environ['PATH']}"},
+    )
+    return [line.split() for line in done.stdout.splitlines()]
+
+
+async def test_bash_completes_commands_flags_choices_and_session_ids(server: Any) -> None:
+    await seed(server.address)
+    address = f"sessiond --address {server.address}"
+    commands, statuses, flags, ids, watched = await asyncio.to_thread(
+        bash_completions,
+        "sessiond mess",
+        "sessiond sessions end x --status ",
+        "sessiond messages tail alpha --l",
+        f"{address} sessions get al",
+        f"{address} watch --session b",
+    )
+    assert commands == ["messages"]
+    assert sorted(statuses) == ["cancelled", "completed", "failed"]
+    assert flags == ["--last"]
+    assert ids == ["alpha"]
+    assert watched == ["beta"]
+
+
+def test_zsh_completion_script_and_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    """No zsh here: check the script it sources, then ask sessiond the way that script does
+    (argcomplete's protocol, with zsh's "word:description" answers)."""
+    import subprocess
+
+    assert main(["completion", "zsh"]) == 0
+    script = capsys.readouterr().out
+    assert script.startswith("#compdef sessiond")
+    line = "sessiond sessions "
+    done = subprocess.run(
+        [SESSIOND], capture_output=True, timeout=60, check=False, pass_fds=(),
+        env={**os.environ, "_ARGCOMPLETE": "1", "_ARGCOMPLETE_SHELL": "zsh",
+             "_ARGCOMPLETE_SUPPRESS_SPACE": "1", "COMP_LINE": line,
+             "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": "/dev/stdout"},
+    )
+    answers = dict(item.split(":", 1) for item in done.stdout.decode().split("\013"))
+    assert {"list", "get", "end", "delete"} <= set(answers)
+    assert answers["end"] == "end a session with a status"
+
+
 # serve
 
 

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: this command completes its arguments in bash and zsh)
 """The ``sessiond`` command: run the server, or look at one from a terminal.
 
 ``sessiond serve`` starts the server (imported only then, so the client
@@ -10,6 +11,10 @@ fields on stderr and exit 1; usage errors exit 2; Ctrl-C ends ``watch`` and
 
 Common options may come before or after the command: ``sessiond --json
 stats`` and ``sessiond stats --json`` mean the same.
+
+Shell completion comes from argcomplete: ``eval "$(sessiond completion bash)"``
+(or ``zsh``) completes commands, flags, their choices and, from the server at
+``--address``, session ids.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
+
+import argcomplete
+from argcomplete.shell_integration import shellcode
 
 from sessiond.aio import DEFAULT_TARGET
 from sessiond.dashboard import add_arguments as add_dashboard_arguments
@@ -53,6 +61,8 @@ TOKEN_ENV = "SESSIOND_TOKEN"
 DEFAULT_TIMEOUT = 10.0
 MAX_PAGE_SIZE = 500
 DEFAULT_TAIL = 10
+COMPLETION_SHELLS = ("bash", "zsh")
+COMPLETION_TIMEOUT = 2.0
 
 TERMINAL_STATUS_WORDS = ("completed", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset(STATUS_WORDS[word] for word in TERMINAL_STATUS_WORDS)
@@ -80,6 +90,8 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
+    # Answers a completion request from the shell and exits; otherwise returns at once.
+    argcomplete.autocomplete(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:  # --help, or a usage error already printed
@@ -221,11 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=positive_int, default=50, help="most sessions to show (default 50)"
     )
     sessions_get = add(sessions_commands, "sessions", "get", "show one session", run_sessions_get)
-    sessions_get.add_argument("session_id", metavar="ID")
+    add_session_id_argument(sessions_get)
     sessions_end = add(
         sessions_commands, "sessions", "end", "end a session with a status", run_sessions_end
     )
-    sessions_end.add_argument("session_id", metavar="ID")
+    add_session_id_argument(sessions_end)
     sessions_end.add_argument("--status", choices=TERMINAL_STATUS_WORDS, required=True)
     sessions_end.add_argument("--reason", default="", help="free-text reason")
     sessions_delete = add(
@@ -235,14 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         "delete a session with its messages",
         run_sessions_delete,
     )
-    sessions_delete.add_argument("session_id", metavar="ID")
+    add_session_id_argument(sessions_delete)
 
     messages = commands.add_parser("messages", help="read a session's messages")
     messages_commands = messages.add_subparsers(title="commands", metavar="COMMAND", required=True)
     messages_list = add(
         messages_commands, "messages", "list", "show a session's messages", run_messages_list
     )
-    messages_list.add_argument("session_id", metavar="ID")
+    add_session_id_argument(messages_list)
     window = messages_list.add_mutually_exclusive_group()
     window.add_argument("--last", type=positive_int, metavar="N", help="the last N messages")
     window.add_argument("--turns", type=positive_int, metavar="N", help="the last N turns")
@@ -253,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         "show the last messages, then follow new ones live",
         run_messages_tail,
     )
-    messages_tail.add_argument("session_id", metavar="ID")
+    add_session_id_argument(messages_tail)
     messages_tail.add_argument(
         "--last",
         type=non_negative_int,
@@ -268,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_session_filter_flags(cost)
 
     watch = add(commands, "", "watch", "print session changes as they happen", run_watch)
-    watch.add_argument("--session", action="append", default=[], metavar="ID")
+    session_flag = watch.add_argument(
+        "--session", action="append", default=[], metavar="ID", help="session id, repeatable"
+    )
+    complete_with(session_flag, complete_session_ids)
     add_watch_filter_flags(watch)
     watch.add_argument(
         "--event",
@@ -289,11 +304,50 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "", "dashboard", "live fleet dashboard in the browser", run_dashboard
     )
     add_dashboard_arguments(dashboard)
+    completion = add(
+        commands,
+        "",
+        "completion",
+        "print the shell code that completes sessiond's arguments",
+        run_completion,
+        parents=(),
+    )
+    completion.add_argument(
+        "shell",
+        choices=COMPLETION_SHELLS,
+        help='bash: eval "$(sessiond completion bash)" in ~/.bashrc; '
+        'zsh: eval "$(sessiond completion zsh)" in ~/.zshrc (after compinit)',
+    )
     width = max(len(name) for name, _ in listing)
     parser.epilog = "all commands:\n" + "\n".join(
         f"  sessiond {name:<{width}}  {text}" for name, text in listing
     )
     return parser
+
+
+def add_session_id_argument(parser: argparse.ArgumentParser) -> None:
+    """The ID positional, completed from the server's sessions."""
+    complete_with(parser.add_argument("session_id", metavar="ID"), complete_session_ids)
+
+
+def complete_with(action: argparse.Action, completer: Callable[..., list[str]]) -> None:
+    """Attach an argcomplete completer (argcomplete reads the ``completer`` attribute)."""
+    setattr(action, "completer", completer)  # noqa: B010  (argparse.Action declares no such field)
+
+
+def complete_session_ids(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Ids of the most recently active sessions that start with ``prefix``; none when
+    the server cannot be asked (a completion never prints an error)."""
+    try:
+        with Client(
+            getattr(parsed_args, "address", None) or DEFAULT_TARGET,
+            token=getattr(parsed_args, "token", None),
+            timeout=COMPLETION_TIMEOUT,
+        ) as client:
+            page = client.list_sessions(page_size=MAX_PAGE_SIZE)
+    except SessiondError:
+        return []
+    return [session.id for session in page.sessions if session.id.startswith(prefix)]
 
 
 def add_session_filter_flags(parser: argparse.ArgumentParser) -> None:
@@ -647,6 +701,12 @@ def run_watch(args: argparse.Namespace, out: TextIO) -> int:
             return 0
         finally:
             stream.close()
+    return 0
+
+
+def run_completion(args: argparse.Namespace, out: TextIO) -> int:
+    """The shell code that asks ``sessiond`` itself for completions (argcomplete)."""
+    print(shellcode(["sessiond"], shell=args.shell), file=out, end="")
     return 0
 
 
