@@ -577,7 +577,8 @@ class Dashboard:
             values["channel"].add(session.channel)
         values["model"].update(model.model for model in costs.models)
         answer: JsonObject = {
-            name: sorted(found - {""}, key=str.casefold) for name, found in values.items()
+            name: sorted(found - {""}, key=lambda value: (value.casefold(), value))
+            for name, found in values.items()
         }
         answer["revision"] = min(listed.revision, costs.revision)
         return answer

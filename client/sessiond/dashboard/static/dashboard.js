@@ -682,10 +682,12 @@
     const target = $("timeline-chart");
     const width = 960, height = 96, left = 70, right = 10;
     target.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    // From the start to the end, or to the last activity of a session still
+    // open: an idle stretch after it would squeeze the rest into a corner.
     const start = timeMs(session.started_at);
-    const endText = session.ended_at && !Number.isNaN(timeMs(session.ended_at)) ? session.ended_at : null;
-    const times = entries.map((e) => timeMs(e.time)).filter((t) => !Number.isNaN(t));
-    const end = Math.max(endText ? timeMs(endText) : serverNow(), ...times, start + 1000);
+    const times = [session.ended_at, session.last_activity_at, ...entries.map((e) => e.time)]
+      .map(timeMs).filter((t) => !Number.isNaN(t));
+    const end = Math.max(...times, start + 1000);
     if (Number.isNaN(start)) { target.replaceChildren(); return; }
     const x = (ms) => left + ((ms - start) / Math.max(1, end - start)) * (width - left - right);
     const nodes = [
@@ -953,8 +955,10 @@
   // Load everything the current view shows, then watch from the lowest revision read.
   async function relist() {
     try {
+      // The known values first: the filters resolve what was typed against them.
+      if (state.view === "overview") await loadKnownValues().catch(() => {});
       const revisions = state.view === "overview"
-        ? await Promise.all([loadSessions(), loadStats(), loadCharts(), loadKnownValues().then(() => 0)])
+        ? await Promise.all([loadSessions(), loadStats(), loadCharts()])
         : await loadSessionView();
       showAlert(null);
       state.lastRevision = Math.min(...revisions.filter((r) => r > 0), Number.MAX_SAFE_INTEGER);
