@@ -123,7 +123,10 @@
     const first = !state.serverTimeKnown;
     state.serverOffsetMs = at - Date.now();
     state.serverTimeKnown = true;
-    if (first) tick();
+    if (first) {
+      tick();
+      if (state.view === "overview") drawLive(); // its minutes are sessiond's, now known
+    }
   }
 
   // Talking to the dashboard
