@@ -21,6 +21,7 @@ import pytest
 import sessiond
 from harness import append, assistant, create_session
 from sessiond.v1 import event_pb2, message_pb2, session_pb2, session_service_pb2
+from sessiond.watching import Backoff, WatchCursor, watch_async
 from test_cli import LINE_TIMEOUT, read_line, start_cli
 from watch_validator import (
     EVENTS,
@@ -255,3 +256,61 @@ async def test_a_raw_stub_with_the_default_receive_limit_reads_a_huge_revision(s
         with contextlib.suppress(Exception):
             call.cancel()
     assert seen == reconciled.revision
+
+
+# The client's state machine, on canned responses: joining, and a drop between fragments.
+
+
+def events_response(revision: int, *session_ids: str, fragment: bool = False
+                    ) -> session_service_pb2.WatchSessionsResponse:
+    return session_service_pb2.WatchSessionsResponse(
+        type=EVENTS, revision=revision, fragment=fragment,
+        events=[event_pb2.SessionEvent(type=event_pb2.EVENT_TYPE_STATUS_CHANGED,
+                                       revision=revision, session_id=s) for s in session_ids])
+
+
+def test_the_cursor_delivers_a_split_revision_once_whole_and_resumes_after_it() -> None:
+    cursor = WatchCursor(session_service_pb2.WatchSessionsRequest(start_revision=7))
+    assert cursor.accept(events_response(7, "a", "b", fragment=True)) is None
+    assert cursor.accept(events_response(7, "c", fragment=True)) is None
+    assert cursor.request().start_revision == 7  # nothing of revision 7 delivered yet
+    cursor.accept(events_response(7, "a", "b", fragment=True))  # resent from its first part
+    whole = cursor.accept(events_response(7, "c", "d"))
+    assert whole is not None and not whole.fragment
+    assert [e.session_id for e in whole.events] == ["a", "b", "c", "d"]
+    assert cursor.request().start_revision == 8
+
+
+async def test_the_watch_loop_delivers_a_revision_cut_between_fragments_once() -> None:
+    connections = [
+        [created_response(6), events_response(7, "a", fragment=True)],  # then the drop
+        [created_response(7), events_response(7, "a", fragment=True),
+         events_response(7, "b"), events_response(8, "c")],
+    ]
+    requests: list[int] = []
+
+    async def open_stream(request: Any) -> Any:
+        requests.append(request.start_revision)
+        for response in connections.pop(0) if connections else []:
+            yield response
+        if not connections:
+            await asyncio.Event().wait()
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    stream = watch_async(open_stream, session_service_pb2.WatchSessionsRequest(start_revision=7),
+                         backoff=Backoff(initial=0.0), sleep=no_sleep)
+    delivered: list[tuple[int, str]] = []
+    async for response in stream:
+        delivered += [(e.revision, e.session_id) for e in response.events]
+        if len(delivered) >= 3:
+            break
+    await stream.aclose()
+    assert requests == [7, 7]
+    assert delivered == [(7, "a"), (7, "b"), (8, "c")]
+
+
+def created_response(revision: int) -> session_service_pb2.WatchSessionsResponse:
+    return session_service_pb2.WatchSessionsResponse(
+        type=session_service_pb2.WATCH_RESPONSE_TYPE_CREATED, revision=revision)
