@@ -98,8 +98,8 @@ class ServerConfig:
     # the others read the change log). A WatchSessions response carries at
     # most watch_response_bytes of events (a larger revision goes in
     # fragments; keep it well under the clients' 4 MiB receive limit). A
-    # stream reads at most watch_read_ahead_bytes (or one revision) ahead of
-    # what its client has taken.
+    # stream reads about watch_read_ahead_bytes ahead of what its client has
+    # taken (a larger revision a piece at a time).
     watch_buffer_bytes: int = 16 << 20
     watch_response_bytes: int = 1 << 20
     watch_read_ahead_bytes: int = 1 << 20

@@ -45,7 +45,7 @@ from prometheus_client.registry import Collector
 from sessiond.v1 import message_service_pb2, session_pb2
 
 from .store import SessionStore
-from .watch import LogReader, WatchHub
+from .watch import LogReader, Step, WatchHub
 
 log = logging.getLogger("sessiond")
 rpc_log = logging.getLogger("sessiond.rpc")
@@ -193,10 +193,10 @@ class CursorTrackingHub(WatchHub):
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self.cursors.pop(task, None)
 
-    async def changes_from(self, revision: int, max_bytes: int,
-                           log: LogReader | None = None) -> list[Any]:
+    async def changes_from(self, revision: int, max_bytes: int, log: LogReader | None = None,
+                           *, index: int = 0) -> Step:
         self._note(revision)
-        return await super().changes_from(revision, max_bytes, log)
+        return await super().changes_from(revision, max_bytes, log, index=index)
 
     async def wait_for(self, revision: int, seconds: float | None) -> bool:
         self._note(revision)

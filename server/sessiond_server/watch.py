@@ -15,24 +15,27 @@ Memory is bounded in bytes, not in counts of revisions or events:
   ``buffer_bytes`` (encoded size); older ones are dropped from the front,
   whole revisions at a time, and subscribers read them from the log. A
   revision larger than the whole budget is never buffered.
-* A subscriber asks for at most ``max_bytes`` of events per step and asks
+* A subscriber asks for about ``max_bytes`` of events per step and asks
   for the next step only once its client has taken what the last one sent
   (the servicer is a generator that gRPC pulls as the stream drains), so a
   client that stops reading holds one step and one response, not a backlog.
-  A step always holds at least one whole revision, so one revision larger
-  than ``max_bytes`` is read whole.
+  A revision larger than that is read from the change log a piece at a time
+  (``Step.next_index``), so even a revision of many megabytes costs each
+  subscriber only about ``max_bytes``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 from collections.abc import Sequence
 
 from .store import Change, Compacted, SessionStore
 
-# The most revisions one read from the change log asks for.
+# The most revisions, and events, one read from the change log asks for.
 LOG_READ_MAX_REVISIONS = 256
+LOG_READ_MAX_EVENTS = 4096
 
 
 class HubClosed(Exception):
@@ -44,45 +47,40 @@ def change_bytes(change: Change) -> int:
     return change.event.ByteSize()
 
 
-def take_bytes(changes: Sequence[Change], max_bytes: int) -> list[Change]:
-    """The longest run of whole revisions from the start of ``changes`` within ``max_bytes``.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    """What one read gives a subscriber: changes, and where the next read starts.
 
-    At least the first revision, whatever its size, so a reader always moves on.
+    ``next_index`` is 0 when the changes end with a whole revision; otherwise
+    the step stopped inside revision ``next_revision`` (one too large to read
+    at once) and the next read continues at its ``next_index``-th event.
     """
-    total = 0
-    end = 0  # end of the last whole revision that fits
-    for i, change in enumerate(changes):
-        total += change_bytes(change)
-        last_of_revision = i + 1 == len(changes) or changes[i + 1].revision != change.revision
-        if last_of_revision:
-            if total > max_bytes and end:
-                break
-            end = i + 1
-            if total >= max_bytes:
-                break
-    return list(changes[:end])
+
+    changes: list[Change]
+    next_revision: int
+    next_index: int = 0
+
+    @property
+    def ends_revision(self) -> bool:
+        return self.next_index == 0
 
 
 class LogReader:
-    """How many revisions a subscriber asks the change log for, learnt from their sizes.
+    """How many events a subscriber asks the change log for, learnt from their sizes.
 
-    The store reads whole revisions by count; this keeps the count near what
-    fits in the byte budget: it halves (or less) after a read that ran over
-    and doubles after one well under, between 1 and ``LOG_READ_MAX_REVISIONS``.
+    Each read asks for about ``max_bytes`` worth of events at the sizes seen
+    in the previous read (at least one, at most ``LOG_READ_MAX_EVENTS``), so
+    what a subscriber holds stays near its byte budget whatever the size of
+    the revisions, even one far larger than the budget.
     """
 
     def __init__(self) -> None:
-        self.revisions = 1
+        self.events = 1
 
     def learn(self, read: Sequence[Change], max_bytes: int) -> None:
-        if not read:
-            return
-        size = sum(change_bytes(c) for c in read)
-        count = read[-1].revision - read[0].revision + 1
-        if size > max_bytes:
-            self.revisions = max(1, count * max_bytes // size)
-        elif 2 * size < max_bytes:
-            self.revisions = min(LOG_READ_MAX_REVISIONS, 2 * self.revisions)
+        if read:
+            average = max(1, sum(change_bytes(c) for c in read) // len(read))
+            self.events = max(1, min(LOG_READ_MAX_EVENTS, max_bytes // average))
 
 
 class WatchHub:
@@ -144,24 +142,27 @@ class WatchHub:
             del self._revisions[:first_kept]
             del self._ends[:first_kept]
 
-    async def changes_from(self, revision: int, max_bytes: int,
-                           log: LogReader | None = None) -> list[Change]:
-        """Whole revisions from ``revision`` on, at most ``max_bytes`` of events.
+    async def changes_from(self, revision: int, max_bytes: int, log: LogReader | None = None,
+                           *, index: int = 0) -> Step:
+        """Changes from event ``index`` of ``revision`` on, about ``max_bytes`` of them.
 
-        At least one revision when there is one, whatever its size. ``log``
-        keeps the subscriber's learnt read size for the change log.
-        Raises ``Compacted`` when the log no longer holds ``revision``.
+        From the buffer: whole revisions within ``max_bytes`` (at least one;
+        the buffer holds them anyway). From the change log: about
+        ``max_bytes`` of events as ``log`` has learnt their size, ending
+        inside a revision when it is larger than that. Raises ``Compacted``
+        when the log no longer holds ``revision``.
         """
         if revision <= self._store.compacted_revision:
             # Even when the buffer still holds it: the answer must not depend on
             # whether this replica happened to see the revision live.
             raise Compacted(self._store.compacted_revision)
+        nothing = Step([], revision, index)
         if revision > self._store.revision:
-            return []
+            return nothing
         if revision >= self._buffer_start:
-            lo = bisect.bisect_left(self._revisions, revision)
-            if lo == len(self._buffer):
-                return []
+            lo = bisect.bisect_left(self._revisions, revision) + index
+            if lo >= len(self._buffer):
+                return nothing
             before = self._ends[lo - 1] if lo else self._bytes_before
             # The changes that fit, then back to the end of a whole revision.
             hi = max(lo + 1, bisect.bisect_right(self._ends, before + max_bytes))
@@ -169,11 +170,23 @@ class WatchHub:
                 boundary = bisect.bisect_left(self._revisions, self._revisions[hi])
                 hi = boundary if boundary > lo else bisect.bisect_right(
                     self._revisions, self._revisions[lo])
-            return self._buffer[lo:hi]
+            return Step(self._buffer[lo:hi], self._revisions[hi - 1] + 1)
         reader = log or LogReader()
-        read = await self._store.read_changes(revision, reader.revisions)
+        asked = reader.events
+        # One event more than asked for tells whether the last revision goes on.
+        read = await self._store.read_changes(revision, LOG_READ_MAX_REVISIONS, index,
+                                              asked + 1)
         reader.learn(read, max_bytes)
-        return take_bytes(read, max_bytes)
+        if not read:
+            return nothing
+        if len(read) <= asked:
+            return Step(read, read[-1].revision + 1)
+        following = read.pop()
+        last = read[-1].revision
+        if following.revision != last:
+            return Step(read, last + 1)
+        taken = sum(1 for c in read if c.revision == last)
+        return Step(read, last, (index if last == revision else 0) + taken)
 
     async def wait_for(self, revision: int, seconds: float | None) -> bool:
         """Wait until ``revision`` is committed; False after ``seconds``."""

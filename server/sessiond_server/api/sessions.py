@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -315,8 +315,9 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         """The stream: each step is read only after the client took the previous one.
 
         gRPC pulls this generator as the stream drains, so a client that stops
-        reading stops the reads too: the stream holds one step (at most
-        ``watch_read_ahead_bytes``, or one revision) and one response.
+        reading stops the reads too: the stream holds one step (about
+        ``watch_read_ahead_bytes``, even inside a larger revision), the part of
+        a revision being gathered and one response.
         """
         store, hub, config = self.api.store, self.api.hub, self.api.config
         bound = config.watch_response_bytes
@@ -330,7 +331,13 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             events = (E.SessionEvent(type=E.EVENT_TYPE_INITIAL, revision=read_at,
                                      session_id=session.id, session=session)
                       for session in sessions)
-            for part in _pack(((read_at, e) for e in events if initial.matches(e)), bound):
+            packer = Packer(bound)
+            for event in events:
+                if initial.matches(event):
+                    for part in packer.add(read_at, event):
+                        yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(),
+                                        part.events)
+            for part in packer.flush():
                 yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(), part.events)
             yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE, read_at, now())
             next_revision = read_at + 1
@@ -340,25 +347,28 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             next_revision = current + 1
         selector = WatchSelector(request.filter)
         log = LogReader()
+        packer = Packer(bound)
+        next_index = 0  # inside next_revision, when a step stopped in it
         last_sent = time.monotonic()
         try:
             while True:
-                changes = await hub.changes_from(next_revision, config.watch_read_ahead_bytes,
-                                                 log)
-                if changes:
-                    next_revision = changes[-1].revision + 1
-                    visible = ((ch.revision, ch.event) for ch in changes
-                               if scope.can_see(ch.tenant, ch.owner_id, ch.dataset_id)
-                               and selector.matches(ch.event))
+                step = await hub.changes_from(next_revision, config.watch_read_ahead_bytes, log,
+                                              index=next_index)
+                if step.changes:
+                    next_revision, next_index = step.next_revision, step.next_index
                     sent = False
-                    for part in _pack(visible, bound):
-                        response = _response(ss.WATCH_RESPONSE_TYPE_EVENTS, part.revision,
-                                             now(), part.events)
-                        response.fragment = part.fragment
-                        yield response
+                    for change in step.changes:
+                        if scope.can_see(change.tenant, change.owner_id, change.dataset_id) \
+                                and selector.matches(change.event):
+                            for part in packer.add(change.revision, change.event):
+                                yield _events_response(part, now())
+                                sent = True
+                    for part in packer.flush(revision_ended=step.ends_revision):
+                        yield _events_response(part, now())
                         sent = True
                     if sent:
                         last_sent = time.monotonic()
+                    if sent or not step.ends_revision:
                         continue
                 else:
                     wait = None
@@ -403,54 +413,74 @@ def _event_bytes(event: E.SessionEvent) -> int:
     return size + 1 + max(1, (size.bit_length() + 6) // 7)
 
 
-def _pack(events: Iterable[tuple[int, E.SessionEvent]], bound: int) -> Iterator[Part]:
-    """Responses of at most ``bound`` bytes of events, in order, built as they are taken.
+class Packer:
+    """Packs (revision, event) pairs into responses of at most ``bound`` bytes of events.
 
     A response holds whole revisions while they fit. A revision that does not
     fit in what is left starts a new response; one that does not fit in an
     empty response is split into fragments: every part but its last is
     marked ``fragment``, and no other revision shares any of its parts. One
     event larger than the bound (possible only when the field limits are
-    raised) goes alone. ``events`` are (revision, event) in revision order.
+    raised) goes alone. Events are added in revision order, across steps: a
+    revision a step ended inside is kept (at most ``bound`` bytes of it)
+    until the next step brings the rest.
     """
-    done = Part()     # whole revisions, ready to send together
-    current = Part()  # the revision being gathered; fragment: earlier parts are sent
-    for revision, event in events:
-        if revision != current.revision:
-            ready, done = _close_revision(done, current, bound)
-            yield from ready
-            current = Part(revision)
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.done = Part()     # whole revisions, ready to send together
+        self.current = Part()  # the revision being gathered; fragment: earlier parts sent
+
+    def add(self, revision: int, event: E.SessionEvent) -> list[Part]:
+        """Add an event; the parts that are now ready to send."""
+        ready: list[Part] = []
+        if revision != self.current.revision:
+            ready += self._close_revision()
+            self.current = Part(revision)
         size = _event_bytes(event)
-        if current.events and current.size + size > bound:
+        current = self.current
+        if current.events and current.size + size > self.bound:
             # The revision is too large for one response: send what it has so far.
-            if done.events:
-                yield done
-                done = Part()
-            yield Part(revision, current.events, current.size, fragment=True)
-            current = Part(revision, fragment=True)
+            if self.done.events:
+                ready.append(self.done)
+                self.done = Part()
+            ready.append(Part(revision, current.events, current.size, fragment=True))
+            self.current = current = Part(revision, fragment=True)
         current.events.append(event)
         current.size += size
-    ready, done = _close_revision(done, current, bound)
-    yield from ready
-    if done.events:
-        yield done
+        return ready
+
+    def flush(self, *, revision_ended: bool = True) -> list[Part]:
+        """The parts to send at the end of a step (all of them once its revision ended)."""
+        ready = self._close_revision() if revision_ended else []
+        if self.done.events:
+            ready.append(self.done)
+            self.done = Part()
+        return ready
+
+    def _close_revision(self) -> list[Part]:
+        """Move the finished revision being gathered after ``done``; the parts ready now."""
+        current, self.current = self.current, Part()
+        if not current.events:
+            return []
+        ready: list[Part] = []
+        if current.fragment:
+            # The last part of a split revision carries that revision alone, unmarked.
+            if self.done.events:
+                ready.append(self.done)
+                self.done = Part()
+            ready.append(Part(current.revision, current.events, current.size))
+            return ready
+        if self.done.events and self.done.size + current.size > self.bound:
+            ready.append(self.done)
+            self.done = Part()
+        self.done.events += current.events
+        self.done.size += current.size
+        self.done.revision = current.revision
+        return ready
 
 
-def _close_revision(done: Part, current: Part, bound: int) -> tuple[list[Part], Part]:
-    """Add the finished revision ``current`` after ``done``: (parts to send now, new done)."""
-    if not current.events:
-        return [], done
-    ready = []
-    if current.fragment:
-        # The last part of a split revision carries that revision alone, unmarked.
-        if done.events:
-            ready.append(done)
-        ready.append(Part(current.revision, current.events, current.size))
-        return ready, Part()
-    if done.events and done.size + current.size > bound:
-        ready.append(done)
-        done = Part()
-    done.events += current.events
-    done.size += current.size
-    done.revision = current.revision
-    return ready, done
+def _events_response(part: Part, now_micros: int) -> ss.WatchSessionsResponse:
+    response = _response(ss.WATCH_RESPONSE_TYPE_EVENTS, part.revision, now_micros, part.events)
+    response.fragment = part.fragment
+    return response

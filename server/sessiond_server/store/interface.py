@@ -241,9 +241,14 @@ class SessionStore(Protocol):
     ) -> tuple[list[stats_service_pb2.ModelCost], int]: ...
 
     # Change log.
-    async def read_changes(self, from_revision: int, limit: int) -> list[Change]:
-        """Changes with revision >= from_revision, whole revisions, in order.
+    async def read_changes(self, from_revision: int, limit: int, from_idx: int = 0,
+                           max_events: int = 0) -> list[Change]:
+        """Changes of at most ``limit`` revisions from ``from_revision`` on, in order.
 
+        Whole revisions, except that the first starts at its ``from_idx``-th
+        event and, when ``max_events`` is positive, the read stops after that
+        many events, possibly inside a revision (so a reader can go through
+        a revision of any size a bounded piece at a time).
         Raises Compacted when from_revision <= compacted_revision.
         """
     async def initial_state(

@@ -1183,14 +1183,16 @@ class PostgresStore:
         return costs, int(rev[0][0])
 
     # Change log.
-    async def read_changes(self, from_revision: int, limit: int) -> list[Change]:
+    async def read_changes(self, from_revision: int, limit: int, from_idx: int = 0,
+                           max_events: int = 0) -> list[Change]:
         if from_revision <= self._compacted_revision:
             raise Compacted(self._compacted_revision)
         found, compacted = await self._read_many([
             ("SELECT revision, tenant, owner_id, dataset_id, event FROM changes"
              " WHERE revision >= $1 AND revision < (SELECT min(revision) FROM changes"
-             " WHERE revision >= $1) + $2 ORDER BY revision, idx",
-             (from_revision, max(1, limit))),
+             " WHERE revision >= $1) + $2 AND (revision > $1 OR idx >= $3)"
+             " ORDER BY revision, idx LIMIT $4",
+             (from_revision, max(1, limit), from_idx, max_events if max_events > 0 else None)),
             ("SELECT value FROM meta WHERE key = 'compacted_revision'", ()),
         ])
         compacted_revision = int(compacted[0][0])

@@ -1206,14 +1206,17 @@ class SQLiteStore:
         return costs, int(found[0][0][0])
 
     # Change log.
-    async def read_changes(self, from_revision: int, limit: int) -> list[Change]:
+    async def read_changes(self, from_revision: int, limit: int, from_idx: int = 0,
+                           max_events: int = 0) -> list[Change]:
         if from_revision <= self._compacted_revision:
             raise Compacted(self._compacted_revision)
         found, compacted = await self._read_many([
             ("SELECT revision, tenant, owner_id, dataset_id, event FROM changes"
              " WHERE revision >= ? AND revision < (SELECT min(revision) FROM changes"
-             " WHERE revision >= ?) + ? ORDER BY revision, idx", (from_revision, from_revision,
-                                                                 max(1, limit))),
+             " WHERE revision >= ?) + ? AND (revision > ? OR idx >= ?)"
+             " ORDER BY revision, idx LIMIT ?",
+             (from_revision, from_revision, max(1, limit), from_revision, from_idx,
+              max_events if max_events > 0 else -1)),
             ("SELECT value FROM meta WHERE key = 'compacted_revision'", ()),
         ])
         if from_revision <= int(compacted[0][0]):
