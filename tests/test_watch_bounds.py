@@ -136,6 +136,27 @@ async def test_the_response_bound_is_a_setting(make_server):
     assert split_revisions(stream)[reconciled.revision] >= 5
 
 
+@pytest.mark.parametrize("sessions", [10, 30])
+async def test_a_revision_read_from_the_log_in_pieces_is_sent_as_if_read_whole(
+        make_server, sessions):
+    """No buffer and a 100 KB read-ahead: the reconcile revision is read an event or so at a
+    time. Under the response bound it still arrives as one response; over it, in fragments."""
+    server = await make_server(watch_buffer_bytes=0, watch_read_ahead_bytes=100_000)
+    writer = ChangeLogWriter.for_server(server)
+    await create_big_sessions(writer, sessions)
+    reconciled = await writer.reconcile(RUNTIME)
+    stream = (await _record_until(server, reconciled.revision, start_revision=1)).stream
+    WatchValidator(writer.log).validate(stream)
+    parts = [r for r in stream.responses if r.type == EVENTS and r.revision == reconciled.revision]
+    whole = events_bytes(parts[0]) if len(parts) == 1 else sum(events_bytes(p) for p in parts)
+    if whole <= MAX_RESPONSE_BYTES:
+        assert len(parts) == 1 and not parts[0].fragment
+    else:
+        assert len(parts) > 1 and all(p.fragment for p in parts[:-1])
+    assert sorted(e.session_id for p in parts for e in p.events
+                  if e.revision == reconciled.revision) == sorted(reconciled.marked_session_ids)
+
+
 async def test_the_python_client_joins_fragments_into_one_revision(make_server):
     server = await make_server()
     writer = ChangeLogWriter.for_server(server)
