@@ -128,7 +128,8 @@ class WatchHub:
         the lists happen once per quarter budget of commits, not on each.
         """
         keep_bytes = self._buffer_bytes * 3 // 4
-        first_kept = bisect.bisect_left(self._ends, self._ends[-1] - keep_bytes)
+        # The first change such that it and all after it take at most keep_bytes.
+        first_kept = bisect.bisect_left(self._ends, self._ends[-1] - keep_bytes) + 1
         # Cut at a revision boundary: the first revision that lies wholly
         # within what is kept (possibly none: then the buffer empties).
         if first_kept < len(self._buffer) and (
