@@ -407,7 +407,7 @@ class Part:
     fragment: bool = False
 
 
-def _event_bytes(event: E.SessionEvent) -> int:
+def response_event_bytes(event: E.SessionEvent) -> int:
     """What an event adds to a response: its bytes, tag and length prefix (a varint)."""
     size = event.ByteSize()
     return size + 1 + max(1, (size.bit_length() + 6) // 7)
@@ -437,7 +437,7 @@ class Packer:
         if revision != self.current.revision:
             ready += self._close_revision()
             self.current = Part(revision)
-        size = _event_bytes(event)
+        size = response_event_bytes(event)
         current = self.current
         if current.events and current.size + size > self.bound:
             # The revision is too large for one response: send what it has so far.
