@@ -1,4 +1,4 @@
-module sessiond.local/client/go
+module github.com/sessiond/sessiond/client/go
 
 go 1.26.0
 

@@ -1,11 +1,11 @@
-module sessiond.local/tests/interop/go
+module github.com/sessiond/sessiond/tests/interop/go
 
 go 1.26.0
 
 require (
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1
 	google.golang.org/grpc v1.85.0
-	sessiond.local/client/go v0.0.0
+	github.com/sessiond/sessiond/client/go v0.0.0
 )
 
 require (
@@ -15,4 +15,4 @@ require (
 	google.golang.org/protobuf v1.36.12 // indirect
 )
 
-replace sessiond.local/client/go => ../../../client/go
+replace github.com/sessiond/sessiond/client/go => ../../../client/go

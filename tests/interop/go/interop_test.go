@@ -24,7 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	v1 "sessiond.local/client/go/sessiondv1"
+	v1 "github.com/sessiond/sessiond/client/go/sessiondv1"
 )
 
 const callTimeout = 10 * time.Second
