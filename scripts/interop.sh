@@ -110,6 +110,7 @@ declare -A build_seconds run_seconds
 # Build each suite before the server starts.
 if wanted go; then
   start=$(now); log "building the Go suite"
+  (cd client/go && go vet ./... && go test -count=1 ./...)
   (cd tests/interop/go && go vet ./... && go test -c -o "$work/interop-go.test" .)
   build_seconds[go]=$(elapsed "$start")
 fi
