@@ -33,53 +33,17 @@ log() { printf '==> %s\n' "$*" >&2; }
 now() { date +%s.%N; }
 elapsed() { printf '%.1f' "$(echo "$(now) - $1" | bc)"; }
 
-# The server of a run lives in WORKDIR: sessiond.db, address, server.pid,
-# server.log. start_server and kill_server are also what the restart command
-# runs, so a suite's restart and the harness's own start are the same code.
-start_server() {
-  local dir=$1
-  # The server must outlive the restart command that starts it: setsid.
-  setsid "$SESSIOND" serve --database "$dir/sessiond.db" --address "$(cat "$dir/address")" \
-    --changelog-keep-revisions 200 --changelog-max-age-seconds 0 \
-    --compaction-interval-seconds 0.5 >>"$dir/server.log" 2>&1 </dev/null &
-  echo $! >"$dir/server.pid"
-  disown  # its death by SIGKILL is the point, not news
-  "$PY" - "$(cat "$dir/address")" <<'PYEOF' || { cat "$dir/server.log" >&2; return 1; }
-import sys
-import time
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-deadline = time.monotonic() + 60
-with grpc.insecure_channel(sys.argv[1]) as channel:
-    grpc.channel_ready_future(channel).result(timeout=60)
-    health = health_pb2_grpc.HealthStub(channel)
-    while True:
-        answer = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        if answer.status == health_pb2.HealthCheckResponse.SERVING:
-            break
-        assert time.monotonic() < deadline, answer
-        time.sleep(0.05)
-PYEOF
-}
-
-kill_server() {  # kill_server DIR SIGNAL: stop the server and wait until it is gone
-  local dir=$1 signal=$2 pid
-  pid=$(cat "$dir/server.pid" 2>/dev/null) || return 0
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill "-$signal" "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-}
+# The server: scripts/test_server.sh. A suite's restart runs the same code
+# as the harness's own start.
+# shellcheck source=scripts/test_server.sh
+. scripts/test_server.sh
 
 if [[ "${1:-}" == restart-server ]]; then
   # SESSIOND_INTEROP_RESTART: SIGKILL the server, start it again, wait for SERVING.
   dir=$2
   echo "--- restart requested" >>"$dir/server.log"
-  kill_server "$dir" KILL
-  start_server "$dir"
+  test_server_stop "$dir" KILL
+  test_server_start "$dir"
   echo "$(( $(cat "$dir/restarts" 2>/dev/null || echo 0) + 1 ))" >"$dir/restarts"
   exit 0
 fi
@@ -88,7 +52,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/sessiond-interop.XXXXXX")
 proxy_pid=""
 cleanup() {
   [[ -n "$proxy_pid" ]] && kill "$proxy_pid" 2>/dev/null || true
-  kill_server "$work" TERM
+  test_server_stop "$work" TERM
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -130,11 +94,12 @@ if wanted rust; then
   build_seconds[rust]=$(elapsed "$start")
 fi
 
-port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export SESSIOND_ADDRESS="127.0.0.1:$port"
-echo "$SESSIOND_ADDRESS" >"$work/address"
-log "starting the server on $SESSIOND_ADDRESS"
-start_server "$work"
+log "starting the server"
+test_server_start "$work" --changelog-keep-revisions 200 --changelog-max-age-seconds 0 \
+  --compaction-interval-seconds 0.5
+SESSIOND_ADDRESS=$(cat "$work/address")
+export SESSIOND_ADDRESS
+log "the server listens on $SESSIOND_ADDRESS"
 restart="$work/restart-server"
 printf '#!/usr/bin/env bash\nexec bash %q restart-server %q\n' "$ROOT/scripts/interop.sh" "$work" >"$restart"
 chmod +x "$restart"
@@ -179,7 +144,7 @@ else
   result[compare]=FAILED; failed=$((failed + 1))
 fi
 
-if ! kill -0 "$(cat "$work/server.pid")" 2>/dev/null; then
+if ! test_server_alive "$work"; then
   echo "the server died during the run:" >&2; tail -50 "$work/server.log" >&2
   failed=$((failed + 1))
 elif [[ $failed -gt 0 ]]; then
