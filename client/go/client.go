@@ -25,6 +25,11 @@ const DefaultTimeout = 10 * time.Second
 // DefaultWatchMaxBackoff caps the wait between a watch's reconnections.
 const DefaultWatchMaxBackoff = 30 * time.Second
 
+// MaxResponseBytes is the largest response the client accepts: the server's
+// send limit. gRPC's default of 4 MiB is too small for an AppendMessages
+// answer, which echoes up to the server's max_request_bytes (8 MiB).
+const MaxResponseBytes = 64 << 20
+
 // DefaultMaxJoinBytes bounds the events of one fragmented revision that a
 // watch joins before delivering it.
 const DefaultMaxJoinBytes = 64 << 20
@@ -76,7 +81,8 @@ func WithWatchMaxBackoff(maximum time.Duration) Option {
 // (64 MiB); a larger revision ends the watch with RESOURCE_EXHAUSTED.
 func WithMaxJoinBytes(limit int) Option { return func(s *settings) { s.maxJoinBytes = limit } }
 
-// WithDialOptions adds gRPC dial options (interceptors, keepalive, ...).
+// WithDialOptions adds gRPC dial options (interceptors, keepalive, ...); they
+// come after the client's own, so they win.
 func WithDialOptions(options ...grpc.DialOption) Option {
 	return func(s *settings) { s.dialOptions = append(s.dialOptions, options...) }
 }
@@ -112,6 +118,7 @@ func New(address string, options ...Option) (*Client, error) {
 	}
 	dial := []grpc.DialOption{
 		grpc.WithTransportCredentials(transport),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxResponseBytes)),
 		// Reconnect to a restarted server on the client's own backoff rather
 		// than gRPC's default (1 s growing to 120 s), so that a retry or a
 		// watch is not held back by a connection still waiting to redial.
