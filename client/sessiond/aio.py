@@ -33,6 +33,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
+from sessiond.channel import channel_options
 from sessiond.errors import Unavailable, error_from_rpc_error, retry_is_safe
 from sessiond.requests import (
     FieldMaskLike,
@@ -83,9 +84,10 @@ class AsyncClient:
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=list(options))
+            self._channel = grpc.aio.insecure_channel(target, options=channel_options(options))
         else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=list(options))
+            self._channel = grpc.aio.secure_channel(target, credentials,
+                                                 options=channel_options(options))
         self.target = target
         self._metadata = auth_metadata(token)
         self._timeout = timeout

@@ -17,6 +17,7 @@ from typing import Any, Self
 import grpc
 
 from sessiond.aio import DEFAULT_TARGET, RequestT, ResponseT
+from sessiond.channel import channel_options
 from sessiond.errors import Unavailable, error_from_rpc_error, retry_is_safe
 from sessiond.requests import (
     FieldMaskLike,
@@ -63,9 +64,10 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=list(options))
+            self._channel = grpc.insecure_channel(target, options=channel_options(options))
         else:
-            self._channel = grpc.secure_channel(target, credentials, options=list(options))
+            self._channel = grpc.secure_channel(target, credentials,
+                                                 options=channel_options(options))
         self.target = target
         self._metadata = auth_metadata(token)
         self._timeout = timeout

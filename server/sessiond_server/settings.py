@@ -56,7 +56,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # means "off" or "no bound" where the field's comment says so) but not negative.
 POSITIVE = frozenset({
     "abandoned_after_seconds", "max_batch_writes", "compaction_interval_seconds",
-    "retention_interval_seconds", "readers",
+    "retention_interval_seconds", "readers", "max_connections", "handshake_timeout_seconds",
+    "health_check_interval_seconds", "health_check_failures",
 })
 SECRET_WORDS = ("key", "token", "secret", "password")
 DEST_PREFIX = "setting__"

@@ -128,7 +128,10 @@ class ListMessagesRequest(_message.Message):
     after_seq: _builtins.int
     """after_seq returns only messages with seq > after_seq."""
     last_n: _builtins.int
-    """last_n returns the last N messages (1 to 1,000), oldest first."""
+    """last_n returns the last N messages (1 to 1,000), oldest first. 0 means
+    this mode is off and the request pages as usual (a first page of
+    page_size messages), never "no messages".
+    """
     last_turns: _builtins.int
     """last_turns returns the messages of the last N turns (1 to 1,000),
     oldest first. A turn starts at a user message, so a tool call is never
@@ -403,7 +406,8 @@ class SearchMessagesRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """query is the words to find, 1 to 256 bytes; taken literally (no query
-    syntax), every word must occur.
+    syntax), every word must occur. Empty or only white space is
+    INVALID_ARGUMENT, as a blank ListSessions text_query is.
     """
     page_size: _builtins.int
     """page_size is the most messages per page: 0 means 50; at most 500."""
