@@ -37,6 +37,7 @@ type scriptedServer struct {
 	appends        int
 	authorization  []string
 	getError       error
+	listTokens     []string // the page_token of each ListSessions call
 	watchScripts   []func(v1.SessionService_WatchSessionsServer) error
 	watchRequests  []*v1.WatchSessionsRequest
 }
@@ -57,6 +58,19 @@ func (s *scriptedServer) GetSession(ctx context.Context, req *v1.GetSessionReque
 	s.authorization = append(s.authorization, md.Get("authorization")...)
 	s.mu.Unlock()
 	return nil, s.getError
+}
+
+// ListSessions serves three pages of two sessions: p1, p2, then the last.
+func (s *scriptedServer) ListSessions(ctx context.Context, req *v1.ListSessionsRequest) (*v1.ListSessionsResponse, error) {
+	s.mu.Lock()
+	s.listTokens = append(s.listTokens, req.GetPageToken())
+	s.mu.Unlock()
+	next := map[string]string{"": "p1", "p1": "p2", "p2": ""}[req.GetPageToken()]
+	page := &v1.ListSessionsResponse{NextPageToken: next}
+	for i := range 2 {
+		page.Sessions = append(page.Sessions, &v1.Session{Id: req.GetPageToken() + "/" + strconv.Itoa(i)})
+	}
+	return page, nil
 }
 
 func (s *scriptedServer) WatchSessions(req *v1.WatchSessionsRequest, stream v1.SessionService_WatchSessionsServer) error {
@@ -174,6 +188,30 @@ func TestErrorsMatchTheirReasonAndCarryFieldViolations(t *testing.T) {
 	}
 	if !slices.Equal(server.authorization, []string{"Bearer k1"}) {
 		t.Fatalf("authorization metadata = %v", server.authorization)
+	}
+}
+
+func TestSessionsWalksEveryPageAndAnEarlyStopAsksForNoMore(t *testing.T) {
+	server := &scriptedServer{}
+	client, _ := start(t, server)
+	ids := []string{}
+	for session, err := range client.Sessions(context.Background(), &v1.ListSessionsRequest{PageSize: 2}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, session.GetId())
+	}
+	if want := []string{"/0", "/1", "p1/0", "p1/1", "p2/0", "p2/1"}; !slices.Equal(ids, want) {
+		t.Fatalf("walked %v, want %v", ids, want)
+	}
+	server.listTokens = nil
+	for session := range client.Sessions(context.Background(), nil) {
+		if session.GetId() == "p1/0" {
+			break
+		}
+	}
+	if !slices.Equal(server.listTokens, []string{"", "p1"}) {
+		t.Fatalf("an early stop still asked for pages %v", server.listTokens)
 	}
 }
 
