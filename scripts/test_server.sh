@@ -14,8 +14,11 @@ test_server_start() {
   fi
   local flags=()
   mapfile -t flags < <(grep -v '^$' "$dir/server.args")
+  # The harnesses' own SESSIOND_* variables are not server settings.
+  local unset=() name
+  for name in ${!SESSIOND_INTEROP_@} ${!SESSIOND_EXAMPLE_@}; do unset+=(-u "$name"); done
   # setsid: the server must outlive a restart command that starts it.
-  setsid "$SESSIOND" serve --database "$dir/sessiond.db" --address "$(cat "$dir/address")" \
+  env "${unset[@]}" setsid "$SESSIOND" serve --database "$dir/sessiond.db" --address "$(cat "$dir/address")" \
     "${flags[@]}" >>"$dir/server.log" 2>&1 </dev/null &
   echo $! >"$dir/server.pid"
   disown  # a test may kill it with SIGKILL on purpose: that is not news
