@@ -66,7 +66,8 @@ func WithTLS(config *tls.Config) Option {
 }
 
 // WithTimeout sets the default deadline of a unary call, retries included,
-// used when the call's context has no deadline of its own (default 10 s).
+// used when the call's context has no deadline of its own (default 10 s; 0
+// leaves such calls without a deadline).
 func WithTimeout(timeout time.Duration) Option { return func(s *settings) { s.timeout = timeout } }
 
 // WithRetryPolicy replaces DefaultRetryPolicy; MaxRetries 0 turns retries off.
