@@ -83,9 +83,49 @@ with Client(sys.argv[1]) as client:
 PYEOF
 }
 
-# Go (examples/go): build once, then run the two programs.
-log "building the Go examples"
-(cd examples/go && go vet ./... && go build -o "$work/go-bin/" ./...)
+# Go (examples/go): built as a user outside this repository would build it.
+# client/go is packed into a module proxy on disk (the layout `go get`
+# downloads from a public proxy), at a pseudo-version named by a hash of its
+# files so that the module cache never serves an older copy, and a copy of
+# examples/go without its replace directive fetches it from there; the rest
+# comes from the public proxy.
+log "packing client/go as a module and building the Go examples against it"
+go_module=github.com/sessiond/sessiond/client/go
+go_version=$("$PY" - "$work/goproxy" "$go_module" <<'PYEOF'
+import hashlib
+import json
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+proxy, module = pathlib.Path(sys.argv[1]), sys.argv[2]
+files = sorted(subprocess.run(["git", "ls-files", "client/go"], check=True,
+                              capture_output=True, text=True).stdout.split())
+digest = hashlib.sha256()
+for name in files:
+    digest.update(name.encode() + b"\0" + pathlib.Path(name).read_bytes())
+version = f"v0.0.0-20000101000000-{digest.hexdigest()[:12]}"
+at = proxy / module / "@v"
+at.mkdir(parents=True)
+(at / "list").write_text(version + "\n")
+(at / f"{version}.info").write_text(json.dumps({"Version": version}))
+(at / f"{version}.mod").write_bytes(pathlib.Path("client/go/go.mod").read_bytes())
+with zipfile.ZipFile(at / f"{version}.zip", "w") as packed:
+    for name in files:
+        packed.write(name, f"{module}@{version}/{name.removeprefix('client/go/')}")
+print(version)
+PYEOF
+)
+cp -r examples/go "$work/examples-go"
+(
+  cd "$work/examples-go"
+  export GOPROXY="file://$work/goproxy,${GOPROXY:-https://proxy.golang.org}" GONOSUMDB=$go_module GOFLAGS=-mod=mod
+  go mod edit -dropreplace=$go_module -require=$go_module@$go_version
+  go mod tidy
+  go list -m $go_module
+  go vet ./... && go build -o "$work/go-bin/" ./...
+)
 run_example_pair go example:go \
   -- bash -c "'$work/go-bin/follow' -address \"\$SESSIOND_ADDRESS\" -session \"\$SESSIOND_EXAMPLE_SESSION\" -until-idle" \
   -- bash -c "'$work/go-bin/agent' -address \"\$SESSIOND_ADDRESS\" -session \"\$SESSIOND_EXAMPLE_SESSION\" -turn t1 'What is WAL mode?'"
