@@ -156,6 +156,11 @@ printf '%-11s %-7s %8s %8s\n' suite result build_s run_s
 for name in python "${suites[@]}" compare; do
   printf '%-11s %-7s %8s %8s\n' "$name" "${result[$name]}" "${build_seconds[$name]:--}" "${run_seconds[$name]:--}"
 done
-echo "server restarts requested by the suites: $(cat "$work/restarts" 2>/dev/null || echo 0)"
+restarts=$(cat "$work/restarts" 2>/dev/null || echo 0)
+echo "server restarts requested by the suites: $restarts (one per suite expected)"
+if [[ $restarts -ne $((1 + ${#suites[@]})) ]]; then
+  echo "every suite must restart the server once (watch_restart)" >&2
+  failed=$((failed + 1))
+fi
 echo "interop: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
