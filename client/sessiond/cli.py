@@ -153,6 +153,29 @@ def error_fix(error: SessiondError, args: argparse.Namespace | None) -> str:
 
 # Parser
 
+SERVER_EXTRA = "pip install 'sessiond[server]'"
+
+
+class PrintVersion(argparse.Action):
+    """``--version``: the version and git revision, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from sessiond.version import build_info
+
+        print(build_info())
+        parser.exit()
+
+
+def server_not_installed(args: argparse.Namespace, out: TextIO) -> int:
+    """``serve`` where only the client is installed: say what to install."""
+    print(f"sessiond: error: the server is not installed; {SERVER_EXTRA}", file=sys.stderr)
+    return 1
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, defaults read from the environment now."""
@@ -177,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         default=DEFAULT_TIMEOUT,
         help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--version", action=PrintVersion, help="print the version and git revision, then exit"
     )
     # The same options after the command; SUPPRESS keeps the values given
     # before it (or the defaults) when they are not repeated.
@@ -211,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from sessiond_server.server_commands import add_server_commands
     except ModuleNotFoundError as missing:
-        if missing.name != "sessiond_server":
+        if (missing.name or "").startswith("sessiond_server."):
             raise  # the server is installed but broken: say so, do not hide `serve`
+        # The server's own dependencies come with the `server` extra.
+        add(commands, "", "serve", f"run the server (needs {SERVER_EXTRA})",
+            server_not_installed, parents=())
     else:
         add_server_commands(add, commands)
 
