@@ -75,9 +75,6 @@
     const rest = parts.slice(skip).join("_").toLowerCase();
     return rest === "unspecified" ? "-" : rest;
   };
-  // Enum names inside a server message, written as words ("already ended as completed").
-  const readable = (text) => String(text || "").replace(/\b(SESSION_STATUS|RUNTIME_STATE|SESSION_KIND|MESSAGE_STATUS|EVENT_TYPE|ROLE)_([A-Z_]+)\b/g,
-    (_, prefix, rest) => rest.toLowerCase());
   const num = (value) => Number(value || 0);
 
   // Counts: every digit, with thousands separators ("6,065", "23,460").
@@ -143,7 +140,7 @@
     const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      const error = new Error(readable((body.error && body.error.message) || response.statusText));
+      const error = new Error((body.error && body.error.message) || response.statusText);
       error.code = (body.error && body.error.code) || String(response.status);
       throw error;
     }
@@ -154,7 +151,7 @@
     const alert = $("alert");
     if (!error) { alert.hidden = true; alert.textContent = ""; return; }
     if (error.code === "UNAUTHENTICATED") { showSignIn(error); return; }
-    alert.textContent = (error.code ? error.code + ": " : "") + readable(error.message);
+    alert.textContent = (error.code ? error.code + ": " : "") + error.message;
     alert.hidden = false;
   }
 
@@ -852,7 +849,7 @@
   const refreshSessionHeader = refresher(loadSessionHeader, 400);
   const refreshSessionUsage = refresher(loadSessionUsage, 1000);
   const refreshMessages = refresher(loadNewestMessages, 300);
-  const refreshTimeline = refresher(loadTimeline, 1000);
+  const refreshTimeline = refresher(loadTimeline, 2000); // a replay of the change log: not on every event
   const refreshForks = refresher(loadForks, 2000);
 
   function applyEvent(event) {
@@ -993,7 +990,7 @@
     const message = $("signin-error");
     // A key was sent and refused: say so; no key yet: the page says what to do.
     const refused = error && /not known|invalid|refused/i.test(error.message || "");
-    message.textContent = refused ? "That key was not accepted: " + readable(error.message) : "";
+    message.textContent = refused ? "That key was not accepted: " + error.message : "";
     message.hidden = !refused;
     if (!wasSignedOut) $("signin-token").focus();
   }
