@@ -640,22 +640,29 @@ class ConnectionReport:
         self._address = address
         self._err = err
         self._quiet_first = quiet_first
+        self._ever_confirmed = False
 
     def __call__(self, step: WatchConnection) -> None:
-        if not step.confirmed:
-            if step.reconnecting:
-                line = f"reconnecting to {self._address} (attempt {step.attempt})"
-            elif self._quiet_first:
-                return
-            else:
-                line = f"connecting to {self._address}"
-        elif step.reconnecting and step.start_revision:
-            line = f"resumed at revision {step.start_revision}"
-        elif step.reconnecting or not self._quiet_first:
-            line = f"connected at revision {step.revision}"
-        else:
-            return
-        print(f"-- {line}", file=self._err, flush=True)
+        line = self._confirmed_line(step) if step.confirmed else self._opening_line(step)
+        if line:
+            print(f"-- {line}", file=self._err, flush=True)
+
+    def _opening_line(self, step: WatchConnection) -> str:
+        if not step.reconnecting:
+            return "" if self._quiet_first else f"connecting to {self._address}"
+        line = f"reconnecting to {self._address} (attempt {step.attempt})"
+        if step.attempt == 1 and not self._ever_confirmed:
+            # Only UNAVAILABLE is retried: nothing answers there (yet).
+            line += ": no sessiond answers; start `sessiond serve` or pass --address"
+        return line
+
+    def _confirmed_line(self, step: WatchConnection) -> str:
+        self._ever_confirmed = True
+        if step.reconnecting and step.start_revision:
+            return f"resumed at revision {step.start_revision}"
+        if step.reconnecting or not self._quiet_first:
+            return f"connected at revision {step.revision}"
+        return ""
 
 
 def print_tail_event(event: event_pb2.SessionEvent, out: TextIO) -> None:
