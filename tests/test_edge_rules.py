@@ -1,8 +1,9 @@
 """Edges where the behaviour could go two ways: each rule is written in the proto and held here.
 
 - ``last_n = 0`` is "not this mode": the request pages as usual.
-- A blank text query is INVALID_ARGUMENT in ListSessions and SearchMessages alike; an empty one
-  is "no text condition" where the query is optional.
+- A query with nothing to search for (blank, or punctuation only) is INVALID_ARGUMENT in
+  ListSessions and SearchMessages alike; an empty one is "no text condition" where the query
+  is optional.
 - ``ForkSession.up_to_seq = 0`` copies every message; an empty branch is not a fork.
 - A chosen id (session, message, request) must not be blank nor start or end with white
   space; an id that names something stored is matched exactly.
@@ -38,7 +39,7 @@ async def test_last_n_zero_pages_as_usual(server: Any) -> None:
     assert [m.content for m in one.messages] == ["m2"]
 
 
-@pytest.mark.parametrize("blank", [" ", "   ", "\t\n"])
+@pytest.mark.parametrize("blank", [" ", "   ", "\t\n", "!!!", " - ? "])
 async def test_a_blank_query_is_invalid_in_both_searches(server: Any, blank: str) -> None:
     await expect_bad_request(server.sessions.ListSessions(ss.ListSessionsRequest(
         filter=S.SessionFilter(text_query=blank))), "filter.text_query")

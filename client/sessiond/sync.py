@@ -37,7 +37,13 @@ from sessiond.v1 import (
     stats_service_pb2,
     stats_service_pb2_grpc,
 )
-from sessiond.watching import Backoff, WatchRequest, WatchResponse, watch_sync
+from sessiond.watching import (
+    Backoff,
+    ConnectionHook,
+    WatchRequest,
+    WatchResponse,
+    watch_sync,
+)
 
 
 class Client:
@@ -353,6 +359,7 @@ class Client:
         include_initial: bool = False,
         progress_interval_ms: int = 0,
         max_backoff: float = 30.0,
+        on_connection: ConnectionHook | None = None,
     ) -> Generator[WatchResponse, None, None]:
         """WatchSessions as an endless iterator that resumes by itself.
 
@@ -361,6 +368,8 @@ class Client:
         EVENTS and PROGRESS, each revision once, across reconnections.
         Raises ``RelistRequired`` when the resume point was compacted, and
         other ``SessiondError`` subclasses for anything but UNAVAILABLE.
+        ``on_connection`` is told of each call opened and confirmed
+        (``sessiond.watching.WatchConnection``), to show reconnections.
         Close it with ``close()`` (or ``contextlib.closing``) to end the call.
         """
         request = WatchRequest(
@@ -376,7 +385,13 @@ class Client:
             jitter=self._backoff.jitter,
             rng=self._backoff.rng,
         )
-        return watch_sync(self._open_watch, request, backoff=backoff, sleep=self._sleep)
+        return watch_sync(
+            self._open_watch,
+            request,
+            backoff=backoff,
+            sleep=self._sleep,
+            on_connection=on_connection,
+        )
 
     def _open_watch(self, request: WatchRequest) -> Generator[WatchResponse, None, None]:
         """One WatchSessions call, cancelled when the generator is closed."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..auth import REQUEST_VIOLATIONS
 from ..config import Limits
+from ..store.search import is_searchable
 from .errors import BadRequest
 
 CHANNEL = re.compile(r"[a-z][a-z0-9_-]*(\.[A-Za-z0-9_.@:+-]+)?")
@@ -58,9 +59,10 @@ class Checker:
             if required:
                 self.fail(field, "is required")
             return
-        if not value.strip():
-            self.fail(field, "is blank; give something to search for"
-                      + ("" if required else ", or leave it empty for no text condition"))
+        if not is_searchable(value):
+            self.fail(field, "has nothing to search for (a word with a letter or digit, or "
+                      "CJK, Thai or emoji text)"
+                      + ("" if required else "; leave it empty for no text condition"))
             return
         self.text(field, value, self.limits.max_query_bytes)
 
