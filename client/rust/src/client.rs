@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::error::Error;
-use crate::retry::{RetryPolicy, RetrySafe};
+use crate::retry::{Backoff, RetryPolicy, RetrySafe};
 use crate::v1::message_service_client::MessageServiceClient;
 use crate::v1::session_service_client::SessionServiceClient;
 use crate::v1::stats_service_client::StatsServiceClient;
@@ -37,6 +38,7 @@ pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
     retry: RetryPolicy,
+    watch_max_backoff: Duration,
     max_response_bytes: usize,
     max_watch_revision_bytes: usize,
     #[cfg(feature = "tls")]
@@ -69,6 +71,14 @@ impl ClientBuilder {
     /// watch's reconnections.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// watch_max_backoff caps the delay between a watch's reconnections
+    /// (default 30 s); the first waits min(100 ms, this), like
+    /// `retry.backoff.initial`, growing by its multiplier with its jitter.
+    pub fn watch_max_backoff(mut self, maximum: Duration) -> Self {
+        self.watch_max_backoff = maximum;
         self
     }
 
@@ -124,7 +134,9 @@ impl ClientBuilder {
             .keep_alive_timeout(Duration::from_secs(20));
         #[cfg(feature = "tls")]
         let endpoint = match self.tls {
-            Some(config) => endpoint.tls_config(config).map_err(|e| invalid("tls", &e))?,
+            Some(config) => endpoint
+                .tls_config(config)
+                .map_err(|e| invalid("tls", &e))?,
             None => endpoint,
         };
         let authorization = match &self.api_key {
@@ -139,6 +151,8 @@ impl ClientBuilder {
                 channel: endpoint.connect_lazy(),
                 authorization,
                 retry: self.retry,
+                watch_max_backoff: self.watch_max_backoff,
+                closed: CancellationToken::new(),
                 max_response_bytes: self.max_response_bytes,
                 max_watch_revision_bytes: self.max_watch_revision_bytes,
             }),
@@ -151,13 +165,15 @@ struct Inner {
     channel: Channel,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     retry: RetryPolicy,
+    watch_max_backoff: Duration,
+    closed: CancellationToken,
     max_response_bytes: usize,
     max_watch_revision_bytes: usize,
 }
 
 /// Client is a sessiond client. Cloning is cheap and clones share the
-/// connection; it closes when the last clone (and every stream made from
-/// it) is dropped.
+/// connection. The connection closes when the last clone and every stream
+/// made from it are dropped; [`Client::close`] ends everything at once.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -169,7 +185,10 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("timeout", &self.timeout)
             .field("retry", &self.inner.retry)
-            .field("api_key", &self.inner.authorization.as_ref().map(|_| "<set>"))
+            .field(
+                "api_key",
+                &self.inner.authorization.as_ref().map(|_| "<set>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -185,6 +204,7 @@ impl Client {
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
+            watch_max_backoff: Duration::from_secs(30),
             max_response_bytes: 64 << 20,
             max_watch_revision_bytes: 64 << 20,
             #[cfg(feature = "tls")]
@@ -211,19 +231,57 @@ impl Client {
         self.timeout
     }
 
+    /// close cancels every call and watch in flight on this client and its
+    /// clones, and makes later calls fail at once, with CANCELLED.
+    pub fn close(&self) {
+        self.inner.closed.cancel();
+    }
+
     pub(crate) fn max_watch_revision_bytes(&self) -> usize {
         self.inner.max_watch_revision_bytes
     }
 
-    pub(crate) fn retry_policy(&self) -> RetryPolicy {
-        self.inner.retry
+    /// watch_backoff is the retry backoff with the watch's own cap.
+    pub(crate) fn watch_backoff(&self) -> Backoff {
+        let maximum = self.inner.watch_max_backoff;
+        Backoff {
+            initial: self.inner.retry.backoff.initial.min(maximum),
+            maximum,
+            ..self.inner.retry.backoff
+        }
+    }
+
+    /// guard runs `work` unless the client is closed first (CANCELLED) or
+    /// `deadline` passes first (DEADLINE_EXCEEDED).
+    pub(crate) async fn guard<T>(
+        &self,
+        deadline: Option<Instant>,
+        work: impl Future<Output = T>,
+    ) -> Result<T, Error> {
+        let timed = async {
+            match deadline {
+                None => Ok(work.await),
+                Some(d) => tokio::time::timeout_at(d, work).await.map_err(|_| {
+                    Error::local(Code::DeadlineExceeded, "no answer within the deadline")
+                }),
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.inner.closed.cancelled() => {
+                Err(Error::local(Code::Cancelled, "the client was closed"))
+            }
+            outcome = timed => outcome,
+        }
     }
 
     /// request wraps a message with the API key and, when given, a deadline.
     pub(crate) fn request<T>(&self, message: T, timeout: Option<Duration>) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(value) = &self.inner.authorization {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
@@ -265,13 +323,9 @@ impl Client {
             let request = self.request(message.clone(), Some(remaining));
             // The server enforces grpc-timeout; the local timer covers a
             // connection that hangs without an answer.
-            let error = match tokio::time::timeout(remaining, send(request)).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => Error::from(status),
-                Err(_) => Error::local(
-                    Code::DeadlineExceeded,
-                    format!("no answer within the deadline of {:?}", self.timeout),
-                ),
+            let error = match self.guard(Some(deadline), send(request)).await? {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => Error::from(status),
             };
             if !(may_retry && error.code() == Code::Unavailable) || attempt >= policy.max_retries {
                 return Err(error);
@@ -281,7 +335,7 @@ impl Client {
                 return Err(error);
             }
             attempt += 1;
-            tokio::time::sleep(delay).await;
+            self.guard(None, tokio::time::sleep(delay)).await?;
         }
     }
 }

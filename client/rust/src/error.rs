@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+use prost::Message as _;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
+use tonic_types::RpcStatusExt;
 
 /// ERROR_DOMAIN is the ErrorInfo domain of the errors sessiond itself raises.
 pub const ERROR_DOMAIN: &str = "sessiond.v1";
@@ -67,6 +68,8 @@ pub enum Reason {
     OwnerNotAllowed,
     /// DATASET_NOT_ALLOWED: the key may not reach that dataset.
     DatasetNotAllowed,
+    /// STORE_ERROR: the store failed in a way it could not classify.
+    StoreError,
     /// INTERNAL: the server failed; its log says why.
     Internal,
     /// Any other reason, spelled as the server sent it.
@@ -97,6 +100,7 @@ impl Reason {
             "PERMISSION_DENIED" => Reason::PermissionDenied,
             "OWNER_NOT_ALLOWED" => Reason::OwnerNotAllowed,
             "DATASET_NOT_ALLOWED" => Reason::DatasetNotAllowed,
+            "STORE_ERROR" => Reason::StoreError,
             "INTERNAL" => Reason::Internal,
             other => Reason::Other(other.to_string()),
         }
@@ -125,6 +129,7 @@ impl Reason {
             Reason::PermissionDenied => "PERMISSION_DENIED",
             Reason::OwnerNotAllowed => "OWNER_NOT_ALLOWED",
             Reason::DatasetNotAllowed => "DATASET_NOT_ALLOWED",
+            Reason::StoreError => "STORE_ERROR",
             Reason::Internal => "INTERNAL",
             Reason::Other(reason) => reason,
         }
@@ -155,7 +160,11 @@ pub struct FieldViolation {
 /// address or API key), RESOURCE_EXHAUSTED for a watch revision larger than
 /// the client's bound; those have no reason.
 #[derive(Clone, Debug)]
-pub struct Error {
+pub struct Error(Box<Details>);
+
+/// Details is what an [`Error`] holds, boxed so that a `Result` stays small.
+#[derive(Clone, Debug)]
+struct Details {
     code: Code,
     message: String,
     domain: String,
@@ -168,7 +177,7 @@ pub struct Error {
 impl Error {
     /// local builds an error that the client raised itself.
     pub(crate) fn local(code: Code, message: impl Into<String>) -> Error {
-        Error {
+        Error(Box::new(Details {
             code,
             message: message.into(),
             domain: String::new(),
@@ -176,44 +185,44 @@ impl Error {
             metadata: HashMap::new(),
             field_violations: Vec::new(),
             retry_delay: None,
-        }
+        }))
     }
 
     /// code is the gRPC status code.
     pub fn code(&self) -> Code {
-        self.code
+        self.0.code
     }
 
     /// message is the status message (for people, not for matching).
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// reason is the ErrorInfo reason, None when the server sent none (for
     /// example when the connection failed before reaching it).
     pub fn reason(&self) -> Option<&Reason> {
-        self.reason.as_ref()
+        self.0.reason.as_ref()
     }
 
     /// domain is the ErrorInfo domain ([`ERROR_DOMAIN`] for sessiond's own
     /// errors), empty without an ErrorInfo.
     pub fn domain(&self) -> &str {
-        &self.domain
+        &self.0.domain
     }
 
     /// metadata is the ErrorInfo metadata (`compacted_revision`, limits).
     pub fn metadata(&self) -> &HashMap<String, String> {
-        &self.metadata
+        &self.0.metadata
     }
 
     /// field_violations are the BadRequest violations, in the server's order.
     pub fn field_violations(&self) -> &[FieldViolation] {
-        &self.field_violations
+        &self.0.field_violations
     }
 
     /// retry_delay is the RetryInfo delay the server asked for (RATE_LIMITED).
     pub fn retry_delay(&self) -> Option<Duration> {
-        self.retry_delay
+        self.0.retry_delay
     }
 
     /// relist_required is Some(compacted revision) when a watch asked for
@@ -221,9 +230,9 @@ impl Error {
     /// reason REVISION_COMPACTED): list again, then watch from the list's
     /// revision + 1. The compacted revision is 0 if the server did not say.
     pub fn relist_required(&self) -> Option<i64> {
-        (self.code == Code::FailedPrecondition && self.reason == Some(Reason::RevisionCompacted))
+        (self.0.code == Code::FailedPrecondition && self.0.reason == Some(Reason::RevisionCompacted))
             .then(|| {
-                self.metadata
+                self.0.metadata
                     .get("compacted_revision")
                     .and_then(|r| r.parse().ok())
                     .unwrap_or(0)
@@ -234,18 +243,28 @@ impl Error {
 impl From<Status> for Error {
     fn from(status: Status) -> Error {
         let mut error = Error::local(connection_code(&status), status.message());
-        // A details trailer that does not decode is ignored, like one that is
-        // missing: the code and message still stand.
-        let Ok(details) = status.check_error_details() else {
+        // The google.rpc.Status of the grpc-status-details-bin trailer. One
+        // that does not decode, or whose code disagrees with the call's, is
+        // ignored: the call's code and message stand.
+        let Ok(rich) = tonic_types::Status::decode(status.details()) else {
             return error;
         };
+        if rich.code != status.code() as i32 {
+            return error;
+        }
+        let Ok(details) = rich.check_error_details() else {
+            return error;
+        };
+        if !rich.message.is_empty() {
+            error.0.message = rich.message.clone();
+        }
         if let Some(info) = details.error_info() {
-            error.domain = info.domain.clone();
-            error.reason = Some(Reason::parse(&info.reason));
-            error.metadata = info.metadata.clone();
+            error.0.domain = info.domain.clone();
+            error.0.reason = Some(Reason::parse(&info.reason));
+            error.0.metadata = info.metadata.clone();
         }
         if let Some(bad_request) = details.bad_request() {
-            error.field_violations = bad_request
+            error.0.field_violations = bad_request
                 .field_violations
                 .iter()
                 .map(|v| FieldViolation {
@@ -254,21 +273,21 @@ impl From<Status> for Error {
                 })
                 .collect();
         }
-        error.retry_delay = details.retry_info().and_then(|info| info.retry_delay);
+        error.0.retry_delay = details.retry_info().and_then(|info| info.retry_delay);
         error
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(code_name(self.code))?;
-        if let Some(reason) = &self.reason {
+        f.write_str(code_name(self.0.code))?;
+        if let Some(reason) = &self.0.reason {
             write!(f, " ({reason})")?;
         }
-        if !self.message.is_empty() {
-            write!(f, ": {}", self.message)?;
+        if !self.0.message.is_empty() {
+            write!(f, ": {}", self.0.message)?;
         }
-        for v in &self.field_violations {
+        for v in &self.0.field_violations {
             write!(f, "; {}: {}", v.field, v.description)?;
         }
         Ok(())

@@ -42,7 +42,10 @@ impl Paged for ListMessagesRequest {
     }
 }
 
-fn walk<R: Paged>(client: &Client, mut request: R) -> impl Stream<Item = Result<R::Item, Error>> + Send + 'static {
+fn walk<R: Paged>(
+    client: &Client,
+    mut request: R,
+) -> impl Stream<Item = Result<R::Item, Error>> + Send + 'static {
     let client = client.clone();
     async_stream::try_stream! {
         loop {

@@ -142,13 +142,19 @@ mod tests {
         let b = Backoff::default();
         assert_eq!(b.delay_with(0, 0.999_999).as_millis(), 50);
         let d = b.delay(2);
-        assert!(d >= Duration::from_millis(200) && d <= Duration::from_millis(400), "{d:?}");
+        assert!(
+            d >= Duration::from_millis(200) && d <= Duration::from_millis(400),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn appends_are_retry_safe_only_when_every_message_has_an_id() {
         let with_ids = AppendMessagesRequest {
-            messages: vec![Message { id: "m1".into(), ..Default::default() }],
+            messages: vec![Message {
+                id: "m1".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let mut one_without = with_ids.clone();
@@ -169,7 +175,10 @@ mod tests {
         assert!(EndSessionRequest::default().retry_is_safe());
         assert!(
             CreateSessionRequest {
-                session: Some(Session { id: "s".into(), ..Default::default() })
+                session: Some(Session {
+                    id: "s".into(),
+                    ..Default::default()
+                })
             }
             .retry_is_safe()
         );

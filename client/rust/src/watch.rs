@@ -32,6 +32,7 @@
 
 use futures_core::Stream;
 use prost::Message as _;
+use tokio::time::Instant;
 use tonic::Code;
 
 use crate::client::Client;
@@ -74,6 +75,19 @@ pub enum WatchUpdate {
     },
 }
 
+impl WatchUpdate {
+    /// response_type is the WatchSessionsResponse type this update stands for.
+    pub fn response_type(&self) -> WatchResponseType {
+        match self {
+            WatchUpdate::Created { .. } => WatchResponseType::Created,
+            WatchUpdate::Initial { .. } => WatchResponseType::Initial,
+            WatchUpdate::InitialComplete { .. } => WatchResponseType::InitialComplete,
+            WatchUpdate::Events { .. } => WatchResponseType::Events,
+            WatchUpdate::Progress { .. } => WatchResponseType::Progress,
+        }
+    }
+}
+
 /// WatchCursor is the resume point of a watch, the filter that keeps
 /// delivery exact, and the joiner of fragmented revisions.
 ///
@@ -99,7 +113,10 @@ pub struct WatchCursor {
 impl WatchCursor {
     /// new starts a cursor for `request`; `max_revision_bytes` bounds the
     /// fragments held for one revision. include_initial needs start_revision 0.
-    pub fn new(request: WatchSessionsRequest, max_revision_bytes: usize) -> Result<WatchCursor, Error> {
+    pub fn new(
+        request: WatchSessionsRequest,
+        max_revision_bytes: usize,
+    ) -> Result<WatchCursor, Error> {
         if request.include_initial && request.start_revision != 0 {
             return Err(Error::local(
                 Code::InvalidArgument,
@@ -147,7 +164,10 @@ impl WatchCursor {
     /// accept advances the resume point past `response` and returns what to
     /// deliver. It fails only when a fragmented revision outgrows the bound
     /// or the fragments break their rule (parts of two revisions mixed).
-    pub fn accept(&mut self, response: WatchSessionsResponse) -> Result<Option<WatchUpdate>, Error> {
+    pub fn accept(
+        &mut self,
+        response: WatchSessionsResponse,
+    ) -> Result<Option<WatchUpdate>, Error> {
         Ok(match response.r#type() {
             WatchResponseType::Created => {
                 let first = !self.created_seen;
@@ -209,7 +229,10 @@ impl WatchCursor {
     /// join returns the events of a whole response: a response that is not a
     /// fragment as it is (joined to the parts before it when it ends a
     /// fragmented revision), None for a part that waits for the rest.
-    fn join(&mut self, response: WatchSessionsResponse) -> Result<Option<(i64, Vec<SessionEvent>)>, Error> {
+    fn join(
+        &mut self,
+        response: WatchSessionsResponse,
+    ) -> Result<Option<(i64, Vec<SessionEvent>)>, Error> {
         if self.fragments.is_empty() && !response.fragment {
             return Ok(Some((response.revision, response.events)));
         }
@@ -223,7 +246,11 @@ impl WatchCursor {
             ));
         }
         self.fragment_revision = response.revision;
-        self.fragment_bytes += response.events.iter().map(|e| e.encoded_len()).sum::<usize>();
+        self.fragment_bytes += response
+            .events
+            .iter()
+            .map(|e| e.encoded_len())
+            .sum::<usize>();
         if self.fragment_bytes > self.max_revision_bytes {
             let bytes = self.fragment_bytes;
             self.disconnected();
@@ -240,7 +267,10 @@ impl WatchCursor {
             return Ok(None);
         }
         self.fragment_bytes = 0;
-        Ok(Some((response.revision, std::mem::take(&mut self.fragments))))
+        Ok(Some((
+            response.revision,
+            std::mem::take(&mut self.fragments),
+        )))
     }
 }
 
@@ -253,22 +283,41 @@ impl Client {
         &self,
         request: WatchSessionsRequest,
     ) -> impl Stream<Item = Result<WatchUpdate, Error>> + Send + 'static {
+        self.watch_stream(request, None)
+    }
+
+    /// watch_until is [`Client::watch`] that ends with DEADLINE_EXCEEDED at
+    /// `deadline`: each (re)connection is sent with the time that remains,
+    /// and no reconnection is made past it.
+    pub fn watch_until(
+        &self,
+        request: WatchSessionsRequest,
+        deadline: Instant,
+    ) -> impl Stream<Item = Result<WatchUpdate, Error>> + Send + 'static {
+        self.watch_stream(request, Some(deadline))
+    }
+
+    fn watch_stream(
+        &self,
+        request: WatchSessionsRequest,
+        deadline: Option<Instant>,
+    ) -> impl Stream<Item = Result<WatchUpdate, Error>> + Send + 'static {
         let client = self.clone();
         async_stream::try_stream! {
             let mut cursor = WatchCursor::new(request, client.max_watch_revision_bytes())?;
-            let backoff = client.retry_policy().backoff;
+            let backoff = client.watch_backoff();
             let mut failures: u32 = 0;
             loop {
+                let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 let opened = client
-                    .session_stub()
-                    .watch_sessions(client.request(cursor.request(), None))
-                    .await;
+                    .guard(deadline, client.session_stub().watch_sessions(client.request(cursor.request(), remaining)))
+                    .await?;
                 match opened {
                     Err(status) => reconnect_or_fail(status)?,
                     Ok(response) => {
                         let mut stream = response.into_inner();
                         loop {
-                            match stream.message().await {
+                            match client.guard(deadline, stream.message()).await? {
                                 Ok(Some(response)) => {
                                     if response.r#type() == WatchResponseType::Created {
                                         failures = 0;
@@ -288,7 +337,11 @@ impl Client {
                     }
                 }
                 cursor.disconnected();
-                tokio::time::sleep(backoff.delay(failures)).await;
+                let delay = backoff.delay(failures);
+                if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                    Err(Error::local(Code::DeadlineExceeded, "the watch reached its deadline"))?;
+                }
+                client.guard(None, tokio::time::sleep(delay)).await?;
                 failures = failures.saturating_add(1);
             }
         }
@@ -310,7 +363,12 @@ fn reconnect_or_fail(status: tonic::Status) -> Result<(), Error> {
 mod tests {
     use super::*;
 
-    fn response(kind: WatchResponseType, revision: i64, events: &[i64], fragment: bool) -> WatchSessionsResponse {
+    fn response(
+        kind: WatchResponseType,
+        revision: i64,
+        events: &[i64],
+        fragment: bool,
+    ) -> WatchSessionsResponse {
         WatchSessionsResponse {
             r#type: kind as i32,
             revision,
@@ -337,76 +395,196 @@ mod tests {
     #[test]
     fn a_from_now_watch_resumes_after_the_created_revision() {
         let mut cursor = WatchCursor::new(WatchSessionsRequest::default(), 1 << 20).unwrap();
-        let created = cursor.accept(response(WatchResponseType::Created, 41, &[], false)).unwrap();
-        assert!(matches!(created, Some(WatchUpdate::Created { revision: 41, .. })));
+        let created = cursor
+            .accept(response(WatchResponseType::Created, 41, &[], false))
+            .unwrap();
+        assert!(matches!(
+            created,
+            Some(WatchUpdate::Created { revision: 41, .. })
+        ));
         assert_eq!(cursor.request().start_revision, 42);
         // A reconnection's Created is not delivered again.
-        assert_eq!(cursor.accept(response(WatchResponseType::Created, 50, &[], false)).unwrap(), None);
+        assert_eq!(
+            cursor
+                .accept(response(WatchResponseType::Created, 50, &[], false))
+                .unwrap(),
+            None
+        );
         assert_eq!(cursor.request().start_revision, 42);
     }
 
     #[test]
     fn replayed_revisions_are_dropped_and_the_rest_delivered_once() {
-        let request = WatchSessionsRequest { start_revision: 10, ..Default::default() };
+        let request = WatchSessionsRequest {
+            start_revision: 10,
+            ..Default::default()
+        };
         let mut cursor = WatchCursor::new(request, 1 << 20).unwrap();
-        assert_eq!(revisions(cursor.accept(response(WatchResponseType::Events, 11, &[10, 11], false)).unwrap()), [10, 11]);
+        assert_eq!(
+            revisions(
+                cursor
+                    .accept(response(WatchResponseType::Events, 11, &[10, 11], false))
+                    .unwrap()
+            ),
+            [10, 11]
+        );
         assert_eq!(cursor.request().start_revision, 12);
-        assert_eq!(cursor.accept(response(WatchResponseType::Events, 11, &[11], false)).unwrap(), None);
-        assert_eq!(revisions(cursor.accept(response(WatchResponseType::Events, 13, &[11, 12, 13], false)).unwrap()), [12, 13]);
+        assert_eq!(
+            cursor
+                .accept(response(WatchResponseType::Events, 11, &[11], false))
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            revisions(
+                cursor
+                    .accept(response(
+                        WatchResponseType::Events,
+                        13,
+                        &[11, 12, 13],
+                        false
+                    ))
+                    .unwrap()
+            ),
+            [12, 13]
+        );
     }
 
     #[test]
     fn fragments_are_joined_into_one_revision() {
-        let request = WatchSessionsRequest { start_revision: 5, ..Default::default() };
+        let request = WatchSessionsRequest {
+            start_revision: 5,
+            ..Default::default()
+        };
         let mut cursor = WatchCursor::new(request, 1 << 20).unwrap();
-        assert_eq!(cursor.accept(response(WatchResponseType::Events, 5, &[5, 5], true)).unwrap(), None);
-        assert_eq!(cursor.accept(response(WatchResponseType::Events, 5, &[5], true)).unwrap(), None);
+        assert_eq!(
+            cursor
+                .accept(response(WatchResponseType::Events, 5, &[5, 5], true))
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            cursor
+                .accept(response(WatchResponseType::Events, 5, &[5], true))
+                .unwrap(),
+            None
+        );
         // Nothing of revision 5 was delivered, so a resume asks for it again.
         assert_eq!(cursor.request().start_revision, 5);
-        assert_eq!(revisions(cursor.accept(response(WatchResponseType::Events, 5, &[5, 5], false)).unwrap()), [5, 5, 5, 5, 5]);
+        assert_eq!(
+            revisions(
+                cursor
+                    .accept(response(WatchResponseType::Events, 5, &[5, 5], false))
+                    .unwrap()
+            ),
+            [5, 5, 5, 5, 5]
+        );
         assert_eq!(cursor.request().start_revision, 6);
     }
 
     #[test]
     fn fragments_of_a_broken_stream_are_forgotten_and_sent_again() {
-        let request = WatchSessionsRequest { start_revision: 5, ..Default::default() };
+        let request = WatchSessionsRequest {
+            start_revision: 5,
+            ..Default::default()
+        };
         let mut cursor = WatchCursor::new(request, 1 << 20).unwrap();
-        assert_eq!(cursor.accept(response(WatchResponseType::Events, 5, &[5, 5], true)).unwrap(), None);
+        assert_eq!(
+            cursor
+                .accept(response(WatchResponseType::Events, 5, &[5, 5], true))
+                .unwrap(),
+            None
+        );
         cursor.disconnected();
-        assert_eq!(cursor.accept(response(WatchResponseType::Events, 5, &[5, 5], true)).unwrap(), None);
-        assert_eq!(revisions(cursor.accept(response(WatchResponseType::Events, 5, &[5], false)).unwrap()), [5, 5, 5]);
+        assert_eq!(
+            cursor
+                .accept(response(WatchResponseType::Events, 5, &[5, 5], true))
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            revisions(
+                cursor
+                    .accept(response(WatchResponseType::Events, 5, &[5], false))
+                    .unwrap()
+            ),
+            [5, 5, 5]
+        );
     }
 
     #[test]
     fn a_revision_larger_than_the_bound_fails_with_resource_exhausted() {
-        let request = WatchSessionsRequest { start_revision: 5, ..Default::default() };
+        let request = WatchSessionsRequest {
+            start_revision: 5,
+            ..Default::default()
+        };
         let mut cursor = WatchCursor::new(request, 20).unwrap();
-        assert_eq!(cursor.accept(response(WatchResponseType::Events, 5, &[5], true)).unwrap(), None);
-        let error = cursor.accept(response(WatchResponseType::Events, 5, &[5, 5, 5, 5], true)).unwrap_err();
+        assert_eq!(
+            cursor
+                .accept(response(WatchResponseType::Events, 5, &[5], true))
+                .unwrap(),
+            None
+        );
+        let error = cursor
+            .accept(response(WatchResponseType::Events, 5, &[5, 5, 5, 5], true))
+            .unwrap_err();
         assert_eq!(error.code(), Code::ResourceExhausted);
-        assert!(error.message().contains("max_watch_revision_bytes"), "{error}");
+        assert!(
+            error.message().contains("max_watch_revision_bytes"),
+            "{error}"
+        );
     }
 
     #[test]
     fn fragments_mixed_with_another_revision_are_an_error() {
-        let request = WatchSessionsRequest { start_revision: 5, ..Default::default() };
+        let request = WatchSessionsRequest {
+            start_revision: 5,
+            ..Default::default()
+        };
         let mut cursor = WatchCursor::new(request, 1 << 20).unwrap();
-        assert_eq!(cursor.accept(response(WatchResponseType::Events, 5, &[5], true)).unwrap(), None);
-        let error = cursor.accept(response(WatchResponseType::Events, 6, &[6], false)).unwrap_err();
+        assert_eq!(
+            cursor
+                .accept(response(WatchResponseType::Events, 5, &[5], true))
+                .unwrap(),
+            None
+        );
+        let error = cursor
+            .accept(response(WatchResponseType::Events, 6, &[6], false))
+            .unwrap_err();
         assert_eq!(error.code(), Code::Internal);
     }
 
     #[test]
     fn initial_state_is_resent_until_complete_then_the_watch_continues_after_it() {
-        let request = WatchSessionsRequest { include_initial: true, ..Default::default() };
+        let request = WatchSessionsRequest {
+            include_initial: true,
+            ..Default::default()
+        };
         let mut cursor = WatchCursor::new(request, 1 << 20).unwrap();
-        assert!(cursor.accept(response(WatchResponseType::Created, 7, &[], false)).unwrap().is_some());
-        assert!(matches!(cursor.accept(response(WatchResponseType::Initial, 0, &[3], false)).unwrap(), Some(WatchUpdate::Initial { .. })));
+        assert!(
+            cursor
+                .accept(response(WatchResponseType::Created, 7, &[], false))
+                .unwrap()
+                .is_some()
+        );
+        assert!(matches!(
+            cursor
+                .accept(response(WatchResponseType::Initial, 0, &[3], false))
+                .unwrap(),
+            Some(WatchUpdate::Initial { .. })
+        ));
         // Broken before InitialComplete: the next request asks for the initial state again.
         assert!(cursor.request().include_initial);
-        assert_eq!(cursor.accept(response(WatchResponseType::Progress, 7, &[], false)).unwrap(), None);
         assert_eq!(
-            cursor.accept(response(WatchResponseType::InitialComplete, 7, &[], false)).unwrap(),
+            cursor
+                .accept(response(WatchResponseType::Progress, 7, &[], false))
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            cursor
+                .accept(response(WatchResponseType::InitialComplete, 7, &[], false))
+                .unwrap(),
             Some(WatchUpdate::InitialComplete { revision: 7 })
         );
         let next = cursor.request();
@@ -416,7 +594,11 @@ mod tests {
 
     #[test]
     fn include_initial_with_a_start_revision_is_refused() {
-        let request = WatchSessionsRequest { include_initial: true, start_revision: 3, ..Default::default() };
+        let request = WatchSessionsRequest {
+            include_initial: true,
+            start_revision: 3,
+            ..Default::default()
+        };
         let error = WatchCursor::new(request, 1 << 20).unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument);
         assert!(error.message().starts_with("start_revision"));
@@ -424,11 +606,21 @@ mod tests {
 
     #[test]
     fn progress_behind_what_was_delivered_is_dropped() {
-        let request = WatchSessionsRequest { start_revision: 10, ..Default::default() };
+        let request = WatchSessionsRequest {
+            start_revision: 10,
+            ..Default::default()
+        };
         let mut cursor = WatchCursor::new(request, 1 << 20).unwrap();
-        assert_eq!(cursor.accept(response(WatchResponseType::Progress, 8, &[], false)).unwrap(), None);
         assert_eq!(
-            cursor.accept(response(WatchResponseType::Progress, 12, &[], false)).unwrap(),
+            cursor
+                .accept(response(WatchResponseType::Progress, 8, &[], false))
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            cursor
+                .accept(response(WatchResponseType::Progress, 12, &[], false))
+                .unwrap(),
             Some(WatchUpdate::Progress { revision: 12 })
         );
         assert_eq!(cursor.request().start_revision, 13);
