@@ -230,13 +230,15 @@ impl Error {
     /// reason REVISION_COMPACTED): list again, then watch from the list's
     /// revision + 1. The compacted revision is 0 if the server did not say.
     pub fn relist_required(&self) -> Option<i64> {
-        (self.0.code == Code::FailedPrecondition && self.0.reason == Some(Reason::RevisionCompacted))
-            .then(|| {
-                self.0.metadata
-                    .get("compacted_revision")
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(0)
-            })
+        (self.0.code == Code::FailedPrecondition
+            && self.0.reason == Some(Reason::RevisionCompacted))
+        .then(|| {
+            self.0
+                .metadata
+                .get("compacted_revision")
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0)
+        })
     }
 }
 

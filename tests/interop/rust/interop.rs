@@ -6,6 +6,8 @@
 //! still fails on a broken server or client. Built as the `interop` test
 //! target of client/rust.
 
+mod layer;
+
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::pin::Pin;
@@ -47,7 +49,11 @@ fn reason(e: &Error) -> &str {
 fn error(e: &Error) -> Value {
     let mut out = json!({"code": code_name(e.code()), "reason": reason(e)});
     if !e.field_violations().is_empty() {
-        let mut fields: Vec<&str> = e.field_violations().iter().map(|v| v.field.as_str()).collect();
+        let mut fields: Vec<&str> = e
+            .field_violations()
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
         fields.sort();
         out["field_violations"] = json!(fields);
     }
@@ -64,7 +70,12 @@ async fn next(watch: &mut Watch) -> WatchUpdate {
 }
 
 fn user(id: &str, content: &str) -> Message {
-    Message { id: id.into(), role: Role::User as i32, content: content.into(), ..Default::default() }
+    Message {
+        id: id.into(),
+        role: Role::User as i32,
+        content: content.into(),
+        ..Default::default()
+    }
 }
 
 struct Scenario {
@@ -98,7 +109,10 @@ impl Scenario {
     }
 
     fn wrote(&mut self, revision: i64) {
-        assert!(revision > 0, "a write that changed something has a revision");
+        assert!(
+            revision > 0,
+            "a write that changed something has a revision"
+        );
         self.written.push(revision);
     }
 
@@ -151,11 +165,17 @@ impl Scenario {
     }
 
     fn watch_filter(&self) -> Option<WatchFilter> {
-        Some(WatchFilter { labels: self.labels.clone(), ..Default::default() })
+        Some(WatchFilter {
+            labels: self.labels.clone(),
+            ..Default::default()
+        })
     }
 
     fn session_filter(&self) -> Option<SessionFilter> {
-        Some(SessionFilter { labels: self.labels.clone(), ..Default::default() })
+        Some(SessionFilter {
+            labels: self.labels.clone(),
+            ..Default::default()
+        })
     }
 
     fn watch_from(&self, start_revision: i64) -> Watch {
@@ -193,7 +213,9 @@ impl Scenario {
         let a = self.id("a");
 
         let created = c
-            .create_session(CreateSessionRequest { session: Some(self.new_session("a")) })
+            .create_session(CreateSessionRequest {
+                session: Some(self.new_session("a")),
+            })
             .await
             .expect("CreateSession a");
         self.wrote(created.revision);
@@ -209,12 +231,22 @@ impl Scenario {
         assert!(matches!(opened, WatchUpdate::Created { .. }), "{opened:?}");
 
         let again = c
-            .create_session(CreateSessionRequest { session: Some(self.new_session("a")) })
+            .create_session(CreateSessionRequest {
+                session: Some(self.new_session("a")),
+            })
             .await
             .expect("CreateSession a again");
-        self.emit("create_session_again", json!({"created": again.created, "revision": again.revision}));
+        self.emit(
+            "create_session_again",
+            json!({"created": again.created, "revision": again.revision}),
+        );
 
-        let got = c.get_session(GetSessionRequest { session_id: a.clone() }).await.expect("GetSession");
+        let got = c
+            .get_session(GetSessionRequest {
+                session_id: a.clone(),
+            })
+            .await
+            .expect("GetSession");
         let summary = self.session(got.session.as_ref());
         self.emit("get_session", json!({ "session": summary }));
 
@@ -250,9 +282,16 @@ impl Scenario {
         self.wrote(appended.revision);
         let append_revision = appended.revision;
         let seqs: Vec<i64> = appended.messages.iter().map(|m| m.seq).collect();
-        let roles: Vec<&str> = appended.messages.iter().map(|m| m.role().as_str_name()).collect();
+        let roles: Vec<&str> = appended
+            .messages
+            .iter()
+            .map(|m| m.role().as_str_name())
+            .collect();
         let summary = self.session(appended.session.as_ref());
-        self.emit("append_messages", json!({"seqs": seqs, "roles": roles, "session": summary}));
+        self.emit(
+            "append_messages",
+            json!({"seqs": seqs, "roles": roles, "session": summary}),
+        );
 
         let retry = c
             .append_messages(AppendMessagesRequest {
@@ -263,12 +302,17 @@ impl Scenario {
             .await
             .expect("AppendMessages again");
         let seqs: Vec<i64> = retry.messages.iter().map(|m| m.seq).collect();
-        self.emit("append_retry", json!({"seqs": seqs, "revision": retry.revision}));
+        self.emit(
+            "append_retry",
+            json!({"seqs": seqs, "revision": retry.revision}),
+        );
 
         let mut flags = Vec::new();
         for suffix in ["b", "c", "d", "e", "f"] {
             let more = c
-                .create_session(CreateSessionRequest { session: Some(self.new_session(suffix)) })
+                .create_session(CreateSessionRequest {
+                    session: Some(self.new_session(suffix)),
+                })
                 .await
                 .expect("CreateSession");
             self.wrote(more.revision);
@@ -299,7 +343,10 @@ impl Scenario {
             }
             assert!(pages.len() < 10, "pagination does not end");
         }
-        self.emit("list_sessions", json!({"pages": pages, "total_size": totals}));
+        self.emit(
+            "list_sessions",
+            json!({"pages": pages, "total_size": totals}),
+        );
 
         let usage_request = RecordUsageRequest {
             session_id: a.clone(),
@@ -316,7 +363,10 @@ impl Scenario {
             }),
             errored: false,
         };
-        let recorded = c.record_usage(usage_request.clone()).await.expect("RecordUsage");
+        let recorded = c
+            .record_usage(usage_request.clone())
+            .await
+            .expect("RecordUsage");
         self.wrote(recorded.revision);
         self.emit(
             "record_usage",
@@ -326,7 +376,10 @@ impl Scenario {
                 "model_usage": usage(recorded.model_usage.as_ref()),
             }),
         );
-        let duplicate = c.record_usage(usage_request).await.expect("RecordUsage again");
+        let duplicate = c
+            .record_usage(usage_request)
+            .await
+            .expect("RecordUsage again");
         self.emit(
             "record_usage_retry",
             json!({"duplicate": duplicate.duplicate, "same_revision": duplicate.revision == recorded.revision}),
@@ -337,7 +390,11 @@ impl Scenario {
                 model: "model-b".into(),
                 request_id: "u2".into(),
                 errored: true,
-                usage: Some(Usage { prompt_tokens: 10, cost_micros: 7, ..Default::default() }),
+                usage: Some(Usage {
+                    prompt_tokens: 10,
+                    cost_micros: 7,
+                    ..Default::default()
+                }),
             })
             .await
             .expect("RecordUsage errored");
@@ -352,7 +409,9 @@ impl Scenario {
         );
 
         let stats = c
-            .get_stats(GetStatsRequest { filter: self.session_filter() })
+            .get_stats(GetStatsRequest {
+                filter: self.session_filter(),
+            })
             .await
             .expect("GetStats")
             .stats
@@ -376,16 +435,22 @@ impl Scenario {
         );
 
         let missing = c
-            .get_session(GetSessionRequest { session_id: self.id("missing") })
+            .get_session(GetSessionRequest {
+                session_id: self.id("missing"),
+            })
             .await
             .expect_err("GetSession of a missing session succeeded");
-        let matched = missing.code() == Code::NotFound && missing.reason() == Some(&Reason::SessionNotFound);
+        let matched =
+            missing.code() == Code::NotFound && missing.reason() == Some(&Reason::SessionNotFound);
         let mut line = error(&missing);
         line["matched"] = json!(matched);
         self.emit("error_not_found", line);
 
         let invalid = c
-            .list_sessions(ListSessionsRequest { page_size: -1, ..Default::default() })
+            .list_sessions(ListSessionsRequest {
+                page_size: -1,
+                ..Default::default()
+            })
             .await
             .expect_err("ListSessions with page_size -1 succeeded");
         self.emit("error_invalid_argument", error(&invalid));
@@ -393,7 +458,10 @@ impl Scenario {
         // A watch with a deadline: the Rust layer's watch_until.
         let mut idle: Watch = Box::pin(c.watch_until(
             WatchSessionsRequest {
-                filter: Some(WatchFilter { session_ids: vec![self.id("idle")], ..Default::default() }),
+                filter: Some(WatchFilter {
+                    session_ids: vec![self.id("idle")],
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             Instant::now() + Duration::from_millis(300),
@@ -410,7 +478,10 @@ impl Scenario {
                 None => panic!("a watch with a deadline ended without an error"),
             }
         };
-        self.emit("deadline", json!({"first_response": first_type, "code": code_name(ended.code())}));
+        self.emit(
+            "deadline",
+            json!({"first_response": first_type, "code": code_name(ended.code())}),
+        );
 
         // Watch: the first stream up to the append, closed, then a second one
         // from the last revision seen + 1.
@@ -434,8 +505,14 @@ impl Scenario {
             self.take(update, &mut revisions, &mut seen);
         }
         drop(second);
-        assert_eq!(revisions, self.written, "the watches saw exactly this run's writes, once, in order");
-        self.emit("watch", json!({"resumed": last_seen < last_written, "events": seen}));
+        assert_eq!(
+            revisions, self.written,
+            "the watches saw exactly this run's writes, once, in order"
+        );
+        self.emit(
+            "watch",
+            json!({"resumed": last_seen < last_written, "events": seen}),
+        );
     }
 
     /// take records the events of an update as [index among this run's
@@ -455,8 +532,18 @@ impl Scenario {
                 .written
                 .iter()
                 .position(|w| *w == e.revision)
-                .unwrap_or_else(|| panic!("event of revision {} that this run did not write", e.revision));
-            seen.push(json!([index, e.r#type().as_str_name(), self.short(&e.session_id), e.messages.len()]));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "event of revision {} that this run did not write",
+                        e.revision
+                    )
+                });
+            seen.push(json!([
+                index,
+                e.r#type().as_str_name(),
+                self.short(&e.session_id),
+                e.messages.len()
+            ]));
         }
     }
 
@@ -494,11 +581,22 @@ impl Scenario {
             .await
             .expect("SetRuntimeState RUNNING");
         written.push(running.revision);
-        self.read_until(&mut watch, running.revision, &written, &mut delivered, &mut events, &mut created).await;
+        self.read_until(
+            &mut watch,
+            running.revision,
+            &written,
+            &mut delivered,
+            &mut events,
+            &mut created,
+        )
+        .await;
 
         // The watch is not read while the server is killed and restarted.
         let restart = std::env::var("SESSIOND_INTEROP_RESTART").expect("SESSIOND_INTEROP_RESTART");
-        let status = tokio::process::Command::new(&restart).status().await.expect("the restart command");
+        let status = tokio::process::Command::new(&restart)
+            .status()
+            .await
+            .expect("the restart command");
         assert!(status.success(), "the restart command failed: {status}");
 
         // A runtime that restarted with the server has a new client.
@@ -524,12 +622,26 @@ impl Scenario {
         written.push(self.end(&writer, "c", "").await);
         drop(writer);
         let last = *written.last().unwrap();
-        self.read_until(&mut watch, last, &written, &mut delivered, &mut events, &mut created).await;
+        self.read_until(
+            &mut watch,
+            last,
+            &written,
+            &mut delivered,
+            &mut events,
+            &mut created,
+        )
+        .await;
         drop(watch);
         assert_eq!(created, 1, "CREATED delivered {created} times");
-        assert_eq!(delivered, written, "the watch delivered each write once across the restart");
+        assert_eq!(
+            delivered, written,
+            "the watch delivered each write once across the restart"
+        );
         initial.sort();
-        self.emit("watch_restart", json!({"initial": initial, "events": events}));
+        self.emit(
+            "watch_restart",
+            json!({"initial": initial, "events": events}),
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -551,7 +663,12 @@ impl Scenario {
                             delivered.push(e.revision);
                         }
                         let index = written.iter().position(|w| *w == e.revision);
-                        events.push(json!([index, e.r#type().as_str_name(), self.short(&e.session_id), e.messages.len()]));
+                        events.push(json!([
+                            index,
+                            e.r#type().as_str_name(),
+                            self.short(&e.session_id),
+                            e.messages.len()
+                        ]));
                     }
                 }
                 WatchUpdate::Progress { .. } => {}
@@ -583,12 +700,18 @@ impl Scenario {
         lossy.close();
         let listed = self
             .client
-            .list_messages(ListMessagesRequest { session_id: a.clone(), last_n: 10, ..Default::default() })
+            .list_messages(ListMessagesRequest {
+                session_id: a.clone(),
+                last_n: 10,
+                ..Default::default()
+            })
             .await
             .expect("ListMessages")
             .messages;
-        let stored: Vec<usize> =
-            ["m5", "m6"].iter().map(|wanted| listed.iter().filter(|m| m.id == *wanted).count()).collect();
+        let stored: Vec<usize> = ["m5", "m6"]
+            .iter()
+            .map(|wanted| listed.iter().filter(|m| m.id == *wanted).count())
+            .collect();
         let count = self
             .client
             .get_session(GetSessionRequest { session_id: a })
@@ -606,7 +729,9 @@ impl Scenario {
 
     async fn play_page_walk(&mut self) {
         let walk_labels = HashMap::from([("interop_walk".to_string(), self.run.clone())]);
-        let ids: Vec<String> = (0..WALK_SESSIONS).map(|i| self.id(&format!("w{i:04}"))).collect();
+        let ids: Vec<String> = (0..WALK_SESSIONS)
+            .map(|i| self.id(&format!("w{i:04}")))
+            .collect();
         for id in &ids {
             self.client
                 .create_session(CreateSessionRequest {
@@ -625,7 +750,10 @@ impl Scenario {
         let walked: Vec<String> = self
             .client
             .sessions(ListSessionsRequest {
-                filter: Some(SessionFilter { labels: walk_labels, ..Default::default() }),
+                filter: Some(SessionFilter {
+                    labels: walk_labels,
+                    ..Default::default()
+                }),
                 order_by: SessionOrderField::StartedAt as i32,
                 ascending: true,
                 page_size: WALK_PAGE_SIZE,
@@ -645,7 +773,10 @@ impl Scenario {
         for _ in 0..COMPACTION_POLLS {
             let mut watch = self.watch_from(self.first_revision);
             let first = next(&mut watch).await;
-            let WatchUpdate::Created { compacted_revision, .. } = first else {
+            let WatchUpdate::Created {
+                compacted_revision, ..
+            } = first
+            else {
                 panic!("the first update is not CREATED: {first:?}");
             };
             if compacted_revision < self.first_revision {
@@ -657,7 +788,10 @@ impl Scenario {
                 Some(Err(e)) => e,
                 other => panic!("a compacted watch delivered {other:?}"),
             };
-            assert!(watch.next().await.is_none(), "the watch ends after its error");
+            assert!(
+                watch.next().await.is_none(),
+                "the watch ends after its error"
+            );
             let relist = e.relist_required();
             self.emit(
                 "compacted",
@@ -677,11 +811,17 @@ impl Scenario {
     async fn play_relist(&mut self) {
         let listed = self
             .client
-            .list_sessions(ListSessionsRequest { filter: self.session_filter(), ..Default::default() })
+            .list_sessions(ListSessionsRequest {
+                filter: self.session_filter(),
+                ..Default::default()
+            })
             .await
             .expect("ListSessions");
-        let mut sessions: Vec<(String, &str)> =
-            listed.sessions.iter().map(|s| (self.short(&s.id), s.status().as_str_name())).collect();
+        let mut sessions: Vec<(String, &str)> = listed
+            .sessions
+            .iter()
+            .map(|s| (self.short(&s.id), s.status().as_str_name()))
+            .collect();
         sessions.sort();
         let mut watch = self.watch_from(listed.revision + 1);
         let opened = next(&mut watch).await;
@@ -689,10 +829,18 @@ impl Scenario {
         let ended = self.end(&self.client, "d", "").await;
         let mut events: Vec<Value> = Vec::new();
         loop {
-            let WatchUpdate::Events { revision, events: batch } = next(&mut watch).await else {
+            let WatchUpdate::Events {
+                revision,
+                events: batch,
+            } = next(&mut watch).await
+            else {
                 continue;
             };
-            events.extend(batch.iter().map(|e| json!([e.r#type().as_str_name(), self.short(&e.session_id)])));
+            events.extend(
+                batch
+                    .iter()
+                    .map(|e| json!([e.r#type().as_str_name(), self.short(&e.session_id)])),
+            );
             if revision >= ended {
                 break;
             }
@@ -704,11 +852,19 @@ impl Scenario {
 #[tokio::test]
 async fn interop_scenario_against_the_python_server() {
     let Ok(address) = std::env::var("SESSIOND_ADDRESS") else {
-        eprintln!("skipped: SESSIOND_ADDRESS is not set (scripts/interop.sh starts a server and sets it)");
+        eprintln!(
+            "skipped: SESSIOND_ADDRESS is not set (scripts/interop.sh starts a server and sets it)"
+        );
         return;
     };
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
-    let run = format!("interop-rust-{:08x}", nanos ^ std::process::id().rotate_left(16));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let run = format!(
+        "interop-rust-{:08x}",
+        nanos ^ std::process::id().rotate_left(16)
+    );
     let mut scenario = Scenario {
         client: Client::new(address.clone()).expect("a client"),
         address,
