@@ -5,29 +5,32 @@
 //! the model's context, appends the assistant's reply with a tool call and
 //! the tool's result, records the model usage, and sets the state back to
 //! IDLE. Every write carries an id derived from the turn, so running the
-//! same turn again (a crashed runtime retrying it) stores nothing twice.
+//! same turn again (a runtime that crashed mid-turn and retries it) stores
+//! nothing twice.
 //!
-//!     agent [SESSION_ID] [TURN] [USER_TEXT]
+//!     agent [--address HOST:PORT] [--session ID] [--turn TURN] [USER_TEXT]
 //!
-//! The server is $SESSIOND_ADDRESS (default 127.0.0.1:50051); the API key,
-//! if the server wants one, is $SESSIOND_API_KEY.
+//! The session defaults to $SESSIOND_EXAMPLE_SESSION, else `example:rust`.
 
 use sessiond_client::v1::*;
-use sessiond_client::{Client, DEFAULT_ADDRESS, Error, Reason};
+use sessiond_client::{Error, Reason};
+use sessiond_examples::{Args, short_name};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let mut args = std::env::args().skip(1);
-    let session_id = args.next().unwrap_or_else(|| "example-rust".into());
-    let turn = args.next().unwrap_or_else(|| "1".into());
-    let text = args.next().unwrap_or_else(|| "How many words are in this question?".into());
-
-    let address = std::env::var("SESSIOND_ADDRESS").unwrap_or_else(|_| DEFAULT_ADDRESS.into());
-    let mut builder = Client::builder(address);
-    if let Ok(key) = std::env::var("SESSIOND_API_KEY") {
-        builder = builder.api_key(key);
-    }
-    let client = builder.build()?;
+    let args = Args::parse(&[]);
+    let session_id = args
+        .value("session", "SESSIOND_EXAMPLE_SESSION")
+        .unwrap_or_else(|| "example:rust".into());
+    let turn_id = args
+        .value("turn", "SESSIOND_EXAMPLE_TURN")
+        .unwrap_or_else(|| "t1".into());
+    let text = args
+        .positional
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "How many words are in this question?".into());
+    let client = args.client()?;
 
     // The session exists from the first turn on; later turns only touch it.
     let touched = client
@@ -42,16 +45,13 @@ async fn main() -> Result<(), Error> {
             }),
         })
         .await;
-    match touched {
-        Ok(_) => {}
-        Err(e) if e.reason() == Some(&Reason::SessionEnded) => {
+    if let Err(e) = touched {
+        if e.reason() == Some(&Reason::SessionEnded) {
             eprintln!("session {session_id} has ended; start another one");
-            return Err(e);
         }
-        Err(e) => return Err(e),
+        return Err(e);
     }
 
-    let turn_id = format!("turn-{turn}");
     client
         .set_runtime_state(SetRuntimeStateRequest {
             session_id: session_id.clone(),
@@ -76,12 +76,20 @@ async fn main() -> Result<(), Error> {
 
     // The model's context: the last 20 messages, oldest first.
     let context = client
-        .list_messages(ListMessagesRequest { session_id: session_id.clone(), last_n: 20, ..Default::default() })
+        .list_messages(ListMessagesRequest {
+            session_id: session_id.clone(),
+            last_n: 20,
+            ..Default::default()
+        })
         .await?
         .messages;
-    println!("context: {} message(s), last seq {}", context.len(), context.last().map_or(0, |m| m.seq));
+    println!(
+        "context: {} message(s), the last at seq {}",
+        context.len(),
+        context.last().map_or(0, |m| m.seq)
+    );
 
-    // A stand-in for the model: it calls a word-counting tool and answers.
+    // A stand-in for the model: it calls a word-counting tool.
     let call_id = format!("{turn_id}-call");
     let words = text.split_whitespace().count();
     let replied = client
@@ -91,7 +99,7 @@ async fn main() -> Result<(), Error> {
                 Message {
                     id: format!("{turn_id}-assistant"),
                     role: Role::Assistant as i32,
-                    content: "Let me count.".into(),
+                    content: "Let me count the words.".into(),
                     tool_calls: vec![ToolCall {
                         id: call_id.clone(),
                         name: "count_words".into(),
@@ -107,24 +115,23 @@ async fn main() -> Result<(), Error> {
                     content: words.to_string(),
                     ..Default::default()
                 },
-                Message {
-                    id: format!("{turn_id}-answer"),
-                    role: Role::Assistant as i32,
-                    content: format!("Your question has {words} words."),
-                    ..Default::default()
-                },
             ],
             expected_last_seq: None,
         })
         .await?;
 
-    // Usage in micro-dollars; request_id makes a retried record count once.
+    // Usage in micro-dollars; request_id makes a repeated record count once.
     let recorded = client
         .record_usage(RecordUsageRequest {
             session_id: session_id.clone(),
             model: "example-model".into(),
             request_id: format!("{turn_id}-usage"),
-            usage: Some(Usage { prompt_tokens: 120, completion_tokens: 30, cost_micros: 450, ..Default::default() }),
+            usage: Some(Usage {
+                prompt_tokens: 812,
+                completion_tokens: 95,
+                cost_micros: 3_180,
+                ..Default::default()
+            }),
             errored: false,
         })
         .await?;
@@ -138,16 +145,21 @@ async fn main() -> Result<(), Error> {
         .await?;
 
     let session = idle.session.unwrap_or_default();
+    let usage = session.usage.unwrap_or_default();
     println!(
-        "session {}: {} messages, {} turns, {} tool calls, cost {} micro-dollars{}, state {}",
+        "{}: {} messages, {} tool call(s), {} tokens, {} micro-dollars{}, {}; reply at seqs {:?}",
         session.id,
         session.message_count,
-        session.turn_count,
         session.tool_call_count,
-        session.usage.map_or(0, |u| u.cost_micros),
-        if recorded.duplicate { " (usage already recorded)" } else { "" },
-        session.runtime_state().as_str_name(),
+        usage.total_tokens,
+        usage.cost_micros,
+        if recorded.duplicate {
+            " (usage already recorded)"
+        } else {
+            ""
+        },
+        short_name(session.runtime_state().as_str_name(), "RUNTIME_STATE_"),
+        replied.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
     );
-    println!("reply seqs: {:?}", replied.messages.iter().map(|m| m.seq).collect::<Vec<_>>());
     Ok(())
 }

@@ -1,42 +1,40 @@
 //! Follows sessions over a watch and prints every change of status or
 //! runtime state, as a dashboard or a supervisor would.
 //!
-//! It starts with the current state of every session (include_initial), then
-//! prints one line per change. The client's watch reconnects by itself after
-//! a lost connection or a server restart, without a gap or a repeat; when the
-//! server no longer holds the revision to resume from, it starts over from
-//! the current state, as the error asks.
+//! It starts from the current state of the sessions (include_initial), says
+//! "watching" once that state is complete, then prints one line per change.
+//! The client's watch reconnects by itself after a lost connection or a
+//! server restart, with no gap and no repeat; when the server no longer
+//! holds the revision to resume from, this program starts over from the
+//! current state, as the error asks.
 //!
-//!     follow [SESSION_ID] [CHANGES]
+//!     follow [--address HOST:PORT] [--session ID] [--until-idle]
 //!
-//! With SESSION_ID it follows that session only; with CHANGES it exits after
-//! printing that many changes (the first state of a session counts as one).
-//! The server is $SESSIOND_ADDRESS (default 127.0.0.1:50051); the API key,
-//! if the server wants one, is $SESSIOND_API_KEY.
+//! The session defaults to $SESSIOND_EXAMPLE_SESSION, else every session.
+//! With --until-idle it exits once the session has gone from running back
+//! to idle.
 
 use std::collections::HashMap;
 
 use futures_util::StreamExt;
 use sessiond_client::v1::*;
-use sessiond_client::{Client, DEFAULT_ADDRESS, Error, WatchUpdate};
+use sessiond_client::{Error, WatchUpdate};
+use sessiond_examples::{Args, short_name};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let mut args = std::env::args().skip(1);
-    let session_id = args.next().filter(|s| !s.is_empty());
-    let limit: Option<usize> = args.next().map(|n| n.parse().expect("CHANGES is a number"));
-
-    let address = std::env::var("SESSIOND_ADDRESS").unwrap_or_else(|_| DEFAULT_ADDRESS.into());
-    let mut builder = Client::builder(address);
-    if let Ok(key) = std::env::var("SESSIOND_API_KEY") {
-        builder = builder.api_key(key);
-    }
-    let client = builder.build()?;
-    let filter = WatchFilter { session_ids: session_id.into_iter().collect(), ..Default::default() };
+    let args = Args::parse(&["until-idle"]);
+    let session_id = args.value("session", "SESSIOND_EXAMPLE_SESSION");
+    let until_idle = args.switch("until-idle");
+    let client = args.client()?;
+    let filter = WatchFilter {
+        session_ids: session_id.into_iter().collect(),
+        ..Default::default()
+    };
 
     // What was printed last per session: (status, runtime state).
-    let mut known: HashMap<String, (SessionStatus, RuntimeState)> = HashMap::new();
-    let mut printed = 0;
+    let mut known: HashMap<String, (String, String)> = HashMap::new();
+    let mut was_running = false;
     loop {
         let mut watch = Box::pin(client.watch(WatchSessionsRequest {
             filter: Some(filter.clone()),
@@ -45,34 +43,41 @@ async fn main() -> Result<(), Error> {
         }));
         while let Some(update) = watch.next().await {
             let events = match update {
-                Ok(WatchUpdate::Created { revision, .. }) => {
+                Ok(WatchUpdate::InitialComplete { revision }) => {
                     println!("watching from revision {revision}");
                     continue;
                 }
-                Ok(WatchUpdate::Initial { events }) | Ok(WatchUpdate::Events { events, .. }) => events,
+                Ok(WatchUpdate::Initial { events }) | Ok(WatchUpdate::Events { events, .. }) => {
+                    events
+                }
                 Ok(_) => continue,
                 Err(e) if e.relist_required().is_some() => {
-                    println!("the change log moved past this watch: starting over from the current state");
+                    println!(
+                        "the change log moved past this watch: starting over from the current state"
+                    );
                     break;
                 }
                 Err(e) => return Err(e),
             };
             for event in events {
-                let Some(session) = event.session else { continue };
-                let now = (session.status(), session.runtime_state());
+                let Some(session) = event.session else {
+                    continue;
+                };
+                let now = (
+                    short_name(session.status().as_str_name(), "SESSION_STATUS_"),
+                    short_name(session.runtime_state().as_str_name(), "RUNTIME_STATE_"),
+                );
                 if known.get(&event.session_id) == Some(&now) {
                     continue;
                 }
-                known.insert(event.session_id.clone(), now);
                 println!(
                     "revision {}: {} {} {}",
-                    event.revision,
-                    event.session_id,
-                    now.0.as_str_name(),
-                    now.1.as_str_name()
+                    event.revision, event.session_id, now.0, now.1
                 );
-                printed += 1;
-                if limit.is_some_and(|l| printed >= l) {
+                known.insert(event.session_id, now.clone());
+                if now.1 == "running" {
+                    was_running = true;
+                } else if until_idle && was_running && now.1 == "idle" {
                     return Ok(());
                 }
             }
