@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import time
 from typing import TYPE_CHECKING, Any, Union
@@ -37,9 +38,10 @@ from .api.page_tokens import PageTokens
 from .api.sessions import SessionService
 from .api.stats import StatsService
 from .auth import CallerGate, prepare_security
-from .config import ServerConfig
+from .config import Limits, ServerConfig
 from .maintenance import DatabaseLock
 from .observability import CursorTrackingHub, Observability, configure_logging, ping_database
+from .readiness import StorageReadiness
 from .store import SQLiteStore
 from .store.postgres_url import postgres_url, redacted, sqlite_path
 from .watch import WatchHub
@@ -108,6 +110,8 @@ class RunningServer:
     lock: DatabaseLock | None = None
     # The interceptors of the security layer; the CallerGate among them drains calls.
     security_interceptors: tuple[Any, ...] = ()
+    # The storage probe that keeps health NOT_SERVING while the database cannot answer.
+    readiness: StorageReadiness | None = None
 
     @property
     def metrics_port(self) -> int:
@@ -122,8 +126,9 @@ class RunningServer:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         started = time.monotonic()
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.readiness is not None:
+            self.readiness.close()
+        await _set_health(self.health, False)
         gates = [i for i in self.security_interceptors if isinstance(i, CallerGate)]
         for gate in gates:
             gate.draining = True
@@ -144,6 +149,59 @@ class RunningServer:
         log.info("stopped: revision=%d rpcs=%d elapsed=%.2fs", self.store.revision,
                  self.observability.rpc_count() if self.observability else 0,
                  time.monotonic() - started)
+
+
+async def _set_health(health: HealthServicer, serving: bool) -> None:
+    status = (health_pb2.HealthCheckResponse.SERVING if serving
+              else health_pb2.HealthCheckResponse.NOT_SERVING)
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, status)
+
+
+#: Descriptors the process keeps for itself (database files, logs, the metrics
+#: port) when the connection cap is fitted to the descriptor limit.
+RESERVED_DESCRIPTORS = 256
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft open-file limit to the hard one; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+def server_options(limits: Limits) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments: message sizes, keepalive and connection bounds.
+
+    Connections are bounded three ways, so idle sockets cannot exhaust the process's file
+    descriptors: a cap on open connections (fitted below the descriptor limit, which is first
+    raised to its hard maximum), a deadline for the HTTP/2 handshake (a socket that never
+    speaks HTTP/2 is closed then), and an idle timeout for connections with no call open.
+    """
+    descriptors = raise_descriptor_limit()
+    cap = min(limits.max_connections, max(descriptors - RESERVED_DESCRIPTORS, 1))
+    if cap < limits.max_connections:
+        log.warning("max_connections lowered from %d to %d to fit the open-file limit (%d); "
+                    "raise it with `ulimit -n` or LimitNOFILE=", limits.max_connections, cap,
+                    descriptors)
+    options = [
+        ("grpc.max_receive_message_length", limits.max_request_bytes),
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_allowed_incoming_connections", cap),
+        ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout_seconds * 1000)),
+    ]
+    if limits.connection_idle_seconds > 0:
+        options.append(("grpc.max_connection_idle_ms",
+                        int(limits.connection_idle_seconds * 1000)))
+    return options
 
 
 async def _every(seconds: float, what: str, action: Any) -> None:
@@ -172,16 +230,8 @@ async def start_server(config: ServerConfig) -> RunningServer:
     api = ApiContext(store=store, hub=hub, config=config,
                      tokens=PageTokens(config.page_token_key or store.page_token_key),
                      authenticated=security.keys is not None)
-    limits = config.limits
     server = grpc.aio.server(interceptors=[observability.interceptor, *security.interceptors],
-                             options=[
-        ("grpc.max_receive_message_length", limits.max_request_bytes),
-        ("grpc.max_send_message_length", 64 << 20),
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.so_reuseport", 0),
-    ])
+                             options=server_options(config.limits))
     session_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionService(api), server)
     message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageService(api), server)
     stats_service_pb2_grpc.add_StatsServiceServicer_to_server(StatsService(api), server)
@@ -204,7 +254,10 @@ async def start_server(config: ServerConfig) -> RunningServer:
     await _ping_or_stop(server, store, lock)
     if config.metrics_address:
         observability.serve_metrics(config.metrics_address)
-    tasks = [asyncio.create_task(_every(
+    readiness = StorageReadiness(
+        lambda: ping_database(store), lambda up: _set_health(health_servicer, up),
+        config.health_check_interval_seconds, config.health_check_failures)
+    tasks = [asyncio.create_task(readiness.run()), asyncio.create_task(_every(
         config.compaction_interval_seconds, "compaction",
         lambda: store.compact(config.changelog_keep_revisions,
                               config.changelog_max_age_seconds)))]
@@ -212,10 +265,9 @@ async def start_server(config: ServerConfig) -> RunningServer:
         tasks.append(asyncio.create_task(_every(
             config.retention_interval_seconds, "retention",
             lambda: _apply_retention(store, config))))
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await _set_health(health_servicer, True)
     running = RunningServer(server, store, hub, config, health_servicer, port, tasks,
-                            observability, lock, security.interceptors)
+                            observability, lock, security.interceptors, readiness)
     log.info("serving on %s database=%s revision=%d durability=%s", running.address,
              redacted(config.database), store.revision, config.durability)
     log.info("metrics=%s reflection=%s readers=%d tracing=%s log_level=%s",

@@ -315,7 +315,8 @@ type Message struct {
 	// assigned by the server. Output only.
 	Seq int64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
 	// id is a client-chosen id, unique within the session, that makes retries
-	// of AppendMessages idempotent; at most 256 bytes. Empty means none.
+	// of AppendMessages idempotent; at most 256 bytes, not blank, not starting
+	// or ending with white space. Empty means none.
 	Id string `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`
 	// role is the author; required.
 	Role Role `protobuf:"varint,4,opt,name=role,proto3,enum=sessiond.v1.Role" json:"role,omitempty"`

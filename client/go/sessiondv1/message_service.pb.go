@@ -174,7 +174,9 @@ type ListMessagesRequest struct {
 	AfterSeq int64 `protobuf:"varint,5,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
 	// after_time returns only messages created at or after this time.
 	AfterTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=after_time,json=afterTime,proto3" json:"after_time,omitempty"`
-	// last_n returns the last N messages (1 to 1,000), oldest first.
+	// last_n returns the last N messages (1 to 1,000), oldest first. 0 means
+	// this mode is off and the request pages as usual (a first page of
+	// page_size messages), never "no messages".
 	LastN int32 `protobuf:"varint,7,opt,name=last_n,json=lastN,proto3" json:"last_n,omitempty"`
 	// last_turns returns the messages of the last N turns (1 to 1,000),
 	// oldest first. A turn starts at a user message, so a tool call is never
@@ -718,7 +720,8 @@ func (x *ClearMessagesResponse) GetRevision() int64 {
 type SearchMessagesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// query is the words to find, 1 to 256 bytes; taken literally (no query
-	// syntax), every word must occur.
+	// syntax), every word must occur. Empty or only white space is
+	// INVALID_ARGUMENT, as a blank ListSessions text_query is.
 	Query string `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
 	// session_ids limits the search to these sessions; empty means all.
 	SessionIds []string `protobuf:"bytes,2,rep,name=session_ids,json=sessionIds,proto3" json:"session_ids,omitempty"`

@@ -397,6 +397,10 @@ type Session struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// id is unique within a tenant: 1 to 256 bytes of UTF-8 without control
 	// characters. Chosen by the client, or a UUID when left empty at creation.
+	// A chosen id must not be blank nor start or end with white space
+	// (INVALID_ARGUMENT at creation); ids are compared exactly, byte for byte,
+	// so "x" and "X" are two sessions, and a call that names a session is
+	// never trimmed or folded.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// tenant is the tenant that owns the session, set by the server from the
 	// caller's credentials ("default" when authentication is off). Output only.
@@ -831,7 +835,9 @@ type SessionFilter struct {
 	RunningLongerThanSeconds int64 `protobuf:"varint,12,opt,name=running_longer_than_seconds,json=runningLongerThanSeconds,proto3" json:"running_longer_than_seconds,omitempty"`
 	// text_query matches sessions with a message whose content contains every
 	// word of the query (keyword search; words are taken literally, query
-	// syntax is not interpreted). At most 256 bytes.
+	// syntax is not interpreted). At most 256 bytes. Empty means no text
+	// condition; a query of only white space is INVALID_ARGUMENT, as in
+	// SearchMessages.
 	TextQuery string `protobuf:"bytes,13,opt,name=text_query,json=textQuery,proto3" json:"text_query,omitempty"`
 	// parent_id matches sessions forked from this session.
 	ParentId string `protobuf:"bytes,14,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`

@@ -1154,9 +1154,12 @@ type ForkSessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// source_session_id is the session to fork; required.
 	SourceSessionId string `protobuf:"bytes,1,opt,name=source_session_id,json=sourceSessionId,proto3" json:"source_session_id,omitempty"`
-	// up_to_seq is the last message sequence number to copy; 0 means all.
+	// up_to_seq is the last message sequence number to copy; 0 means all, so
+	// every fork shares some history with its source (a session that starts
+	// empty is made with CreateSession).
 	UpToSeq int64 `protobuf:"varint,2,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
-	// new_session_id is the id of the new session; empty means a UUID.
+	// new_session_id is the id of the new session; empty means a UUID. The
+	// rules of Session.id apply.
 	NewSessionId string `protobuf:"bytes,3,opt,name=new_session_id,json=newSessionId,proto3" json:"new_session_id,omitempty"`
 	// display_name is the new session's title; empty keeps the source's.
 	DisplayName   string `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`

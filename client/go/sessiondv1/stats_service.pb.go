@@ -34,7 +34,8 @@ type RecordUsageRequest struct {
 	// errored flags the model call as failed (counted in error_count).
 	Errored bool `protobuf:"varint,4,opt,name=errored,proto3" json:"errored,omitempty"`
 	// request_id, when set, makes retries safe: a second call with the same
-	// id for the same session adds nothing and returns the first answer.
+	// id for the same session adds nothing and returns the first answer. At
+	// most 256 bytes, not blank, not starting or ending with white space.
 	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

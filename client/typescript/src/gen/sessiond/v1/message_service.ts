@@ -79,7 +79,11 @@ export interface ListMessagesRequest {
   afterTime:
     | Timestamp
     | undefined;
-  /** last_n returns the last N messages (1 to 1,000), oldest first. */
+  /**
+   * last_n returns the last N messages (1 to 1,000), oldest first. 0 means
+   * this mode is off and the request pages as usual (a first page of
+   * page_size messages), never "no messages".
+   */
   lastN: number;
   /**
    * last_turns returns the messages of the last N turns (1 to 1,000),
@@ -184,7 +188,8 @@ export interface ClearMessagesResponse {
 export interface SearchMessagesRequest {
   /**
    * query is the words to find, 1 to 256 bytes; taken literally (no query
-   * syntax), every word must occur.
+   * syntax), every word must occur. Empty or only white space is
+   * INVALID_ARGUMENT, as a blank ListSessions text_query is.
    */
   query: string;
   /** session_ids limits the search to these sessions; empty means all. */
@@ -1725,7 +1730,9 @@ export const MessageServiceService = {
   },
   /**
    * ClearMessages removes every message and keeps the session; sequence
-   * numbers are not reused.
+   * numbers are not reused. The message counters go to zero, but the
+   * session's usage (tokens, cost, per-model usage) is kept: what was spent
+   * stays counted.
    */
   clearMessages: {
     path: "/sessiond.v1.MessageService/ClearMessages" as const,
@@ -1783,7 +1790,9 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
   updateLastMessage: handleUnaryCall<UpdateLastMessageRequest, UpdateLastMessageResponse>;
   /**
    * ClearMessages removes every message and keeps the session; sequence
-   * numbers are not reused.
+   * numbers are not reused. The message counters go to zero, but the
+   * session's usage (tokens, cost, per-model usage) is kept: what was spent
+   * stays counted.
    */
   clearMessages: handleUnaryCall<ClearMessagesRequest, ClearMessagesResponse>;
   /**
@@ -1878,7 +1887,9 @@ export interface MessageServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * ClearMessages removes every message and keeps the session; sequence
-   * numbers are not reused.
+   * numbers are not reused. The message counters go to zero, but the
+   * session's usage (tokens, cost, per-model usage) is kept: what was spent
+   * stays counted.
    */
   clearMessages(
     request: ClearMessagesRequest,
