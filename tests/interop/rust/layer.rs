@@ -2,8 +2,10 @@
 //! (`.venv/bin/sessiond serve` on a free port and a fresh database, or
 //! $SESSIOND): the API key on calls and watches, TLS against a given CA, an
 //! append without ids that is not retried after a lost response, close, and
-//! a watch that rides out a graceful restart. Without the executable the
-//! tests pass as no-ops, like the scenario without SESSIOND_ADDRESS.
+//! a watch that rides out a graceful restart. Without the executable those
+//! tests pass as no-ops, like the scenario without SESSIOND_ADDRESS. The
+//! retry rule and budget are counted on a listener that drops every
+//! connection, so they need no server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -475,4 +477,98 @@ async fn a_watch_rides_out_a_graceful_restart_without_gap_or_repeat() {
         [after.revision],
         "each revision once, nothing before it again"
     );
+}
+
+/// dropping_listener accepts connections and closes them at once, counting
+/// them: every attempt of a call fails as a lost connection (UNAVAILABLE).
+async fn dropping_listener() -> (String, std::sync::Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (address, accepted)
+}
+
+fn quick_retries(max_retries: u32) -> RetryPolicy {
+    let step = Duration::from_millis(1);
+    RetryPolicy {
+        max_retries,
+        backoff: sessiond_client::Backoff {
+            initial: step,
+            maximum: step,
+            ..Default::default()
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_retry_safe_call_is_sent_at_most_one_plus_max_retries_times() {
+    let (address, accepted) = dropping_listener().await;
+    let client = Client::builder(address)
+        .retry(quick_retries(3))
+        .build()
+        .unwrap();
+    let failed = client
+        .get_session(GetSessionRequest {
+            session_id: "s".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable, "{failed}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn a_call_that_is_not_retry_safe_is_sent_once() {
+    let (address, accepted) = dropping_listener().await;
+    let client = Client::builder(address)
+        .retry(quick_retries(3))
+        .build()
+        .unwrap();
+    let failed = client
+        .delete_session(DeleteSessionRequest {
+            session_id: "s".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable, "{failed}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn no_retry_is_made_when_its_delay_would_pass_the_deadline() {
+    let (address, accepted) = dropping_listener().await;
+    let slow = RetryPolicy {
+        max_retries: 3,
+        backoff: sessiond_client::Backoff {
+            initial: Duration::from_secs(60),
+            maximum: Duration::from_secs(60),
+            jitter: 0.0,
+            ..Default::default()
+        },
+    };
+    let client = Client::builder(address)
+        .retry(slow)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let failed = client
+        .get_session(GetSessionRequest {
+            session_id: "s".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failed.code(),
+        Code::Unavailable,
+        "the last error is returned, not DEADLINE_EXCEEDED: {failed}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
