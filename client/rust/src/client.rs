@@ -31,7 +31,7 @@ use crate::v1::*;
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:50051";
 
 /// ClientBuilder collects the options of a [`Client`]; see [`Client::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     address: String,
     api_key: Option<String>,
@@ -158,6 +158,18 @@ impl ClientBuilder {
             }),
             timeout: self.timeout,
         })
+    }
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The API key is a credential: it is never printed.
+        f.debug_struct("ClientBuilder")
+            .field("address", &self.address)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
     }
 }
 
@@ -401,4 +413,33 @@ unary_rpcs! {
     get_stats: stats_stub(GetStatsRequest) -> GetStatsResponse;
     /// CostByModel.
     cost_by_model: stats_stub(CostByModelRequest) -> CostByModelResponse;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_api_key_is_never_printed() {
+        let builder = Client::builder("127.0.0.1:1").api_key("sk_secret_value");
+        assert!(!format!("{builder:?}").contains("sk_secret_value"));
+        let client = builder.build().unwrap();
+        assert!(!format!("{client:?}").contains("sk_secret_value"));
+    }
+
+    #[tokio::test]
+    async fn options_that_cannot_work_are_invalid_arguments_naming_the_option() {
+        let bad_key = Client::builder("127.0.0.1:1")
+            .api_key("line\nbreak")
+            .build()
+            .unwrap_err();
+        assert_eq!(bad_key.code(), Code::InvalidArgument);
+        assert!(bad_key.message().starts_with("api_key"), "{bad_key}");
+        let bad_address = Client::new("http://[::1").unwrap_err();
+        assert_eq!(bad_address.code(), Code::InvalidArgument);
+        assert!(
+            bad_address.message().starts_with("address"),
+            "{bad_address}"
+        );
+    }
 }
