@@ -414,32 +414,3 @@ unary_rpcs! {
     /// CostByModel.
     cost_by_model: stats_stub(CostByModelRequest) -> CostByModelResponse;
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_api_key_is_never_printed() {
-        let builder = Client::builder("127.0.0.1:1").api_key("sk_secret_value");
-        assert!(!format!("{builder:?}").contains("sk_secret_value"));
-        let client = builder.build().unwrap();
-        assert!(!format!("{client:?}").contains("sk_secret_value"));
-    }
-
-    #[tokio::test]
-    async fn options_that_cannot_work_are_invalid_arguments_naming_the_option() {
-        let bad_key = Client::builder("127.0.0.1:1")
-            .api_key("line\nbreak")
-            .build()
-            .unwrap_err();
-        assert_eq!(bad_key.code(), Code::InvalidArgument);
-        assert!(bad_key.message().starts_with("api_key"), "{bad_key}");
-        let bad_address = Client::new("http://[::1").unwrap_err();
-        assert_eq!(bad_address.code(), Code::InvalidArgument);
-        assert!(
-            bad_address.message().starts_with("address"),
-            "{bad_address}"
-        );
-    }
-}

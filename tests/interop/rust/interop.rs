@@ -7,6 +7,7 @@
 //! target of client/rust.
 
 mod layer;
+mod rules;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
