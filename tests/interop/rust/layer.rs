@@ -162,6 +162,7 @@ async fn ready(client: &Client) {
 
 #[tokio::test]
 async fn the_api_key_goes_with_every_call_and_the_watch() {
+    let _serial = super::serial().await;
     let Some(executable) = sessiond() else { return };
     let minted = Command::new(&executable)
         .args(["keys", "mint", "--tenant", "t1", "--role", "admin"])
@@ -248,6 +249,7 @@ async fn the_api_key_goes_with_every_call_and_the_watch() {
 
 #[tokio::test]
 async fn tls_verifies_the_server_against_the_given_ca() {
+    let _serial = super::serial().await;
     if sessiond().is_none() {
         return;
     }
@@ -347,6 +349,7 @@ async fn tls_verifies_the_server_against_the_given_ca() {
 
 #[tokio::test]
 async fn an_append_without_ids_is_not_retried_after_a_lost_response() {
+    let _serial = super::serial().await;
     let Some(server) = TestServer::start(&[]).await else {
         return;
     };
@@ -407,6 +410,7 @@ async fn an_append_without_ids_is_not_retried_after_a_lost_response() {
 
 #[tokio::test]
 async fn close_cancels_a_watch_in_flight_and_later_calls() {
+    let _serial = super::serial().await;
     let Some(server) = TestServer::start(&[]).await else {
         return;
     };
@@ -432,6 +436,7 @@ async fn close_cancels_a_watch_in_flight_and_later_calls() {
 
 #[tokio::test]
 async fn a_watch_rides_out_a_graceful_restart_without_gap_or_repeat() {
+    let _serial = super::serial().await;
     let Some(mut server) = TestServer::start(&[]).await else {
         return;
     };
