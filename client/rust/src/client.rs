@@ -97,9 +97,12 @@ impl ClientBuilder {
         self
     }
 
-    /// tls makes the connection TLS with this configuration (CA, server
-    /// name, client identity for mutual TLS). An address without a scheme
-    /// then means `https://`.
+    /// tls makes the connection TLS with this configuration, used as given:
+    /// `ClientTlsConfig::new().ca_certificate(ca)` trusts only that CA,
+    /// `.with_native_roots()` the system's roots; `.domain_name(..)` and
+    /// `.identity(..)` (mutual TLS) as needed. An address without a scheme
+    /// then means `https://`. An `https://` address without this option
+    /// verifies the server against the system's roots.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: tonic::transport::ClientTlsConfig) -> Self {
         self.tls = Some(config);
@@ -136,6 +139,9 @@ impl ClientBuilder {
         let endpoint = match self.tls {
             Some(config) => endpoint
                 .tls_config(config)
+                .map_err(|e| invalid("tls", &e))?,
+            None if endpoint.uri().scheme_str() == Some("https") => endpoint
+                .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
                 .map_err(|e| invalid("tls", &e))?,
             None => endpoint,
         };

@@ -345,6 +345,26 @@ async fn tls_verifies_the_server_against_the_given_ca() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    // An https:// address alone verifies against the system's roots, which do
+    // not hold this test's CA.
+    let system_roots = Client::builder(format!("https://localhost:{}", server.port))
+        .retry(RetryPolicy {
+            max_retries: 0,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let refused = system_roots
+        .get_session(GetSessionRequest {
+            session_id: "over-tls".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    assert!(
+        refused.message().contains("certificate"),
+        "refused by verification: {refused}"
+    );
     let _ = std::fs::remove_dir_all(pki);
 }
 
