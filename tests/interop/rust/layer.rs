@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sessiond_client::v1::*;
 use sessiond_client::{
-    Certificate, Client, ClientTlsConfig, Code, Reason, RetryPolicy, WatchUpdate,
+    Certificate, Client, ClientTlsConfig, Code, Identity, Reason, RetryPolicy, WatchUpdate,
 };
 
 fn repository() -> PathBuf {
@@ -248,13 +248,11 @@ async fn the_api_key_goes_with_every_call_and_the_watch() {
     let _ = std::fs::remove_file(keys);
 }
 
-#[tokio::test]
-async fn tls_verifies_the_server_against_the_given_ca() {
-    let _serial = super::serial().await;
-    if sessiond().is_none() {
-        return;
-    }
-    let pki = std::env::temp_dir().join(format!("sessiond-rust-pki-{}", std::process::id()));
+/// make_pki writes, with the openssl command, a throwaway CA (ca.pem), a
+/// server certificate for localhost (server.pem, server.key) and a client
+/// certificate (client.pem, client.key) from that CA, into a fresh directory.
+fn make_pki(test: &str) -> PathBuf {
+    let pki = std::env::temp_dir().join(format!("sessiond-rust-pki-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&pki).unwrap();
     let openssl = |args: &[&str]| {
         let ok = Command::new("openssl")
@@ -269,40 +267,60 @@ async fn tls_verifies_the_server_against_the_given_ca() {
         "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ca",
         "-keyout", "ca.key", "-out", "ca.pem",
     ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(
-        pki.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        "server.pem",
-        "-extfile",
-        "server.ext",
-    ]);
+    for (name, extensions) in [
+        (
+            "server",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(pki.join(&ext), extensions).unwrap();
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &pem,
+            "-extfile",
+            &ext,
+        ]);
+    }
+    pki
+}
+
+#[tokio::test]
+async fn tls_verifies_the_server_against_the_given_ca() {
+    let _serial = super::serial().await;
+    if sessiond().is_none() {
+        return;
+    }
+    let pki = make_pki("server");
     let cert = pki.join("server.pem");
     let key = pki.join("server.key");
     let Some(server) = TestServer::start(&[
@@ -365,6 +383,64 @@ async fn tls_verifies_the_server_against_the_given_ca() {
         refused.message().contains("certificate"),
         "refused by verification: {refused}"
     );
+    let _ = std::fs::remove_dir_all(pki);
+}
+
+#[tokio::test]
+async fn mutual_tls_presents_the_client_certificate() {
+    let _serial = super::serial().await;
+    if sessiond().is_none() {
+        return;
+    }
+    let pki = make_pki("mutual");
+    let file = |name: &str| pki.join(name).to_str().unwrap().to_string();
+    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+    let Some(server) = TestServer::start(&[
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-client-ca-file",
+        &ca,
+    ])
+    .await
+    else {
+        return;
+    };
+    let read = |name: &str| std::fs::read(pki.join(name)).unwrap();
+    let trusted = || {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem")))
+            .domain_name("localhost")
+    };
+    let with_identity = Client::builder(server.address())
+        .tls(trusted().identity(Identity::from_pem(read("client.pem"), read("client.key"))))
+        .build()
+        .unwrap();
+    ready(&with_identity).await;
+    assert!(
+        with_identity
+            .create_session(new_session("mutual"))
+            .await
+            .expect("a call with a client certificate")
+            .created
+    );
+
+    let without = Client::builder(server.address())
+        .tls(trusted())
+        .retry(RetryPolicy {
+            max_retries: 0,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let refused = without
+        .get_session(GetSessionRequest {
+            session_id: "mutual".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
     let _ = std::fs::remove_dir_all(pki);
 }
 
