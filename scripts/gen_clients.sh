@@ -95,8 +95,8 @@ log "building the Go client"
 (cd client/go && go build ./... && go vet ./...)
 log "building the TypeScript client"
 (cd client/typescript && npm run --silent build)
-log "building the Rust client (generates its code in build.rs)"
-(cd client/rust && cargo build --locked --quiet)
+log "packaging the Rust client (builds the .crate alone: its code from its own protos)"
+(cd client/rust && cargo package --locked --allow-dirty --quiet)
 
 if $check; then
   generated=(client/go client/typescript/src/gen client/rust/proto docs/api.md)
