@@ -86,6 +86,17 @@ fn user(id: &str, content: &str) -> Message {
     }
 }
 
+/// Delivery is what the watch of watch_restart was sent and delivered.
+#[derive(Default)]
+struct Delivery {
+    /// written are the revisions of the step's writes, in order.
+    written: Vec<i64>,
+    /// delivered are the revisions the watch delivered, in order.
+    delivered: Vec<i64>,
+    events: Vec<Value>,
+    created: usize,
+}
+
 struct Scenario {
     client: Client,
     address: String,
@@ -562,11 +573,11 @@ impl Scenario {
             include_initial: true,
             ..Default::default()
         }));
-        let mut created = 0;
+        let mut seen = Delivery::default();
         let mut initial: Vec<(String, String)> = Vec::new();
         loop {
             match next(&mut watch).await {
-                WatchUpdate::Created { .. } => created += 1,
+                WatchUpdate::Created { .. } => seen.created += 1,
                 WatchUpdate::Initial { events } => initial.extend(events.iter().map(|e| {
                     let status = e.session.as_ref().map(|s| s.status()).unwrap_or_default();
                     (self.short(&e.session_id), status.as_str_name().to_string())
@@ -575,9 +586,6 @@ impl Scenario {
                 other => panic!("before INITIAL_COMPLETE: {other:?}"),
             }
         }
-        let mut written: Vec<i64> = Vec::new();
-        let mut delivered: Vec<i64> = Vec::new();
-        let mut events: Vec<Value> = Vec::new();
 
         let running = self
             .client
@@ -588,16 +596,9 @@ impl Scenario {
             })
             .await
             .expect("SetRuntimeState RUNNING");
-        written.push(running.revision);
-        self.read_until(
-            &mut watch,
-            running.revision,
-            &written,
-            &mut delivered,
-            &mut events,
-            &mut created,
-        )
-        .await;
+        seen.written.push(running.revision);
+        self.read_until(&mut watch, running.revision, &mut seen)
+            .await;
 
         // The watch is not read while the server is killed and restarted.
         let restart = std::env::var("SESSIOND_INTEROP_RESTART").expect("SESSIOND_INTEROP_RESTART");
@@ -617,7 +618,7 @@ impl Scenario {
             })
             .await
             .expect("SetRuntimeState IDLE");
-        written.push(idle.revision);
+        seen.written.push(idle.revision);
         let appended = writer
             .append_messages(AppendMessagesRequest {
                 session_id: a.clone(),
@@ -626,52 +627,43 @@ impl Scenario {
             })
             .await
             .expect("AppendMessages m4");
-        written.push(appended.revision);
-        written.push(self.end(&writer, "c", "").await);
+        seen.written.push(appended.revision);
+        seen.written.push(self.end(&writer, "c", "").await);
         drop(writer);
-        let last = *written.last().unwrap();
-        self.read_until(
-            &mut watch,
-            last,
-            &written,
-            &mut delivered,
-            &mut events,
-            &mut created,
-        )
-        .await;
+        let last = *seen.written.last().unwrap();
+        self.read_until(&mut watch, last, &mut seen).await;
         drop(watch);
-        assert_eq!(created, 1, "CREATED delivered {created} times");
+        assert_eq!(seen.created, 1, "CREATED delivered {} times", seen.created);
         assert_eq!(
-            delivered, written,
+            seen.delivered, seen.written,
             "the watch delivered each write once across the restart"
         );
         initial.sort();
         self.emit(
             "watch_restart",
-            json!({"initial": initial, "events": events}),
+            json!({"initial": initial, "events": seen.events}),
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn read_until(
-        &self,
-        watch: &mut Watch,
-        revision: i64,
-        written: &[i64],
-        delivered: &mut Vec<i64>,
-        events: &mut Vec<Value>,
-        created: &mut usize,
-    ) {
-        while delivered.last().is_none_or(|last| *last < revision) {
+    /// read_until reads the watch until `revision` is delivered, recording
+    /// each event as [index among `seen.written`, type, session, messages].
+    async fn read_until(&self, watch: &mut Watch, revision: i64, seen: &mut Delivery) {
+        while seen.delivered.last().is_none_or(|last| *last < revision) {
             match next(watch).await {
-                WatchUpdate::Created { .. } => *created += 1,
-                WatchUpdate::Events { events: batch, .. } => {
-                    for e in batch {
-                        if delivered.last() != Some(&e.revision) {
-                            delivered.push(e.revision);
+                WatchUpdate::Created { .. } => seen.created += 1,
+                WatchUpdate::Events { events, .. } => {
+                    for e in events {
+                        if seen.delivered.last() != Some(&e.revision) {
+                            seen.delivered.push(e.revision);
                         }
-                        let index = written.iter().position(|w| *w == e.revision);
-                        events.push(json!([
+                        let index = seen
+                            .written
+                            .iter()
+                            .position(|w| *w == e.revision)
+                            .unwrap_or_else(|| {
+                                panic!("event of revision {} that was not written", e.revision)
+                            });
+                        seen.events.push(json!([
                             index,
                             e.r#type().as_str_name(),
                             self.short(&e.session_id),
