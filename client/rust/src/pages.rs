@@ -1,12 +1,11 @@
-//! Page walking: every item of a paged list as one [`Stream`], requesting
+//! Page walking: every item of a paged list as one [`Stream`](futures_core::Stream), requesting
 //! the next page with the previous page's `next_page_token` until it is
 //! empty. Each page is one call with its own deadline and retries; the
 //! stream holds one page in memory at a time and ends after the first error.
 
-use futures_core::Stream;
-
 use crate::client::Client;
 use crate::error::Error;
+use crate::result_stream::ResultStream;
 use crate::v1::*;
 
 /// Paged is a list request whose answer comes in pages.
@@ -42,12 +41,13 @@ impl Paged for ListMessagesRequest {
     }
 }
 
-fn walk<R: Paged>(
-    client: &Client,
-    mut request: R,
-) -> impl Stream<Item = Result<R::Item, Error>> + Send + 'static {
+/// Walk is the stream of a page walk. It asks for the next page only once
+/// the items of the last one are consumed.
+pub type Walk<T> = ResultStream<T>;
+
+fn walk<R: Paged>(client: &Client, mut request: R) -> Walk<R::Item> {
     let client = client.clone();
-    async_stream::try_stream! {
+    ResultStream::new(async_stream::try_stream! {
         loop {
             let (items, next_page_token) = request.clone().fetch(&client).await?;
             for item in items {
@@ -58,27 +58,21 @@ fn walk<R: Paged>(
             }
             request.set_page_token(next_page_token);
         }
-    }
+    })
 }
 
 impl Client {
     /// sessions streams every session that `request` selects (its filter and
     /// order), page after page of `request.page_size`, starting at
     /// `request.page_token`.
-    pub fn sessions(
-        &self,
-        request: ListSessionsRequest,
-    ) -> impl Stream<Item = Result<Session, Error>> + Send + 'static {
+    pub fn sessions(&self, request: ListSessionsRequest) -> Walk<Session> {
         walk(self, request)
     }
 
     /// messages streams every message that `request` selects (after a seq or
     /// a time, oldest or newest first), page after page. With `last_n` or
     /// `last_turns` the server answers in one page.
-    pub fn messages(
-        &self,
-        request: ListMessagesRequest,
-    ) -> impl Stream<Item = Result<Message, Error>> + Send + 'static {
+    pub fn messages(&self, request: ListMessagesRequest) -> Walk<Message> {
         walk(self, request)
     }
 }

@@ -37,6 +37,7 @@ use tonic::Code;
 
 use crate::client::Client;
 use crate::error::Error;
+use crate::result_stream::ResultStream;
 use crate::v1::*;
 
 /// WatchUpdate is one thing a watch delivers.
@@ -274,27 +275,23 @@ impl WatchCursor {
     }
 }
 
+/// Watch is the stream [`Client::watch`] returns; dropping it cancels the call.
+pub type Watch = ResultStream<WatchUpdate>;
+
 impl Client {
     /// watch follows WatchSessions as an endless stream that resumes by
     /// itself (see the [module](crate::watch) for what it yields). Dropping
     /// the stream cancels the call. `request.start_revision` 0 means from
     /// now; N replays from revision N; `include_initial` needs 0.
-    pub fn watch(
-        &self,
-        request: WatchSessionsRequest,
-    ) -> impl Stream<Item = Result<WatchUpdate, Error>> + Send + 'static {
-        self.watch_stream(request, None)
+    pub fn watch(&self, request: WatchSessionsRequest) -> Watch {
+        ResultStream::new(self.watch_stream(request, None))
     }
 
     /// watch_until is [`Client::watch`] that ends with DEADLINE_EXCEEDED at
     /// `deadline`: each (re)connection is sent with the time that remains,
     /// and no reconnection is made past it.
-    pub fn watch_until(
-        &self,
-        request: WatchSessionsRequest,
-        deadline: Instant,
-    ) -> impl Stream<Item = Result<WatchUpdate, Error>> + Send + 'static {
-        self.watch_stream(request, Some(deadline))
+    pub fn watch_until(&self, request: WatchSessionsRequest, deadline: Instant) -> Watch {
+        ResultStream::new(self.watch_stream(request, Some(deadline)))
     }
 
     fn watch_stream(

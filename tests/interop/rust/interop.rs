@@ -11,21 +11,18 @@ mod rules;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sessiond_client::v1::*;
-use sessiond_client::{Client, Code, Error, Reason, WatchUpdate, code_name};
+use sessiond_client::{Client, Code, Error, Reason, Watch, WatchUpdate, code_name};
 use tokio::time::Instant;
 
 const WALK_SESSIONS: usize = 1000;
 const WALK_PAGE_SIZE: i32 = 128;
 const COMPACTION_POLLS: usize = 300;
 const COMPACTION_POLL: Duration = Duration::from_millis(200);
-
-type Watch = Pin<Box<dyn Stream<Item = Result<WatchUpdate, Error>> + Send>>;
 
 /// serial makes the tests that run servers take turns: on a small machine a
 /// scenario sharing the CPU with other servers could miss its 300 ms step.
@@ -198,11 +195,11 @@ impl Scenario {
     }
 
     fn watch_from(&self, start_revision: i64) -> Watch {
-        Box::pin(self.client.watch(WatchSessionsRequest {
+        self.client.watch(WatchSessionsRequest {
             start_revision,
             filter: self.watch_filter(),
             ..Default::default()
-        }))
+        })
     }
 
     async fn end(&self, client: &Client, suffix: &str, reason: &str) -> i64 {
@@ -475,7 +472,7 @@ impl Scenario {
         self.emit("error_invalid_argument", error(&invalid));
 
         // A watch with a deadline: the Rust layer's watch_until.
-        let mut idle: Watch = Box::pin(c.watch_until(
+        let mut idle: Watch = c.watch_until(
             WatchSessionsRequest {
                 filter: Some(WatchFilter {
                     session_ids: vec![self.id("idle")],
@@ -484,7 +481,7 @@ impl Scenario {
                 ..Default::default()
             },
             Instant::now() + Duration::from_millis(300),
-        ));
+        );
         let mut first_type = "";
         let ended = loop {
             match idle.next().await {
@@ -568,11 +565,11 @@ impl Scenario {
 
     async fn play_watch_restart(&mut self) {
         let a = self.id("a");
-        let mut watch: Watch = Box::pin(self.client.watch(WatchSessionsRequest {
+        let mut watch: Watch = self.client.watch(WatchSessionsRequest {
             filter: self.watch_filter(),
             include_initial: true,
             ..Default::default()
-        }));
+        });
         let mut seen = Delivery::default();
         let mut initial: Vec<(String, String)> = Vec::new();
         loop {

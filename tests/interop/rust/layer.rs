@@ -191,7 +191,7 @@ async fn the_api_key_goes_with_every_call_and_the_watch() {
         .build()
         .unwrap();
     ready(&keyed).await;
-    let mut watch = Box::pin(keyed.watch(WatchSessionsRequest::default()));
+    let mut watch = keyed.watch(WatchSessionsRequest::default());
     let created = watch
         .next()
         .await
@@ -221,7 +221,7 @@ async fn the_api_key_goes_with_every_call_and_the_watch() {
         (refused.code(), refused.reason()),
         (Code::Unauthenticated, Some(&Reason::Unauthenticated))
     );
-    let mut anonymous_watch = Box::pin(anonymous.watch(WatchSessionsRequest::default()));
+    let mut anonymous_watch = anonymous.watch(WatchSessionsRequest::default());
     let refused = anonymous_watch
         .next()
         .await
@@ -513,7 +513,7 @@ async fn close_cancels_a_watch_in_flight_and_later_calls() {
     };
     let client = Client::new(server.address()).unwrap();
     ready(&client).await;
-    let mut watch = Box::pin(client.watch(WatchSessionsRequest::default()));
+    let mut watch = client.watch(WatchSessionsRequest::default());
     assert!(matches!(
         watch.next().await,
         Some(Ok(WatchUpdate::Created { .. }))
@@ -540,10 +540,10 @@ async fn a_watch_rides_out_a_graceful_restart_without_gap_or_repeat() {
     let client = Client::new(server.address()).unwrap();
     ready(&client).await;
     let before = client.create_session(new_session("before")).await.unwrap();
-    let mut watch = Box::pin(client.watch(WatchSessionsRequest {
+    let mut watch = client.watch(WatchSessionsRequest {
         start_revision: before.revision,
         ..Default::default()
-    }));
+    });
     assert!(matches!(
         watch.next().await,
         Some(Ok(WatchUpdate::Created { .. }))
@@ -683,7 +683,7 @@ async fn a_watch_delivers_every_revision_once_across_repeated_kills() {
     };
     let client = Client::new(server.address()).unwrap();
     ready(&client).await;
-    let mut watch = Box::pin(client.watch(WatchSessionsRequest::default()));
+    let mut watch = client.watch(WatchSessionsRequest::default());
     assert!(matches!(
         watch.next().await,
         Some(Ok(WatchUpdate::Created { .. }))

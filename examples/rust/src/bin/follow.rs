@@ -36,11 +36,11 @@ async fn main() -> Result<(), Error> {
     let mut known: HashMap<String, (String, String)> = HashMap::new();
     let mut was_running = false;
     loop {
-        let mut watch = Box::pin(client.watch(WatchSessionsRequest {
+        let mut watch = client.watch(WatchSessionsRequest {
             filter: Some(filter.clone()),
             include_initial: true,
             ..Default::default()
-        }));
+        });
         while let Some(update) = watch.next().await {
             let events = match update {
                 Ok(WatchUpdate::InitialComplete { revision }) => {
