@@ -132,6 +132,7 @@ run_example_pair go example:go \
 
 # TypeScript (examples/typescript): add its build and run_example_pair here.
 
-# Rust (examples/rust): add its build and run_example_pair here.
+# Rust (examples/rust).
+. scripts/examples_rust.sh
 
 log "examples: all passed"
