@@ -40,7 +40,7 @@ import {
 } from "./gen/sessiond/v1/stats_service";
 import { CancelledError, toSessiondError, UnavailableError } from "./errors";
 import { Backoff, BackoffOptions, retryIsSafe, UnaryRpcName } from "./retry";
-import { DEFAULT_MAX_REVISION_BYTES, follow, sleep as realSleep, Sleep, WatchStream } from "./watch";
+import { DEFAULT_MAX_REVISION_BYTES, follow, sleep as realSleep, Sleep, WatchCursor, WatchStream } from "./watch";
 
 /** DEFAULT_ADDRESS is where `sessiond serve` listens by default. */
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
@@ -109,6 +109,11 @@ export interface WatchOptions {
   maxRevisionBytes?: number;
   /** signal ends the watch, like close(). */
   signal?: AbortSignal;
+  /**
+   * deadlineMs, when set, is the time the whole watch may run (reconnections
+   * included); then it ends with DeadlineExceededError. Default: no deadline.
+   */
+  deadlineMs?: number;
 }
 
 interface UnaryDefinition<Req, Res> {
@@ -160,7 +165,8 @@ export class SessiondClient {
   private readonly maxRetries: number;
   private readonly backoff: Backoff;
   private readonly sleep: Sleep;
-  private readonly watches = new Set<AbortController>();
+  // One controller per call or watch in flight, aborted by close().
+  private readonly inFlight = new Set<AbortController>();
 
   constructor(address: string = DEFAULT_ADDRESS, options: ClientOptions = {}) {
     this.address = address;
@@ -178,12 +184,31 @@ export class SessiondClient {
     });
   }
 
-  /** close ends the client's watches and closes the channel; calls in flight fail. */
+  /** close cancels every call and watch in flight and closes the channel. */
   close(): void {
-    for (const controller of this.watches) {
+    for (const controller of this.inFlight) {
       controller.abort();
     }
+    this.inFlight.clear();
     this.channel.close();
+  }
+
+  /** track makes a controller that close() or the caller's signal aborts. */
+  private track(signal: AbortSignal | undefined): AbortController {
+    const controller = new AbortController();
+    if (signal?.aborted === true) {
+      controller.abort();
+    } else {
+      signal?.addEventListener("abort", () => controller.abort(), { once: true, signal: controller.signal });
+    }
+    this.inFlight.add(controller);
+    return controller;
+  }
+
+  /** untrack ends what track started (and frees the caller's signal listener). */
+  private untrack(controller: AbortController): void {
+    controller.abort();
+    this.inFlight.delete(controller);
   }
 
   // SessionService
@@ -279,38 +304,34 @@ export class SessiondClient {
    * compacted, and other SessiondErrors for anything but UNAVAILABLE.
    */
   watch(request: DeepPartial<WatchSessionsRequest> = {}, options: WatchOptions = {}): Watch {
-    const controller = new AbortController();
-    const outer = options.signal;
-    const abort = (): void => controller.abort();
-    outer?.addEventListener("abort", abort, { once: true });
-    if (outer?.aborted === true) {
-      controller.abort();
-    }
-    this.watches.add(controller);
-    const responses = follow(WatchSessionsRequest.fromPartial(request), {
-      open: (req) => this.openWatch(req),
+    // Refused here, before any call: include_initial with a start revision.
+    const cursor = new WatchCursor(
+      WatchSessionsRequest.fromPartial(request), options.maxRevisionBytes ?? DEFAULT_MAX_REVISION_BYTES,
+    );
+    const deadline = options.deadlineMs === undefined ? Infinity : Date.now() + options.deadlineMs;
+    const controller = this.track(options.signal);
+    const responses = follow(cursor, {
+      open: (req) => this.openWatch(req, deadline),
       backoff: this.backoff.withMaximum(options.maxBackoffMs ?? 30_000),
       sleep: this.sleep,
       signal: controller.signal,
-      maxRevisionBytes: options.maxRevisionBytes ?? DEFAULT_MAX_REVISION_BYTES,
     });
-    const watches = this.watches;
+    const untrack = (): void => this.untrack(controller);
     async function* tracked(): AsyncGenerator<WatchSessionsResponse, void, undefined> {
       try {
         yield* responses;
       } finally {
-        controller.abort();
-        watches.delete(controller);
-        outer?.removeEventListener("abort", abort);
+        untrack();
       }
     }
     return new Watch(controller, tracked());
   }
 
-  private openWatch(request: WatchSessionsRequest): WatchStream {
+  private openWatch(request: WatchSessionsRequest, deadline: number): WatchStream {
     const definition = SessionServiceService.watchSessions;
     const call = this.channel.makeServerStreamRequest(
-      definition.path, definition.requestSerialize, definition.responseDeserialize, request, this.metadata(), {},
+      definition.path, definition.requestSerialize, definition.responseDeserialize, request, this.metadata(),
+      { deadline },
     );
     // A cancelled call reports CANCELLED as an 'error' event, possibly after
     // its iterator is gone; without a listener Node would treat it as fatal.
@@ -411,22 +432,26 @@ export class SessiondClient {
     const request = type.fromPartial(partial);
     const deadline = Date.now() + (options.deadlineMs ?? this.deadlineMs);
     const mayRetry = retryIsSafe(rpc, request);
-    const signal = options.signal ?? new AbortController().signal;
-    for (let attempt = 0; ; attempt += 1) {
-      let error;
-      try {
-        return await this.send(definition, request, deadline, signal);
-      } catch (err) {
-        error = toSessiondError(err);
+    const controller = this.track(options.signal);
+    try {
+      for (let attempt = 0; ; attempt += 1) {
+        let error;
+        try {
+          return await this.send(definition, request, deadline, controller.signal);
+        } catch (err) {
+          error = toSessiondError(err);
+        }
+        if (!(mayRetry && error instanceof UnavailableError)) {
+          throw error;
+        }
+        const delay = this.backoff.delayMs(attempt);
+        if (attempt >= this.maxRetries || Date.now() + delay >= deadline) {
+          throw error;
+        }
+        await this.sleep(delay, controller.signal);
       }
-      if (!(mayRetry && error instanceof UnavailableError)) {
-        throw error;
-      }
-      const delay = this.backoff.delayMs(attempt);
-      if (attempt >= this.maxRetries || Date.now() + delay >= deadline) {
-        throw error;
-      }
-      await this.sleep(delay, signal);
+    } finally {
+      this.untrack(controller);
     }
   }
 

@@ -18,8 +18,40 @@ import { Status } from "./gen/google/rpc/status";
 /** ERROR_DOMAIN is the ErrorInfo domain of errors raised by sessiond itself. */
 export const ERROR_DOMAIN = "sessiond.v1";
 
+/**
+ * The ErrorInfo reasons the server sends (docs/clients.md), to compare with
+ * SessiondError.reason. An unknown reason is kept as its string.
+ */
+export const Reason = {
+  BAD_REQUEST: "BAD_REQUEST",
+  MALFORMED_REQUEST: "MALFORMED_REQUEST",
+  SESSION_NOT_FOUND: "SESSION_NOT_FOUND",
+  SESSION_EXISTS: "SESSION_EXISTS",
+  SESSION_ENDED: "SESSION_ENDED",
+  SESSION_EMPTY: "SESSION_EMPTY",
+  ETAG_MISMATCH: "ETAG_MISMATCH",
+  LAST_SEQ_MISMATCH: "LAST_SEQ_MISMATCH",
+  MESSAGE_ID_CONFLICT: "MESSAGE_ID_CONFLICT",
+  USAGE_OVERFLOW: "USAGE_OVERFLOW",
+  REVISION_COMPACTED: "REVISION_COMPACTED",
+  TOO_MANY_WATCHES: "TOO_MANY_WATCHES",
+  RATE_LIMITED: "RATE_LIMITED",
+  SHUTTING_DOWN: "SHUTTING_DOWN",
+  STORAGE_UNAVAILABLE: "STORAGE_UNAVAILABLE",
+  UNAUTHENTICATED: "UNAUTHENTICATED",
+  UNKNOWN_API_KEY: "UNKNOWN_API_KEY",
+  PERMISSION_DENIED: "PERMISSION_DENIED",
+  OWNER_NOT_ALLOWED: "OWNER_NOT_ALLOWED",
+  DATASET_NOT_ALLOWED: "DATASET_NOT_ALLOWED",
+  STORE_ERROR: "STORE_ERROR",
+  INTERNAL: "INTERNAL",
+} as const;
+
+/** A reason the server is known to send; SessiondError.reason may hold others too. */
+export type Reason = (typeof Reason)[keyof typeof Reason];
+
 /** The ErrorInfo reason of a watch whose start revision left the change log. */
-export const REASON_REVISION_COMPACTED = "REVISION_COMPACTED";
+export const REASON_REVISION_COMPACTED = Reason.REVISION_COMPACTED;
 
 /** The trailer that carries a serialized google.rpc.Status. */
 export const STATUS_DETAILS_TRAILER = "grpc-status-details-bin";

@@ -33,7 +33,7 @@ import * as grpc from "@grpc/grpc-js";
 
 import { SessionEvent } from "./gen/sessiond/v1/event";
 import { WatchResponseType, WatchSessionsRequest, WatchSessionsResponse } from "./gen/sessiond/v1/session_service";
-import { SessiondError, toSessiondError, UnavailableError } from "./errors";
+import { InvalidArgumentError, SessiondError, toSessiondError, UnavailableError } from "./errors";
 import { Backoff } from "./retry";
 
 /** The default bound on one joined fragmented revision: 64 MiB of encoded events. */
@@ -67,7 +67,11 @@ export class WatchCursor {
 
   constructor(request: WatchSessionsRequest, maxRevisionBytes = DEFAULT_MAX_REVISION_BYTES) {
     if (request.includeInitial && request.startRevision !== 0n) {
-      throw new RangeError("includeInitial requires startRevision 0");
+      throw new InvalidArgumentError({
+        code: grpc.status.INVALID_ARGUMENT,
+        message: "include_initial requires start_revision 0",
+        fieldViolations: [{ field: "start_revision", description: "must be 0 when include_initial is set" }],
+      });
     }
     this.template = WatchSessionsRequest.fromPartial(request);
     this.nextRevision = request.startRevision;
@@ -222,22 +226,20 @@ export interface FollowOptions {
   sleep: Sleep;
   /** signal ends the watch: the current call is cancelled and the iteration returns. */
   signal: AbortSignal;
-  /** maxRevisionBytes bounds one joined fragmented revision. */
-  maxRevisionBytes?: number;
 }
 
 /**
  * follow yields the responses of a watch that reconnects on connection loss
- * (UNAVAILABLE, or a stream the server ends). It throws SessiondError
- * subclasses (RelistRequiredError for a compacted resume point) for any
- * other failure, and returns when options.signal aborts.
+ * (UNAVAILABLE, or a stream the server ends), resuming where `cursor` says.
+ * It throws SessiondError subclasses (RelistRequiredError for a compacted
+ * resume point) for any other failure, and returns when options.signal
+ * aborts.
  */
 export async function* follow(
-  request: WatchSessionsRequest,
+  cursor: WatchCursor,
   options: FollowOptions,
 ): AsyncGenerator<WatchSessionsResponse, void, undefined> {
   const { signal } = options;
-  const cursor = new WatchCursor(request, options.maxRevisionBytes);
   let failures = 0;
   while (!signal.aborted) {
     const stream = options.open(cursor.request());
@@ -265,6 +267,9 @@ export async function* follow(
       signal.removeEventListener("abort", cancel);
       stream.cancel();
       cursor.connectionLost();
+    }
+    if (signal.aborted) {
+      return;
     }
     // Connection lost, or the server ended the stream: come back later.
     await options.sleep(options.backoff.delayMs(failures), signal);
