@@ -45,6 +45,9 @@ import { DEFAULT_MAX_REVISION_BYTES, follow, sleep as realSleep, Sleep, WatchCur
 /** DEFAULT_ADDRESS is where `sessiond serve` listens by default. */
 export const DEFAULT_ADDRESS = "127.0.0.1:50051";
 
+/** MAX_RESPONSE_BYTES is the largest response accepted (channelOptions may change it). */
+export const MAX_RESPONSE_BYTES = 64 * 1024 * 1024;
+
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 
 /**
@@ -87,7 +90,11 @@ export interface ClientOptions {
   deadlineMs?: number;
   /** retry is the retry policy of unary calls. */
   retry?: RetryOptions;
-  /** channelOptions are passed to the @grpc/grpc-js client (interceptors, keepalive, ...). */
+  /**
+   * channelOptions are passed to the @grpc/grpc-js client (interceptors,
+   * keepalive, "grpc.max_receive_message_length", ...) and win over the
+   * client's own settings.
+   */
   channelOptions?: grpc.ClientOptions;
   /** sleep waits between retries and reconnections (injectable for tests). */
   sleep?: Sleep;
@@ -180,6 +187,9 @@ export class SessiondClient {
       // After a server restart, reconnect within the retry backoff's cap
       // rather than grpc-js's default of up to two minutes.
       "grpc.max_reconnect_backoff_ms": this.backoff.maximumMs,
+      // The server's send limit: an AppendMessages answer echoes up to the
+      // server's max_request_bytes (8 MiB by default), above gRPC's usual 4 MiB.
+      "grpc.max_receive_message_length": MAX_RESPONSE_BYTES,
       ...options.channelOptions,
     });
   }

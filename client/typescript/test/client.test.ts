@@ -166,6 +166,23 @@ describe("against a real server", () => {
     assert.equal(lost.remaining, 7, "the first call and two retries");
   });
 
+  test("an append answer larger than gRPC's usual 4 MiB receive limit is accepted", async () => {
+    const client = connect();
+    const id = uniqueId("large");
+    await client.createSession({ session: { id } });
+    const content = "x".repeat(900 * 1024);
+    const answer = await client.appendMessages({
+      sessionId: id,
+      messages: Array.from({ length: 6 }, (_, i) => ({ id: `m${i}`, role: Role.ROLE_USER, content })),
+    });
+    assert.deepEqual(answer.messages.map((m) => m.content.length), Array(6).fill(content.length));
+
+    // The caller's own setting wins: with gRPC's usual limit the same answer is refused.
+    const small = connect({ channelOptions: { "grpc.max_receive_message_length": 4 * 1024 * 1024 } });
+    const error = await rejection(small.listMessages({ sessionId: id }));
+    assert.equal(error.codeName, "RESOURCE_EXHAUSTED");
+  });
+
   test("listAllSessions walks every page in order, each session once", async () => {
     const client = connect();
     const run = uniqueId("walk");
