@@ -174,6 +174,7 @@ export class SessiondClient {
   private readonly sleep: Sleep;
   // One controller per call or watch in flight, aborted by close().
   private readonly inFlight = new Set<AbortController>();
+  private closed = false;
 
   constructor(address: string = DEFAULT_ADDRESS, options: ClientOptions = {}) {
     this.address = address;
@@ -196,6 +197,7 @@ export class SessiondClient {
 
   /** close cancels every call and watch in flight and closes the channel. */
   close(): void {
+    this.closed = true;
     for (const controller of this.inFlight) {
       controller.abort();
     }
@@ -203,10 +205,14 @@ export class SessiondClient {
     this.channel.close();
   }
 
-  /** track makes a controller that close() or the caller's signal aborts. */
+  /**
+   * track makes a controller that close() or the caller's signal aborts
+   * (aborted from the start once the client is closed: a call then fails
+   * with CancelledError, a watch ends at once).
+   */
   private track(signal: AbortSignal | undefined): AbortController {
     const controller = new AbortController();
-    if (signal?.aborted === true) {
+    if (this.closed || signal?.aborted === true) {
       controller.abort();
     } else {
       signal?.addEventListener("abort", () => controller.abort(), { once: true, signal: controller.signal });

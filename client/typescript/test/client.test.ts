@@ -7,6 +7,7 @@ import { after, before, describe, test } from "node:test";
 
 import {
   Backoff,
+  CancelledError,
   CreateSessionRequest,
   DeadlineExceededError,
   ERROR_DOMAIN,
@@ -108,6 +109,19 @@ describe("against a real server", () => {
     controller.abort();
     const error = await rejection(connect().getStats({}, { signal: controller.signal }));
     assert.equal(error.codeName, "CANCELLED");
+  });
+
+  test("after close() calls fail with CancelledError and watches end at once", async () => {
+    const client = connect();
+    await client.getStats({});
+    client.close();
+    const error = await rejection(client.getStats({}));
+    assert.ok(error instanceof CancelledError);
+    const delivered: unknown[] = [];
+    for await (const r of client.watch()) {
+      delivered.push(r);
+    }
+    assert.deepEqual(delivered, []);
   });
 
   test("an append with message ids whose reply is lost is retried and stored once", async () => {
