@@ -143,7 +143,7 @@ export class Watch implements AsyncIterable<WatchSessionsResponse> {
 
   /** @internal */
   constructor(
-    private readonly controller: AbortController,
+    private readonly end: () => void,
     responses: AsyncGenerator<WatchSessionsResponse, void, undefined>,
   ) {
     this.responses = responses;
@@ -155,7 +155,7 @@ export class Watch implements AsyncIterable<WatchSessionsResponse> {
 
   /** close ends the watch: its call is cancelled and the iteration returns. */
   close(): void {
-    this.controller.abort();
+    this.end();
   }
 }
 
@@ -340,7 +340,7 @@ export class SessiondClient {
         untrack();
       }
     }
-    return new Watch(controller, tracked());
+    return new Watch(untrack, tracked());
   }
 
   private openWatch(request: WatchSessionsRequest, deadline: number): WatchStream {
