@@ -12,7 +12,18 @@ RESULT (last), so CI and the docs can quote a run by its final lines:
   over one into an empty session;
 * list_page1000_vs_page1: p50 of ListSessions page 1,000 over page 1;
 * stats_1m_ms: p50 of GetStats over all filled sessions (1,000,000 in a
-  full run, fewer in --quick: the JSON says how many).
+  full run, fewer in --quick: the JSON says how many), and stats_1m_p99_ms
+  its p99;
+* read20_vs_echo, get_vs_echo: calls/s of reading the last 20 messages of the
+  smallest session (32 in flight) and of GetSession (64 in flight) over the
+  echo ceiling's calls/s;
+* append_cpu_vs_echo: server CPU per append (1 x 1 KB, 64 in flight) over the
+  echo server's CPU per call, both from the processes' CPU time in the window;
+* turn_p50_ms: p50 of an agent turn (last 20 + append 2 + usage), 64 in flight;
+* watch_p99_vs_ceiling: commit-to-receipt p99 of the watch fan-out over the
+  bare fan-out's p99.
+
+Every figure also reports the server's CPU microseconds per operation.
 
 Latency ratios above 1 mean "slower"; throughput ratios below 1 mean "fewer".
 """
@@ -77,6 +88,16 @@ def summary_lines(figures: list[Figure]) -> tuple[dict[str, float], dict[str, fl
             _value(_find(figures, "sessiond", "list sessions page 1 "), "p50_ms"),
         ),
         "stats_1m_ms": _value(_find(figures, "sessiond", "GetStats"), "p50_ms"),
+        "stats_1m_p99_ms": _value(_find(figures, "sessiond", "GetStats"), "p99_ms"),
+        "read20_vs_echo": ratio(_value(small, "ops_per_s"), _value(echo, "ops_per_s")),
+        "get_vs_echo": ratio(
+            _value(_find(figures, "sessiond", "get session, 64"), "ops_per_s"),
+            _value(echo, "ops_per_s"),
+        ),
+        "append_cpu_vs_echo": ratio(
+            _value(append, "cpu_us_per_op"), _value(echo, "cpu_us_per_op")
+        ),
+        "turn_p50_ms": _value(_find(figures, "sessiond", "agent turn"), "p50_ms"),
     }
     fanout = _find(figures, "sessiond", "watch fan-out")
     ceiling = _find(figures, "ceiling", "grpc.aio stream fan-out")
@@ -86,6 +107,7 @@ def summary_lines(figures: list[Figure]) -> tuple[dict[str, float], dict[str, fl
         "delay_p50_ms": _value(fanout, "p50_ms"),
         "delay_p99_ms": _value(fanout, "p99_ms"),
     }
+    result["watch_p99_vs_ceiling"] = ratio(_value(fanout, "p99_ms"), _value(ceiling, "p99_ms"))
     return result, watch
 
 
@@ -97,11 +119,12 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 def table(figures: list[Figure]) -> str:
     """The figures as an aligned text table (the same one docs quote)."""
-    header = ("group", "scenario", "ops/s", "p50 ms", "p99 ms", "server RSS MiB")
+    header = ("group", "scenario", "ops/s", "p50 ms", "p99 ms", "server CPU us/op",
+              "server RSS MiB")
     rows = [header]
     for f in figures:
         if f.skipped:
-            rows.append((f.group, f.name, "skipped", "", "", f.skipped[:60]))
+            rows.append((f.group, f.name, "skipped", "", "", "", f.skipped[:60]))
             continue
         errors = f"  errors {f.errors}" if f.errors else ""
         rows.append(
@@ -111,6 +134,7 @@ def table(figures: list[Figure]) -> str:
                 f"{f.ops_per_s:,.0f}",
                 _fmt(f.p50_ms, 2),
                 _fmt(f.p99_ms, 2),
+                "" if math.isnan(f.cpu_us_per_op) else f"{f.cpu_us_per_op:,.0f}",
                 "" if math.isnan(f.peak_rss_mib) else f"{f.peak_rss_mib:,.0f}",
             )
         )

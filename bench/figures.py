@@ -38,6 +38,10 @@ class Figure:
     # Server peak resident memory during the phase (VmHWM), MiB; NaN when the
     # phase ran no server of ours (peers, raw SQLite).
     peak_rss_mib: float = math.nan
+    # Server CPU microseconds per operation in the measured window (the
+    # process's user + system time over the operations completed); NaN when
+    # the phase ran no server of ours.
+    cpu_us_per_op: float = math.nan
     samples: int = 0
     errors: dict[str, int] = dataclasses.field(default_factory=dict)
     # Free-form extra figures (messages/s, events/s, sizes...).

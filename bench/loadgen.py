@@ -27,11 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import multiprocessing
 import multiprocessing.connection
+import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -115,6 +119,9 @@ class PhaseResult:
     first_start_ns: int = 0
     last_end_ns: int = 0
     failure: str = ""
+    # CPU seconds the server process (WorkerPool.run's cpu_pid) spent in the
+    # measured window; NaN when not measured.
+    server_cpu_s: float = math.nan
 
     def merge(self, other: PhaseResult) -> None:
         """Add another worker's result to this one."""
@@ -288,11 +295,13 @@ class WorkerPool:
         specs: Sequence[LoadSpec | SubscribeSpec],
         timeout_s: float,
         start_delay_s: float | None = None,
+        cpu_pid: int | None = None,
     ) -> PhaseResult:
         """Run one spec per worker (the first len(specs) workers), merged.
 
         Every spec gets the same start instant; a worker that has not answered
-        within ``timeout_s`` of it fails the phase.
+        within ``timeout_s`` of it fails the phase. With ``cpu_pid``, the
+        result says how much CPU that process spent in the measured window.
         """
         if len(specs) > self.size:
             raise ValueError(f"{len(specs)} specs for {self.size} workers")
@@ -300,6 +309,10 @@ class WorkerPool:
         start_at = time.monotonic_ns() + int(delay * 1e9)
         for connection, spec in zip(self._connections, specs, strict=False):
             connection.send(dataclasses.replace(spec, start_at_ns=start_at))
+        window = None
+        if cpu_pid is not None:
+            record_from = start_at + int(specs[0].warmup_s * 1e9)
+            window = CpuWindow(cpu_pid, record_from, record_from + int(specs[0].duration_s * 1e9))
         merged = PhaseResult()
         deadline = time.monotonic() + delay + timeout_s
         for connection in self._connections[: len(specs)]:
@@ -307,6 +320,8 @@ class WorkerPool:
                 self.close(force=True)
                 raise TimeoutError(f"a worker did not finish within {timeout_s:.0f} s")
             merged.merge(connection.recv())
+        if window is not None:
+            merged.server_cpu_s = window.seconds()
         return merged
 
     def close(self, force: bool = False) -> None:
@@ -323,6 +338,41 @@ class WorkerPool:
                 process.join(timeout=5)
         self._connections.clear()
         self._processes.clear()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads), in seconds; NaN if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return math.nan
+    # The command name (field 2) may hold spaces; the fields after it are fixed.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWindow:
+    """Samples a process's CPU time at the start and the end of a measured window.
+
+    The load workers time their window on the same monotonic clock, so the
+    server CPU of the window is the difference of two samples taken at its
+    edges by a thread of the parent (which is otherwise idle while it waits).
+    """
+
+    def __init__(self, pid: int, start_ns: int, end_ns: int) -> None:
+        self._samples: list[float] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(pid, start_ns, end_ns), daemon=True)
+        self._thread.start()
+
+    def _run(self, pid: int, start_ns: int, end_ns: int) -> None:
+        for edge in (start_ns, end_ns):
+            time.sleep(max(0.0, (edge - time.monotonic_ns()) / 1e9))
+            self._samples.append(process_cpu_seconds(pid))
+
+    def seconds(self) -> float:
+        self._thread.join()
+        return self._samples[1] - self._samples[0]
 
 
 def split(items: Sequence[Any], parts: int) -> list[list[Any]]:

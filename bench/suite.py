@@ -24,7 +24,15 @@ import grpc
 
 from bench import bulk_fill, ceilings, peers, workload
 from bench.figures import Figure, percentile_ms
-from bench.loadgen import Call, LoadSpec, PhaseResult, SubscribeSpec, WorkerPool, split
+from bench.loadgen import (
+    Call,
+    LoadSpec,
+    PhaseResult,
+    SubscribeSpec,
+    WorkerPool,
+    process_cpu_seconds,
+    split,
+)
 from bench.sessiond_process import SessiondServer, free_port, peak_rss_mib, reset_peak_rss
 
 
@@ -147,6 +155,8 @@ class Suite:
         else:
             parts.append(f"{figure.ops_per_s:,.0f} ops/s p50 {figure.p50_ms:.2f} ms")
             parts.append(f"p99 {figure.p99_ms:.2f} ms")
+            if not math.isnan(figure.cpu_us_per_op):
+                parts.append(f"cpu {figure.cpu_us_per_op:.0f} us/op")
             if not math.isnan(figure.peak_rss_mib):
                 parts.append(f"rss {figure.peak_rss_mib:.0f} MiB")
             if figure.errors:
@@ -161,10 +171,11 @@ class Suite:
         timeout_s: float,
         start_delay_s: float | None = None,
     ) -> tuple[PhaseResult, float]:
-        """Run a phase; return the merged result and the server's peak RSS."""
+        """Run a phase; return the merged result (with the server's CPU in the window)
+        and the server's peak RSS."""
         if pid is not None:
             reset_peak_rss(pid)
-        result = self.pool.run(specs, timeout_s, start_delay_s)
+        result = self.pool.run(specs, timeout_s, start_delay_s, cpu_pid=pid)
         if result.failure:
             raise RuntimeError(f"a worker failed: {result.failure}")
         return result, peak_rss_mib(pid) if pid is not None else math.nan
@@ -204,6 +215,7 @@ class Suite:
                 result.latencies_ns,
                 sizes.duration_s,
                 peak_rss_mib=rss,
+                cpu_us_per_op=cpu_us_per_op(result.server_cpu_s, result.completed),
                 errors=result.errors,
                 note=note,
                 extra=extra or {},
@@ -268,6 +280,9 @@ class Suite:
             self.load("ceiling", "grpc.aio echo, same bytes, 64 in flight", self.ceiling.target,
                       [(Call(ceilings.ECHO_METHOD, c.request),) for (c,) in one],
                       sizes.append_in_flight, w, self.ceiling.pid)  # fmt: skip
+            self.load(group, "get session, 64 in flight", server.target,
+                      [(workload.get_session_call(s),) for s in sessions],
+                      sizes.append_in_flight, w, server.pid)  # fmt: skip
         figure = self.load(group, "append 8 x 1 KB, 64 in flight", server.target, eight,
                            sizes.append_in_flight, w, server.pid)  # fmt: skip
         figure.extra["messages_per_s"] = figure.ops_per_s * 8
@@ -355,10 +370,11 @@ class Suite:
                     p50_ms=percentile_ms(result.delays_ns, 0.5),
                     p99_ms=percentile_ms(result.delays_ns, 0.99),
                     peak_rss_mib=rss,
+                    cpu_us_per_op=cpu_us_per_op(result.server_cpu_s, result.events),
                     samples=len(result.delays_ns),
                     errors=result.errors,
                     note="ops/s = events delivered per second, all subscribers; "
-                    "latency = commit (or send) to receipt",
+                    "latency = commit (or send) to receipt; cpu per event delivered",
                     extra={
                         "writes_per_s": writes_per_s,
                         "writer_p50_ms": percentile_ms(result.latencies_ns, 0.5),
@@ -444,16 +460,19 @@ class Suite:
                 call = channel.unary_unary(method, None, None)
                 reset_peak_rss(server.pid)
                 latencies: list[int] = []
+                cpu_before = process_cpu_seconds(server.pid)
                 for _ in range(sizes.stats_repeats):
                     started = time.monotonic_ns()
                     call(b"", timeout=300)
                     latencies.append(time.monotonic_ns() - started)
+                cpu_s = process_cpu_seconds(server.pid) - cpu_before
                 figure = Figure.from_latencies(
                     "sessiond",
                     f"{label} over {sizes.stats_sessions:,} sessions (sequential)",
                     latencies,
                     sum(latencies) / 1e9,
                     peak_rss_mib=peak_rss_mib(server.pid),
+                    cpu_us_per_op=cpu_us_per_op(cpu_s, len(latencies)),
                     extra={"sessions": sizes.stats_sessions},
                 )
                 self.record(figure)
@@ -519,6 +538,11 @@ class Suite:
                         note="in-process, 1 x 1 KB message per call",
                     )
                 )
+
+
+def cpu_us_per_op(cpu_s: float, operations: int) -> float:
+    """Server CPU microseconds per operation; NaN when unmeasured or nothing completed."""
+    return cpu_s * 1e6 / operations if operations else math.nan
 
 
 def _nan(value: float | None) -> float:

@@ -30,6 +30,7 @@ STATS_SERVICE = "/sessiond.v1.StatsService"
 APPEND = f"{MESSAGE_SERVICE}/AppendMessages"
 LIST_MESSAGES = f"{MESSAGE_SERVICE}/ListMessages"
 CREATE_SESSION = f"{SESSION_SERVICE}/CreateSession"
+GET_SESSION = f"{SESSION_SERVICE}/GetSession"
 LIST_SESSIONS = f"{SESSION_SERVICE}/ListSessions"
 WATCH_SESSIONS = f"{SESSION_SERVICE}/WatchSessions"
 RECORD_USAGE = f"{STATS_SERVICE}/RecordUsage"
@@ -65,6 +66,11 @@ def append_request(session_id: str, count: int, size: int = PAYLOAD_BYTES) -> by
 
 def append_call(session_id: str, count: int = 1) -> Call:
     return Call(APPEND, append_request(session_id, count))
+
+
+def get_session_call(session_id: str) -> Call:
+    request = session_service_pb2.GetSessionRequest(session_id=session_id)
+    return Call(GET_SESSION, request.SerializeToString())
 
 
 def read_last_call(session_id: str, last_n: int = 20) -> Call:

@@ -79,8 +79,11 @@ start() {
         chown postgres "$dir"
         chmod 0755 "$dir"
     fi
+    # Collation C (ids compare byte-wise, as in SQLite); character type C.UTF-8, so that
+    # keyword search folds the case of every script, not of ASCII only.
     as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust --encoding=UTF8 \
-        --locale=C -N >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; return 1; }
+        --locale=C --lc-ctype=C.UTF-8 -N >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; return 1; }
     options="-c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300"
     if [ "${SESSIOND_PG_FAST:-0}" = 1 ]; then
         options="$options -c fsync=off -c synchronous_commit=off -c full_page_writes=off"

@@ -18,10 +18,12 @@ from sessiond.v1 import (
     message_service_pb2,
     session_pb2,
     session_service_pb2,
+    session_service_pb2_grpc,
     stats_service_pb2,
 )
 
 ss = session_service_pb2
+ss_grpc = session_service_pb2_grpc
 ms = message_service_pb2
 st = stats_service_pb2
 S = session_pb2
@@ -157,6 +159,33 @@ async def test_watch_streams_are_limited_per_principal(make_server: Any, tmp_pat
             call.cancel()
         await a.close()
         await b.close()
+
+
+async def test_without_keys_the_watch_quota_is_per_peer_address(make_server: Any) -> None:
+    # "localhost" listens on both loopback families, so two peer addresses can reach it.
+    server = await make_server(address="localhost:0",
+                               limits={"max_watchers_per_caller": 2})
+    port = server.address.rsplit(":", 1)[1]
+    v4 = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    v6 = grpc.aio.insecure_channel(f"[::1]:{port}")
+    calls = []
+    try:
+        for _ in range(2):
+            call = ss_grpc.SessionServiceStub(v4).WatchSessions(ss.WatchSessionsRequest())
+            assert (await call.read()).type == ss.WATCH_RESPONSE_TYPE_CREATED
+            calls.append(call)
+        third = ss_grpc.SessionServiceStub(v4).WatchSessions(ss.WatchSessionsRequest())
+        with pytest.raises(grpc.RpcError) as err:
+            await third.read()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        other = ss_grpc.SessionServiceStub(v6).WatchSessions(ss.WatchSessionsRequest())
+        assert (await other.read()).type == ss.WATCH_RESPONSE_TYPE_CREATED
+        calls.append(other)
+    finally:
+        for call in calls:
+            call.cancel()
+        await v4.close()
+        await v6.close()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import sessiond
+from conftest import free_port
 from sessiond.cli import main
 from sessiond.formatting import format_duration, format_money, table
 from sessiond.v1 import message_pb2, session_pb2
@@ -196,12 +197,51 @@ async def test_failures_print_code_message_and_field_violations(
     assert violations and all(line.startswith("  ") and ": " in line for line in violations)
 
 
-async def test_unreachable_server_is_an_error_not_a_traceback(
+async def test_unreachable_server_is_an_error_that_names_the_fix(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     code, _, err = await run_cli(capsys, "--address", "127.0.0.1:1", "--timeout", "1", "stats")
     assert code == 1
     assert err.startswith("error: UNAVAILABLE")
+    assert "Traceback" not in err
+    assert (
+        "no sessiond answers at 127.0.0.1:1: start `sessiond serve` or pass --address"
+        in err.splitlines()[-1]
+    )
+
+
+async def test_missing_or_unknown_credentials_name_the_fix(
+    make_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from principals import Grant, write_key_file
+
+    keys = write_key_file(tmp_path / "keys.toml", [Grant("ops", "default", "admin")])
+    server = await make_server(api_keys_file=tmp_path / "keys.toml")
+    monkeypatch.delenv("SESSIOND_TOKEN", raising=False)
+    code, _, err = await run_cli(capsys, "--address", server.address, "stats")
+    assert code == 1 and err.startswith("error: UNAUTHENTICATED")
+    assert err.splitlines()[-1] == (
+        "the server wants an API key: pass --token or set SESSIOND_TOKEN"
+    )
+    code, _, err = await run_cli(capsys, "--address", server.address, "--token", "nope", "stats")
+    assert code == 1 and "check --token (or SESSIOND_TOKEN)" in err.splitlines()[-1]
+    code, out, _ = await run_cli(
+        capsys, "--address", server.address, "--token", keys["ops"], "stats"
+    )
+    assert code == 0 and "sessions:" in out
+
+
+async def test_errors_write_enum_names_as_the_words_the_cli_takes(
+    server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await seed(server.address)  # beta is completed
+    code, _, err = await run_cli(
+        capsys, "--address", server.address, "sessions", "end", "beta", "--status", "failed"
+    )
+    assert code == 1
+    assert err.startswith("error: FAILED_PRECONDITION ")
+    assert "completed" in err and "SESSION_STATUS_" not in err
 
 
 async def test_messages_list_modes(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -218,6 +258,23 @@ async def test_messages_list_modes(server: Any, capsys: pytest.CaptureFixture[st
         capsys, *address, "--json", "messages", "list", "alpha", "--turns", "1"
     )
     assert [m["content"] for m in json.loads(out)["messages"]] == ["second"]
+
+
+async def test_success_rate_is_a_dash_until_a_session_completes_or_fails(
+    server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = ["--address", server.address]
+    async with sessiond.AsyncClient(server.address) as client:
+        await client.create_session(session=session_pb2.Session(id="open"))
+        _, out, _ = await run_cli(capsys, *address, "stats")
+        assert dict(line.split(":", 1) for line in out.splitlines())["success rate"].strip() == "-"
+        await client.create_session(session=session_pb2.Session(id="gone"))
+        await client.end_session(session_id="gone", status=session_pb2.SESSION_STATUS_CANCELLED)
+        _, out, _ = await run_cli(capsys, *address, "stats")
+        assert dict(line.split(":", 1) for line in out.splitlines())["success rate"].strip() == "-"
+        await client.end_session(session_id="open", status=session_pb2.SESSION_STATUS_FAILED)
+    _, out, _ = await run_cli(capsys, *address, "stats")
+    assert dict(line.split(":", 1) for line in out.splitlines())["success rate"].strip() == "0.0%"
 
 
 async def test_stats_and_cost_by_model(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -323,11 +380,162 @@ async def test_messages_tail_shows_the_last_messages_then_follows_until_the_end(
     assert code == 0
 
 
+async def test_messages_tail_of_an_ended_session_prints_its_messages_and_exits(
+    server: Any,
+) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        await client.create_session(session=session_pb2.Session(id="done"))
+        await client.append_messages(
+            session_id="done", messages=[user("one"), assistant("two"), user("three")]
+        )
+        await client.end_session(session_id="done", status=session_pb2.SESSION_STATUS_FAILED)
+    for last in ("2", "0"):
+        process = await start_cli(
+            "--address", server.address, "messages", "tail", "done", "--last", last
+        )
+        out, err = await asyncio.wait_for(process.communicate(), LINE_TIMEOUT)
+        lines = out.decode().splitlines()
+        assert process.returncode == 0, err
+        expected = ["#2 ", "#3 "] if last == "2" else []
+        assert [line[:3] for line in lines[:-1]] == expected
+        assert lines[-1] == "-- session ended: failed"
+
+
 async def test_messages_tail_of_a_missing_session_fails(server: Any) -> None:
     process = await start_cli("--address", server.address, "messages", "tail", "missing")
     _, err = await asyncio.wait_for(process.communicate(), LINE_TIMEOUT)
     assert process.returncode == 1
     assert err.decode().startswith("error: NOT_FOUND")
+
+
+async def test_watch_says_when_it_connects_reconnects_and_resumes(
+    make_server: Any, tmp_path: Path
+) -> None:
+    """Nothing is running at first: the watch says it is connecting and retrying; a
+    server comes up, goes away and comes back on the same database: each step is one
+    line on stderr, and no event is lost or repeated on stdout."""
+    from harness import FakeClock
+
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    process = await start_cli("--address", address, "watch", "--json", "--start-revision", "1")
+    assert process.stderr is not None
+    try:
+        assert await read_err_line(process) == f"-- connecting to {address}"
+        assert await read_err_line(process) == (
+            f"-- reconnecting to {address} (attempt 1): no sessiond answers; "
+            "start `sessiond serve` or pass --address"
+        )
+        clock = FakeClock()
+        first = await make_server(address=address, database=tmp_path / "w.db", clock=clock)
+        async with sessiond.AsyncClient(address) as client:
+            await client.create_session(session=session_pb2.Session(id="before"))
+        line = await read_err_line(process, skip=" (attempt ")
+        assert line == "-- resumed at revision 1"
+        assert json.loads(await read_line(process))["session_id"] == "before"
+        await first.close()
+        assert await read_err_line(process) == f"-- reconnecting to {address} (attempt 1)"
+        second = await make_server(address=address, database=tmp_path / "w.db", clock=clock)
+        async with sessiond.AsyncClient(second.address) as client:
+            await client.create_session(session=session_pb2.Session(id="after"))
+        line = await read_err_line(process, skip=" (attempt ")
+        assert line == "-- resumed at revision 2"
+        assert json.loads(await read_line(process))["session_id"] == "after"
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), LINE_TIMEOUT)
+    assert code == 0
+
+
+async def read_err_line(process: asyncio.subprocess.Process, skip: str = "") -> str:
+    """The next line on stderr, passing over lines that contain ``skip`` (retries)."""
+    assert process.stderr is not None
+    while True:
+        line = await asyncio.wait_for(process.stderr.readline(), LINE_TIMEOUT)
+        assert line, "the command ended early"
+        text = line.decode().rstrip("\n")
+        if not skip or skip not in text:
+            return text
+
+
+def test_python_m_sessiond_cli_runs_the_command() -> None:
+    """Regression: `python -m sessiond.cli` failed with NameError (run_dashboard)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "sessiond.cli", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sessiond dashboard" in done.stdout
+
+
+# Shell completion
+
+
+BASH_COMPLETE = """
+eval "$(sessiond completion bash)"
+complete_line() {  # what bash does on <Tab>: the words so far, the cursor at the end
+    COMP_LINE="$1"; COMP_POINT=${#COMP_LINE}
+    read -r -a COMP_WORDS <<< "$COMP_LINE"
+    [[ "$COMP_LINE" == *" " ]] && COMP_WORDS+=("")
+    COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+    COMPREPLY=()
+    _python_argcomplete sessiond "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+    echo "$(printf '%s ' "${COMPREPLY[@]}")"
+}
+"""
+
+
+def bash_completions(*lines: str) -> list[list[str]]:
+    """The completions bash offers for each command line, in a real bash."""
+    import subprocess
+
+    script = BASH_COMPLETE + "".join(f"complete_line {json.dumps(line)}\n" for line in lines)
+    done = subprocess.run(
+        ["bash", "--norc", "-c", script],
+        capture_output=True, text=True, timeout=120, check=True,
+        env={**os.environ, "PATH": f"{Path(SESSIOND).parent}:{os.environ['PATH']}"},
+    )
+    return [line.split() for line in done.stdout.splitlines()]
+
+
+async def test_bash_completes_commands_flags_choices_and_session_ids(server: Any) -> None:
+    await seed(server.address)
+    address = f"sessiond --address {server.address}"
+    commands, statuses, flags, ids, watched = await asyncio.to_thread(
+        bash_completions,
+        "sessiond mess",
+        "sessiond sessions end x --status ",
+        "sessiond messages tail alpha --l",
+        f"{address} sessions get al",
+        f"{address} watch --session b",
+    )
+    assert commands == ["messages"]
+    assert sorted(statuses) == ["cancelled", "completed", "failed"]
+    assert flags == ["--last"]
+    assert ids == ["alpha"]
+    assert watched == ["beta"]
+
+
+def test_zsh_completion_script_and_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    """No zsh here: check the script it sources, then ask sessiond the way that script does
+    (argcomplete's protocol, with zsh's "word:description" answers)."""
+    import subprocess
+
+    assert main(["completion", "zsh"]) == 0
+    script = capsys.readouterr().out
+    assert script.startswith("#compdef sessiond")
+    line = "sessiond sessions "
+    done = subprocess.run(
+        [SESSIOND], capture_output=True, timeout=60, check=False, pass_fds=(),
+        env={**os.environ, "_ARGCOMPLETE": "1", "_ARGCOMPLETE_SHELL": "zsh",
+             "_ARGCOMPLETE_SUPPRESS_SPACE": "1", "COMP_LINE": line,
+             "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": "/dev/stdout"},
+    )
+    answers = dict(item.split(":", 1) for item in done.stdout.decode().split("\013"))
+    assert {"list", "get", "end", "delete"} <= set(answers)
+    assert answers["end"] == "end a session with a status"
 
 
 # serve

@@ -761,3 +761,20 @@ def test_sync_client_against_real_server_process(server_process: Any) -> None:
             client.delete_session(session_id="t")
         with pytest.raises(sessiond.NotFound):
             client.get_session(session_id="t")
+
+
+async def test_both_clients_accept_responses_larger_than_grpcs_default_limit(
+        server: Any) -> None:
+    # Five messages of 1 MB are within the request limit; their echo in the response is
+    # over gRPC's default 4 MiB receive limit, which the clients must not keep.
+    big = [message_pb2.Message(role=message_pb2.ROLE_USER, content=f"{i}" + "x" * 1_000_000)
+           for i in range(5)]
+    async with sessiond.AsyncClient(server.address) as client:
+        await client.create_session(session=session_pb2.Session(id="large"))
+        answer = await client.append_messages(session_id="large", messages=big)
+        assert answer.ByteSize() > 4 << 20
+    with sessiond.Client(server.address) as sync_client:
+        answer = await asyncio.to_thread(
+            sync_client.append_messages, session_id="large", messages=big)
+        assert answer.ByteSize() > 4 << 20
+        assert [m.seq for m in answer.messages] == [6, 7, 8, 9, 10]

@@ -143,6 +143,80 @@ async def test_sessions_endpoint_filters_sorts_and_pages_with_tokens(server: Any
         assert stats["usage"]["cost_micros"] == 10_000
         spend = (await get(dash.url + "api/spend?buckets=4")).json()["buckets"]
         assert sum(bucket["cost_micros"] for bucket in spend) == 10_000
+        # The activity chart's series come with the spend buckets.
+        assert sum(bucket["session_count"] for bucket in spend) == 5
+        assert sum(bucket["failed_count"] for bucket in spend) == 1
+        assert sum(bucket["request_count"] for bucket in spend) == 5
+
+
+@ON_SQLITE
+async def test_labels_and_forks_filter_sessions_and_values_list_what_exists(server: Any) -> None:
+    async with AsyncClient(server.address) as client, running_dashboard(server.address) as dash:
+        await create(client, "a", agent="Support-Bot", model="gpt-x", owner_id="ann",
+                     labels={"team": "red", "env": "prod"})
+        await create(client, "b", agent="support-bot", owner_id="bob", labels={"team": "red"})
+        await create(client, "c", agent="coder", labels={"team": "blue"})
+        await client.append_messages(session_id="a", messages=[
+            message_pb2.Message(role=message_pb2.ROLE_USER, content="hi")])
+        await client.fork_session(source_session_id="a", new_session_id="a-fork")
+        await client.record_usage(session_id="c", model="claude-y",
+                                  usage=session_pb2.Usage(prompt_tokens=1))
+
+        def ids(answer: Any) -> list[str]:
+            return sorted(session["id"] for session in answer.json()["sessions"])
+
+        assert ids(await get(dash.url + "api/sessions?label=team%3Dred")) == ["a", "a-fork", "b"]
+        assert ids(await get(dash.url + "api/sessions?label=team%3Dred&label=env%3Dprod")) == [
+            "a", "a-fork"]
+        assert ids(await get(dash.url + "api/sessions?parent_id=a")) == ["a-fork"]
+        bad = await get(dash.url + "api/sessions?label=nokey")
+        assert bad.status == 400 and "KEY=VALUE" in bad.json()["error"]["message"]
+
+        values = (await get(dash.url + "api/values")).json()
+        assert values["agent"] == ["coder", "Support-Bot", "support-bot"]
+        assert values["model"] == ["claude-y", "gpt-x"]  # CostByModel's models too
+        assert values["owner"] == ["ann", "bob"]
+
+
+@ON_SQLITE
+async def test_timeline_replays_runtime_states_turns_usage_and_the_end(server: Any) -> None:
+    async with AsyncClient(server.address) as client, running_dashboard(server.address) as dash:
+        await create(client, "t")
+        await create(client, "other")
+        await client.set_runtime_state(session_id="t", state=session_pb2.RUNTIME_STATE_RUNNING,
+                                       turn_id="turn-1")
+        await client.append_messages(session_id="t", messages=[
+            message_pb2.Message(role=message_pb2.ROLE_USER, content=f"m{n}") for n in range(3)])
+        await client.record_usage(session_id="t", model="m", usage=session_pb2.Usage(
+            prompt_tokens=10, completion_tokens=5, cost_micros=700))
+        await client.record_usage(session_id="t", model="m", errored=True,
+                                  usage=session_pb2.Usage(prompt_tokens=1, cost_micros=300))
+        await client.set_runtime_state(session_id="other",
+                                       state=session_pb2.RUNTIME_STATE_RUNNING, turn_id="x")
+        await client.set_runtime_state(session_id="t", state=session_pb2.RUNTIME_STATE_IDLE)
+        await client.end_session(session_id="t", status=session_pb2.SESSION_STATUS_COMPLETED,
+                                 reason="done")
+        answer = (await get(dash.url + "api/sessions/t/timeline")).json()
+        assert answer["complete"] is True and answer["dropped"] == 0
+        summary = [
+            (e["kind"], e.get("state") or e.get("status") or e.get("count")
+             or (e.get("cost_micros"), e.get("total_tokens"), e.get("errors")))
+            for e in answer["entries"]
+        ]
+        assert summary == [
+            ("created", (None, None, None)),
+            ("runtime", "running"),
+            ("messages", 3),
+            ("usage", (700, 15, 0)),
+            ("usage", (300, 1, 1)),
+            ("runtime", "idle"),
+            ("status", "completed"),
+        ]
+        assert answer["entries"][1]["turn_id"] == "turn-1"
+        revisions = [e["revision"] for e in answer["entries"]]
+        assert revisions == sorted(revisions)
+        missing = await get(dash.url + "api/sessions/nope/timeline")
+        assert missing.status == 404
 
 
 @ON_SQLITE
@@ -360,7 +434,6 @@ async def test_session_view_shows_markup_as_text_and_new_messages_live(server: A
                                   usage=session_pb2.Usage(prompt_tokens=10, cost_micros=5))
         await page.locator("#session-usage tbody tr", has_text="claude-opus").wait_for(
             timeout=LIVE_TIMEOUT_MS)
-        await page.screenshot(path=str(screenshot_path("session")), full_page=True)
 
         # Older messages come a page (20) at a time.
         await client.append_messages(session_id="coder-55", messages=[
@@ -374,6 +447,193 @@ async def test_session_view_shows_markup_as_text_and_new_messages_live(server: A
         assert await page.locator("#messages article").last.get_attribute("data-seq") == "1"
         assert await page.locator("#messages-older").is_hidden()
         assert dialogs == []
+
+
+def utc_minute(timestamp: Any) -> str:
+    """A Timestamp as the page's datetime-local value (UTC, to the minute)."""
+    return timestamp.ToDatetime().strftime("%Y-%m-%dT%H:%M")
+
+
+async def row_ids(page: Any) -> list[str]:
+    return await page.locator("#sessions-body tr").evaluate_all(
+        "rows => rows.map(row => row.dataset.sessionId)")
+
+
+@ON_SQLITE
+async def test_filters_sort_page_and_window_live_in_the_url_and_survive_a_reload(
+    server: Any,
+) -> None:
+    async with AsyncClient(server.address) as client, running_dashboard(
+        server.address
+    ) as dash, open_browser() as browser:
+        await seed_fleet(client, server.clock)
+        for number in range(26):
+            await create(client, f"bulk-{number:02d}", agent="bulk", labels={"team": "bulk"})
+        page = await browser.new_page(viewport=VIEWPORT)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(dash.url)
+        await wait_for_row(page, "bulk-25")
+        # Suggestions come from the values that exist; typing matches them without case.
+        suggested = await page.locator("#known-agent option").evaluate_all(
+            "options => options.map(option => option.value)")
+        assert {"support-bot", "coder", "bulk"} <= set(suggested)
+        await page.fill('#filters input[name="agent"]', "SUPPORT-Bot")
+        await page.select_option('#filters select[name="order"]', "cost")
+        await page.press('#filters input[name="agent"]', "Enter")
+        await expect(page.locator("#sessions-body tr")).to_have_count(2, timeout=LIVE_TIMEOUT_MS)
+        assert await row_ids(page) == ["support-8c21", "support-7f3a"]  # by cost
+        assert "agent=SUPPORT-Bot" in page.url and "order=cost" in page.url
+        await page.reload()
+        await expect(page.locator("#sessions-body tr")).to_have_count(2, timeout=LIVE_TIMEOUT_MS)
+        assert await row_ids(page) == ["support-8c21", "support-7f3a"]
+        assert await page.input_value('#filters input[name="agent"]') == "SUPPORT-Bot"
+        assert await page.input_value('#filters select[name="order"]') == "cost"
+        # The owner column shows owners; one number format (no "23.5k" beside "6,000").
+        owner = page.locator('#sessions-body tr[data-session-id="support-7f3a"] td.owner')
+        assert await owner.text_content() == "alice"
+
+        # A labels filter, and the page: 26 bulk sessions are two pages of 25.
+        await page.goto(dash.url + "#/?label=team%3Dbulk")
+        await expect(page.locator("#sessions-body tr")).to_have_count(25, timeout=LIVE_TIMEOUT_MS)
+        await page.click("#page-next")
+        await expect(page.locator("#sessions-body tr")).to_have_count(1, timeout=LIVE_TIMEOUT_MS)
+        assert "page=" in page.url and "label=team%3Dbulk" in page.url
+        shown = await row_ids(page)
+        await page.reload()
+        await expect(page.locator("#page-info")).to_have_text(
+            re.compile(r"^page 2 · 26 sessions"), timeout=LIVE_TIMEOUT_MS)
+        assert await row_ids(page) == shown
+        await page.click("#page-prev")
+        await expect(page.locator("#sessions-body tr")).to_have_count(25, timeout=LIVE_TIMEOUT_MS)
+        assert "page=" not in page.url
+
+        # A custom time window: sessions started between two minutes (UTC).
+        triage = (await client.get_session(session_id="triage-991")).session
+        support = (await client.get_session(session_id="support-8c21")).session
+        start = utc_minute(triage.started_at)
+        end_stamp = type(support.started_at)()
+        end_stamp.FromMicroseconds(support.started_at.ToMicroseconds() + 60_000_000)
+        end = utc_minute(end_stamp)
+        await page.goto(dash.url + f"#/?window=custom&from={start}&to={end}")
+        await expect(page.locator("#sessions-body tr")).to_have_count(2, timeout=LIVE_TIMEOUT_MS)
+        assert sorted(await row_ids(page)) == ["support-8c21", "triage-991"]
+        await expect(page.locator("#counter-sessions")).to_have_text("2", timeout=LIVE_TIMEOUT_MS)
+        await page.reload()
+        await expect(page.locator("#sessions-body tr")).to_have_count(2, timeout=LIVE_TIMEOUT_MS)
+        assert await page.input_value("#window") == "custom"
+        assert await page.input_value("#range-from") == start
+        assert await page.is_visible("#custom-range")
+        body = await page.text_content("body") or ""
+        assert not re.search(r"\d\.\dk\b", body)
+        assert errors == []
+
+
+@ON_SQLITE
+async def test_counters_and_charts_use_one_number_format_and_readable_ticks(server: Any) -> None:
+    async with AsyncClient(server.address) as client, running_dashboard(
+        server.address
+    ) as dash, open_browser() as browser:
+        await seed_fleet(client, server.clock)
+        page = await browser.new_page(viewport=VIEWPORT)
+        await page.goto(dash.url)
+        await wait_for_row(page, "coder-55")
+        await expect(page.locator("#counter-tokens")).to_have_text("23,480")
+        await expect(page.locator("#counter-success")).to_have_text("50.0%")
+        tokens = page.locator('#sessions-body tr[data-session-id="coder-55"] td.num').nth(1)
+        assert await tokens.text_content() == "8,480"
+        ticks = await page.locator("#chart-spend text").all_text_contents()
+        assert "$0" in ticks and "$1.00" in ticks  # round money steps on the value axis
+        assert any(re.fullmatch(r"\d\d:\d\d", tick) for tick in ticks)  # times of day
+        activity = await page.locator("#chart-activity text").all_text_contents()
+        assert {"sessions started", "sessions failed", "errored calls"} <= set(activity)
+        assert await page.locator("#chart-live path.line").count() == 3
+
+
+@ON_SQLITE
+async def test_session_view_links_parent_and_forks_shows_a_timeline_and_a_not_found_page(
+    server: Any,
+) -> None:
+    async with AsyncClient(server.address) as client, running_dashboard(
+        server.address
+    ) as dash, open_browser() as browser:
+        await seed_fleet(client, server.clock)
+        server.clock.advance(30)
+        await client.set_runtime_state(session_id="coder-55",
+                                       state=session_pb2.RUNTIME_STATE_RUNNING, turn_id="turn-2")
+        server.clock.advance(90)
+        await client.append_messages(session_id="coder-55", messages=[
+            message_pb2.Message(role=message_pb2.ROLE_ASSISTANT, content="Patched the test.")])
+        await client.record_usage(session_id="coder-55", model="gpt-large", errored=True,
+                                  usage=session_pb2.Usage(prompt_tokens=500, cost_micros=2_000))
+        server.clock.advance(30)
+        await client.set_runtime_state(session_id="coder-55", state=session_pb2.RUNTIME_STATE_IDLE)
+        await client.fork_session(source_session_id="coder-55", new_session_id="coder-55-retry",
+                                  up_to_seq=2, display_name="Retry from the question")
+        page = await browser.new_page(viewport=VIEWPORT)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(dash.url + "#/sessions/coder-55")
+        timeline = page.locator("#timeline tbody tr")
+        await timeline.first.wait_for(timeout=LIVE_TIMEOUT_MS)
+        texts = await timeline.all_text_contents()
+        assert any("running (turn turn-2)" in text for text in texts)
+        assert any("usage: $0.0020, 500 tokens, 1 errored" in text for text in texts)
+        assert any("1 message appended" in text for text in texts)
+        assert await page.locator("#timeline-chart rect.segment.runtime-running").count() == 1
+        assert await page.locator("#timeline-chart circle.usage-mark.errored").count() == 1
+        fork = page.locator("#session-forks a.fork-link")
+        await expect(fork).to_have_text("Retry from the question", timeout=LIVE_TIMEOUT_MS)
+        await page.screenshot(path=str(screenshot_path("session")), full_page=True)
+
+        # A new turn shows up on the timeline without a reload.
+        server.clock.advance(10)
+        await client.set_runtime_state(session_id="coder-55",
+                                       state=session_pb2.RUNTIME_STATE_RUNNING, turn_id="turn-3")
+        await page.locator("#timeline tbody tr", has_text="turn-3").wait_for(
+            timeout=LIVE_TIMEOUT_MS)
+
+        await fork.click()
+        parent = page.locator("#session-fields a.parent-link")
+        await expect(parent).to_have_text("coder-55", timeout=LIVE_TIMEOUT_MS)
+        assert page.url.endswith("#/sessions/coder-55-retry")
+        await parent.click()
+        await page.locator("#session-forks a.fork-link").wait_for(timeout=LIVE_TIMEOUT_MS)
+
+        await page.goto(dash.url + "#/sessions/no-such-session")
+        await page.locator("#view-notfound").wait_for(timeout=LIVE_TIMEOUT_MS)
+        assert await page.text_content("#notfound-id") == "no-such-session"
+        assert await page.is_hidden("#view-session") and await page.is_hidden("#alert")
+        assert errors == []
+
+
+@ON_SQLITE
+async def test_sign_in_page_when_sessiond_wants_a_key(make_server: Any, tmp_path: Any) -> None:
+    from principals import Grant, write_key_file
+
+    keys = write_key_file(tmp_path / "keys.toml", [Grant("ops", "default", "admin")])
+    server = await make_server(api_keys_file=tmp_path / "keys.toml")
+    async with AsyncClient(server.address, token=keys["ops"]) as client, running_dashboard(
+        server.address
+    ) as dash, open_browser() as browser:
+        await create(client, "private", agent="secret-agent", owner_id="ann")
+        page = await browser.new_page(viewport=VIEWPORT)
+        await page.goto(dash.url)
+        await page.locator("#view-signin").wait_for(timeout=LIVE_TIMEOUT_MS)
+        assert await page.is_hidden("#view-overview") and await page.is_hidden("#alert")
+        await expect(page.locator("#connection")).to_have_text("signed out")
+        await page.screenshot(path=str(screenshot_path("sign-in")))
+
+        await page.fill("#signin-token", "not-a-key")
+        await page.press("#signin-token", "Enter")
+        await expect(page.locator("#signin-error")).to_have_text(
+            re.compile("^That key was not accepted"), timeout=LIVE_TIMEOUT_MS)
+
+        await page.fill("#signin-token", keys["ops"])
+        await page.press("#signin-token", "Enter")
+        row = await wait_for_row(page, "private")
+        assert await row.locator("td.owner").text_content() == "ann"
+        await page.locator('#connection[data-state="live"]').wait_for(timeout=LIVE_TIMEOUT_MS)
 
 
 @ON_SQLITE

@@ -8,7 +8,9 @@ Readiness probes (Kubernetes gRPC probes, grpc-health-probe) read the standard
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,78 @@ async def test_a_second_server_on_the_same_sqlite_file_is_refused(tmp_path: Path
             assert await check(channel) == SERVING  # the first one is unharmed
     finally:
         await first.stop(grace=0)
+
+
+@contextlib.asynccontextmanager
+async def database_held(server: Any) -> AsyncIterator[None]:
+    """Another client holds the database so that the server's writes cannot proceed: SQLite's
+    write lock from another connection, or an exclusive lock on PostgreSQL's change log."""
+    if isinstance(server.database, Path):
+        intruder = sqlite3.connect(server.database, isolation_level=None)
+        intruder.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            intruder.execute("ROLLBACK")
+            intruder.close()
+        return
+    import asyncpg
+
+    conn = await asyncpg.connect(server.database)
+    try:
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute("LOCK TABLE changes IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            await transaction.rollback()
+    finally:
+        await conn.close()
+
+
+async def next_status(watch: Any, want: int) -> None:
+    while True:
+        answer = await asyncio.wait_for(watch.read(), TIMEOUT)
+        if answer.status == want:
+            return
+
+
+async def test_health_is_not_serving_while_the_database_cannot_answer_and_recovers(
+        make_server: Any) -> None:
+    server = await make_server(health_check_interval_seconds=0.1, health_check_failures=2)
+    watch = health_pb2_grpc.HealthStub(server.channel).Watch(health_pb2.HealthCheckRequest())
+    try:
+        assert (await asyncio.wait_for(watch.read(), TIMEOUT)).status == SERVING
+        async with database_held(server):
+            await next_status(watch, NOT_SERVING)
+            for service in SERVICES:
+                assert await check(server.channel, service) == NOT_SERVING, service
+        await next_status(watch, SERVING)
+        for service in SERVICES:
+            assert await check(server.channel, service) == SERVING, service
+    finally:
+        watch.cancel()
+
+
+async def test_one_slow_probe_does_not_turn_health_not_serving(
+        make_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sessiond_server import app
+
+    probes = 0
+    real_ping = app.ping_database
+
+    async def one_slow_ping(store: Any) -> None:
+        nonlocal probes
+        probes += 1
+        if probes == 1:
+            await asyncio.sleep(0.3)  # longer than the interval: one probe finds no answer
+        await real_ping(store)
+
+    monkeypatch.setattr(app, "ping_database", one_slow_ping)
+    server = await make_server(health_check_interval_seconds=0.2, health_check_failures=3)
+    async with asyncio.timeout(TIMEOUT):
+        while probes < 5:
+            assert await check(server.channel) == SERVING
+            await asyncio.sleep(0.05)
+    assert server.running.readiness.serving

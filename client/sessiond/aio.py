@@ -33,6 +33,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
+from sessiond.channel import channel_options
 from sessiond.errors import Unavailable, error_from_rpc_error, retry_is_safe
 from sessiond.requests import (
     FieldMaskLike,
@@ -52,7 +53,13 @@ from sessiond.v1 import (
     stats_service_pb2,
     stats_service_pb2_grpc,
 )
-from sessiond.watching import Backoff, WatchRequest, WatchResponse, watch_async
+from sessiond.watching import (
+    Backoff,
+    ConnectionHook,
+    WatchRequest,
+    WatchResponse,
+    watch_async,
+)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -83,9 +90,10 @@ class AsyncClient:
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=list(options))
+            self._channel = grpc.aio.insecure_channel(target, options=channel_options(options))
         else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=list(options))
+            self._channel = grpc.aio.secure_channel(target, credentials,
+                                                 options=channel_options(options))
         self.target = target
         self._metadata = auth_metadata(token)
         self._timeout = timeout
@@ -372,6 +380,7 @@ class AsyncClient:
         include_initial: bool = False,
         progress_interval_ms: int = 0,
         max_backoff: float = 30.0,
+        on_connection: ConnectionHook | None = None,
     ) -> AsyncGenerator[WatchResponse, None]:
         """WatchSessions as an endless async iterator that resumes by itself.
 
@@ -380,6 +389,8 @@ class AsyncClient:
         EVENTS and PROGRESS, each revision once, across reconnections.
         Raises ``RelistRequired`` when the resume point was compacted, and
         other ``SessiondError`` subclasses for anything but UNAVAILABLE.
+        ``on_connection`` is told of each call opened and confirmed
+        (``sessiond.watching.WatchConnection``), to show reconnections.
         Close it with ``aclose()`` (or ``contextlib.aclosing``) to end the call.
         """
         request = WatchRequest(
@@ -395,7 +406,13 @@ class AsyncClient:
             jitter=self._backoff.jitter,
             rng=self._backoff.rng,
         )
-        return watch_async(self._open_watch, request, backoff=backoff, sleep=self._sleep)
+        return watch_async(
+            self._open_watch,
+            request,
+            backoff=backoff,
+            sleep=self._sleep,
+            on_connection=on_connection,
+        )
 
     async def _open_watch(self, request: WatchRequest) -> AsyncGenerator[WatchResponse, None]:
         """One WatchSessions call, cancelled when the generator is closed."""

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: this command completes its arguments in bash and zsh)
 """The ``sessiond`` command: run the server, or look at one from a terminal.
 
 ``sessiond serve`` starts the server (imported only then, so the client
@@ -10,6 +11,10 @@ fields on stderr and exit 1; usage errors exit 2; Ctrl-C ends ``watch`` and
 
 Common options may come before or after the command: ``sessiond --json
 stats`` and ``sessiond stats --json`` mean the same.
+
+Shell completion comes from argcomplete: ``eval "$(sessiond completion bash)"``
+(or ``zsh``) completes commands, flags, their choices and, from the server at
+``--address``, session ids.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
+import argcomplete
+from argcomplete.shell_integration import shellcode
+
 from sessiond.aio import DEFAULT_TARGET
 from sessiond.dashboard import add_arguments as add_dashboard_arguments
-from sessiond.errors import SessiondError
+from sessiond.errors import SessiondError, Unauthenticated, Unavailable
 from sessiond.formatting import (
     ORDER_WORDS,
     STATUS_WORDS,
@@ -32,6 +40,7 @@ from sessiond.formatting import (
     message_line,
     message_table,
     model_cost_table,
+    readable_enum_names,
     session_details,
     session_table,
     stats_details,
@@ -40,18 +49,23 @@ from sessiond.formatting import (
 from sessiond.sync import Client
 from sessiond.v1 import (
     event_pb2,
+    message_pb2,
     message_service_pb2,
     session_pb2,
     session_service_pb2,
 )
+from sessiond.watching import WatchConnection
 
 ADDRESS_ENV = "SESSIOND_ADDRESS"
 TOKEN_ENV = "SESSIOND_TOKEN"
 DEFAULT_TIMEOUT = 10.0
 MAX_PAGE_SIZE = 500
 DEFAULT_TAIL = 10
+COMPLETION_SHELLS = ("bash", "zsh")
+COMPLETION_TIMEOUT = 2.0
 
 TERMINAL_STATUS_WORDS = ("completed", "failed", "cancelled")
+TERMINAL_STATUSES = frozenset(STATUS_WORDS[word] for word in TERMINAL_STATUS_WORDS)
 EVENT_WORDS = {
     word: event_pb2.EventType.Value(name)
     for word, name in enum_words(event_pb2.EventType.DESCRIPTOR).items()
@@ -76,6 +90,8 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
+    # Answers a completion request from the shell and exits; otherwise returns at once.
+    argcomplete.autocomplete(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:  # --help, or a usage error already printed
@@ -91,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sessiond: error: {error}", file=sys.stderr)
         return 2
     except SessiondError as error:
-        print_error(error, sys.stderr)
+        print_error(error, sys.stderr, args)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -101,14 +117,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def print_error(error: SessiondError, out: TextIO) -> None:
-    """``error: <CODE> <message>`` and one line per field violation."""
-    print(f"error: {error.code.name} {error.message}".rstrip(), file=out)
+def print_error(
+    error: SessiondError, out: TextIO, args: argparse.Namespace | None = None
+) -> None:
+    """``error: <CODE> <message>``, one line per field violation, and the fix
+    when the failure has an obvious one (no server, no credentials).
+
+    Enum value names in the server's message are written as the words the
+    command line takes ("completed", not SESSION_STATUS_COMPLETED).
+    """
+    print(f"error: {error.code.name} {readable_enum_names(error.message)}".rstrip(), file=out)
     for field, description in error.field_violations:
-        print(f"  {field}: {description}", file=out)
+        print(f"  {field}: {readable_enum_names(description)}", file=out)
+    fix = error_fix(error, args)
+    if fix:
+        print(fix, file=out)
+
+
+def error_fix(error: SessiondError, args: argparse.Namespace | None) -> str:
+    """What to do about a failure that has one obvious cause, or ""."""
+    address = getattr(args, "address", None) or DEFAULT_TARGET
+    if isinstance(error, Unavailable) and not error.reason:
+        # No ErrorInfo: the call never reached a sessiond (a sessiond that is
+        # up but cannot serve says why, with a reason).
+        return (
+            f"no sessiond answers at {address}: start `sessiond serve` or pass --address "
+            f"(or set {ADDRESS_ENV})"
+        )
+    if isinstance(error, Unauthenticated):
+        if getattr(args, "token", None):
+            return f"the server does not accept this token: check --token (or {TOKEN_ENV})"
+        return f"the server wants an API key: pass --token or set {TOKEN_ENV}"
+    return ""
 
 
 # Parser
+
+SERVER_EXTRA = "pip install 'sessiond[server]'"
+
+
+class PrintVersion(argparse.Action):
+    """``--version``: the version and git revision, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from sessiond.version import build_info
+
+        print(build_info())
+        parser.exit()
+
+
+def server_not_installed(args: argparse.Namespace, out: TextIO) -> int:
+    """``serve`` where only the client is installed: say what to install."""
+    print(f"sessiond: error: the server is not installed; {SERVER_EXTRA}", file=sys.stderr)
+    return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         default=DEFAULT_TIMEOUT,
         help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--version", action=PrintVersion, help="print the version and git revision, then exit"
     )
     # The same options after the command; SUPPRESS keeps the values given
     # before it (or the defaults) when they are not repeated.
@@ -168,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from sessiond_server.server_commands import add_server_commands
     except ModuleNotFoundError as missing:
-        if missing.name != "sessiond_server":
+        if (missing.name or "").startswith("sessiond_server."):
             raise  # the server is installed but broken: say so, do not hide `serve`
+        # The server's own dependencies come with the `server` extra.
+        add(commands, "", "serve", f"run the server (needs {SERVER_EXTRA})",
+            server_not_installed, parents=())
     else:
         add_server_commands(add, commands)
 
@@ -190,11 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=positive_int, default=50, help="most sessions to show (default 50)"
     )
     sessions_get = add(sessions_commands, "sessions", "get", "show one session", run_sessions_get)
-    sessions_get.add_argument("session_id", metavar="ID")
+    add_session_id_argument(sessions_get)
     sessions_end = add(
         sessions_commands, "sessions", "end", "end a session with a status", run_sessions_end
     )
-    sessions_end.add_argument("session_id", metavar="ID")
+    add_session_id_argument(sessions_end)
     sessions_end.add_argument("--status", choices=TERMINAL_STATUS_WORDS, required=True)
     sessions_end.add_argument("--reason", default="", help="free-text reason")
     sessions_delete = add(
@@ -204,14 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
         "delete a session with its messages",
         run_sessions_delete,
     )
-    sessions_delete.add_argument("session_id", metavar="ID")
+    add_session_id_argument(sessions_delete)
 
     messages = commands.add_parser("messages", help="read a session's messages")
     messages_commands = messages.add_subparsers(title="commands", metavar="COMMAND", required=True)
     messages_list = add(
         messages_commands, "messages", "list", "show a session's messages", run_messages_list
     )
-    messages_list.add_argument("session_id", metavar="ID")
+    add_session_id_argument(messages_list)
     window = messages_list.add_mutually_exclusive_group()
     window.add_argument("--last", type=positive_int, metavar="N", help="the last N messages")
     window.add_argument("--turns", type=positive_int, metavar="N", help="the last N turns")
@@ -222,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         "show the last messages, then follow new ones live",
         run_messages_tail,
     )
-    messages_tail.add_argument("session_id", metavar="ID")
+    add_session_id_argument(messages_tail)
     messages_tail.add_argument(
         "--last",
         type=non_negative_int,
@@ -237,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_session_filter_flags(cost)
 
     watch = add(commands, "", "watch", "print session changes as they happen", run_watch)
-    watch.add_argument("--session", action="append", default=[], metavar="ID")
+    session_flag = watch.add_argument(
+        "--session", action="append", default=[], metavar="ID", help="session id, repeatable"
+    )
+    complete_with(session_flag, complete_session_ids)
     add_watch_filter_flags(watch)
     watch.add_argument(
         "--event",
@@ -258,11 +333,50 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "", "dashboard", "live fleet dashboard in the browser", run_dashboard
     )
     add_dashboard_arguments(dashboard)
+    completion = add(
+        commands,
+        "",
+        "completion",
+        "print the shell code that completes sessiond's arguments",
+        run_completion,
+        parents=(),
+    )
+    completion.add_argument(
+        "shell",
+        choices=COMPLETION_SHELLS,
+        help='bash: eval "$(sessiond completion bash)" in ~/.bashrc; '
+        'zsh: eval "$(sessiond completion zsh)" in ~/.zshrc (after compinit)',
+    )
     width = max(len(name) for name, _ in listing)
     parser.epilog = "all commands:\n" + "\n".join(
         f"  sessiond {name:<{width}}  {text}" for name, text in listing
     )
     return parser
+
+
+def add_session_id_argument(parser: argparse.ArgumentParser) -> None:
+    """The ID positional, completed from the server's sessions."""
+    complete_with(parser.add_argument("session_id", metavar="ID"), complete_session_ids)
+
+
+def complete_with(action: argparse.Action, completer: Callable[..., list[str]]) -> None:
+    """Attach an argcomplete completer (argcomplete reads the ``completer`` attribute)."""
+    setattr(action, "completer", completer)  # noqa: B010  (argparse.Action declares no such field)
+
+
+def complete_session_ids(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Ids of the most recently active sessions that start with ``prefix``; none when
+    the server cannot be asked (a completion never prints an error)."""
+    try:
+        with Client(
+            getattr(parsed_args, "address", None) or DEFAULT_TARGET,
+            token=getattr(parsed_args, "token", None),
+            timeout=COMPLETION_TIMEOUT,
+        ) as client:
+            page = client.list_sessions(page_size=MAX_PAGE_SIZE)
+    except SessiondError:
+        return []
+    return [session.id for session in page.sessions if session.id.startswith(prefix)]
 
 
 def add_session_filter_flags(parser: argparse.ArgumentParser) -> None:
@@ -444,22 +558,41 @@ def run_messages_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def run_messages_tail(args: argparse.Namespace, out: TextIO) -> int:
-    """Print the last messages, then follow changes from the revision they were read at."""
+    """Print the last messages, then follow changes from the revision they were read at.
+
+    Ends (exit 0) when the session ends or is deleted, and at once when it had
+    already ended: an ended session takes no more messages, so there is
+    nothing to follow.
+    """
     with connect(args) as client:
+        last_seq = 0
         if args.last:
             listed = client.list_messages(session_id=args.session_id, last_n=args.last)
             revision = listed.revision
-            if args.json:
-                emit_json(listed.messages, out)
-            else:
-                for message in listed.messages:
-                    print(message_line(message), file=out, flush=True)
+            for message in listed.messages:
+                print_tail_message(message, args.json, out)
+                last_seq = message.seq
+            # Read after the listing: if the session ended before it, the
+            # watch from the listing's revision would never see the end.
+            session = client.get_session(session_id=args.session_id).session
         else:
-            revision = client.get_session(session_id=args.session_id).revision
+            got = client.get_session(session_id=args.session_id)
+            session, revision, last_seq = got.session, got.revision, got.session.last_seq
+        if session.status in TERMINAL_STATUSES:
+            # Final: print what came after the listing, then the end.
+            for message in client.iter_messages(session_id=args.session_id, after_seq=last_seq):
+                print_tail_message(message, args.json, out)
+            if not args.json:
+                print_session_end(session, out)
+            return 0
         watch_filter = session_service_pb2.WatchFilter(
             session_ids=[args.session_id], event_types=TAIL_EVENT_TYPES
         )
-        stream = client.watch(watch_filter, start_revision=revision + 1)
+        stream = client.watch(
+            watch_filter,
+            start_revision=revision + 1,
+            on_connection=ConnectionReport(args.address, sys.stderr, quiet_first=True),
+        )
         try:
             for response in stream:
                 for event in response.events:
@@ -480,6 +613,58 @@ def run_messages_tail(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def print_tail_message(message: message_pb2.Message, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        emit_json([message], out)
+    else:
+        print(message_line(message), file=out, flush=True)
+
+
+def print_session_end(session: session_pb2.Session, out: TextIO) -> None:
+    word = enum_word(session_pb2.SessionStatus.DESCRIPTOR, session.status)
+    print(f"-- session ended: {word}", file=out, flush=True)
+
+
+class ConnectionReport:
+    """Says on standard error what a watch's connection is doing.
+
+    "connecting to ADDRESS" before the first call, "connected at revision R"
+    when the server confirms it, "reconnecting to ADDRESS (attempt n)" before
+    each later call and "resumed at revision R" (R the first revision still
+    to come) when one is confirmed. Events go to standard output, so these
+    lines never mix with what a pipe reads. ``quiet_first`` leaves out the
+    first two lines, for a command that has already talked to the server.
+    """
+
+    def __init__(self, address: str, err: TextIO, *, quiet_first: bool = False) -> None:
+        self._address = address
+        self._err = err
+        self._quiet_first = quiet_first
+        self._ever_confirmed = False
+
+    def __call__(self, step: WatchConnection) -> None:
+        line = self._confirmed_line(step) if step.confirmed else self._opening_line(step)
+        if line:
+            print(f"-- {line}", file=self._err, flush=True)
+
+    def _opening_line(self, step: WatchConnection) -> str:
+        if not step.reconnecting:
+            return "" if self._quiet_first else f"connecting to {self._address}"
+        line = f"reconnecting to {self._address} (attempt {step.attempt})"
+        if step.attempt == 1 and not self._ever_confirmed:
+            # Only UNAVAILABLE is retried: nothing answers there (yet).
+            line += ": no sessiond answers; start `sessiond serve` or pass --address"
+        return line
+
+    def _confirmed_line(self, step: WatchConnection) -> str:
+        self._ever_confirmed = True
+        if step.reconnecting and step.start_revision:
+            return f"resumed at revision {step.start_revision}"
+        if step.reconnecting or not self._quiet_first:
+            return f"connected at revision {step.revision}"
+        return ""
+
+
 def print_tail_event(event: event_pb2.SessionEvent, out: TextIO) -> None:
     kind = event.type
     if kind == event_pb2.EVENT_TYPE_MESSAGES_APPENDED:
@@ -494,8 +679,7 @@ def print_tail_event(event: event_pb2.SessionEvent, out: TextIO) -> None:
     elif kind == event_pb2.EVENT_TYPE_MESSAGES_CLEARED:
         print(f"-- cleared {event.removed_count} message(s)", file=out, flush=True)
     elif kind == event_pb2.EVENT_TYPE_SESSION_ENDED:
-        word = enum_word(session_pb2.SessionStatus.DESCRIPTOR, event.session.status)
-        print(f"-- session ended: {word}", file=out, flush=True)
+        print_session_end(event.session, out)
     else:
         print("-- session deleted", file=out, flush=True)
 
@@ -535,7 +719,10 @@ def run_watch(args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("--initial and --start-revision cannot be combined")
     with connect(args) as client:
         stream = client.watch(
-            watch_filter, start_revision=args.start_revision, include_initial=args.initial
+            watch_filter,
+            start_revision=args.start_revision,
+            include_initial=args.initial,
+            on_connection=ConnectionReport(args.address, sys.stderr),
         )
         try:
             for response in stream:
@@ -553,8 +740,10 @@ def run_watch(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run_completion(args: argparse.Namespace, out: TextIO) -> int:
+    """The shell code that asks ``sessiond`` itself for completions (argcomplete)."""
+    print(shellcode(["sessiond"], shell=args.shell), file=out, end="")
+    return 0
 
 
 def run_dashboard(args: argparse.Namespace, out: TextIO) -> int:
@@ -562,3 +751,8 @@ def run_dashboard(args: argparse.Namespace, out: TextIO) -> int:
     from sessiond.dashboard import main as dashboard_main
 
     return dashboard_main(args)
+
+
+# Last, so that every command above is defined when `python -m sessiond.cli` runs.
+if __name__ == "__main__":
+    sys.exit(main())

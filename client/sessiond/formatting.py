@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Iterable, Sequence
 
 from google.protobuf import json_format
@@ -51,6 +52,12 @@ def enum_words(enum: EnumDescriptor) -> dict[str, str]:
         for value in enum.values
         if not value.name.endswith("_UNSPECIFIED")
     }
+
+
+def readable_enum_names(text: str) -> str:
+    """``text`` with every enum value name of the API written as its word:
+    "session is SESSION_STATUS_COMPLETED" reads "session is completed"."""
+    return _ENUM_NAME.sub(lambda match: _ENUM_NAME_WORDS.get(match[0], match[0]), text)
 
 
 def _enum_prefix(enum: EnumDescriptor) -> str:
@@ -273,7 +280,7 @@ def stats_details(stats: stats_service_pb2.Stats) -> str:
         ("failed", format_count(stats.failed_count)),
         ("cancelled", format_count(stats.cancelled_count)),
         ("unknown", format_count(stats.unknown_count)),
-        ("success rate", f"{stats.success_rate * 100:.1f}%"),
+        ("success rate", format_success_rate(stats)),
         ("messages", format_count(stats.message_count)),
         *usage_pairs(stats.usage),
         ("average cost", format_money(stats.average_cost_micros)),
@@ -281,6 +288,14 @@ def stats_details(stats: stats_service_pb2.Stats) -> str:
         ("average duration", format_duration(stats.average_duration_seconds)),
     ]
     return key_values(pairs)
+
+
+def format_success_rate(stats: stats_service_pb2.Stats) -> str:
+    """completed / (completed + failed) as a percentage; "-" while no session has
+    completed or failed (the server's 0 then means "no answer", not "all failed")."""
+    if stats.completed_count + stats.failed_count == 0:
+        return "-"
+    return f"{stats.success_rate * 100:.1f}%"
 
 
 def model_cost_table(models: Iterable[stats_service_pb2.ModelCost]) -> str:
@@ -370,3 +385,20 @@ ORDER_WORDS = {
     "cost": session_service_pb2.SESSION_ORDER_FIELD_COST,
     "tokens": session_service_pb2.SESSION_ORDER_FIELD_TOKENS,
 }
+
+# Every enum value name of the API, mapped to the word enum_word prints.
+_ENUM_NAME_WORDS = {
+    value.name: "unspecified"
+    if value.name.endswith("_UNSPECIFIED")
+    else enum_word(enum, value.number)
+    for enum in (
+        session_pb2.SessionStatus.DESCRIPTOR,
+        session_pb2.RuntimeState.DESCRIPTOR,
+        session_pb2.SessionKind.DESCRIPTOR,
+        message_pb2.Role.DESCRIPTOR,
+        message_pb2.MessageStatus.DESCRIPTOR,
+        event_pb2.EventType.DESCRIPTOR,
+    )
+    for value in enum.values
+}
+_ENUM_NAME = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")

@@ -17,6 +17,7 @@ from typing import Any, Self
 import grpc
 
 from sessiond.aio import DEFAULT_TARGET, RequestT, ResponseT
+from sessiond.channel import channel_options
 from sessiond.errors import Unavailable, error_from_rpc_error, retry_is_safe
 from sessiond.requests import (
     FieldMaskLike,
@@ -36,7 +37,13 @@ from sessiond.v1 import (
     stats_service_pb2,
     stats_service_pb2_grpc,
 )
-from sessiond.watching import Backoff, WatchRequest, WatchResponse, watch_sync
+from sessiond.watching import (
+    Backoff,
+    ConnectionHook,
+    WatchRequest,
+    WatchResponse,
+    watch_sync,
+)
 
 
 class Client:
@@ -63,9 +70,10 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=list(options))
+            self._channel = grpc.insecure_channel(target, options=channel_options(options))
         else:
-            self._channel = grpc.secure_channel(target, credentials, options=list(options))
+            self._channel = grpc.secure_channel(target, credentials,
+                                                 options=channel_options(options))
         self.target = target
         self._metadata = auth_metadata(token)
         self._timeout = timeout
@@ -351,6 +359,7 @@ class Client:
         include_initial: bool = False,
         progress_interval_ms: int = 0,
         max_backoff: float = 30.0,
+        on_connection: ConnectionHook | None = None,
     ) -> Generator[WatchResponse, None, None]:
         """WatchSessions as an endless iterator that resumes by itself.
 
@@ -359,6 +368,8 @@ class Client:
         EVENTS and PROGRESS, each revision once, across reconnections.
         Raises ``RelistRequired`` when the resume point was compacted, and
         other ``SessiondError`` subclasses for anything but UNAVAILABLE.
+        ``on_connection`` is told of each call opened and confirmed
+        (``sessiond.watching.WatchConnection``), to show reconnections.
         Close it with ``close()`` (or ``contextlib.closing``) to end the call.
         """
         request = WatchRequest(
@@ -374,7 +385,13 @@ class Client:
             jitter=self._backoff.jitter,
             rng=self._backoff.rng,
         )
-        return watch_sync(self._open_watch, request, backoff=backoff, sleep=self._sleep)
+        return watch_sync(
+            self._open_watch,
+            request,
+            backoff=backoff,
+            sleep=self._sleep,
+            on_connection=on_connection,
+        )
 
     def _open_watch(self, request: WatchRequest) -> Generator[WatchResponse, None, None]:
         """One WatchSessions call, cancelled when the generator is closed."""

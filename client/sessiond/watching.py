@@ -25,7 +25,9 @@ again and start a new watch from the list's revision + 1.
 
 The state machine (``WatchCursor``) knows nothing of gRPC, and the loops take
 their ``sleep`` and ``Backoff`` as arguments, so tests drive reconnection
-without waiting for real time.
+without waiting for real time. Reconnections are invisible in the stream; a
+caller that wants to show them (``sessiond watch`` says "reconnecting") passes
+``on_connection``, told of each call opened and each call the server confirmed.
 """
 
 from __future__ import annotations
@@ -49,6 +51,29 @@ _EVENTS = session_service_pb2.WATCH_RESPONSE_TYPE_EVENTS
 _INITIAL = session_service_pb2.WATCH_RESPONSE_TYPE_INITIAL
 _INITIAL_COMPLETE = session_service_pb2.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE
 _PROGRESS = session_service_pb2.WATCH_RESPONSE_TYPE_PROGRESS
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WatchConnection:
+    """One step of a watch's connection, for an ``on_connection`` hook.
+
+    ``attempt`` is the number of calls that ended in a row before this one
+    (0 for the first call; n for the n-th try after the connection was lost);
+    ``reconnecting`` is False only for the watch's very first call;
+    ``start_revision`` is the revision the call asks to start from (0: from
+    now); ``confirmed`` is False when the call is being opened and True when
+    the server has confirmed it (CREATED), with ``revision`` the server's
+    revision at that moment.
+    """
+
+    attempt: int
+    reconnecting: bool
+    start_revision: int
+    confirmed: bool
+    revision: int = 0
+
+
+ConnectionHook = Callable[[WatchConnection], None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,6 +174,27 @@ class WatchCursor:
         return None
 
 
+def _tell(
+    hook: ConnectionHook | None,
+    failures: int,
+    earlier_calls: int,
+    request: WatchRequest,
+    created: WatchResponse | None,
+) -> None:
+    """Tell ``hook`` that a call is being opened (``created`` None) or was confirmed."""
+    if hook is None:
+        return
+    hook(
+        WatchConnection(
+            attempt=failures,
+            reconnecting=earlier_calls > 0,
+            start_revision=request.start_revision,
+            confirmed=created is not None,
+            revision=created.revision if created is not None else 0,
+        )
+    )
+
+
 def _raise_unless_connection_loss(error: grpc.RpcError) -> None:
     """Return on UNAVAILABLE (reconnect); raise the SessiondError otherwise."""
     converted = error_from_rpc_error(error)
@@ -162,6 +208,7 @@ async def watch_async(
     *,
     backoff: Backoff,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_connection: ConnectionHook | None = None,
 ) -> AsyncGenerator[WatchResponse, None]:
     """Yield the responses of a watch that reconnects on connection loss.
 
@@ -173,11 +220,16 @@ async def watch_async(
     """
     cursor = WatchCursor(request)
     failures = 0
+    calls = 0
     while True:
-        stream = open_stream(cursor.request())
+        call_request = cursor.request()
+        _tell(on_connection, failures, calls, call_request, None)
+        calls += 1
+        stream = open_stream(call_request)
         try:
             async for response in stream:
                 if response.type == _CREATED:
+                    _tell(on_connection, failures, calls - 1, call_request, response)
                     failures = 0
                 delivered = cursor.accept(response)
                 if delivered is not None:
@@ -197,15 +249,21 @@ def watch_sync(
     *,
     backoff: Backoff,
     sleep: Callable[[float], None] = time.sleep,
+    on_connection: ConnectionHook | None = None,
 ) -> Generator[WatchResponse, None, None]:
     """The blocking twin of ``watch_async``, for the sync client."""
     cursor = WatchCursor(request)
     failures = 0
+    calls = 0
     while True:
-        stream = open_stream(cursor.request())
+        call_request = cursor.request()
+        _tell(on_connection, failures, calls, call_request, None)
+        calls += 1
+        stream = open_stream(call_request)
         try:
             for response in stream:
                 if response.type == _CREATED:
+                    _tell(on_connection, failures, calls - 1, call_request, response)
                     failures = 0
                 delivered = cursor.accept(response)
                 if delivered is not None:

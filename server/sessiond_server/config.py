@@ -52,6 +52,15 @@ class Limits:
     # rate_limit_burst requests may come at once (0 means one second's worth).
     rate_limit_per_second: float = 0.0
     rate_limit_burst: int = 0
+    # Connections: at most max_connections open at once (more are closed as
+    # they are accepted; the server also lowers this to fit its file
+    # descriptor limit), each must finish its HTTP/2 handshake within
+    # handshake_timeout_seconds, and one with no call open for
+    # connection_idle_seconds is closed (clients reconnect by themselves;
+    # 0 keeps idle connections open).
+    max_connections: int = 10_000
+    handshake_timeout_seconds: float = 10.0
+    connection_idle_seconds: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,6 +96,12 @@ class ServerConfig:
     page_token_key: bytes = b""
     # Seconds in-flight calls get to finish on shutdown.
     shutdown_grace_seconds: float = 10.0
+    # Readiness: the database is probed every health_check_interval_seconds;
+    # health turns NOT_SERVING after health_check_failures probes in a row
+    # fail (or find no answer within the interval), and SERVING again at the
+    # first probe that succeeds.
+    health_check_interval_seconds: float = 5.0
+    health_check_failures: int = 2
     limits: Limits = dataclasses.field(default_factory=Limits)
     # Serve the gRPC reflection service.
     reflection: bool = True

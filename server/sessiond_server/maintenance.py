@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import json
 import os
 import sqlite3
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -115,14 +117,19 @@ class DatabaseLock:
 
 
 class Progress:
-    """A one-line progress bar on a terminal; silent when ``stream`` is not a TTY."""
+    """A one-line progress bar on a terminal; silent when ``stream`` is not a TTY.
 
-    def __init__(self, label: str, total: int, stream: TextIO | None = None,
-                 enabled: bool | None = None) -> None:
+    ``total`` None means unknown (input from a pipe): the line then shows how
+    much is done, without a percentage. ``unit`` names what is counted.
+    """
+
+    def __init__(self, label: str, total: int | None, stream: TextIO | None = None,
+                 enabled: bool | None = None, unit: str = "") -> None:
         self.stream = sys.stderr if stream is None else stream
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.label = label
-        self.total = max(0, total)
+        self.total = None if total is None else max(0, total)
+        self.unit = f" {unit}" if unit else ""
         self.done = 0
         self._shown = -1
 
@@ -135,20 +142,52 @@ class Progress:
         self.done = done
         if not self.enabled:
             return
-        percent = int(100 * done / self.total) if self.total else 100
-        if percent == self._shown:
+        if self.total is None:
+            shown = done
+            line = f"\r{self.label} {done:,}{self.unit}"
+        else:
+            # Redrawn when the percentage moves, not on every step.
+            shown = min(100, int(100 * done / self.total)) if self.total else 100
+            width = 30
+            filled = width * shown // 100
+            line = (f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                    f"{shown:3d}% {done:,}/{self.total:,}{self.unit}")
+        if shown == self._shown:
             return
-        self._shown = percent
-        width = 30
-        filled = width * percent // 100
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                          f"{percent:3d}% {done}/{self.total}")
+        self._shown = shown
+        self.stream.write(line)
         self.stream.flush()
 
     def finish(self) -> None:
         if self.enabled and self._shown >= 0:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class ReadPosition:
+    """How many bytes the inputs of one import have given so far: the measure of
+    its progress (a file's size is known before it is read, its records are not)."""
+
+    def __init__(self) -> None:
+        self.bytes_read = 0
+
+    def lines(self, stream: IO[bytes]) -> Iterator[str]:
+        """The lines of ``stream`` decoded as UTF-8, counted as they are read."""
+        for raw in stream:
+            self.bytes_read += len(raw)
+            yield raw.decode("utf-8")
+
+
+def remaining_bytes(stream: IO[bytes]) -> int | None:
+    """How many bytes a stream still holds: known for a regular file (also one
+    redirected to standard input), None for a pipe or a terminal."""
+    try:
+        status = os.fstat(stream.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        return max(0, status.st_size - stream.tell())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 def _read_only(database: Path) -> sqlite3.Connection:
@@ -638,9 +677,13 @@ async def import_records(
     database: Path,
     chunks: Iterable[tuple[session_pb2.Session, list[message_pb2.Message],
                            list[tuple[str, session_pb2.Usage]]]],
-    *, clock: Callable[[], int], progress: Progress | None = None,
+    *, clock: Callable[[], int], on_chunk: Callable[[], None] | None = None,
 ) -> dict[str, int]:
-    """Merge chunks into ``database`` (created if missing); refuses while a server holds it."""
+    """Merge chunks into ``database`` (created if missing); refuses while a server holds it.
+
+    ``on_chunk`` is called after each chunk is stored (the caller measures
+    progress in what it has read).
+    """
     counts = {"sessions_created": 0, "messages_added": 0, "chunks": 0}
     with DatabaseLock(Path(database), "import"):
         store = ImportingStore(Path(database), clock=clock)
@@ -651,16 +694,9 @@ async def import_records(
                 counts["sessions_created"] += int(created)
                 counts["messages_added"] += added
                 counts["chunks"] += 1
-                if progress is not None:
-                    progress.advance(len(messages) or 1)
+                if on_chunk is not None:
+                    on_chunk()
             counts["revision"] = store.revision
         finally:
             await store.close()
-            if progress is not None:
-                progress.finish()
     return counts
-
-
-def count_lines(path: Path) -> int:
-    with path.open("rb") as f:
-        return sum(1 for _ in f)

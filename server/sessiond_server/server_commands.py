@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TextIO
@@ -126,20 +127,24 @@ def _errors() -> Iterator[list[int]]:
 
 
 def run_serve(args: argparse.Namespace, out: TextIO) -> int:
-    """Resolve the settings (flags > env > file > defaults) and serve until a signal."""
-    from .maintenance import DatabaseInUse
+    """Resolve the settings (flags > env > file > defaults) and serve until a signal.
 
+    A failed start is one line, ``sessiond: error: <what> ; <the fix>``, and
+    exit code 1 (2 for bad settings); the traceback only at ``--log-level debug``.
+    """
     try:
         resolved = resolve(args, os.environ)
-    except SettingsError as exc:
-        return _fail(exc, 2)
+    except SettingsError as exc:  # one line, as every other failed start
+        return _fail("invalid configuration: " + "; ".join(exc.problems), 2)
     for warning in resolved.warnings:
         print(f"sessiond: warning: {warning}", file=sys.stderr)
-    from .app import run
+    from .app import StartFailure, run
 
     try:
         return run(resolved.config)
-    except DatabaseInUse as exc:
+    except StartFailure as exc:
+        if resolved.config.log_level == "debug" and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         return _fail(exc)
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         return 130
@@ -204,7 +209,14 @@ def run_import(args: argparse.Namespace, out: TextIO) -> int:
     import asyncio
 
     from .config import wall_clock_micros
-    from .maintenance import Progress, count_lines, import_records, read_export, read_history
+    from .maintenance import (
+        Progress,
+        ReadPosition,
+        import_records,
+        read_export,
+        read_history,
+        remaining_bytes,
+    )
 
     with _errors() as code:
         database = _database(args)
@@ -213,26 +225,34 @@ def run_import(args: argparse.Namespace, out: TextIO) -> int:
             raise ValueError("--session-id needs exactly one file")
         if args.format == "history" and not files:
             raise ValueError("--format history reads files (one per session), not stdin")
-        total = sum(count_lines(f) for f in files) if files else 0
-        progress = Progress("import", total, enabled=None if files else False)
+        stdin = sys.stdin.buffer
+        # Progress is in bytes read: known in advance for files (and a file
+        # redirected to stdin), a running count for a pipe.
+        total = sum(f.stat().st_size for f in files) if files else remaining_bytes(stdin)
+        progress = Progress("import", total, unit="bytes")
+        position = ReadPosition()
         now = wall_clock_micros()
 
         def chunks() -> Iterator[Any]:
             if not files:
-                yield from read_export(sys.stdin, "stdin")
+                yield from read_export(position.lines(stdin), "stdin")
                 return
             for path in files:
-                with path.open(encoding="utf-8") as lines:
+                with path.open("rb") as raw:
                     if args.format == "export":
-                        yield from read_export(lines, str(path))
+                        yield from read_export(position.lines(raw), str(path))
                     else:
                         yield from read_history(
-                            lines, args.session_id or path.stem, tenant=args.tenant,
-                            agent=args.agent, channel=args.channel, source=str(path),
-                            default_micros=now)
+                            position.lines(raw), args.session_id or path.stem,
+                            tenant=args.tenant, agent=args.agent, channel=args.channel,
+                            source=str(path), default_micros=now)
 
-        counts = asyncio.run(import_records(database, chunks(), clock=wall_clock_micros,
-                                            progress=progress))
+        try:
+            counts = asyncio.run(import_records(
+                database, chunks(), clock=wall_clock_micros,
+                on_chunk=lambda: progress.update(position.bytes_read)))
+        finally:
+            progress.finish()
         print(f"imported into {database}: {counts['sessions_created']} new sessions, "
               f"{counts['messages_added']} new messages (revision {counts['revision']})",
               file=sys.stderr)

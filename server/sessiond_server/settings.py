@@ -56,7 +56,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # means "off" or "no bound" where the field's comment says so) but not negative.
 POSITIVE = frozenset({
     "abandoned_after_seconds", "max_batch_writes", "compaction_interval_seconds",
-    "retention_interval_seconds", "readers",
+    "retention_interval_seconds", "readers", "max_connections", "handshake_timeout_seconds",
+    "health_check_interval_seconds", "health_check_failures",
 })
 SECRET_WORDS = ("key", "token", "secret", "password")
 DEST_PREFIX = "setting__"
@@ -350,27 +351,99 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and one flag per setting to ``parser`` (``sessiond serve``, ``config``).
 
     Flags left out keep no value (argparse.SUPPRESS), so only those given
-    take precedence over the environment and the file.
+    take precedence over the environment and the file. Settings that share
+    one paragraph of help (a comment over several fields in config.py) are
+    shown as one group with that paragraph, instead of the paragraph under
+    each flag.
     """
     parser.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS,
                         dest=DEST_PREFIX + "config_file",
                         help=f"TOML configuration file (env {CONFIG_ENV})")
     server = parser.add_argument_group("server settings (flags > SESSIOND_* env > file)")
     limits = parser.add_argument_group("limits (the [limits] table in the file)")
-    for setting in all_settings():
+    settings = all_settings()
+    shared = {text for text in (s.help for s in settings)
+              if text and sum(s.help == text for s in settings) > 1}
+    paragraphs: dict[str, Any] = {}
+    for setting in settings:
         group = limits if setting.in_limits else server
-        text = setting.help.replace("%", "%%") or setting.field
-        default = "secret" if setting.secret else setting.default
-        text += f" (env {setting.env}; default {default!r})"
+        where = f"env {setting.env}; default {_shown_default(setting)}"
+        if setting.help in shared:
+            if setting.help in paragraphs:
+                group = paragraphs[setting.help]
+            else:
+                title, description = _paragraph_title(
+                    setting.help, [s.field for s in settings if s.help == setting.help])
+                if setting.in_limits:
+                    title += " (in the [limits] table)"
+                group = paragraphs[setting.help] = parser.add_argument_group(
+                    title, description.replace("%", "%%"))
+            text = where
+        else:
+            text = f"{setting.help or setting.field} ({where})"
+        text = text.replace("%", "%%")
         names = (setting.flag, *ALIASES.get(setting.field, ()))
         if setting.kind is bool:
             group.add_argument(*names, dest=setting.dest, default=argparse.SUPPRESS,
                                action=argparse.BooleanOptionalAction, help=text)
         else:
-            metavar = setting.field.rsplit("_", 1)[-1].upper() if setting.kind in (int, float) \
-                else ("PATH" if setting.kind is Path else "TEXT")
             group.add_argument(*names, dest=setting.dest, default=argparse.SUPPRESS,
-                               metavar=metavar, help=text)
+                               metavar=_metavar(setting), help=text)
+
+
+def _shown_default(setting: Setting) -> str:
+    """A default as a person writes it: a path, a word, a number; never a Python repr."""
+    value = setting.default
+    if setting.secret:
+        return "set" if value else "empty"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    text = str(value)
+    return text if text else "empty"
+
+
+def _paragraph_title(text: str, fields: Sequence[str]) -> tuple[str, str]:
+    """A group's title and description: ("Retention", "Remove sessions ...") from
+    "Retention: remove sessions ..."; without such a heading, the words the fields'
+    names begin with ("rate limit" for rate_limit_per_second, rate_limit_burst)."""
+    head, separator, rest = text.partition(": ")
+    if separator and len(head) <= 32 and rest:
+        return head, rest[0].upper() + rest[1:]
+    common: list[str] = []
+    for words in zip(*(field.split("_") for field in fields), strict=False):
+        if len(set(words)) != 1:
+            break
+        common.append(words[0])
+    return " ".join(common).capitalize() or "Settings", text
+
+
+# Metavars that say what a value is; numbers by their unit, the rest by field.
+METAVARS = {
+    "database": "PATH|URL",
+    "address": "HOST:PORT",
+    "metrics_address": "HOST:PORT",
+    "page_token_key": "KEY",
+}
+
+
+def _metavar(setting: Setting) -> str:
+    if setting.field in METAVARS:
+        return METAVARS[setting.field]
+    choices = CHOICES.get(setting.field)
+    if choices:
+        return "|".join(choices)
+    if setting.kind in (int, float):
+        for unit in ("seconds", "bytes"):
+            if setting.field.endswith(f"_{unit}"):
+                return unit.upper()
+        return "N" if setting.kind is int else "NUMBER"
+    return "PATH" if setting.kind is Path else "TEXT"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,7 +60,9 @@ type MessageServiceClient interface {
 	// (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
 	UpdateLastMessage(ctx context.Context, in *UpdateLastMessageRequest, opts ...grpc.CallOption) (*UpdateLastMessageResponse, error)
 	// ClearMessages removes every message and keeps the session; sequence
-	// numbers are not reused.
+	// numbers are not reused. The message counters go to zero, but the
+	// session's usage (tokens, cost, per-model usage) is kept: what was spent
+	// stays counted.
 	ClearMessages(ctx context.Context, in *ClearMessagesRequest, opts ...grpc.CallOption) (*ClearMessagesResponse, error)
 	// SearchMessages finds messages whose content contains every word of a
 	// query, newest first, among the sessions the caller may see.
@@ -168,7 +170,9 @@ type MessageServiceServer interface {
 	// (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
 	UpdateLastMessage(context.Context, *UpdateLastMessageRequest) (*UpdateLastMessageResponse, error)
 	// ClearMessages removes every message and keeps the session; sequence
-	// numbers are not reused.
+	// numbers are not reused. The message counters go to zero, but the
+	// session's usage (tokens, cost, per-model usage) is kept: what was spent
+	// stays counted.
 	ClearMessages(context.Context, *ClearMessagesRequest) (*ClearMessagesResponse, error)
 	// SearchMessages finds messages whose content contains every word of a
 	// query, newest first, among the sessions the caller may see.

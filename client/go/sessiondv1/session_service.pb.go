@@ -1154,9 +1154,12 @@ type ForkSessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// source_session_id is the session to fork; required.
 	SourceSessionId string `protobuf:"bytes,1,opt,name=source_session_id,json=sourceSessionId,proto3" json:"source_session_id,omitempty"`
-	// up_to_seq is the last message sequence number to copy; 0 means all.
+	// up_to_seq is the last message sequence number to copy; 0 means all, so
+	// every fork shares some history with its source (a session that starts
+	// empty is made with CreateSession).
 	UpToSeq int64 `protobuf:"varint,2,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
-	// new_session_id is the id of the new session; empty means a UUID.
+	// new_session_id is the id of the new session; empty means a UUID. The
+	// rules of Session.id apply.
 	NewSessionId string `protobuf:"bytes,3,opt,name=new_session_id,json=newSessionId,proto3" json:"new_session_id,omitempty"`
 	// display_name is the new session's title; empty keeps the source's.
 	DisplayName   string `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
@@ -1980,7 +1983,7 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\vForkSession\x12\x1f.sessiond.v1.ForkSessionRequest\x1a .sessiond.v1.ForkSessionResponse\x12b\n" +
 	"\x11ReconcileSessions\x12%.sessiond.v1.ReconcileSessionsRequest\x1a&.sessiond.v1.ReconcileSessionsResponse\x12V\n" +
 	"\rPurgeSessions\x12!.sessiond.v1.PurgeSessionsRequest\x1a\".sessiond.v1.PurgeSessionsResponse\x12X\n" +
-	"\rWatchSessions\x12!.sessiond.v1.WatchSessionsRequest\x1a\".sessiond.v1.WatchSessionsResponse0\x01B0Z.sessiond.local/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\rWatchSessions\x12!.sessiond.v1.WatchSessionsRequest\x1a\".sessiond.v1.WatchSessionsResponse0\x01B>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_session_service_proto_rawDescOnce sync.Once

@@ -34,7 +34,8 @@ type RecordUsageRequest struct {
 	// errored flags the model call as failed (counted in error_count).
 	Errored bool `protobuf:"varint,4,opt,name=errored,proto3" json:"errored,omitempty"`
 	// request_id, when set, makes retries safe: a second call with the same
-	// id for the same session adds nothing and returns the first answer.
+	// id for the same session adds nothing and returns the first answer. At
+	// most 256 bytes, not blank, not starting or ending with white space.
 	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -686,7 +687,7 @@ const file_sessiond_v1_stats_service_proto_rawDesc = "" +
 	"\fStatsService\x12P\n" +
 	"\vRecordUsage\x12\x1f.sessiond.v1.RecordUsageRequest\x1a .sessiond.v1.RecordUsageResponse\x12G\n" +
 	"\bGetStats\x12\x1c.sessiond.v1.GetStatsRequest\x1a\x1d.sessiond.v1.GetStatsResponse\x12P\n" +
-	"\vCostByModel\x12\x1f.sessiond.v1.CostByModelRequest\x1a .sessiond.v1.CostByModelResponseB0Z.sessiond.local/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\vCostByModel\x12\x1f.sessiond.v1.CostByModelRequest\x1a .sessiond.v1.CostByModelResponseB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_stats_service_proto_rawDescOnce sync.Once

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import importlib.resources
 import ipaddress
@@ -43,9 +44,9 @@ from sessiond.dashboard.web import (
     Response,
     text_response,
 )
-from sessiond.errors import SessiondError
-from sessiond.formatting import ORDER_WORDS, STATUS_WORDS
-from sessiond.v1 import session_pb2, session_service_pb2
+from sessiond.errors import RelistRequired, SessiondError
+from sessiond.formatting import ORDER_WORDS, STATUS_WORDS, enum_word
+from sessiond.v1 import event_pb2, session_pb2, session_service_pb2
 from sessiond.watching import Backoff
 
 log = logging.getLogger("sessiond.dashboard")
@@ -60,6 +61,7 @@ DEFAULT_MESSAGE_PAGE_SIZE = 20
 MAX_SPEND_BUCKETS = 48
 DEFAULT_SPEND_BUCKETS = 24
 CLIENT_POOL_SIZE = 16
+MAX_TIMELINE_ENTRIES = 1000
 
 HTTP_STATUS_BY_CODE = {
     "INVALID_ARGUMENT": 400,
@@ -188,6 +190,44 @@ class ClientPool:
         self._clients.clear()
         self._evicted.clear()
         await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+
+
+def timeline_entry(event: event_pb2.SessionEvent, before: session_pb2.Usage) -> JsonObject | None:
+    """One event of a session's timeline, or None for an event the timeline leaves out.
+
+    ``before`` is the session's usage before the event, so a usage entry
+    carries what this one RecordUsage added.
+    """
+    session = event.session
+    entry: JsonObject = {
+        "revision": event.revision,
+        "time": event.time.ToJsonString() if event.HasField("time") else None,
+    }
+    kind = event.type
+    if kind == event_pb2.EVENT_TYPE_SESSION_CREATED:
+        entry["kind"] = "created"
+    elif kind == event_pb2.EVENT_TYPE_RUNTIME_STATE_CHANGED:
+        entry.update(kind="runtime", state=enum_word(session_pb2.RuntimeState.DESCRIPTOR,
+                                                     session.runtime_state),
+                     turn_id=session.current_turn_id,
+                     turn_started_at=session.turn_started_at.ToJsonString()
+                     if session.HasField("turn_started_at") else None)
+    elif kind == event_pb2.EVENT_TYPE_USAGE_RECORDED:
+        usage = session.usage
+        entry.update(kind="usage",
+                     cost_micros=usage.cost_micros - before.cost_micros,
+                     total_tokens=usage.total_tokens - before.total_tokens,
+                     errors=usage.error_count - before.error_count)
+    elif kind == event_pb2.EVENT_TYPE_MESSAGES_APPENDED:
+        entry.update(kind="messages", count=session.last_seq - (
+            event.messages[0].seq - 1 if event.messages else session.last_seq))
+    elif kind in (event_pb2.EVENT_TYPE_SESSION_ENDED, event_pb2.EVENT_TYPE_STATUS_CHANGED):
+        entry.update(kind="status", status=enum_word(session_pb2.SessionStatus.DESCRIPTOR,
+                                                     session.status),
+                     reason=session.end_reason)
+    else:
+        return None
+    return entry
 
 
 def load_static_files() -> dict[str, tuple[bytes, str]]:
@@ -349,6 +389,11 @@ class Dashboard:
         if len(path) == 3 and path[0] == "sessions" and path[2] == "messages":
             session_id = path[1]
             return lambda request: self.api_messages(request, session_id)
+        if len(path) == 3 and path[0] == "sessions" and path[2] == "timeline":
+            session_id = path[1]
+            return lambda request: self.api_timeline(request, session_id)
+        if path == ["values"]:
+            return self.api_values
         return None
 
     def _token(self, request: Request) -> str | None:
@@ -380,6 +425,12 @@ class Dashboard:
                 raise ApiError(400, "INVALID_ARGUMENT",
                                f"status must be one of {', '.join(STATUS_WORDS)}")
             statuses.append(STATUS_WORDS[word])
+        labels: dict[str, str] = {}
+        for pair in request.query_values("label"):
+            key, separator, value = pair.partition("=")
+            if not separator or not key.strip():
+                raise ApiError(400, "INVALID_ARGUMENT", f"label {pair!r} is not KEY=VALUE")
+            labels[key.strip()] = value.strip()
         session_filter = session_pb2.SessionFilter(
             statuses=statuses,
             agents=request.query_values("agent"),
@@ -387,6 +438,8 @@ class Dashboard:
             models=request.query_values("model"),
             owner_ids=request.query_values("owner"),
             session_ids=request.query_values("session_id"),
+            labels=labels,
+            parent_id=request.query_value("parent_id"),
             text_query=request.query_value("q").strip(),
         )
         if request.query_value("stuck") in ("1", "true"):
@@ -407,11 +460,14 @@ class Dashboard:
         return message_dict(answer)
 
     async def api_spend(self, request: Request) -> JsonObject:
-        """Spend and tokens of the sessions started in each of N equal time buckets.
+        """Spend, tokens and activity of the sessions started in each of N equal time buckets.
 
         One GetStats per bucket, run together: the sums stay in the
         database. Without ``start``/``end`` the range spans the first to the
-        last session start.
+        last session start. Buckets are by session start because that is
+        the only time the stats RPCs filter on: the API keeps no record of
+        when each usage was recorded that can be summed by time (see
+        docs/dashboard.md).
         """
         client = self._client(request)
         buckets = int_param(request, "buckets", DEFAULT_SPEND_BUCKETS, 1, MAX_SPEND_BUCKETS)
@@ -448,12 +504,17 @@ class Dashboard:
             bucket_filter.started.start.FromMicroseconds(low)
             bucket_filter.started.end.FromMicroseconds(high)
             answer = await client.get_stats(filter=bucket_filter)
+            stats = answer.stats
             return {
                 "start_micros": low,
                 "end_micros": high,
-                "session_count": answer.stats.session_count,
-                "cost_micros": answer.stats.usage.cost_micros,
-                "total_tokens": answer.stats.usage.total_tokens,
+                "session_count": stats.session_count,
+                "cost_micros": stats.usage.cost_micros,
+                "total_tokens": stats.usage.total_tokens,
+                "message_count": stats.message_count,
+                "failed_count": stats.failed_count,
+                "request_count": stats.usage.request_count,
+                "error_count": stats.usage.error_count,
                 "revision": answer.revision,
             }
 
@@ -493,6 +554,96 @@ class Dashboard:
             "next_page_token": answer.next_page_token,
             "revision": answer.revision,
         }
+
+    async def api_values(self, request: Request) -> JsonObject:
+        """The agents, models, owners and channels that exist, for the filters' suggestions.
+
+        Read from the most recently active sessions (one page of
+        ``MAX_SESSION_PAGE_SIZE``) and from CostByModel (every model with
+        usage): the API has no "distinct values" call, so a value used only
+        by older sessions is not suggested, though it can still be typed.
+        """
+        client = self._client(request)
+        listed, costs = await asyncio.gather(
+            client.list_sessions(page_size=MAX_SESSION_PAGE_SIZE),
+            client.cost_by_model(),
+        )
+        values: dict[str, set[str]] = {"agent": set(), "model": set(), "owner": set(),
+                                       "channel": set()}
+        for session in listed.sessions:
+            values["agent"].add(session.agent)
+            values["model"].add(session.model)
+            values["owner"].add(session.owner_id)
+            values["channel"].add(session.channel)
+        values["model"].update(model.model for model in costs.models)
+        answer: JsonObject = {
+            name: sorted(found - {""}, key=lambda value: (value.casefold(), value))
+            for name, found in values.items()
+        }
+        answer["revision"] = min(listed.revision, costs.revision)
+        return answer
+
+    async def api_timeline(self, request: Request, session_id: str) -> JsonObject:
+        """What happened to one session, from the change log: runtime states and turns,
+        usage (as increments), messages appended, its creation and its end.
+
+        The session's events are replayed with a watch from revision 1 up to
+        the session's own revision (its last change, which is therefore in the
+        log). Where compaction has removed the oldest events the replay starts
+        after them and ``complete`` is false. At most ``MAX_TIMELINE_ENTRIES``
+        entries are kept, the newest ones.
+        """
+        client = self._client(request)
+        session = (await client.get_session(session_id=session_id)).session
+        entries: collections.deque[JsonObject] = collections.deque(maxlen=MAX_TIMELINE_ENTRIES)
+        start, complete, seen = 1, True, 0
+        while True:
+            try:
+                seen = await self._replay_session(client, session, start, entries)
+                break
+            except RelistRequired as error:
+                if not complete:  # compacted again while replaying: give up cleanly
+                    raise
+                start, complete = error.compacted_revision + 1, False
+                entries.clear()
+            except TimeoutError:  # the session's last change never came (deleted meanwhile)
+                complete = False
+                break
+        return {
+            "entries": list(entries),
+            "complete": complete,
+            "dropped": max(0, seen - len(entries)),
+            "revision": session.revision,
+        }
+
+    async def _replay_session(
+        self,
+        client: AsyncClient,
+        session: session_pb2.Session,
+        start: int,
+        entries: collections.deque[JsonObject],
+    ) -> int:
+        """Replay the session's events from ``start`` to its last change into ``entries``;
+        returns how many entries there were (``entries`` keeps the newest)."""
+        previous = session_pb2.Usage()
+        seen = 0
+        stream = client.watch(
+            session_service_pb2.WatchFilter(session_ids=[session.id]),
+            start_revision=start,
+            max_backoff=self.config.reconnect_max_seconds,
+        )
+        async with asyncio.timeout(self.config.timeout), contextlib.aclosing(stream):
+            async for response in stream:
+                for event in response.events:
+                    entry = timeline_entry(event, previous)
+                    if entry is not None:
+                        entries.append(entry)
+                        seen += 1
+                    if event.HasField("session"):
+                        previous.CopyFrom(event.session.usage)
+                    if event.revision >= session.revision:
+                        return seen
+        return seen
 
     # Event stream
 

@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from sessiond.errors import SessiondError
+from sessiond.formatting import readable_enum_names
 from sessiond.v1 import event_pb2, message_pb2
 
 MAX_MESSAGE_TEXT_CHARS = 64 * 1024
@@ -76,7 +77,7 @@ def error_dict(error: SessiondError) -> JsonObject:
     return {
         "error": {
             "code": error.code.name,
-            "message": error.message,
+            "message": readable_enum_names(error.message),
             "reason": error.reason,
             "field_violations": [
                 {"field": field, "description": description}

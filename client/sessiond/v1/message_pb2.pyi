@@ -201,7 +201,8 @@ class Message(_message.Message):
     """
     id: _builtins.str
     """id is a client-chosen id, unique within the session, that makes retries
-    of AppendMessages idempotent; at most 256 bytes. Empty means none.
+    of AppendMessages idempotent; at most 256 bytes, not blank, not starting
+    or ending with white space. Empty means none.
     """
     role: Global___Role.ValueType
     """role is the author; required."""

@@ -128,7 +128,10 @@ class ListMessagesRequest(_message.Message):
     after_seq: _builtins.int
     """after_seq returns only messages with seq > after_seq."""
     last_n: _builtins.int
-    """last_n returns the last N messages (1 to 1,000), oldest first."""
+    """last_n returns the last N messages (1 to 1,000), oldest first. 0 means
+    this mode is off and the request pages as usual (a first page of
+    page_size messages), never "no messages".
+    """
     last_turns: _builtins.int
     """last_turns returns the messages of the last N turns (1 to 1,000),
     oldest first. A turn starts at a user message, so a tool call is never
@@ -402,8 +405,18 @@ class SearchMessagesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     query: _builtins.str
-    """query is the words to find, 1 to 256 bytes; taken literally (no query
-    syntax), every word must occur.
+    """query is what to find, 1 to 256 bytes, taken literally (no query
+    syntax). It is cut into words at white space and a message matches when
+    every word does. A word with a character of a script written without
+    spaces (Chinese, Japanese, Korean, Thai, Lao, Khmer, Myanmar), an emoji
+    or a pictographic symbol matches wherever its characters occur in that
+    order, even inside a longer run of text ("世界" finds "こんにちは世界").
+    Any other word matches whole words, ignoring case and diacritics
+    ("cat" finds "Cat." but not "category"). Words of punctuation only are
+    ignored; a query with nothing left (empty, white space or punctuation
+    only) is INVALID_ARGUMENT, as the same ListSessions text_query is.
+    On PostgreSQL, case is folded as the database's LC_CTYPE says (C: ASCII
+    only; C.UTF-8 or a language's locale: every script).
     """
     page_size: _builtins.int
     """page_size is the most messages per page: 0 means 50; at most 500."""

@@ -127,7 +127,9 @@ class MessageServiceServicer:
 
     def ClearMessages(self, request, context):
         """ClearMessages removes every message and keeps the session; sequence
-        numbers are not reused.
+        numbers are not reused. The message counters go to zero, but the
+        session's usage (tokens, cost, per-model usage) is kept: what was spent
+        stays counted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -66,7 +66,9 @@ class MessageServiceStub:
     """
     ClearMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.ClearMessagesRequest, _message_service_pb2.ClearMessagesResponse]
     """ClearMessages removes every message and keeps the session; sequence
-    numbers are not reused.
+    numbers are not reused. The message counters go to zero, but the
+    session's usage (tokens, cost, per-model usage) is kept: what was spent
+    stays counted.
     """
     SearchMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.SearchMessagesRequest, _message_service_pb2.SearchMessagesResponse]
     """SearchMessages finds messages whose content contains every word of a
@@ -111,7 +113,9 @@ class MessageServiceAsyncStub(MessageServiceStub):
     """
     ClearMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.ClearMessagesRequest, _message_service_pb2.ClearMessagesResponse]  # type: ignore[assignment]
     """ClearMessages removes every message and keeps the session; sequence
-    numbers are not reused.
+    numbers are not reused. The message counters go to zero, but the
+    session's usage (tokens, cost, per-model usage) is kept: what was spent
+    stays counted.
     """
     SearchMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.SearchMessagesRequest, _message_service_pb2.SearchMessagesResponse]  # type: ignore[assignment]
     """SearchMessages finds messages whose content contains every word of a
@@ -183,7 +187,9 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_message_service_pb2.ClearMessagesResponse, _abc.Awaitable[_message_service_pb2.ClearMessagesResponse]]:
         """ClearMessages removes every message and keeps the session; sequence
-        numbers are not reused.
+        numbers are not reused. The message counters go to zero, but the
+        session's usage (tokens, cost, per-model usage) is kept: what was spent
+        stays counted.
         """
 
     @_abc_1.abstractmethod

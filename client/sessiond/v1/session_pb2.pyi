@@ -292,6 +292,10 @@ class Session(_message.Message):
     id: _builtins.str
     """id is unique within a tenant: 1 to 256 bytes of UTF-8 without control
     characters. Chosen by the client, or a UUID when left empty at creation.
+    A chosen id must not be blank nor start or end with white space
+    (INVALID_ARGUMENT at creation); ids are compared exactly, byte for byte,
+    so "x" and "X" are two sessions, and a call that names a session is
+    never trimmed or folded.
     """
     tenant: _builtins.str
     """tenant is the tenant that owns the session, set by the server from the
@@ -521,9 +525,10 @@ class SessionFilter(_message.Message):
     many seconds (stuck turns). 0 means no such condition.
     """
     text_query: _builtins.str
-    """text_query matches sessions with a message whose content contains every
-    word of the query (keyword search; words are taken literally, query
-    syntax is not interpreted). At most 256 bytes.
+    """text_query matches sessions with a message that matches the query, by
+    the rules of SearchMessagesRequest.query. At most 256 bytes. Empty means
+    no text condition; a query with nothing to search for (white space or
+    punctuation only) is INVALID_ARGUMENT, as in SearchMessages.
     """
     parent_id: _builtins.str
     """parent_id matches sessions forked from this session."""

@@ -648,9 +648,14 @@ class ForkSessionRequest(_message.Message):
     source_session_id: _builtins.str
     """source_session_id is the session to fork; required."""
     up_to_seq: _builtins.int
-    """up_to_seq is the last message sequence number to copy; 0 means all."""
+    """up_to_seq is the last message sequence number to copy; 0 means all, so
+    every fork shares some history with its source (a session that starts
+    empty is made with CreateSession).
+    """
     new_session_id: _builtins.str
-    """new_session_id is the id of the new session; empty means a UUID."""
+    """new_session_id is the id of the new session; empty means a UUID. The
+    rules of Session.id apply.
+    """
     display_name: _builtins.str
     """display_name is the new session's title; empty keeps the source's."""
     def __init__(

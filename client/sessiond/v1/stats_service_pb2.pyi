@@ -38,7 +38,8 @@ class RecordUsageRequest(_message.Message):
     """errored flags the model call as failed (counted in error_count)."""
     request_id: _builtins.str
     """request_id, when set, makes retries safe: a second call with the same
-    id for the same session adds nothing and returns the first answer.
+    id for the same session adds nothing and returns the first answer. At
+    most 256 bytes, not blank, not starting or ending with white space.
     """
     @_builtins.property
     def usage(self) -> _session_pb2.Usage:

@@ -24,7 +24,7 @@ STREAMING_PATHS = ("content", "reasoning", "status")
 
 def check_message(c: Checker, prefix: str, m: M.Message, *, role_required: bool = True) -> None:
     lim = c.limits
-    c.identifier(f"{prefix}.id", m.id, required=False)
+    c.identifier(f"{prefix}.id", m.id, required=False, chosen=True)
     c.enum(f"{prefix}.role", m.role, M.Role, required=role_required)
     c.enum(f"{prefix}.status", m.status, M.MessageStatus)
     size = (len(m.content.encode()) + len(m.reasoning.encode())
@@ -155,9 +155,7 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
                              ) -> ms.SearchMessagesResponse:
         lim = self.api.config.limits
         c = self._checker()
-        if not request.query.strip():
-            c.fail("query", "is required")
-        c.text("query", request.query, lim.max_query_bytes)
+        c.query("query", request.query, required=True)
         c.values("session_ids", request.session_ids)
         size = c.page_size("page_size", request.page_size, lim.default_page_size,
                            lim.max_page_size)

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from sessiond.v1 import event_pb2, session_pb2, session_service_pb2, session_service_pb2_grpc
 
+from ..auth import peer_host
 from ..store import Change
 from ..store.records import TERMINAL_STATUSES
 from ..watch import HubClosed
@@ -58,7 +59,7 @@ def check_filter(c: Checker, prefix: str, f: S.SessionFilter) -> None:
     if f.running_longer_than_seconds > 100 * 366 * 86400:
         # The store subtracts it from now in microseconds; beyond a century it overflows.
         c.fail(f"{prefix}.running_longer_than_seconds", "must be at most 100 years")
-    c.text(f"{prefix}.text_query", f.text_query, c.limits.max_query_bytes)
+    c.query(f"{prefix}.text_query", f.text_query, required=False)
     c.identifier(f"{prefix}.parent_id", f.parent_id, required=False)
 
 
@@ -99,7 +100,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def CreateSession(self, request: ss.CreateSessionRequest, context: Ctx
                             ) -> ss.CreateSessionResponse:
         c = self._checker()
-        c.identifier("session.id", request.session.id, required=False)
+        c.identifier("session.id", request.session.id, required=False, chosen=True)
         check_session_fields(c, "session", request.session)
         c.done()
         session, created, revision = await self.api.store.create_session(
@@ -174,7 +175,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     async def TouchSession(self, request: ss.TouchSessionRequest, context: Ctx
                            ) -> ss.TouchSessionResponse:
         c = self._checker()
-        c.identifier("session.id", request.session.id)
+        c.identifier("session.id", request.session.id, chosen=True)
         check_session_fields(c, "session", request.session)
         c.done()
         session, created, revision = await self.api.store.touch_session(
@@ -215,7 +216,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                           ) -> ss.ForkSessionResponse:
         c = self._checker()
         c.identifier("source_session_id", request.source_session_id)
-        c.identifier("new_session_id", request.new_session_id, required=False)
+        c.identifier("new_session_id", request.new_session_id, required=False, chosen=True)
         c.non_negative("up_to_seq", request.up_to_seq)
         c.text("display_name", request.display_name, 1024)
         c.done()
@@ -279,7 +280,11 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             c.fail("start_revision", "must be 0 with include_initial")
         c.done()
         scope = self.api.scope(context)
-        caller = scope.tenant + "/" + scope.user_id
+        # The watch quota is per principal; without authentication every caller is the
+        # same principal, so the quota is per peer address instead (one client cannot
+        # take every slot).
+        caller = (scope.tenant + "/" + scope.user_id if self.api.authenticated
+                  else "peer:" + peer_host(context))
         api = self.api
         if api.hub.watcher_count >= lim.max_watchers or \
                 api.watchers_by_caller.get(caller, 0) >= lim.max_watchers_per_caller:

@@ -40,7 +40,7 @@ class StatsService(stats_service_pb2_grpc.StatsServiceServicer):
                 c.fail(f"usage.{name}", f"must be at most {MAX_COUNTER}")
         if request.usage.reasoning_tokens > request.usage.completion_tokens:
             c.fail("usage.reasoning_tokens", "is part of completion_tokens and cannot exceed it")
-        c.identifier("request_id", request.request_id, required=False)
+        c.identifier("request_id", request.request_id, required=False, chosen=True)
         c.done()
         result = await self.api.store.record_usage(
             self.api.scope(context), request.session_id, request.model, request.usage,

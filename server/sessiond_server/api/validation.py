@@ -13,6 +13,7 @@ from typing import Any
 
 from ..auth import REQUEST_VIOLATIONS
 from ..config import Limits
+from ..store.search import is_searchable
 from .errors import BadRequest
 
 CHANNEL = re.compile(r"[a-z][a-z0-9_-]*(\.[A-Za-z0-9_.@:+-]+)?")
@@ -34,7 +35,12 @@ class Checker:
         if self.violations:
             raise BadRequest(self.violations)
 
-    def identifier(self, field: str, value: str, *, required: bool = True) -> None:
+    def identifier(self, field: str, value: str, *, required: bool = True,
+                   chosen: bool = False) -> None:
+        """An id. ``chosen`` marks one the call gives a new thing (a session, a message, a
+        request): it must not be blank nor start or end with white space, a mistake that would
+        otherwise store " x " beside "x". An id that names something stored is matched exactly
+        as given, so a stored id stays reachable whatever it looks like."""
         if not value:
             if required:
                 self.fail(field, "is required")
@@ -44,6 +50,21 @@ class Checker:
             self.fail(field, f"is {size} bytes; the limit is {self.limits.max_id_bytes}")
         elif CONTROL.search(value):
             self.fail(field, "must not contain control characters")
+        elif chosen and value != value.strip():
+            self.fail(field, "must not be blank nor start or end with white space")
+
+    def query(self, field: str, value: str, *, required: bool) -> None:
+        """A search query: empty means none where it is optional; blank is never a query."""
+        if not value:
+            if required:
+                self.fail(field, "is required")
+            return
+        if not is_searchable(value):
+            self.fail(field, "has nothing to search for (a word with a letter or digit, or "
+                      "CJK, Thai or emoji text)"
+                      + ("" if required else "; leave it empty for no text condition"))
+            return
+        self.text(field, value, self.limits.max_query_bytes)
 
     def text(self, field: str, value: str, max_bytes: int | None = None) -> None:
         limit = self.limits.max_text_field_bytes if max_bytes is None else max_bytes

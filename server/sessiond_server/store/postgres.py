@@ -64,6 +64,8 @@ from .postgres_schema import (
     COMPACTION_LOCK,
     MIGRATION_LOCK,
     MIGRATIONS,
+    RUN_PREDICATE,
+    RUN_TEXT,
     SCHEMA_VERSION,
     TSVECTOR,
 )
@@ -71,6 +73,7 @@ from .postgres_url import redacted
 from .postgres_writer import DATABASE_ERRORS, WriteContext, Writer, unavailable
 from .records import COL, SESSION_COLUMNS, USAGE_FIELDS
 from .revisions import compaction_target
+from .search import SearchTerms, like_pattern, search_terms
 from .sqlite import ORDER_COLUMNS, SchemaTooNew
 
 log = logging.getLogger(__name__)
@@ -90,9 +93,16 @@ REVISION = "(SELECT value FROM meta WHERE key = 'revision')"
 CATCH_UP_REVISIONS = 1000
 
 
-def has_words(text: str) -> bool:
-    """Whether a keyword query has anything to look for (as the SQLite store decides)."""
-    return any(ch.isalnum() for ch in text)
+def match_sql(terms: SearchTerms, p: Params) -> str:
+    """The condition on messages ``m`` matching every word and run (store/search.py): words in
+    the tsvector index, each run as a case-insensitive substring, which the pg_trgm index
+    over the messages holding a run character serves (the class repeats its predicate)."""
+    clauses = []
+    if terms.words:
+        clauses.append(f"{TSVECTOR} @@ plainto_tsquery('simple', {p(' '.join(terms.words))})")
+    for run in terms.runs:
+        clauses.append(f"{RUN_TEXT} LIKE {p(like_pattern(run))} AND {RUN_PREDICATE}")
+    return " AND ".join(clauses)
 
 
 def count_of(status: str) -> int:
@@ -615,11 +625,12 @@ class PostgresStore:
                 f" AND s.turn_started_at > 0"
                 f" AND s.turn_started_at < {p(now - f.running_longer_than_seconds * 1_000_000)}")
         if f.text_query:
-            if not has_words(f.text_query):
+            terms = search_terms(f.text_query)
+            if not terms:
                 clauses.append("false")
             else:
-                clauses.append(f"s.pk IN (SELECT m.session_pk FROM messages m WHERE {TSVECTOR}"
-                               f" @@ plainto_tsquery('simple', {p(f.text_query)}))")
+                clauses.append("s.pk IN (SELECT m.session_pk FROM messages m WHERE"
+                               f" {match_sql(terms, p)})")
         if f.parent_id:
             clauses.append(f"s.parent_id = {p(f.parent_id)}")
         return " AND ".join(clauses)
@@ -1057,11 +1068,11 @@ class PostgresStore:
                               page_size: int, cursor: int | None
                               ) -> tuple[list[M.Message], int | None, int]:
         revision = self._revision
-        if not has_words(query):
+        terms = search_terms(query)
+        if not terms:
             return [], None, revision
         p = Params()
-        clauses = [visibility_sql(scope, p),
-                   f"{TSVECTOR} @@ plainto_tsquery('simple', {p(query)})"]
+        clauses = [visibility_sql(scope, p), match_sql(terms, p)]
         if session_ids:
             clauses.append(f"s.id = ANY({p(list(session_ids))}::text[])")
         if cursor is not None:

@@ -24,10 +24,17 @@ GIN/tsvector index and ``COLLATE "C"`` (see docs/scaling.md).
 
 from __future__ import annotations
 
+from .search import RUN_CLASS
+
 #: Characters of a message's content that keyword search indexes.
 FTS_CHARS = 100_000
 #: The indexed expression; queries must repeat it exactly to use the index.
 TSVECTOR = f"to_tsvector('simple', left(m.content, {FTS_CHARS}))"
+#: Runs (store/search.py) are found as substrings of this expression, through a pg_trgm
+#: index that holds only the messages with a run character: queries repeat the index's
+#: expression and its predicate exactly.
+RUN_TEXT = f"lower(left(m.content, {FTS_CHARS}))"
+RUN_PREDICATE = f"m.content ~ '{RUN_CLASS}'"
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -150,6 +157,17 @@ INSERT INTO meta (key, value) VALUES ('schema_version', 0), ('revision', 0),
 """,
     ),
 ]
+
+# Version 2: the run index for CJK, Thai and emoji search (pg_trgm is a trusted extension:
+# the database owner may create it).
+MIGRATIONS.append((
+    2,
+    f"""
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE INDEX messages_runs ON messages USING GIN ({RUN_TEXT.replace("m.", "")} gin_trgm_ops)
+    WHERE {RUN_PREDICATE.replace("m.", "")};
+""",
+))
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

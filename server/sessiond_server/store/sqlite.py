@@ -45,6 +45,7 @@ from .interface import (
 )
 from .records import COL, MESSAGE_COLUMNS, SESSION_COLUMNS, USAGE_FIELDS
 from .revisions import compaction_target
+from .search import SearchTerms, fts5_strings, search_terms, spaced_runs
 from .sqlite_schema import (
     DAY_MICROS,
     MIGRATIONS,
@@ -55,6 +56,7 @@ from .sqlite_schema import (
     USAGE_ROLLUP_KEY,
     USAGE_ROLLUP_RECOUNT_SQL,
     USAGE_SUMS,
+    register_search_functions,
 )
 from .sqlite_writer import WriteContext, Writer
 
@@ -92,11 +94,17 @@ class SchemaTooNew(Exception):
     """The database was written by a newer sessiond; it is left untouched."""
 
 
-def fts_query(text: str) -> str:
-    """Every word of ``text`` as a quoted FTS5 string: no query syntax survives."""
-    # NUL ends an FTS5 query string early ("unterminated string"): it separates words.
-    words = [w for w in text.replace("\x00", " ").split() if any(ch.isalnum() for ch in w)]
-    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+def match_sql(terms: SearchTerms) -> tuple[str, list[Any]]:
+    """A SELECT of the rowids of the messages matching every word and run (store/search.py):
+    words in the word index, each run as a phrase of its characters in the run index."""
+    selects, params = [], []
+    if terms.words:
+        selects.append("SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?")
+        params.append(fts5_strings(terms.words))
+    if terms.runs:
+        selects.append("SELECT rowid FROM messages_runs WHERE messages_runs MATCH ?")
+        params.append(fts5_strings(tuple(spaced_runs(run) for run in terms.runs)))
+    return " INTERSECT ".join(selects), params
 
 
 # GetStats sums, in the order of _scan_stats_sql's columns.
@@ -240,6 +248,7 @@ class SQLiteStore:
         conn.execute(f"PRAGMA synchronous = {self._durability.upper()}")
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("PRAGMA busy_timeout = 5000")
+        register_search_functions(conn)
         return conn
 
     async def open(self) -> None:
@@ -258,6 +267,7 @@ class SQLiteStore:
         wal = Path(f"{self.path}-wal")
         self.recovered_wal = wal.exists() and wal.stat().st_size > 0
         conn = sqlite3.connect(self.path, isolation_level=None)
+        register_search_functions(conn)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -570,14 +580,14 @@ class SQLiteStore:
             params.extend([S.RUNTIME_STATE_RUNNING, rows.ACTIVE, rows.UNKNOWN,
                            now - f.running_longer_than_seconds * 1_000_000])
         if f.text_query:
-            query = fts_query(f.text_query)
-            if not query:
+            terms = search_terms(f.text_query)
+            if not terms:
                 clauses.append("0")
             else:
-                clauses.append("s.pk IN (SELECT m.session_pk FROM messages_fts"
-                               " JOIN messages m ON m.rowid = messages_fts.rowid"
-                               " WHERE messages_fts MATCH ?)")
-                params.append(query)
+                rowids, match_params = match_sql(terms)
+                clauses.append("s.pk IN (SELECT m.session_pk FROM messages m"
+                               f" WHERE m.rowid IN ({rowids}))")
+                params.extend(match_params)
         if f.parent_id:
             clauses.append("s.parent_id = ?")
             params.append(f.parent_id)
@@ -1033,13 +1043,14 @@ class SQLiteStore:
     async def search_messages(self, scope: Scope, query: str, session_ids: Sequence[str],
                               page_size: int, cursor: int | None
                               ) -> tuple[list[M.Message], int | None, int]:
-        match = fts_query(query)
+        terms = search_terms(query)
         revision = self._revision
-        if not match:
+        if not terms:
             return [], None, revision
         vis, params = visibility_sql(scope)
-        clauses = [vis, "messages_fts MATCH ?"]
-        params.append(match)
+        rowids, match_params = match_sql(terms)
+        clauses = [vis, f"m.rowid IN ({rowids})"]
+        params.extend(match_params)
         if session_ids:
             clauses.append(f"s.id IN ({','.join('?' * len(session_ids))})")
             params.extend(session_ids)
@@ -1047,8 +1058,7 @@ class SQLiteStore:
             clauses.append("m.rowid < ?")
             params.append(cursor)
         found = await self._read(
-            f"SELECT {MESSAGE_COLUMNS}, s.id FROM messages_fts"
-            f" JOIN messages m ON m.rowid = messages_fts.rowid"
+            f"SELECT {MESSAGE_COLUMNS}, s.id FROM messages m"
             f" JOIN sessions s ON s.pk = m.session_pk WHERE {' AND '.join(clauses)}"
             f" ORDER BY m.rowid DESC LIMIT ?", (*params, page_size + 1))
         next_cursor = None

@@ -9,6 +9,10 @@ Message fields that are never filtered on live in ``body`` as serialised
 
 from __future__ import annotations
 
+import sqlite3
+
+from .search import has_runs, spaced_runs
+
 MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
@@ -335,5 +339,46 @@ END;
 CREATE INDEX sessions_by_agent ON sessions (tenant, agent);
 """,
 ))
+
+# Version 4: the run index (store/search.py). Messages that hold a run character (CJK,
+# Thai, emoji, ...) are indexed a second time, over their text with every run character
+# standing alone, so a run query is a phrase of its characters. The index holds no content
+# of its own (content=''); the triggers give it the spaced text through two functions every
+# writing connection registers (register_search_functions), and only for such messages.
+MIGRATIONS.append((
+    4,
+    """
+CREATE VIRTUAL TABLE messages_runs USING fts5(
+    content, content='', tokenize="unicode61 categories 'L* N* Co M* S*'"
+);
+CREATE TRIGGER messages_runs_insert AFTER INSERT ON messages
+    WHEN sessiond_has_runs(new.content) BEGIN
+    INSERT INTO messages_runs(rowid, content)
+        VALUES (new.rowid, sessiond_spaced_runs(new.content));
+END;
+CREATE TRIGGER messages_runs_delete AFTER DELETE ON messages
+    WHEN sessiond_has_runs(old.content) BEGIN
+    INSERT INTO messages_runs(messages_runs, rowid, content)
+        VALUES ('delete', old.rowid, sessiond_spaced_runs(old.content));
+END;
+CREATE TRIGGER messages_runs_update AFTER UPDATE OF content ON messages BEGIN
+    INSERT INTO messages_runs(messages_runs, rowid, content)
+        SELECT 'delete', old.rowid, sessiond_spaced_runs(old.content)
+        WHERE sessiond_has_runs(old.content);
+    INSERT INTO messages_runs(rowid, content)
+        SELECT new.rowid, sessiond_spaced_runs(new.content)
+        WHERE sessiond_has_runs(new.content);
+END;
+INSERT INTO messages_runs(rowid, content)
+    SELECT rowid, sessiond_spaced_runs(content) FROM messages WHERE sessiond_has_runs(content);
+""",
+))
+
+
+def register_search_functions(conn: sqlite3.Connection) -> None:
+    """The functions the run index's triggers call; every connection that writes needs them."""
+    conn.create_function("sessiond_has_runs", 1, has_runs, deterministic=True)
+    conn.create_function("sessiond_spaced_runs", 1, spaced_runs, deterministic=True)
+
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

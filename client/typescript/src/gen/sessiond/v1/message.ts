@@ -164,7 +164,8 @@ export interface Message {
   seq: bigint;
   /**
    * id is a client-chosen id, unique within the session, that makes retries
-   * of AppendMessages idempotent; at most 256 bytes. Empty means none.
+   * of AppendMessages idempotent; at most 256 bytes, not blank, not starting
+   * or ending with white space. Empty means none.
    */
   id: string;
   /** role is the author; required. */

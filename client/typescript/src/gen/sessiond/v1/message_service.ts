@@ -79,7 +79,11 @@ export interface ListMessagesRequest {
   afterTime:
     | Timestamp
     | undefined;
-  /** last_n returns the last N messages (1 to 1,000), oldest first. */
+  /**
+   * last_n returns the last N messages (1 to 1,000), oldest first. 0 means
+   * this mode is off and the request pages as usual (a first page of
+   * page_size messages), never "no messages".
+   */
   lastN: number;
   /**
    * last_turns returns the messages of the last N turns (1 to 1,000),
@@ -183,8 +187,18 @@ export interface ClearMessagesResponse {
 /** SearchMessagesRequest is the input of SearchMessages. */
 export interface SearchMessagesRequest {
   /**
-   * query is the words to find, 1 to 256 bytes; taken literally (no query
-   * syntax), every word must occur.
+   * query is what to find, 1 to 256 bytes, taken literally (no query
+   * syntax). It is cut into words at white space and a message matches when
+   * every word does. A word with a character of a script written without
+   * spaces (Chinese, Japanese, Korean, Thai, Lao, Khmer, Myanmar), an emoji
+   * or a pictographic symbol matches wherever its characters occur in that
+   * order, even inside a longer run of text ("世界" finds "こんにちは世界").
+   * Any other word matches whole words, ignoring case and diacritics
+   * ("cat" finds "Cat." but not "category"). Words of punctuation only are
+   * ignored; a query with nothing left (empty, white space or punctuation
+   * only) is INVALID_ARGUMENT, as the same ListSessions text_query is.
+   * On PostgreSQL, case is folded as the database's LC_CTYPE says (C: ASCII
+   * only; C.UTF-8 or a language's locale: every script).
    */
   query: string;
   /** session_ids limits the search to these sessions; empty means all. */
@@ -1725,7 +1739,9 @@ export const MessageServiceService = {
   },
   /**
    * ClearMessages removes every message and keeps the session; sequence
-   * numbers are not reused.
+   * numbers are not reused. The message counters go to zero, but the
+   * session's usage (tokens, cost, per-model usage) is kept: what was spent
+   * stays counted.
    */
   clearMessages: {
     path: "/sessiond.v1.MessageService/ClearMessages" as const,
@@ -1783,7 +1799,9 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
   updateLastMessage: handleUnaryCall<UpdateLastMessageRequest, UpdateLastMessageResponse>;
   /**
    * ClearMessages removes every message and keeps the session; sequence
-   * numbers are not reused.
+   * numbers are not reused. The message counters go to zero, but the
+   * session's usage (tokens, cost, per-model usage) is kept: what was spent
+   * stays counted.
    */
   clearMessages: handleUnaryCall<ClearMessagesRequest, ClearMessagesResponse>;
   /**
@@ -1878,7 +1896,9 @@ export interface MessageServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * ClearMessages removes every message and keeps the session; sequence
-   * numbers are not reused.
+   * numbers are not reused. The message counters go to zero, but the
+   * session's usage (tokens, cost, per-model usage) is kept: what was spent
+   * stays counted.
    */
   clearMessages(
     request: ClearMessagesRequest,

@@ -242,6 +242,10 @@ export interface Session {
   /**
    * id is unique within a tenant: 1 to 256 bytes of UTF-8 without control
    * characters. Chosen by the client, or a UUID when left empty at creation.
+   * A chosen id must not be blank nor start or end with white space
+   * (INVALID_ARGUMENT at creation); ids are compared exactly, byte for byte,
+   * so "x" and "X" are two sessions, and a call that names a session is
+   * never trimmed or folded.
    */
   id: string;
   /**
@@ -418,9 +422,10 @@ export interface SessionFilter {
    */
   runningLongerThanSeconds: bigint;
   /**
-   * text_query matches sessions with a message whose content contains every
-   * word of the query (keyword search; words are taken literally, query
-   * syntax is not interpreted). At most 256 bytes.
+   * text_query matches sessions with a message that matches the query, by
+   * the rules of SearchMessagesRequest.query. At most 256 bytes. Empty means
+   * no text condition; a query with nothing to search for (white space or
+   * punctuation only) is INVALID_ARGUMENT, as in SearchMessages.
    */
   textQuery: string;
   /** parent_id matches sessions forked from this session. */

@@ -396,9 +396,16 @@ export interface SetRuntimeStateResponse {
 export interface ForkSessionRequest {
   /** source_session_id is the session to fork; required. */
   sourceSessionId: string;
-  /** up_to_seq is the last message sequence number to copy; 0 means all. */
+  /**
+   * up_to_seq is the last message sequence number to copy; 0 means all, so
+   * every fork shares some history with its source (a session that starts
+   * empty is made with CreateSession).
+   */
   upToSeq: bigint;
-  /** new_session_id is the id of the new session; empty means a UUID. */
+  /**
+   * new_session_id is the id of the new session; empty means a UUID. The
+   * rules of Session.id apply.
+   */
   newSessionId: string;
   /** display_name is the new session's title; empty keeps the source's. */
   displayName: string;

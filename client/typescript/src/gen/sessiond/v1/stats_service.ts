@@ -37,7 +37,8 @@ export interface RecordUsageRequest {
   errored: boolean;
   /**
    * request_id, when set, makes retries safe: a second call with the same
-   * id for the same session adds nothing and returns the first answer.
+   * id for the same session adds nothing and returns the first answer. At
+   * most 256 bytes, not blank, not starting or ending with white space.
    */
   requestId: string;
 }
