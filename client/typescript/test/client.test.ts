@@ -13,12 +13,16 @@ import {
   ERROR_DOMAIN,
   grpc,
   InvalidArgumentError,
+  MessageServiceService,
   NotFoundError,
   retryIsSafe,
   Role,
   SessiondClient,
   SessiondError,
   SessionOrderField,
+  SessionServiceService,
+  StatsServiceService,
+  UnaryRpcName,
   UnauthenticatedError,
   UnavailableError,
 } from "../src";
@@ -254,6 +258,24 @@ describe("with API keys", () => {
     } finally {
       anonymous.close();
       keyed.close();
+    }
+  });
+});
+
+describe("coverage of the API", () => {
+  const services = { SessionServiceService, MessageServiceService, StatsServiceService };
+
+  test("every RPC has a client method and every unary RPC a retry rule", () => {
+    for (const [service, definition] of Object.entries(services)) {
+      for (const [method, rpc] of Object.entries(definition)) {
+        const name = method === "watchSessions" ? "watch" : method;
+        assert.equal(typeof Reflect.get(SessiondClient.prototype, name), "function", `${service}.${method}`);
+        if (!rpc.responseStream) {
+          const rpcName = rpc.path.slice(rpc.path.lastIndexOf("/") + 1) as UnaryRpcName;
+          const empty = rpc.requestDeserialize(Buffer.alloc(0)); // the request with every field at zero
+          assert.equal(typeof retryIsSafe(rpcName, empty), "boolean", `no retry rule for ${rpcName}`);
+        }
+      }
     }
   });
 });
