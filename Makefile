@@ -3,14 +3,23 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The server alone (the `server` and `postgres` extras), for `make serve`; the
+# dev install includes it.
+SERVER_STAMP := $(VENV)/.installed-server
 
 .PHONY: install proto proto-check serve test lint bench bench-quick clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(SERVER_STAMP)
+
+$(SERVER_STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[server,postgres]'
+	touch $(SERVER_STAMP)
 
 ## install: create .venv and install sessiond with its development tools
 install: $(STAMP)
@@ -24,13 +33,13 @@ proto-check: proto
 	git diff --exit-code --stat -- client/sessiond/v1
 	test -z "$$(git status --porcelain -- client/sessiond/v1)"
 
-## serve: start the server on the embedded SQLite database (127.0.0.1:50051)
-serve: $(STAMP)
+## serve: install the server only (no dev tools) and start it on SQLite (127.0.0.1:50051)
+serve: $(SERVER_STAMP)
 	$(VENV)/bin/sessiond serve
 
-## test: the whole test suite against real servers
+## test: the whole test suite against real servers (the image test runs in test-image)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m 'not image'
 
 ## lint: ruff and mypy --strict
 lint: $(STAMP)
@@ -63,7 +72,7 @@ interop: $(STAMP)
 
 .PHONY: serve-pg bench-replicas
 ## serve-pg: two replicas (50051, 50052) on a throwaway PostgreSQL; Ctrl-C stops all
-serve-pg: $(STAMP)
+serve-pg: $(SERVER_STAMP)
 	set -e; eval "$$(bash scripts/postgres.sh start)"; \
 	trap 'kill $$a $$b 2>/dev/null; bash scripts/postgres.sh stop' EXIT; \
 	$(VENV)/bin/sessiond serve --database "$$SESSIOND_TEST_POSTGRES_URL" --address 127.0.0.1:50051 & a=$$!; \
@@ -74,3 +83,16 @@ serve-pg: $(STAMP)
 bench-replicas: $(STAMP)
 	set -e; eval "$$(bash scripts/postgres.sh start)"; trap 'bash scripts/postgres.sh stop' EXIT; \
 	$(PY) -m bench.replicas
+
+.PHONY: image test-image deploy-check
+## image: build the container image localhost/sessiond (debootstrap + buildah; root, no registry)
+image:
+	bash scripts/build_image.sh
+
+## test-image: build the image, run it with podman, check health and one RPC
+test-image: $(STAMP)
+	$(PY) -m pytest -q -m image tests/test_image.py
+
+## deploy-check: validate deploy/kubernetes with kubeconform (offline schemas) and the systemd unit
+deploy-check:
+	bash scripts/check_deploy.sh

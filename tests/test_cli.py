@@ -422,7 +422,10 @@ async def test_watch_says_when_it_connects_reconnects_and_resumes(
     assert process.stderr is not None
     try:
         assert await read_err_line(process) == f"-- connecting to {address}"
-        assert await read_err_line(process) == f"-- reconnecting to {address} (attempt 1)"
+        assert await read_err_line(process) == (
+            f"-- reconnecting to {address} (attempt 1): no sessiond answers; "
+            "start `sessiond serve` or pass --address"
+        )
         clock = FakeClock()
         first = await make_server(address=address, database=tmp_path / "w.db", clock=clock)
         async with sessiond.AsyncClient(address) as client:

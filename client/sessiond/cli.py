@@ -153,6 +153,29 @@ def error_fix(error: SessiondError, args: argparse.Namespace | None) -> str:
 
 # Parser
 
+SERVER_EXTRA = "pip install 'sessiond[server]'"
+
+
+class PrintVersion(argparse.Action):
+    """``--version``: the version and git revision, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from sessiond.version import build_info
+
+        print(build_info())
+        parser.exit()
+
+
+def server_not_installed(args: argparse.Namespace, out: TextIO) -> int:
+    """``serve`` where only the client is installed: say what to install."""
+    print(f"sessiond: error: the server is not installed; {SERVER_EXTRA}", file=sys.stderr)
+    return 1
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, defaults read from the environment now."""
@@ -177,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         default=DEFAULT_TIMEOUT,
         help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--version", action=PrintVersion, help="print the version and git revision, then exit"
     )
     # The same options after the command; SUPPRESS keeps the values given
     # before it (or the defaults) when they are not repeated.
@@ -211,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from sessiond_server.server_commands import add_server_commands
     except ModuleNotFoundError as missing:
-        if missing.name != "sessiond_server":
+        if (missing.name or "").startswith("sessiond_server."):
             raise  # the server is installed but broken: say so, do not hide `serve`
+        # The server's own dependencies come with the `server` extra.
+        add(commands, "", "serve", f"run the server (needs {SERVER_EXTRA})",
+            server_not_installed, parents=())
     else:
         add_server_commands(add, commands)
 
@@ -611,22 +640,29 @@ class ConnectionReport:
         self._address = address
         self._err = err
         self._quiet_first = quiet_first
+        self._ever_confirmed = False
 
     def __call__(self, step: WatchConnection) -> None:
-        if not step.confirmed:
-            if step.reconnecting:
-                line = f"reconnecting to {self._address} (attempt {step.attempt})"
-            elif self._quiet_first:
-                return
-            else:
-                line = f"connecting to {self._address}"
-        elif step.reconnecting and step.start_revision:
-            line = f"resumed at revision {step.start_revision}"
-        elif step.reconnecting or not self._quiet_first:
-            line = f"connected at revision {step.revision}"
-        else:
-            return
-        print(f"-- {line}", file=self._err, flush=True)
+        line = self._confirmed_line(step) if step.confirmed else self._opening_line(step)
+        if line:
+            print(f"-- {line}", file=self._err, flush=True)
+
+    def _opening_line(self, step: WatchConnection) -> str:
+        if not step.reconnecting:
+            return "" if self._quiet_first else f"connecting to {self._address}"
+        line = f"reconnecting to {self._address} (attempt {step.attempt})"
+        if step.attempt == 1 and not self._ever_confirmed:
+            # Only UNAVAILABLE is retried: nothing answers there (yet).
+            line += ": no sessiond answers; start `sessiond serve` or pass --address"
+        return line
+
+    def _confirmed_line(self, step: WatchConnection) -> str:
+        self._ever_confirmed = True
+        if step.reconnecting and step.start_revision:
+            return f"resumed at revision {step.start_revision}"
+        if step.reconnecting or not self._quiet_first:
+            return f"connected at revision {step.revision}"
+        return ""
 
 
 def print_tail_event(event: event_pb2.SessionEvent, out: TextIO) -> None:

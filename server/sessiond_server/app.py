@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import ipaddress
 import logging
 import os
 import resource
 import signal
+import socket
+import sqlite3
 import time
 from typing import TYPE_CHECKING, Any, Union
 
@@ -31,6 +34,7 @@ from sessiond.v1 import (
     stats_service_pb2,
     stats_service_pb2_grpc,
 )
+from sessiond.version import build_info
 
 from .api.context import ApiContext
 from .api.messages import MessageService
@@ -40,7 +44,12 @@ from .api.stats import StatsService
 from .auth import CallerGate, prepare_security
 from .config import Limits, ServerConfig
 from .maintenance import DatabaseLock
-from .observability import CursorTrackingHub, Observability, configure_logging, ping_database
+from .observability import (
+    CursorTrackingHub,
+    Observability,
+    configure_logging,
+    ping_database,
+)
 from .readiness import StorageReadiness
 from .store import SQLiteStore
 from .store.postgres_url import postgres_url, redacted, sqlite_path
@@ -126,6 +135,8 @@ class RunningServer:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         started = time.monotonic()
+        if self.observability is not None:
+            self.observability.interceptor.shutting_down = True
         if self.readiness is not None:
             self.readiness.close()
         await _set_health(self.health, False)
@@ -141,6 +152,9 @@ class RunningServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.server.stop(grace)
+        summary = self.observability.interceptor.shutdown_summary() if self.observability else None
+        if summary:
+            log.info("%s", summary)
         await self.store.close()
         if self.observability is not None:  # off the loop: the HTTP server polls at 0.5 s
             await asyncio.to_thread(self.observability.close)
@@ -215,45 +229,55 @@ async def _every(seconds: float, what: str, action: Any) -> None:
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
+    """Start a server; on any failure undo what was started (listener, store, lock) and raise.
+
+    Nothing is left behind by a failed start: no writer thread, no open
+    connection, no held lock, so ``sessiond serve`` can exit at once.
+    """
     security = prepare_security(config, loopback=is_loopback(config.address))
     lock = _lock_database(config)
-    store = open_store(config)
-    await _open_store(store, lock)
-    if store.recovered_wal:
-        log.info("database %s had a write-ahead log left by an unclean stop; SQLite "
-                 "replayed it (revision %d)", config.database, store.revision)
-    hub = CursorTrackingHub(store, config.watch_buffer_bytes)
-    observability = Observability(
-        store, hub, database=None if postgres_url(config.database) else sqlite_path(
-            config.database), abandoned_after_seconds=config.abandoned_after_seconds,
-        clock=config.clock)
-    api = ApiContext(store=store, hub=hub, config=config,
-                     tokens=PageTokens(config.page_token_key or store.page_token_key),
-                     authenticated=security.keys is not None)
-    server = grpc.aio.server(interceptors=[observability.interceptor, *security.interceptors],
-                             options=server_options(config.limits))
-    session_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionService(api), server)
-    message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageService(api), server)
-    stats_service_pb2_grpc.add_StatsServiceServicer_to_server(StatsService(api), server)
-    health_servicer = HealthServicer()
-    for name in ("", *SERVICE_NAMES):  # the servicer starts "" as SERVING: not yet
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if config.reflection:
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server)
-    port = (server.add_secure_port(config.address, security.credentials)
-            if security.credentials else server.add_insecure_port(config.address))
-    if port == 0:
-        await store.close()
-        if lock is not None:
-            lock.release()
-        raise OSError(f"cannot listen on {config.address}")
-    await server.start()
-    await _ping_or_stop(server, store, lock)
-    if config.metrics_address:
-        observability.serve_metrics(config.metrics_address)
+    store: Store | None = None
+    server: grpc.aio.Server | None = None
+    observability: Observability | None = None
+    try:
+        store = open_store(config)
+        await store.open()
+        if store.recovered_wal:
+            log.info("database %s had a write-ahead log left by an unclean stop; SQLite "
+                     "replayed it (revision %d)", config.database, store.revision)
+        hub = CursorTrackingHub(store, config.watch_buffer_bytes)
+        observability = Observability(
+            store, hub, database=None if postgres_url(config.database) else sqlite_path(
+                config.database), abandoned_after_seconds=config.abandoned_after_seconds,
+            clock=config.clock)
+        api = ApiContext(store=store, hub=hub, config=config,
+                         tokens=PageTokens(config.page_token_key or store.page_token_key),
+                         authenticated=security.keys is not None)
+        server = grpc.aio.server(
+            interceptors=[observability.interceptor, *security.interceptors],
+            options=server_options(config.limits))
+        session_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionService(api),
+                                                                      server)
+        message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageService(api),
+                                                                      server)
+        stats_service_pb2_grpc.add_StatsServiceServicer_to_server(StatsService(api), server)
+        health_servicer = HealthServicer()
+        for name in ("", *SERVICE_NAMES):  # the servicer starts "" as SERVING: not yet
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        if config.reflection:
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME), server)
+        port = _listen(server, config.address, security.credentials)
+        await server.start()
+        # Health turns SERVING only once the database answers; a failure ends the start.
+        await ping_database(store)
+        if config.metrics_address:
+            observability.serve_metrics(config.metrics_address)
+    except BaseException:
+        await _undo_start(server, store, observability, lock)
+        raise
     readiness = StorageReadiness(
         lambda: ping_database(store), lambda up: _set_health(health_servicer, up),
         config.health_check_interval_seconds, config.health_check_failures)
@@ -269,8 +293,10 @@ async def start_server(config: ServerConfig) -> RunningServer:
     await _set_health(health_servicer, True)
     running = RunningServer(server, store, hub, config, health_servicer, port, tasks,
                             observability, lock, security.interceptors, readiness)
-    log.info("serving on %s database=%s revision=%d durability=%s", running.address,
-             redacted(config.database), store.revision, config.durability)
+    build = build_info()
+    log.info("serving on %s database=%s revision=%d durability=%s version=%s "
+             "git_revision=%s", running.address, redacted(config.database), store.revision,
+             config.durability, build.version, build.revision)
     log.info("metrics=%s reflection=%s readers=%d tracing=%s log_level=%s",
              f"{config.metrics_address.rsplit(':', 1)[0] or '127.0.0.1'}:"
              f"{running.metrics_port}" if config.metrics_address else "off",
@@ -279,34 +305,76 @@ async def start_server(config: ServerConfig) -> RunningServer:
     return running
 
 
+def _listen(server: grpc.aio.Server, address: str,
+            credentials: grpc.ServerCredentials | None) -> int:
+    """Bind ``address``; the bound port, or ``ListenError`` saying why it cannot be had.
+
+    The OS is asked first (a plain bind, with the SO_REUSEADDR grpc sets too),
+    because grpc's own failure says only "Failed to bind" after logging a
+    C-level error line of its own.
+    """
+    reason = unbindable_reason(address)
+    if reason is not None:
+        raise ListenError(address, reason)
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials
+                else server.add_insecure_port(address))
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ListenError(address, unbindable_reason(address)
+                          or "grpc cannot bind it; choose another --address")
+    return port
+
+
+def unbindable_reason(address: str) -> str | None:
+    """Why ``address`` (host:port) cannot be listened on, or None when a bind succeeds."""
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not port_text.isdigit():
+        return "it is not host:port; pass --address host:port"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, int(port_text)))
+    except OSError as exc:
+        return {errno.EADDRINUSE: "the address is already in use (another sessiond?); stop "
+                                  "what holds it or choose another --address",
+                errno.EADDRNOTAVAIL: "it is not an address of this machine; pass one of its "
+                                     "addresses (or 0.0.0.0) to --address",
+                errno.EACCES: "ports below 1024 need privileges; choose a higher port"}.get(
+                    exc.errno or 0, f"{exc.strerror or exc}; choose another --address")
+    return None
+
+
+class ListenError(OSError):
+    """The gRPC address cannot be bound; the message names the cause and the fix."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {address}: {reason}")
+
+
+async def _undo_start(server: grpc.aio.Server | None, store: Store | None,
+                      observability: Observability | None, lock: DatabaseLock | None) -> None:
+    """Stop whatever a failed start had started, in reverse order."""
+    with contextlib.suppress(Exception):
+        if server is not None:
+            await server.stop(0)
+    with contextlib.suppress(Exception):
+        if store is not None:
+            await store.close()
+    if observability is not None:
+        observability.close()
+    if lock is not None:
+        lock.release()
+
+
 def _lock_database(config: ServerConfig) -> DatabaseLock | None:
     """Hold the SQLite file's server lock, so restore and import refuse to run beside us."""
     if postgres_url(config.database) is not None:
         return None
     return DatabaseLock(sqlite_path(config.database))
-
-
-async def _open_store(store: Store, lock: DatabaseLock | None) -> None:
-    try:
-        await store.open()
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-
-
-async def _ping_or_stop(server: grpc.aio.Server, store: Store,
-                        lock: DatabaseLock | None) -> None:
-    """Health turns SERVING only once the database answers; a failure ends the start."""
-    try:
-        await ping_database(store)
-    except BaseException:
-        log.exception("the database does not answer; not serving")
-        await server.stop(0)
-        await store.close()
-        if lock is not None:
-            lock.release()
-        raise
 
 
 async def _apply_retention(store: Store, config: ServerConfig) -> None:
@@ -324,12 +392,58 @@ async def _apply_retention(store: Store, config: ServerConfig) -> None:
             return
 
 
+class StartFailure(Exception):
+    """``sessiond serve`` could not start; the message says why and what to do about it."""
+
+
+def explain_start_failure(exc: BaseException, config: ServerConfig) -> str:
+    """One line for an operator: what went wrong at start and the fix."""
+    from .auth import InsecureExposure, KeyFileError
+    from .maintenance import DatabaseInUse
+    from .store import SchemaTooNew, Unavailable
+
+    database = redacted(config.database)
+    if isinstance(exc, InsecureExposure | ListenError | DatabaseInUse):
+        return str(exc)  # these messages already name the fix
+    if isinstance(exc, KeyFileError):
+        return f"{exc}; fix the file, or the --api-keys-file / --tls-* setting that names it"
+    if isinstance(exc, SchemaTooNew):
+        return f"{exc}; run the newer sessiond, or point --database at another database"
+    if isinstance(exc, Unavailable):
+        return (f"{exc}; check that PostgreSQL is running and reachable and that --database"
+                f" names it")
+    if isinstance(exc, sqlite3.DatabaseError):
+        return (f"cannot open the database {database}: {exc}; point --database at a sessiond"
+                f" database (or a new file), or restore a backup")
+    if isinstance(exc, ModuleNotFoundError) and exc.name in OPTIONAL_MODULES:
+        extra = OPTIONAL_MODULES[exc.name]
+        return f"{exc.name} is not installed; pip install 'sessiond[{extra}]'"
+    if isinstance(exc, OSError) and exc.filename:
+        return (f"cannot use {exc.filename}: {exc.strerror}; check --database (its directory"
+                f" must be writable by this user)")
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return (f"cannot start: {type(exc).__name__}: {exc} (--log-level debug shows the "
+            f"traceback)")
+
+
+#: Modules of optional extras, by the extra that installs them.
+OPTIONAL_MODULES = {"asyncpg": "postgres", "uvloop": "fast"}
+
+
 def run(config: ServerConfig) -> int:
-    """Serve until SIGTERM or SIGINT; returns the process exit code."""
+    """Serve until SIGTERM or SIGINT; returns the process exit code.
+
+    A failed start raises ``StartFailure`` (its cause the original error) after
+    everything it started has been stopped.
+    """
     configure_logging(config.log_format, config.log_level)
 
     async def main() -> int:
-        running = await start_server(config)
+        try:
+            running = await start_server(config)
+        except Exception as exc:
+            raise StartFailure(explain_start_failure(exc, config)) from exc
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = 0
@@ -350,7 +464,9 @@ def run(config: ServerConfig) -> int:
         return 0
 
     if config.event_loop == "uvloop":
-        import uvloop  # the `fast` extra; a missing module stops the start with its name
-
+        try:
+            import uvloop  # the `fast` extra
+        except ModuleNotFoundError as exc:
+            raise StartFailure(explain_start_failure(exc, config)) from exc
         return uvloop.run(main())
     return asyncio.run(main())

@@ -23,6 +23,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
 import importlib
@@ -43,6 +44,7 @@ from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 from sessiond.v1 import message_service_pb2, session_pb2
+from sessiond.version import build_info
 
 from .store import SessionStore
 from .watch import LogReader, Step, WatchHub
@@ -100,6 +102,8 @@ METRICS: dict[str, tuple[str, str]] = {
         "gauge", "revisions the change log holds (revision - compacted_revision)"),
     "sessiond_database_size_bytes": (
         "gauge", "size of the SQLite database files, by file (database, wal)"),
+    "sessiond_build_info": (
+        "gauge", "always 1; the labels say which sessiond runs (version, git revision)"),
 }
 
 
@@ -391,11 +395,31 @@ def _new_messages(response: Any) -> int:
 
 
 class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Counts, times, logs and traces every RPC; changes no request or response."""
+    """Counts, times, logs and traces every RPC; changes no request or response.
+
+    Once ``shutting_down`` is set, calls ending UNAVAILABLE or CANCELLED are
+    the shutdown doing its job (watch streams told to resume elsewhere, new
+    calls refused while draining): they are counted for one summary line
+    (``shutdown_summary``) instead of a warning each.
+    """
 
     def __init__(self, metrics: Metrics, tracer: Any | None = None) -> None:
         self._metrics = metrics
         self._tracer = tracer
+        self.shutting_down = False
+        self._ended_by_shutdown: collections.Counter[str] = collections.Counter()
+        self._refused_while_draining = 0
+
+    def shutdown_summary(self) -> str | None:
+        """What the shutdown ended, in one line; None when it ended nothing."""
+        ended = sum(self._ended_by_shutdown.values())
+        if not ended and not self._refused_while_draining:
+            return None
+        methods = ", ".join(f"{method} {count}"
+                            for method, count in sorted(self._ended_by_shutdown.items()))
+        return (f"shutdown ended {ended} open calls ({methods or 'none'}) and refused "
+                f"{self._refused_while_draining} new calls while draining; clients resume "
+                f"on their own")
 
     async def intercept_service(
         self,
@@ -468,6 +492,7 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         # Read from the context only while the call is alive: a stream closed
         # late (its generator finalised after the call ended) must not touch it.
         peer = context.peer()
+        began_before_shutdown = not self.shutting_down
         started = time.perf_counter()
         outcome: list[Any] = []
         code = grpc.StatusCode.OK
@@ -496,17 +521,24 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 if appended:
                     m.messages_appended.inc(appended)
             span.end(code)
-            self._log(service, method, code, elapsed, peer, details, failure)
+            by_shutdown = (self.shutting_down and failure is None and code in (
+                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+            if by_shutdown and began_before_shutdown:
+                self._ended_by_shutdown[method] += 1
+            elif by_shutdown:
+                self._refused_while_draining += 1
+            self._log(service, method, code, elapsed, peer, details, failure,
+                      expected=by_shutdown)
 
     @staticmethod
     def _log(service: str, method: str, code: grpc.StatusCode, elapsed: float, peer: str,
-             details: str, failure: BaseException | None) -> None:
+             details: str, failure: BaseException | None, *, expected: bool = False) -> None:
         fields = {"rpc_method": f"{service}/{method}", "rpc_code": code.name,
                   "duration_ms": round(elapsed * 1000, 3), "peer": peer}
         if failure is not None:
             rpc_log.error("rpc %s/%s failed: %s", service, method, failure,
                           exc_info=failure, extra=fields)
-        elif code in SERVER_FAULT_CODES:
+        elif code in SERVER_FAULT_CODES and not expected:
             rpc_log.warning("rpc %s/%s ended %s: %s", service, method, code.name, details,
                             extra=fields)
         elif rpc_log.isEnabledFor(logging.DEBUG):
@@ -542,6 +574,9 @@ class Metrics:
         self.commit_seconds = Histogram(
             "sessiond_write_commit_seconds", text("sessiond_write_commit_seconds"),
             buckets=COMMIT_BUCKETS, registry=registry)
+        build = build_info()
+        Gauge("sessiond_build_info", text("sessiond_build_info"), ["version", "revision"],
+              registry=registry).labels(build.version, build.revision).set(1)
 
     def observe_batch(self, writes: int, seconds: float) -> None:
         """The store writer's hook: one committed write transaction."""
@@ -586,7 +621,12 @@ class Observability:
     def serve_metrics(self, address: str) -> int:
         """Serve /metrics on ``address``; returns the bound port."""
         host, port = parse_metrics_address(address)
-        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self._http, self._thread = start_http_server(port, addr=host,
+                                                         registry=self.registry)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve metrics on {address}: {exc.strerror}; "
+                          f"choose another --metrics-address") from exc
         self.metrics_port = int(self._http.server_port)
         return self.metrics_port
 

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TextIO
@@ -126,20 +127,24 @@ def _errors() -> Iterator[list[int]]:
 
 
 def run_serve(args: argparse.Namespace, out: TextIO) -> int:
-    """Resolve the settings (flags > env > file > defaults) and serve until a signal."""
-    from .maintenance import DatabaseInUse
+    """Resolve the settings (flags > env > file > defaults) and serve until a signal.
 
+    A failed start is one line, ``sessiond: error: <what> ; <the fix>``, and
+    exit code 1 (2 for bad settings); the traceback only at ``--log-level debug``.
+    """
     try:
         resolved = resolve(args, os.environ)
-    except SettingsError as exc:
-        return _fail(exc, 2)
+    except SettingsError as exc:  # one line, as every other failed start
+        return _fail("invalid configuration: " + "; ".join(exc.problems), 2)
     for warning in resolved.warnings:
         print(f"sessiond: warning: {warning}", file=sys.stderr)
-    from .app import run
+    from .app import StartFailure, run
 
     try:
         return run(resolved.config)
-    except DatabaseInUse as exc:
+    except StartFailure as exc:
+        if resolved.config.log_level == "debug" and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         return _fail(exc)
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         return 130

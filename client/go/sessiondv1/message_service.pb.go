@@ -945,7 +945,7 @@ const file_sessiond_v1_message_service_proto_rawDesc = "" +
 	"PopMessage\x12\x1e.sessiond.v1.PopMessageRequest\x1a\x1f.sessiond.v1.PopMessageResponse\x12b\n" +
 	"\x11UpdateLastMessage\x12%.sessiond.v1.UpdateLastMessageRequest\x1a&.sessiond.v1.UpdateLastMessageResponse\x12V\n" +
 	"\rClearMessages\x12!.sessiond.v1.ClearMessagesRequest\x1a\".sessiond.v1.ClearMessagesResponse\x12Y\n" +
-	"\x0eSearchMessages\x12\".sessiond.v1.SearchMessagesRequest\x1a#.sessiond.v1.SearchMessagesResponseB0Z.sessiond.local/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\x0eSearchMessages\x12\".sessiond.v1.SearchMessagesRequest\x1a#.sessiond.v1.SearchMessagesResponseB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_message_service_proto_rawDescOnce sync.Once

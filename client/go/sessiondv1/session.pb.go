@@ -1091,7 +1091,7 @@ const file_sessiond_v1_session_proto_rawDesc = "" +
 	"\x19RUNTIME_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12RUNTIME_STATE_IDLE\x10\x01\x12\x19\n" +
 	"\x15RUNTIME_STATE_RUNNING\x10\x02\x12\x17\n" +
-	"\x13RUNTIME_STATE_ERROR\x10\x03B0Z.sessiond.local/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\x13RUNTIME_STATE_ERROR\x10\x03B>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_session_proto_rawDescOnce sync.Once

@@ -75,9 +75,6 @@
     const rest = parts.slice(skip).join("_").toLowerCase();
     return rest === "unspecified" ? "-" : rest;
   };
-  // Enum names inside a server message, written as words ("already ended as completed").
-  const readable = (text) => String(text || "").replace(/\b(SESSION_STATUS|RUNTIME_STATE|SESSION_KIND|MESSAGE_STATUS|EVENT_TYPE|ROLE)_([A-Z_]+)\b/g,
-    (_, prefix, rest) => rest.toLowerCase());
   const num = (value) => Number(value || 0);
 
   // Counts: every digit, with thousands separators ("6,065", "23,460").
@@ -143,7 +140,7 @@
     const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) {
-      const error = new Error(readable((body.error && body.error.message) || response.statusText));
+      const error = new Error((body.error && body.error.message) || response.statusText);
       error.code = (body.error && body.error.code) || String(response.status);
       throw error;
     }
@@ -154,7 +151,7 @@
     const alert = $("alert");
     if (!error) { alert.hidden = true; alert.textContent = ""; return; }
     if (error.code === "UNAUTHENTICATED") { showSignIn(error); return; }
-    alert.textContent = (error.code ? error.code + ": " : "") + readable(error.message);
+    alert.textContent = (error.code ? error.code + ": " : "") + error.message;
     alert.hidden = false;
   }
 
@@ -406,23 +403,35 @@
     target.replaceChildren(...nodes);
   }
 
-  // Lines over time, one per series ({name, className, points: [[ms, value], ...]}), with a legend.
-  function drawLines(target, startMs, endMs, series, emptyText) {
+  // Series over time ({name, className, points: [[ms, value], ...]}) with a legend:
+  // lines, or with slotMs, bars side by side in slots of that width centred on each point.
+  function drawLines(target, startMs, endMs, series, emptyText, slotMs = 0) {
     const max = Math.max(0, ...series.flatMap((s) => s.points.map((p) => p[1])));
     if (!series.some((s) => s.points.length)) { emptyChart(target, emptyText); return; }
     target.setAttribute("viewBox", `0 0 ${CHART.width} ${CHART.height}`);
     const { x, y, nodes } = axes(startMs, endMs, Math.max(max, 1), (value) => count(value), true);
+    let legendX = CHART.left + 6;
     series.forEach((line, index) => {
-      const path = line.points.map(([at, value], i) => `${i ? "L" : "M"}${x(at).toFixed(1)},${y(value).toFixed(1)}`).join(" ");
-      nodes.push(svg("path", { d: path, class: `line ${line.className}` }));
-      for (const [at, value] of line.points) {
-        const dot = svg("circle", { cx: x(at), cy: y(value), r: 2.5, class: `dot ${line.className}` });
-        dot.append(svg("title", {}, `${line.name}: ${count(value)} (${fullTime(new Date(at).toISOString())})`));
-        nodes.push(dot);
+      if (slotMs) {
+        const barWidth = Math.max(1, (x(startMs + slotMs) - x(startMs) - 2) / series.length);
+        for (const [at, value] of line.points) {
+          const left = x(at - slotMs / 2) + 1 + index * barWidth;
+          const bar = svg("rect", { x: left, y: y(value), width: barWidth, height: Math.max(0, CHART.bottom - y(value)), class: `bar ${line.className}` });
+          bar.append(svg("title", {}, `${line.name}: ${count(value)} (from ${fullTime(new Date(at - slotMs / 2).toISOString())})`));
+          nodes.push(bar);
+        }
+      } else {
+        const path = line.points.map(([at, value], i) => `${i ? "L" : "M"}${x(at).toFixed(1)},${y(value).toFixed(1)}`).join(" ");
+        nodes.push(svg("path", { d: path, class: `line ${line.className}` }));
+        for (const [at, value] of line.points) {
+          const dot = svg("circle", { cx: x(at), cy: y(value), r: 2.5, class: `dot ${line.className}` });
+          dot.append(svg("title", {}, `${line.name}: ${count(value)} (${fullTime(new Date(at).toISOString())})`));
+          nodes.push(dot);
+        }
       }
-      const legendX = CHART.left + 6 + index * 130;
       nodes.push(svg("rect", { x: legendX, y: 3, width: 10, height: 3, class: `swatch ${line.className}` }));
       nodes.push(svg("text", { x: legendX + 14, y: 8, class: "legend" }, line.name));
+      legendX += 14 + line.name.length * 6 + 18; // about 6 units a character at 11px
     });
     target.replaceChildren(...nodes);
   }
@@ -435,7 +444,7 @@
       { name: "sessions started", className: "series-a", points: buckets.map((b) => [mid(b), num(b.session_count)]) },
       { name: "sessions failed", className: "series-b", points: buckets.map((b) => [mid(b), num(b.failed_count)]) },
       { name: "errored calls", className: "series-c", points: buckets.map((b) => [mid(b), num(b.error_count)]) },
-    ], "No sessions yet");
+    ], "No sessions yet", (num(buckets[0].end_micros) - num(buckets[0].start_micros)) / 1000);
   }
 
   // Live rates: what the event stream delivered, counted per minute of sessiond's clock.
@@ -852,7 +861,7 @@
   const refreshSessionHeader = refresher(loadSessionHeader, 400);
   const refreshSessionUsage = refresher(loadSessionUsage, 1000);
   const refreshMessages = refresher(loadNewestMessages, 300);
-  const refreshTimeline = refresher(loadTimeline, 1000);
+  const refreshTimeline = refresher(loadTimeline, 2000); // a replay of the change log: not on every event
   const refreshForks = refresher(loadForks, 2000);
 
   function applyEvent(event) {
@@ -993,7 +1002,7 @@
     const message = $("signin-error");
     // A key was sent and refused: say so; no key yet: the page says what to do.
     const refused = error && /not known|invalid|refused/i.test(error.message || "");
-    message.textContent = refused ? "That key was not accepted: " + readable(error.message) : "";
+    message.textContent = refused ? "That key was not accepted: " + error.message : "";
     message.hidden = !refused;
     if (!wasSignedOut) $("signin-token").focus();
   }
