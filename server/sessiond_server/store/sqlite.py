@@ -249,8 +249,8 @@ class SQLiteStore:
             await conn.execute("PRAGMA query_only = 1")
             self._all_readers.append(conn)
             self._readers.put_nowait(conn)
-        self._writer = Writer(self._connect_writer, self._revision, self._clock,
-                              self._max_batch, self._committed)
+        self._writer = Writer(self._connect_writer, self._clock, self._max_batch,
+                              self._committed)
         await self._writer.start()
 
     def _migrate(self) -> None:
