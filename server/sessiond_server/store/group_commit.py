@@ -32,6 +32,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import queue
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -203,6 +204,22 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
     except Exception as exc:
         return await fail_all(exc)
     return BatchResult(outcomes, ctx.revision if ctx.revision != start else 0, changes, True)
+
+
+def take_batch(first: Job[Any], get_nowait: Callable[[], Job[Any] | None],
+               max_batch: int) -> tuple[list[Job[Any]], bool]:
+    """``first`` and whatever else is queued, up to ``max_batch``; and whether the queue
+    said stop (a None). ``get_nowait`` raises queue.Empty or asyncio.QueueEmpty."""
+    batch = [first]
+    while len(batch) < max_batch:
+        try:
+            nxt = get_nowait()
+        except (queue.Empty, asyncio.QueueEmpty):
+            break
+        if nxt is None:
+            return batch, True
+        batch.append(nxt)
+    return batch, False
 
 
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -28,9 +28,19 @@ from sessiond.v1 import event_pb2, message_pb2, session_pb2, session_service_pb2
 
 from . import records as rows
 from .dialect import Dialect, Params
-from .errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from .errors import (
+    Aborted,
+    AlreadyExists,
+    Compacted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from .group_commit import Statements, WriteContext
 from .interface import (
+    Change,
+    ChangeListener,
     MessagePage,
     MessageQuery,
     MessagesResult,
@@ -164,9 +174,45 @@ class StoreLogic:
     dialect: Dialect
     _clock: Callable[[], int]
     _abandoned_after: int
+    _max_batch: int
+    _listeners: list[ChangeListener]
+    _revision: int
+    _compacted_revision: int
+    # The backend's writer: ``submit(fn)`` and the ``batches``/``writes`` counts.
+    _writer: Any
+
+    def __init__(self, clock: Callable[[], int], abandoned_after_seconds: float,
+                 max_batch: int) -> None:
+        self._clock = clock
+        self._abandoned_after = int(abandoned_after_seconds * 1_000_000)
+        self._max_batch = max_batch
+        self._writer = None
+        self._listeners = []
+        self._revision = 0
+        self._compacted_revision = 0
+        self.page_token_key = b""
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    @property
+    def compacted_revision(self) -> int:
+        return self._compacted_revision
+
+    @property
+    def writer_stats(self) -> tuple[int, int]:
+        """(batches, writes) committed since start."""
+        w = self._writer
+        return (w.batches, w.writes) if w else (0, 0)
 
     async def _write(self, fn: Callable[[Ctx], Any]) -> Any:
-        raise NotImplementedError
+        if self._writer is None:
+            raise Unavailable("the store is not open")
+        return await self._writer.submit(fn)
 
     def _snapshot(self) -> AbstractAsyncContextManager[Statements]:
         """A read-only transaction: every statement in it sees one snapshot."""
@@ -1091,6 +1137,42 @@ class StoreLogic:
         # Ordered after saturation: equal (saturated) costs by name.
         costs.sort(key=lambda c: (-c.usage.cost_micros, c.model))
         return costs, int(found[0][0][0])
+
+    # Change log.
+    async def read_changes(self, from_revision: int, limit: int) -> list[Change]:
+        """Changes with revision >= from_revision, whole revisions, in order.
+
+        Raises Compacted when from_revision <= compacted_revision.
+        """
+        if from_revision <= self._compacted_revision:
+            raise Compacted(self._compacted_revision)
+        p = self.dialect.params()
+        first = p(from_revision)
+        found, compacted = await self._read_many([
+            (f"SELECT revision, tenant, owner_id, dataset_id, event FROM changes"
+             f" WHERE revision >= {first} AND revision < (SELECT min(revision) FROM changes"
+             f" WHERE revision >= {first}) + {p(max(1, limit))} ORDER BY revision, idx",
+             p.values),
+            ("SELECT value FROM meta WHERE key = 'compacted_revision'", ()),
+        ])
+        compacted_revision = int(compacted[0][0])
+        self._compacted_revision = max(self._compacted_revision, compacted_revision)
+        if from_revision <= compacted_revision:
+            raise Compacted(compacted_revision)
+        return [Change(r[0], r[1], r[2], r[3], E.SessionEvent.FromString(bytes(r[4])))
+                for r in found]
+
+    async def initial_state(self, scope: Scope, session_ids: Sequence[str]
+                            ) -> tuple[list[S.Session], int]:
+        """Every visible session (or those named) and the revision read at."""
+        now = self._clock()
+        p = self.dialect.params()
+        where = self._filter_sql(scope, S.SessionFilter(session_ids=session_ids), now, p)
+        found, rev = await self._read_many([
+            (f"SELECT {SESSION_COLUMNS} FROM sessions s WHERE {where} ORDER BY s.pk", p.values),
+            (f"SELECT {REVISION}", ()),
+        ])
+        return [self._session(r, now) for r in found], int(rev[0][0])
 
     # Maintenance.
     async def counter_problems(self) -> list[str]:

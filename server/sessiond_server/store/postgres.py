@@ -32,15 +32,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 from sessiond.v1 import event_pb2, session_pb2
 
 from .dialect import POSTGRES
-from .errors import Compacted, Unavailable
-from .interface import Change, ChangeListener, Scope
+from .errors import Unavailable
+from .interface import Change
 from .logic import REVISION, StoreLogic
 from .postgres_schema import (
     CHANGES_CHANNEL,
@@ -53,11 +52,9 @@ from .postgres_url import redacted
 from .postgres_writer import (
     DATABASE_ERRORS,
     PostgresStatements,
-    WriteContext,
     Writer,
     unavailable,
 )
-from .records import SESSION_COLUMNS
 from .revisions import compaction_target
 from .sqlite import SchemaTooNew
 
@@ -75,7 +72,6 @@ class PostgresStore(StoreLogic):
 
     dialect = POSTGRES
 
-
     def __init__(
         self,
         url: str,
@@ -89,10 +85,8 @@ class PostgresStore(StoreLogic):
         connect_timeout_seconds: float = 10.0,
         poll_interval_seconds: float = 1.0,
     ) -> None:
+        super().__init__(clock, abandoned_after_seconds, max_batch)
         self.url = url
-        self._clock = clock
-        self._abandoned_after = int(abandoned_after_seconds * 1_000_000)
-        self._max_batch = max_batch
         self._pool_min = max(1, pool_min_size)
         self._pool_max = max(self._pool_min, pool_max_size)
         self._statement_timeout = statement_timeout_seconds
@@ -100,16 +94,12 @@ class PostgresStore(StoreLogic):
         self._poll_interval = poll_interval_seconds
         self._pool: asyncpg.Pool | None = None
         self._writer: Writer | None = None
-        self._listeners: list[ChangeListener] = []
-        self._revision = 0
-        self._compacted_revision = 0
         self._deliver_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._listen_conn: asyncpg.Connection | None = None
         self._follower: asyncio.Task[None] | None = None
         self._closing = False
         self._feed_failing = False
-        self.page_token_key = b""
         # The app asks every store this; PostgreSQL recovers on its own.
         self.recovered_wal = False
         self.notifications = 0
@@ -203,23 +193,6 @@ class PostgresStore(StoreLogic):
                 await asyncio.wait_for(pool.close(), 5.0)
             except DATABASE_ERRORS:
                 pool.terminate()
-
-    def add_listener(self, listener: ChangeListener) -> None:
-        self._listeners.append(listener)
-
-    @property
-    def revision(self) -> int:
-        return self._revision
-
-    @property
-    def compacted_revision(self) -> int:
-        return self._compacted_revision
-
-    @property
-    def writer_stats(self) -> tuple[int, int]:
-        """(batches, writes) committed since start."""
-        w = self._writer
-        return (w.batches, w.writes) if w else (0, 0)
 
     # The change feed.
     async def _listen(self) -> None:
@@ -331,11 +304,6 @@ class PostgresStore(StoreLogic):
                 listener(changes)
 
     # Plumbing.
-    async def _write(self, fn: Callable[[WriteContext], Any]) -> Any:
-        if self._writer is None:
-            raise Unavailable("the store is not open")
-        return await self._writer.submit(fn)
-
     @contextlib.asynccontextmanager
     async def _snapshot(self) -> AsyncIterator[PostgresStatements]:
         """One snapshot: a REPEATABLE READ, READ ONLY transaction."""
@@ -350,33 +318,6 @@ class PostgresStore(StoreLogic):
             raise unavailable(exc) from exc
 
     # Change log.
-    async def read_changes(self, from_revision: int, limit: int) -> list[Change]:
-        if from_revision <= self._compacted_revision:
-            raise Compacted(self._compacted_revision)
-        found, compacted = await self._read_many([
-            ("SELECT revision, tenant, owner_id, dataset_id, event FROM changes"
-             " WHERE revision >= $1 AND revision < (SELECT min(revision) FROM changes"
-             " WHERE revision >= $1) + $2 ORDER BY revision, idx",
-             (from_revision, max(1, limit))),
-            ("SELECT value FROM meta WHERE key = 'compacted_revision'", ()),
-        ])
-        compacted_revision = int(compacted[0][0])
-        self._compacted_revision = max(self._compacted_revision, compacted_revision)
-        if from_revision <= compacted_revision:
-            raise Compacted(compacted_revision)
-        return [Change(r[0], r[1], r[2], r[3], E.SessionEvent.FromString(r[4])) for r in found]
-
-    async def initial_state(self, scope: Scope, session_ids: Sequence[str]
-                            ) -> tuple[list[S.Session], int]:
-        now = self._clock()
-        p = self.dialect.params()
-        where = self._filter_sql(scope, S.SessionFilter(session_ids=session_ids), now, p)
-        found, rev = await self._read_many([
-            (f"SELECT {SESSION_COLUMNS} FROM sessions s WHERE {where} ORDER BY s.pk", p.values),
-            (f"SELECT {REVISION}", ()),
-        ])
-        return [self._session(r, now) for r in found], int(rev[0][0])
-
     async def compact(self, keep_revisions: int, max_age_seconds: float) -> int:
         """Drop old change log rows: one replica at a time (advisory lock), beside the writers.
 

@@ -37,7 +37,7 @@ import asyncpg
 
 from . import group_commit
 from .errors import Unavailable
-from .group_commit import Job, WriteFn, run_batch, settle
+from .group_commit import Job, WriteFn, run_batch, settle, take_batch
 from .interface import Change
 from .postgres_schema import CHANGES_CHANNEL
 
@@ -201,16 +201,7 @@ class Writer:
             job = await self._queue.get()
             if job is None:
                 break
-            batch: list[Job[Any]] = [job]
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
+            batch, stopping = take_batch(job, self._queue.get_nowait, self._max_batch)
             try:
                 await self._commit(batch)
             except BaseException as exc:  # the writer must outlive any one batch

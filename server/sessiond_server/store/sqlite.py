@@ -23,10 +23,9 @@ import aiosqlite
 from sessiond.v1 import event_pb2, session_pb2
 
 from .dialect import SQLITE, fts_query
-from .errors import Compacted, Unavailable
-from .interface import Change, ChangeListener, Scope
+from .errors import Unavailable
+from .interface import Change
 from .logic import ORDER_COLUMNS, StoreLogic
-from .records import SESSION_COLUMNS
 from .revisions import compaction_target
 from .sqlite_schema import (
     MIGRATIONS,
@@ -87,21 +86,15 @@ class SQLiteStore(StoreLogic):
         readers: int = 4,
         max_batch: int = 256,
     ) -> None:
+        super().__init__(clock, abandoned_after_seconds, max_batch)
         self.path = Path(path)
-        self._clock = clock
-        self._abandoned_after = int(abandoned_after_seconds * 1_000_000)
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
         self._durability = durability
         self._reader_count = max(1, readers)
-        self._max_batch = max_batch
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         self._writer: Writer | None = None
-        self._listeners: list[ChangeListener] = []
-        self._revision = 0
-        self._compacted_revision = 0
-        self.page_token_key = b""
         self.recovered_wal = False
         self._recycling: set[asyncio.Task[None]] = set()
 
@@ -172,34 +165,12 @@ class SQLiteStore(StoreLogic):
         if self._writer is not None:
             await self._writer.close()
 
-    def add_listener(self, listener: ChangeListener) -> None:
-        self._listeners.append(listener)
-
     def _committed(self, revision: int, changes: list[Change]) -> None:
         self._revision = revision
         if changes:
             for listener in self._listeners:
                 listener(changes)
 
-    @property
-    def revision(self) -> int:
-        return self._revision
-
-    @property
-    def compacted_revision(self) -> int:
-        return self._compacted_revision
-
-    @property
-    def writer_stats(self) -> tuple[int, int]:
-        """(batches, writes) committed since start."""
-        w = self._writer
-        return (w.batches, w.writes) if w else (0, 0)
-
-
-    async def _write(self, fn: Callable[[WriteContext], Any]) -> Any:
-        if self._writer is None:
-            raise Unavailable("the store is not open")
-        return await self._writer.submit(fn)
 
     @contextlib.asynccontextmanager
     async def _snapshot(self) -> AsyncIterator[AioSQLiteStatements]:
@@ -233,31 +204,6 @@ class SQLiteStore(StoreLogic):
 
 
     # Change log.
-    async def read_changes(self, from_revision: int, limit: int) -> list[Change]:
-        if from_revision <= self._compacted_revision:
-            raise Compacted(self._compacted_revision)
-        found, compacted = await self._read_many([
-            ("SELECT revision, tenant, owner_id, dataset_id, event FROM changes"
-             " WHERE revision >= ? AND revision < (SELECT min(revision) FROM changes"
-             " WHERE revision >= ?) + ? ORDER BY revision, idx", (from_revision, from_revision,
-                                                                 max(1, limit))),
-            ("SELECT value FROM meta WHERE key = 'compacted_revision'", ()),
-        ])
-        if from_revision <= int(compacted[0][0]):
-            raise Compacted(int(compacted[0][0]))
-        return [Change(r[0], r[1], r[2], r[3], E.SessionEvent.FromString(r[4])) for r in found]
-
-    async def initial_state(self, scope: Scope, session_ids: Sequence[str]
-                            ) -> tuple[list[S.Session], int]:
-        now = self._clock()
-        p = self.dialect.params()
-        where = self._filter_sql(scope, S.SessionFilter(session_ids=session_ids), now, p)
-        found, rev = await self._read_many([
-            (f"SELECT {SESSION_COLUMNS} FROM sessions s WHERE {where} ORDER BY s.pk", p.values),
-            ("SELECT value FROM meta WHERE key = 'revision'", ()),
-        ])
-        return [self._session(r, now) for r in found], int(rev[0][0])
-
     async def compact(self, keep_revisions: int, max_age_seconds: float) -> int:
         def write(ctx: WriteContext) -> int:
             aged: int | None = None

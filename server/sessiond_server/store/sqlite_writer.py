@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from . import group_commit
 from .errors import Unavailable
-from .group_commit import BatchResult, Job, WriteFn, run_batch, run_sync, settle
+from .group_commit import BatchResult, Job, WriteFn, run_batch, run_sync, settle, take_batch
 from .interface import Change
 
 log = logging.getLogger(__name__)
@@ -172,16 +172,7 @@ class Writer:
                 job = self._queue.get()
                 if job is None:
                     break
-                batch: list[Job[Any]] = [job]
-                while len(batch) < self._max_batch:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stopping = True
-                        break
-                    batch.append(nxt)
+                batch, stopping = take_batch(job, self._queue.get_nowait, self._max_batch)
                 began = time.perf_counter()
                 result = run_sync(run_batch(hooks, batch, self._clock))
                 if result.committed:
