@@ -1097,11 +1097,14 @@ class StoreLogic:
             for i, value in enumerate(part[0]):
                 sums[i] += int(value or 0)
         if plan:
-            # Active sessions in the rollup minus the ones still active (not
-            # abandoned), read from the status index: the abandoned ones.
+            # The rollup counts every ACTIVE session of its whole days as active; those
+            # of them not still active (read from the status index) are abandoned. The
+            # partial days' rows were split by the scan already: only the rollup's share
+            # is corrected.
+            rollup_active = int(found[-2][0][STATS_ACTIVE] or 0)
             active_live = int(found[-1][0][0])
-            sums[STATS_ABANDONED] += sums[STATS_ACTIVE] - active_live
-            sums[STATS_ACTIVE] = active_live
+            sums[STATS_ABANDONED] += rollup_active - active_live
+            sums[STATS_ACTIVE] += active_live - rollup_active
         return _stats_from_sums(sums), int(found[0][0][0])
 
     async def cost_by_model(self, scope: Scope, filter: S.SessionFilter
