@@ -252,6 +252,8 @@ class SessionStore(Protocol):
         """Every visible session (or those named) and the revision read at."""
     async def compact(self, keep_revisions: int, max_age_seconds: float) -> int:
         """Drop old change log entries; returns the new compacted revision."""
+    async def tenants(self) -> list[str]:
+        """Every tenant that has a session, in order (retention visits each)."""
 
     # Maintenance.
     async def check_consistency(self) -> list[str]:

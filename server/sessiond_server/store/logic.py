@@ -1140,6 +1140,11 @@ class StoreLogic:
         costs.sort(key=lambda c: (-c.usage.cost_micros, c.model))
         return costs, int(found[0][0][0])
 
+    async def tenants(self) -> list[str]:
+        # Every session index begins with the tenant, so this is a walk of distinct keys.
+        return [str(r[0]) for r in await self._read(
+            "SELECT DISTINCT tenant FROM sessions ORDER BY tenant")]
+
     # Change log.
     async def read_changes(self, from_revision: int, limit: int) -> list[Change]:
         """Changes with revision >= from_revision, whole revisions, in order.
