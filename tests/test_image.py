@@ -153,6 +153,12 @@ def test_the_image_serves_health_and_rpcs_over_tls_as_a_non_root_user(
         whoami = subprocess.run(["podman", "exec", name, "id", "-u"], capture_output=True,
                                 text=True, timeout=60)
         assert whoami.stdout.strip() == str(IMAGE_UID), whoami.stderr
+        # The probe the Kubernetes manifests run (deploy/kubernetes): health over TLS.
+        probe = subprocess.run(["podman", "exec", name, "grpc_health_probe",
+                                f"-addr=127.0.0.1:{port}", "-tls", "-tls-no-verify"],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert "status: SERVING" in probe.stdout + probe.stderr
         started_line = next(line for line in logs(name).splitlines() if "serving on" in line)
         assert "version=" in started_line and "git_revision=" in started_line
     database = data_dir / "sessiond.db"
