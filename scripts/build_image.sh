@@ -138,8 +138,12 @@ buildah config \
   --label org.opencontainers.image.revision="$revision" \
   --label org.opencontainers.image.licenses=Apache-2.0 \
   "$container"
+previous=$(buildah images --quiet --no-trunc "$IMAGE:$version" 2>/dev/null || true)
 buildah commit --quiet --rm "$container" "$IMAGE:$version" >/dev/null
 container=""
 buildah tag "$IMAGE:$version" "$IMAGE:latest"
+if [ -n "$previous" ]; then  # the image this build replaced, now without a name
+  buildah rmi "$previous" >/dev/null 2>&1 || true  # kept while a container still uses it
+fi
 say "built $IMAGE:$version and $IMAGE:latest"
 echo "$IMAGE:$version"
