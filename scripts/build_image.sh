@@ -7,7 +7,7 @@
 # made by debootstrap from Debian's own package mirror, cached under
 # ~/.cache/sessiond-image so later builds skip it. buildah turns it into an
 # image: the wheel built from this checkout is installed into a virtualenv at
-# /opt/sessiond (with the `server` and `postgres` extras, from PyPI), a
+# /opt/sessiond (with the `postgres` extra, which includes `server`, from PyPI), a
 # non-root user `sessiond` (uid 10001) owns the volume /var/lib/sessiond where
 # the database lives, and the command is `sessiond serve` on 0.0.0.0:50051,
 # which refuses to start without API keys and TLS unless `--insecure` is given.
@@ -111,7 +111,7 @@ for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST HTTPS_PROXY HTTP_
 done
 chroot "$mnt" /usr/bin/python3 -m venv /opt/sessiond
 chroot "$mnt" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "${pip_env[@]}" \
-  /opt/sessiond/bin/pip install --quiet "/tmp/$(basename "$wheel")[server,postgres]" >&2
+  /opt/sessiond/bin/pip install --quiet "/tmp/$(basename "$wheel")[postgres]" >&2
 chroot "$mnt" /usr/sbin/useradd --uid 10001 --user-group \
   --home-dir /var/lib/sessiond --no-create-home --shell /usr/sbin/nologin sessiond
 install -d -o 10001 -g 10001 -m 0750 "$mnt/var/lib/sessiond"
