@@ -71,7 +71,11 @@ type SessionServiceClient interface {
 	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
 	// UpdateSession changes the fields named in update_mask. Errors:
 	// NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-	// ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+	// ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+	// update would change something. An update that would change nothing
+	// (every field named already holds the value sent) succeeds with the
+	// current session and revision 0 whatever the etag, so the retry of an
+	// applied update returns its result.
 	UpdateSession(ctx context.Context, in *UpdateSessionRequest, opts ...grpc.CallOption) (*UpdateSessionResponse, error)
 	// DeleteSession removes a session with its messages and usage. Errors:
 	// NOT_FOUND; ABORTED (ETAG_MISMATCH).
@@ -84,7 +88,10 @@ type SessionServiceClient interface {
 	// session becomes ACTIVE. Errors: FAILED_PRECONDITION (SESSION_ENDED) for
 	// a terminal session.
 	TouchSession(ctx context.Context, in *TouchSessionRequest, opts ...grpc.CallOption) (*TouchSessionResponse, error)
-	// EndSession moves a session to a terminal status. Ending again with the
+	// EndSession moves a session to a terminal status. An ended session runs
+	// no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+	// SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+	// turn, which tell how it ended. Ending again with the
 	// same status changes nothing; with another status it fails with
 	// FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
 	// for a non-terminal status.
@@ -293,7 +300,11 @@ type SessionServiceServer interface {
 	GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error)
 	// UpdateSession changes the fields named in update_mask. Errors:
 	// NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-	// ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+	// ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+	// update would change something. An update that would change nothing
+	// (every field named already holds the value sent) succeeds with the
+	// current session and revision 0 whatever the etag, so the retry of an
+	// applied update returns its result.
 	UpdateSession(context.Context, *UpdateSessionRequest) (*UpdateSessionResponse, error)
 	// DeleteSession removes a session with its messages and usage. Errors:
 	// NOT_FOUND; ABORTED (ETAG_MISMATCH).
@@ -306,7 +317,10 @@ type SessionServiceServer interface {
 	// session becomes ACTIVE. Errors: FAILED_PRECONDITION (SESSION_ENDED) for
 	// a terminal session.
 	TouchSession(context.Context, *TouchSessionRequest) (*TouchSessionResponse, error)
-	// EndSession moves a session to a terminal status. Ending again with the
+	// EndSession moves a session to a terminal status. An ended session runs
+	// no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+	// SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+	// turn, which tell how it ended. Ending again with the
 	// same status changes nothing; with another status it fails with
 	// FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
 	// for a non-terminal status.

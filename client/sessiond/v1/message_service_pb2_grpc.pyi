@@ -47,12 +47,19 @@ class MessageServiceStub:
     order. A message whose id already exists in the session is not stored
     again: the stored one is returned in its place (retries are safe); if
     its role or content differ, the call fails with ALREADY_EXISTS (reason
-    MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-    large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+    MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+    when every message of the request is already stored, the call returns
+    the stored messages (revision 0) even if the session has ended since or
+    expected_last_seq no longer holds, so the retry of a stored append
+    answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+    too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+    and some message is new.
     """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.ListMessagesRequest, _message_service_pb2.ListMessagesResponse]
     """ListMessages reads messages by page, the last N, the last N turns, or
-    after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+    after a sequence number or time. The messages and the revision are read
+    in one snapshot: no returned message was written after the revision.
+    Errors: NOT_FOUND; INVALID_ARGUMENT.
     """
     PopMessage: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.PopMessageRequest, _message_service_pb2.PopMessageResponse]
     """PopMessage removes the last message. Errors: FAILED_PRECONDITION
@@ -61,8 +68,12 @@ class MessageServiceStub:
     UpdateLastMessage: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.UpdateLastMessageRequest, _message_service_pb2.UpdateLastMessageResponse]
     """UpdateLastMessage changes the last message in place, for streaming
     replies: append a placeholder with status IN_PROGRESS, then update it as
-    tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-    (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+    tokens arrive. The size limit of a message (1 MiB of content,
+    reasoning, blocks and tool calls by default) holds for the message as it
+    is after the update, not only for the fields sent. Errors:
+    FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+    expected_seq is set and is not the last; INVALID_ARGUMENT (field
+    message.content) when the updated message would pass the size limit.
     """
     ClearMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.ClearMessagesRequest, _message_service_pb2.ClearMessagesResponse]
     """ClearMessages removes every message and keeps the session; sequence
@@ -72,7 +83,8 @@ class MessageServiceStub:
     """
     SearchMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.SearchMessagesRequest, _message_service_pb2.SearchMessagesResponse]
     """SearchMessages finds messages whose content contains every word of a
-    query, newest first, among the sessions the caller may see.
+    query, newest first, among the sessions the caller may see. The
+    messages and the revision are read in one snapshot.
     """
 
 @_typing.type_check_only
@@ -94,12 +106,19 @@ class MessageServiceAsyncStub(MessageServiceStub):
     order. A message whose id already exists in the session is not stored
     again: the stored one is returned in its place (retries are safe); if
     its role or content differ, the call fails with ALREADY_EXISTS (reason
-    MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-    large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+    MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+    when every message of the request is already stored, the call returns
+    the stored messages (revision 0) even if the session has ended since or
+    expected_last_seq no longer holds, so the retry of a stored append
+    answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+    too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+    and some message is new.
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.ListMessagesRequest, _message_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """ListMessages reads messages by page, the last N, the last N turns, or
-    after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+    after a sequence number or time. The messages and the revision are read
+    in one snapshot: no returned message was written after the revision.
+    Errors: NOT_FOUND; INVALID_ARGUMENT.
     """
     PopMessage: _aio.UnaryUnaryMultiCallable[_message_service_pb2.PopMessageRequest, _message_service_pb2.PopMessageResponse]  # type: ignore[assignment]
     """PopMessage removes the last message. Errors: FAILED_PRECONDITION
@@ -108,8 +127,12 @@ class MessageServiceAsyncStub(MessageServiceStub):
     UpdateLastMessage: _aio.UnaryUnaryMultiCallable[_message_service_pb2.UpdateLastMessageRequest, _message_service_pb2.UpdateLastMessageResponse]  # type: ignore[assignment]
     """UpdateLastMessage changes the last message in place, for streaming
     replies: append a placeholder with status IN_PROGRESS, then update it as
-    tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-    (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+    tokens arrive. The size limit of a message (1 MiB of content,
+    reasoning, blocks and tool calls by default) holds for the message as it
+    is after the update, not only for the fields sent. Errors:
+    FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+    expected_seq is set and is not the last; INVALID_ARGUMENT (field
+    message.content) when the updated message would pass the size limit.
     """
     ClearMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.ClearMessagesRequest, _message_service_pb2.ClearMessagesResponse]  # type: ignore[assignment]
     """ClearMessages removes every message and keeps the session; sequence
@@ -119,7 +142,8 @@ class MessageServiceAsyncStub(MessageServiceStub):
     """
     SearchMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.SearchMessagesRequest, _message_service_pb2.SearchMessagesResponse]  # type: ignore[assignment]
     """SearchMessages finds messages whose content contains every word of a
-    query, newest first, among the sessions the caller may see.
+    query, newest first, among the sessions the caller may see. The
+    messages and the revision are read in one snapshot.
     """
 
 class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -144,8 +168,13 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         order. A message whose id already exists in the session is not stored
         again: the stored one is returned in its place (retries are safe); if
         its role or content differ, the call fails with ALREADY_EXISTS (reason
-        MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-        large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+        MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+        when every message of the request is already stored, the call returns
+        the stored messages (revision 0) even if the session has ended since or
+        expected_last_seq no longer holds, so the retry of a stored append
+        answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+        too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+        and some message is new.
         """
 
     @_abc_1.abstractmethod
@@ -155,7 +184,9 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_message_service_pb2.ListMessagesResponse, _abc.Awaitable[_message_service_pb2.ListMessagesResponse]]:
         """ListMessages reads messages by page, the last N, the last N turns, or
-        after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+        after a sequence number or time. The messages and the revision are read
+        in one snapshot: no returned message was written after the revision.
+        Errors: NOT_FOUND; INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
@@ -176,8 +207,12 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_message_service_pb2.UpdateLastMessageResponse, _abc.Awaitable[_message_service_pb2.UpdateLastMessageResponse]]:
         """UpdateLastMessage changes the last message in place, for streaming
         replies: append a placeholder with status IN_PROGRESS, then update it as
-        tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-        (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+        tokens arrive. The size limit of a message (1 MiB of content,
+        reasoning, blocks and tool calls by default) holds for the message as it
+        is after the update, not only for the fields sent. Errors:
+        FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+        expected_seq is set and is not the last; INVALID_ARGUMENT (field
+        message.content) when the updated message would pass the size limit.
         """
 
     @_abc_1.abstractmethod
@@ -199,7 +234,8 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_message_service_pb2.SearchMessagesResponse, _abc.Awaitable[_message_service_pb2.SearchMessagesResponse]]:
         """SearchMessages finds messages whose content contains every word of a
-        query, newest first, among the sessions the caller may see.
+        query, newest first, among the sessions the caller may see. The
+        messages and the revision are read in one snapshot.
         """
 
 def add_MessageServiceServicer_to_server(servicer: MessageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

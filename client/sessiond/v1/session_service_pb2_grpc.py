@@ -167,7 +167,11 @@ class SessionServiceServicer:
     def UpdateSession(self, request, context):
         """UpdateSession changes the fields named in update_mask. Errors:
         NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-        ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+        ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+        update would change something. An update that would change nothing
+        (every field named already holds the value sent) succeeds with the
+        current session and revision 0 whatever the etag, so the retry of an
+        applied update returns its result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,7 +204,10 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EndSession(self, request, context):
-        """EndSession moves a session to a terminal status. Ending again with the
+        """EndSession moves a session to a terminal status. An ended session runs
+        no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+        SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+        turn, which tell how it ended. Ending again with the
         same status changes nothing; with another status it fails with
         FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
         for a non-terminal status.

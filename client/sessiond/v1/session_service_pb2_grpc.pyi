@@ -68,7 +68,11 @@ class SessionServiceStub:
     UpdateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSessionRequest, _session_service_pb2.UpdateSessionResponse]
     """UpdateSession changes the fields named in update_mask. Errors:
     NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-    ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+    ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+    update would change something. An update that would change nothing
+    (every field named already holds the value sent) succeeds with the
+    current session and revision 0 whatever the etag, so the retry of an
+    applied update returns its result.
     """
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.DeleteSessionRequest, _session_service_pb2.DeleteSessionResponse]
     """DeleteSession removes a session with its messages and usage. Errors:
@@ -85,7 +89,10 @@ class SessionServiceStub:
     a terminal session.
     """
     EndSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.EndSessionRequest, _session_service_pb2.EndSessionResponse]
-    """EndSession moves a session to a terminal status. Ending again with the
+    """EndSession moves a session to a terminal status. An ended session runs
+    no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+    SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+    turn, which tell how it ended. Ending again with the
     same status changes nothing; with another status it fails with
     FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
     for a non-terminal status.
@@ -163,7 +170,11 @@ class SessionServiceAsyncStub(SessionServiceStub):
     UpdateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSessionRequest, _session_service_pb2.UpdateSessionResponse]  # type: ignore[assignment]
     """UpdateSession changes the fields named in update_mask. Errors:
     NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-    ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+    ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+    update would change something. An update that would change nothing
+    (every field named already holds the value sent) succeeds with the
+    current session and revision 0 whatever the etag, so the retry of an
+    applied update returns its result.
     """
     DeleteSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.DeleteSessionRequest, _session_service_pb2.DeleteSessionResponse]  # type: ignore[assignment]
     """DeleteSession removes a session with its messages and usage. Errors:
@@ -180,7 +191,10 @@ class SessionServiceAsyncStub(SessionServiceStub):
     a terminal session.
     """
     EndSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.EndSessionRequest, _session_service_pb2.EndSessionResponse]  # type: ignore[assignment]
-    """EndSession moves a session to a terminal status. Ending again with the
+    """EndSession moves a session to a terminal status. An ended session runs
+    no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+    SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+    turn, which tell how it ended. Ending again with the
     same status changes nothing; with another status it fails with
     FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
     for a non-terminal status.
@@ -273,7 +287,11 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_session_service_pb2.UpdateSessionResponse, _abc.Awaitable[_session_service_pb2.UpdateSessionResponse]]:
         """UpdateSession changes the fields named in update_mask. Errors:
         NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-        ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+        ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+        update would change something. An update that would change nothing
+        (every field named already holds the value sent) succeeds with the
+        current session and revision 0 whatever the etag, so the retry of an
+        applied update returns its result.
         """
 
     @_abc_1.abstractmethod
@@ -314,7 +332,10 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.EndSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.EndSessionResponse, _abc.Awaitable[_session_service_pb2.EndSessionResponse]]:
-        """EndSession moves a session to a terminal status. Ending again with the
+        """EndSession moves a session to a terminal status. An ended session runs
+        no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+        SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+        turn, which tell how it ended. Ending again with the
         same status changes nothing; with another status it fails with
         FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
         for a non-terminal status.

@@ -236,7 +236,10 @@ export interface UpdateSessionRequest {
   updateMask:
     | string[]
     | undefined;
-  /** etag, when set, must equal the session's current etag, else ABORTED. */
+  /**
+   * etag, when set, must equal the session's current etag, else ABORTED;
+   * not checked when the update would change nothing (see UpdateSession).
+   */
   etag: string;
 }
 
@@ -3598,7 +3601,11 @@ export const SessionServiceService = {
   /**
    * UpdateSession changes the fields named in update_mask. Errors:
    * NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+   * update would change something. An update that would change nothing
+   * (every field named already holds the value sent) succeeds with the
+   * current session and revision 0 whatever the etag, so the retry of an
+   * applied update returns its result.
    */
   updateSession: {
     path: "/sessiond.v1.SessionService/UpdateSession" as const,
@@ -3655,7 +3662,10 @@ export const SessionServiceService = {
     responseDeserialize: (value: Buffer): TouchSessionResponse => TouchSessionResponse.decode(value),
   },
   /**
-   * EndSession moves a session to a terminal status. Ending again with the
+   * EndSession moves a session to a terminal status. An ended session runs
+   * no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+   * SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+   * turn, which tell how it ended. Ending again with the
    * same status changes nothing; with another status it fails with
    * FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
    * for a non-terminal status.
@@ -3767,7 +3777,11 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
   /**
    * UpdateSession changes the fields named in update_mask. Errors:
    * NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+   * update would change something. An update that would change nothing
+   * (every field named already holds the value sent) succeeds with the
+   * current session and revision 0 whatever the etag, so the retry of an
+   * applied update returns its result.
    */
   updateSession: handleUnaryCall<UpdateSessionRequest, UpdateSessionResponse>;
   /**
@@ -3788,7 +3802,10 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
    */
   touchSession: handleUnaryCall<TouchSessionRequest, TouchSessionResponse>;
   /**
-   * EndSession moves a session to a terminal status. Ending again with the
+   * EndSession moves a session to a terminal status. An ended session runs
+   * no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+   * SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+   * turn, which tell how it ended. Ending again with the
    * same status changes nothing; with another status it fails with
    * FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
    * for a non-terminal status.
@@ -3874,7 +3891,11 @@ export interface SessionServiceClient extends Client {
   /**
    * UpdateSession changes the fields named in update_mask. Errors:
    * NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+   * update would change something. An update that would change nothing
+   * (every field named already holds the value sent) succeeds with the
+   * current session and revision 0 whatever the etag, so the retry of an
+   * applied update returns its result.
    */
   updateSession(
     request: UpdateSessionRequest,
@@ -3951,7 +3972,10 @@ export interface SessionServiceClient extends Client {
     callback: (error: ServiceError | null, response: TouchSessionResponse) => void,
   ): ClientUnaryCall;
   /**
-   * EndSession moves a session to a terminal status. Ending again with the
+   * EndSession moves a session to a terminal status. An ended session runs
+   * no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+   * SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+   * turn, which tell how it ended. Ending again with the
    * same status changes nothing; with another status it fails with
    * FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
    * for a non-terminal status.
