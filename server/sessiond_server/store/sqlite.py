@@ -308,7 +308,11 @@ class SQLiteStore(ReplicaFeed):
 
 
 def _close_last(path: Path) -> None:
-    sqlite3.connect(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("SELECT count(*) FROM meta").fetchone()  # opens the file and its log
+    finally:
+        conn.close()
 
 
 class DatagramNotifier:
