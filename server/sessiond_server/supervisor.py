@@ -42,6 +42,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 
 from .app import Replica, RunningServer, StartFailure, explain_start_failure, run
@@ -100,6 +101,8 @@ def _child(config: ServerConfig, index: int, report: int, parent: int) -> None:
 
         code = run(config, Replica(index=index, maintenance=index == 0), ready)
     except StartFailure as exc:
+        if config.log_level == "debug" and exc.__cause__ is not None:  # as serve does
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         with contextlib.suppress(OSError):
             os.write(report, f"error {exc}\n".encode(errors="replace")[:4000])
         code = 1
