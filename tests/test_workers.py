@@ -257,7 +257,7 @@ def test_a_killed_worker_is_restarted_and_sigterm_drains_them_all(
     assert log.count("stopped: revision=") >= 2
     wal = Path(f"{database}-wal")
     assert not wal.exists() or wal.stat().st_size == 0  # the last to close checkpointed
-    ids, problems = stored_state(database)
+    _, problems = stored_state(database)
     assert problems == []
 
 
