@@ -124,8 +124,9 @@ class SQLiteBatch:
     async def savepoint(self) -> None:
         self.conn.execute("SAVEPOINT write")
 
-    async def release(self) -> None:
+    async def renew_savepoint(self) -> None:
         self.conn.execute("RELEASE write")
+        self.conn.execute("SAVEPOINT write")
 
     async def rollback_to(self) -> None:
         self.conn.execute("ROLLBACK TO write")
