@@ -176,9 +176,12 @@ class RunningServer:
             await asyncio.to_thread(self.observability.close)
         if self.lock is not None:
             self.lock.release()
-        log.info("stopped: revision=%d rpcs=%d elapsed=%.2fs", self.store.revision,
+        lock = self.store.write_lock if isinstance(self.store, SQLiteStore) else None
+        log.info("stopped: revision=%d rpcs=%d elapsed=%.2fs%s", self.store.revision,
                  self.observability.rpc_count() if self.observability else 0,
-                 time.monotonic() - started)
+                 time.monotonic() - started,
+                 "" if lock is None else f" writes={self.store.writer_stats[1]} write_lock_"
+                 f"held={lock.held_seconds:.3f}s write_lock_wait={lock.wait_seconds:.3f}s")
 
 
 async def _set_health(health: HealthServicer, serving: bool) -> None:

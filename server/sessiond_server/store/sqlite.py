@@ -123,6 +123,11 @@ class SQLiteStore(ReplicaFeed):
         self.recovered_wal = False
         self._recycling: set[asyncio.Task[None]] = set()
 
+    @property
+    def write_lock(self) -> WriteLock | None:
+        """The cross-process write lock, with the seconds spent waiting for and holding it."""
+        return self._lock
+
     # Life cycle.
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -208,13 +213,11 @@ class SQLiteStore(ReplicaFeed):
         self._all_readers.clear()
         if self._lock is not None:
             self._lock.close()
-            self._lock = None
         # The last connection to close checkpoints and removes the write-ahead log;
         # a read-only one cannot, which would leave a WAL that the next start
         # mistakes for the trace of a crash. So one writable connection closes last
         # (it removes the log only if no other replica still has the file open).
         if self._writer is not None:
-            self._writer = None
             with contextlib.suppress(sqlite3.Error):
                 await asyncio.to_thread(_close_last, self.path)
 

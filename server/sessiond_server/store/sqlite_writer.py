@@ -101,7 +101,9 @@ class WriteLock:
 
     def close(self) -> None:
         self.release()
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class SQLiteBatch:
