@@ -29,18 +29,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import math
 import multiprocessing
 import os
+import queue
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -320,49 +322,45 @@ def measure(label: str, fleet: Fleet, writers: int, loaders: int, warmup: float,
 
 
 # The delaying proxy between sessiond and PostgreSQL.
+#
+# Threads and blocking sockets, not asyncio: the event loop's timers have
+# millisecond resolution (epoll), too coarse for a quarter-millisecond delay,
+# while time.sleep waits to within tens of microseconds.
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                delay: float) -> None:
-    """Copy ``reader`` to ``writer``, each chunk ``delay`` seconds late, in order."""
-    queue: collections.deque[tuple[float, bytes]] = collections.deque()
-    ready = asyncio.Event()
-    ended = False
+def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
+    """Copy ``source`` to ``sink``, each chunk ``delay`` seconds late, in order."""
+    chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
 
-    async def send() -> None:
-        while queue or not ended:
-            if not queue:
-                ready.clear()
-                await ready.wait()
-                continue
-            due, chunk = queue.popleft()
-            wait = due - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            writer.write(chunk)
-            await writer.drain()
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                due, chunk = chunks.get()
+                if not chunk:
+                    break
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                sink.sendall(chunk)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
 
-    sender = asyncio.create_task(send())
-    try:
-        while chunk := await reader.read(65536):
-            queue.append((time.monotonic() + delay, chunk))
-            ready.set()
-    finally:
-        ended = True
-        ready.set()
-        with contextlib.suppress(Exception):
-            await sender
-        writer.close()
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    with contextlib.suppress(OSError):
+        while chunk := source.recv(65536):
+            chunks.put((time.monotonic() + delay, chunk))
+    chunks.put((0.0, b""))
 
 
-async def _proxy(listen_port: int, host: str, port: int, one_way: float) -> None:
-    async def connection(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection(host, port)
-        await asyncio.gather(_pump(client_r, server_w, one_way),
-                             _pump(server_r, client_w, one_way), return_exceptions=True)
-
-    server = await asyncio.start_server(connection, "127.0.0.1", listen_port)
-    async with server:
-        await server.serve_forever()
+def _proxy(listen_port: int, host: str, port: int, one_way: float) -> None:
+    listener = socket.create_server(("127.0.0.1", listen_port))
+    while True:
+        client, _ = listener.accept()
+        server = socket.create_connection((host, port))
+        for sock in (client, server):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for a, b in ((client, server), (server, client)):
+            threading.Thread(target=_pump, args=(a, b, one_way), daemon=True).start()
 
 
 @contextlib.contextmanager
@@ -379,8 +377,6 @@ def delayed(url: str, rtt_ms: float) -> Any:
         deadline = time.monotonic() + 10
         while True:
             with contextlib.suppress(OSError):
-                import socket
-
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             if time.monotonic() > deadline:
@@ -473,6 +469,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.proxy:
         listen, host, port, rtt = args.proxy.split(":")
-        asyncio.run(_proxy(int(listen), host, int(port), float(rtt) / 2000))
+        _proxy(int(listen), host, int(port), float(rtt) / 2000)
     else:
         main(args.writers, args.loaders, args.seconds, args.warmup, args.rtt_ms)

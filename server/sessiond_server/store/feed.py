@@ -175,7 +175,8 @@ class ReplicaFeed(StoreLogic):
         self._notifier.announce(last)
         if last <= self._revision:
             return None  # the feed was quicker
-        if not self._deliver_lock.locked() and changes[0].revision - 1 == self._revision:
+        first = changes[0].revision if changes else last
+        if not self._deliver_lock.locked() and first - 1 == self._revision:
             self._deliver(last, changes)
             return None
         return self._publish(last, changes)
@@ -185,7 +186,7 @@ class ReplicaFeed(StoreLogic):
         async with self._deliver_lock:
             if last <= self._revision:
                 return  # the feed was quicker
-            first = changes[0].revision
+            first = changes[0].revision if changes else last
             if first - 1 > self._revision:
                 await self._catch_up_locked(first - 1)
             if first - 1 < self._revision:

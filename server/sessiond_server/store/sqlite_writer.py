@@ -87,6 +87,9 @@ class WriteLock:
         self.held_seconds = 0.0
 
     def acquire(self) -> None:
+        """Wait for the lock (at once if this writer holds it already)."""
+        if self.held:
+            return
         began = time.perf_counter()
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         self._taken = time.perf_counter()
@@ -227,6 +230,10 @@ class Writer:
                 job = self._queue.get()
                 if job is None:
                     break
+                # The lock first, then the batch: writes that queue while another
+                # replica holds the lock join this batch (the commit releases it).
+                with contextlib.suppress(OSError):  # begin tries again, fails cleanly
+                    self.lock.acquire()
                 batch, stopping = take_batch(job, self._queue.get_nowait, self._max_batch)
                 began = time.perf_counter()
                 result = run_sync(run_batch(hooks, batch, self._clock))
