@@ -245,6 +245,7 @@ class Writer:
                             conn.execute("ROLLBACK")
                     failure = Unavailable("the write batch failed")
                     result = BatchResult([(job, None, failure) for job in batch], 0, [], False)
+                self.lock.release()  # whatever ended the batch (commit and rollback already do)
                 if result.committed:
                     self._observe(len(batch), time.perf_counter() - began)
                 self._answer(result)
