@@ -70,7 +70,6 @@ class WorkersProcess(ServerProcess):
             assert self.process is not None
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
-            # The workers are gone once the port no longer answers health checks.
 
     def worker_pids(self) -> list[int]:
         found = re.findall(r"supervising \d+ workers on \S+ database=\S+ pids=([\d,]+)",
@@ -302,3 +301,41 @@ def test_a_worker_that_cannot_start_fails_the_whole_start(tmp_path: Path) -> Non
     assert process.returncode == 1
     with pytest.raises(ProcessLookupError):  # no worker is left behind
         os.killpg(process.pid, 0)
+
+
+def test_port_0_is_chosen_once_for_all_workers_and_each_serves_its_own_metrics(
+        tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    from conftest import free_port
+
+    metrics = free_port()
+    while True:  # two free ports in a row: P for worker 0, P + 1 for worker 1
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", metrics + 1))
+                break
+            except OSError:
+                metrics = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [SESSIOND, "serve", "--database", str(tmp_path / "s.db"), "--address",
+             "127.0.0.1:0", "--workers", "2", "--metrics-address", f"127.0.0.1:{metrics}"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: "supervising 2 workers" in log.read_text(), "no supervisor line")
+        address = re.findall(r"supervising 2 workers on (\S+)", log.read_text())[0]
+        assert not address.endswith(":0")
+        serving = re.findall(r"serving on (\S+) ", log.read_text())
+        assert serving == [address, address]  # both workers on the port the supervisor chose
+        for port in (metrics, metrics + 1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+                assert b"sessiond_" in page.read()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=WAIT_SECONDS) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
