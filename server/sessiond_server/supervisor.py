@@ -189,9 +189,17 @@ class Supervisor:
             if time.monotonic() > deadline:
                 failure = f"a worker did not serve within {START_TIMEOUT_SECONDS:.0f}s"
         if failure:
+            # The others finish starting first (one killed mid-start could leave a
+            # child of its own behind), then stop as on SIGTERM; one that does not
+            # answer in time is killed.
+            while waiting and time.monotonic() < deadline:
+                ready, _, _ = select.select(list(waiting), [], [], 0.2)
+                for fd in ready:
+                    waiting.pop(fd).report = -1
+                    os.close(fd)
             for worker in self.workers:
                 self.close_report(worker)
-            self.tell_all(signal.SIGKILL)
+            self.tell_all(signal.SIGKILL if waiting else signal.SIGTERM)
             self.wait_all()
             raise StartFailure(failure)
 
