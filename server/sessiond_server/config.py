@@ -109,6 +109,9 @@ class ServerConfig:
     watch_read_ahead_bytes: int = 1 << 20
     # Number of read-only connections.
     readers: int = 4
+    # Server processes on one address (SO_REUSEPORT), each a replica of the
+    # database, under one supervisor; 0 means one per core, at most 8.
+    workers: int = 1
     # Page tokens are signed with this key; empty means a key kept in the
     # database (created on first start), so tokens survive restarts.
     page_token_key: bytes = b""
