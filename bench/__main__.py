@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-server",
         action="store_true",
-        help="sample the server with py-spy during each sessiond phase",
+        help="profile each sessiond server (cProfile, every thread); print each RPC's top frames",
     )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where JSON goes")
     args = parser.parse_args(argv)
