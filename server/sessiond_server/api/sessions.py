@@ -29,6 +29,9 @@ UPDATE_PATHS = frozenset({"kind", "channel", "room_id", "sender_id", "agent", "m
                           "runtime_instance", "budget_micros"})
 PURGE_LIMIT = 10_000
 WATCH_CHANGE_LIMIT = 256  # revisions read per step of a watch
+# Packed watch responses kept for the other streams (see _packed), in count and bytes.
+SHARED_RESPONSES = 64
+SHARED_RESPONSE_BYTES = 8 << 20
 
 
 def check_session_fields(c: Checker, prefix: str, s: S.Session) -> None:
@@ -92,6 +95,10 @@ def watch_matches(f: ss.WatchFilter, change: Change) -> bool:
 class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     def __init__(self, api: ApiContext) -> None:
         self.api = api
+        # Recently packed watch responses by (first revision, last revision, events):
+        # the same hub slice seen whole by many streams is packed once (see _packed).
+        self._shared: dict[tuple[int, int, int], tuple[list[ss.WatchSessionsResponse], int]] = {}
+        self._shared_bytes = 0
 
     def _checker(self) -> Checker:
         return Checker(self.api.config.limits)
@@ -343,7 +350,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                     events = self._visible(scope, f, changes)
                     next_revision = changes[-1].revision + 1
                     if events:
-                        for response in _pack_events(events, now()):
+                        for response in self._packed(events, len(events) == len(changes)):
                             yield response
                         last_sent = time.monotonic()
                         continue
@@ -363,6 +370,27 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             raise RpcError(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN",
                            "the server is shutting down; resume from the last revision + 1"
                            ) from None
+
+    def _packed(self, events: Sequence[Change], everything: bool
+                ) -> list[ss.WatchSessionsResponse]:
+        """The responses carrying ``events``; built once for every stream that sees all of
+        the same changes (the common case: no filter, a caller who sees every session),
+        so a commit watched by many streams is packed once, not copied per stream. Their
+        ``time`` is then when the first of those streams sent them."""
+        if not everything:
+            return _pack_events(events, self.api.config.clock())
+        shared = self._shared
+        key = (events[0].revision, events[-1].revision, len(events))
+        found = shared.get(key)
+        if found is not None:
+            return found[0]
+        responses = _pack_events(events, self.api.config.clock())
+        size = sum(r.ByteSize() for r in responses)
+        shared[key] = (responses, size)
+        self._shared_bytes += size
+        while len(shared) > SHARED_RESPONSES or self._shared_bytes > SHARED_RESPONSE_BYTES:
+            self._shared_bytes -= shared.pop(next(iter(shared)))[1]
+        return responses
 
     @staticmethod
     def _visible(scope: Any, f: ss.WatchFilter, changes: Sequence[Change]) -> list[Change]:
