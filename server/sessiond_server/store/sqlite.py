@@ -46,6 +46,7 @@ from .interface import (
 from .records import COL, MESSAGE_COLUMNS, SESSION_COLUMNS, USAGE_FIELDS
 from .revisions import compaction_target
 from .search import SearchTerms, fts5_strings, search_terms, spaced_runs
+from .sqlite_inline import Busy, InlineReader
 from .sqlite_schema import (
     DAY_MICROS,
     MIGRATIONS,
@@ -239,6 +240,9 @@ class SQLiteStore:
         self.page_token_key = b""
         self.recovered_wal = False
         self._recycling: set[asyncio.Task[None]] = set()
+        # Small indexed reads (a session by id, a page of messages) run inline on
+        # the event loop: cheaper than a hop to a reader thread (see sqlite_inline).
+        self._inline = InlineReader(self.path)
 
     # Life cycle.
     def _connect_writer(self) -> sqlite3.Connection:
@@ -258,6 +262,7 @@ class SQLiteStore:
             await conn.execute("PRAGMA query_only = 1")
             self._all_readers.append(conn)
             self._readers.put_nowait(conn)
+        self._inline.open()
         self._writer = Writer(self._connect_writer, self._revision, self._clock,
                               self._max_batch, self._committed)
         await self._writer.start()
@@ -303,6 +308,7 @@ class SQLiteStore:
         # Readers first: the last connection to close checkpoints and removes the
         # write-ahead log, and a read-only one cannot, which would leave a WAL that
         # the next start mistakes for the trace of a crash.
+        self._inline.close()
         for conn in self._all_readers:
             await conn.close()
         self._all_readers.clear()
@@ -345,6 +351,15 @@ class SQLiteStore:
             raise Unavailable(f"database error: {exc}") from exc
         finally:
             self._readers.put_nowait(conn)
+
+    async def _read_small(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A read of a few indexed rows: inline on the loop, else on a reader thread."""
+        try:
+            return self._inline.read([(sql, params)])[0]
+        except Busy:
+            return await self._read(sql, params)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"database error: {exc}") from exc
 
     async def _read_many(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         """Several statements in one read transaction: one consistent snapshot."""
@@ -460,7 +475,7 @@ class SQLiteStore:
 
     async def get_session(self, scope: Scope, session_id: str) -> tuple[S.Session, int]:
         vis, params = visibility_sql(scope)
-        found = await self._read(
+        found = await self._read_small(
             f"SELECT {SESSION_COLUMNS}, (SELECT value FROM meta WHERE key = 'revision')"
             f" FROM sessions s WHERE {vis} AND s.id = ?", (*params, session_id))
         if not found:
@@ -903,7 +918,7 @@ class SQLiteStore:
 
     async def _session_pk(self, scope: Scope, session_id: str) -> tuple[int, int]:
         vis, params = visibility_sql(scope)
-        found = await self._read(
+        found = await self._read_small(
             f"SELECT s.pk, (SELECT value FROM meta WHERE key = 'revision') FROM sessions s"
             f" WHERE {vis} AND s.id = ?", (*params, session_id))
         if not found:
@@ -916,24 +931,24 @@ class SQLiteStore:
         truncated = False
         next_cursor: int | None = None
         if query.last_n:
-            found = await self._read(
+            found = await self._read_small(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.session_pk = ?"
                 f" ORDER BY m.seq DESC LIMIT ?", (pk, query.last_n))
             found.reverse()
         elif query.last_turns:
-            start = await self._read(
+            start = await self._read_small(
                 "SELECT m.seq FROM messages m INDEXED BY messages_user_turns"
                 " WHERE m.session_pk = ? AND m.role = 2 ORDER BY m.seq DESC LIMIT 1 OFFSET ?",
                 (pk, query.last_turns - 1))
             first_seq = int(start[0][0]) if start else 0
             if first_seq:
-                earlier = await self._read(
+                earlier = await self._read_small(
                     "SELECT 1 FROM messages m INDEXED BY messages_user_turns"
                     " WHERE m.session_pk = ? AND m.role = 2 AND m.seq < ? LIMIT 1",
                     (pk, first_seq))
                 if not earlier:
                     first_seq = 0  # what precedes the first user message is its turn
-            found = await self._read(
+            found = await self._read_small(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.session_pk = ?"
                 f" AND m.seq >= ? ORDER BY m.seq DESC LIMIT ?",
                 (pk, first_seq, query.max_messages + 1))
@@ -951,7 +966,7 @@ class SQLiteStore:
                 clauses.append("m.seq < ?" if query.descending else "m.seq > ?")
                 params.append(query.cursor_seq)
             direction = "DESC" if query.descending else "ASC"
-            found = await self._read(
+            found = await self._read_small(
                 f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE {' AND '.join(clauses)}"
                 f" ORDER BY m.seq {direction} LIMIT ?", (*params, query.page_size + 1))
             if len(found) > query.page_size:
