@@ -4,7 +4,8 @@ Usage: compare.py REFERENCE.jsonl NAME=OUTPUT.jsonl ...
 
 Each file holds one JSON object per scenario step (SCENARIO.md). Lines are
 compared as parsed JSON, so key order and number spelling (0 or 0.0) do not
-matter; any other difference, a missing step or an extra one fails.
+matter; any other difference, a missing step or an extra one fails, and
+the steps a language lacks or adds are named first.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ def main(argv: list[str]) -> int:
         name, _, path = spec.partition("=")
         observed = read(Path(path))
         problems = []
+        want_steps = [line.get("step") for line in reference]
+        got_steps = [line.get("step") for line in observed]
+        missing = [step for step in want_steps if step not in got_steps]
+        extra = [step for step in got_steps if step not in want_steps]
+        if missing or extra:
+            # Usually a suite that has not caught up with SCENARIO.md yet.
+            problems.append(
+                f"  steps missing: {missing or 'none'}; "
+                f"steps not in SCENARIO.md: {extra or 'none'}"
+            )
         for i in range(max(len(reference), len(observed))):
             want = reference[i] if i < len(reference) else None
             got = observed[i] if i < len(observed) else None

@@ -1,34 +1,40 @@
 """Python reference run of the interop scenario (see SCENARIO.md).
 
-It uses the generated stubs in ``sessiond.v1`` directly, not the typed
-client, so that it exercises the wire contract exactly as the generated Go,
-TypeScript and Rust clients do. Its output is what their outputs must equal.
+It drives the Python client (``sessiond.Client``), the reference every
+other language's client layer is held to (docs/clients.md): its typed
+errors, retries, page walker and resuming watch. Its output is what the Go,
+TypeScript and Rust outputs must equal. Only the deadline step uses a raw
+stub, because the Python watch takes no deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import subprocess
 import sys
+import time
+from collections.abc import Generator
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from sessiond import Client, NotFound, RelistRequired, SessiondError
 from sessiond.v1 import (
     event_pb2,
     message_pb2,
-    message_service_pb2,
-    message_service_pb2_grpc,
     session_pb2,
     session_service_pb2,
     session_service_pb2_grpc,
     stats_service_pb2,
-    stats_service_pb2_grpc,
 )
 
 TIMEOUT = 10.0
+WALK_SESSIONS = 1000
+WALK_PAGE_SIZE = 128
+COMPACTION_POLLS = 300
+COMPACTION_POLL_SECONDS = 0.2
 USAGE_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
@@ -53,17 +59,21 @@ STATS_FIELDS = (
     "message_count",
 )
 
+Watch = Generator[session_service_pb2.WatchSessionsResponse, None, None]
+pb = session_service_pb2
+
 
 class Scenario:
-    def __init__(self, channel: grpc.Channel, run: str, out: Any) -> None:
-        self.sessions = session_service_pb2_grpc.SessionServiceStub(channel)
-        self.messages = message_service_pb2_grpc.MessageServiceStub(channel)
-        self.stats = stats_service_pb2_grpc.StatsServiceStub(channel)
+    def __init__(self, client: Client, address: str, run: str, out: Any) -> None:
+        self.client = client
+        self.address = address
         self.run = run
         self.out = out
         self.labels = {"interop_run": run}
         # Revisions of this run's own writes, in the order they were made.
         self.written: list[int] = []
+        # The revision of the run's first write (CreateSession a).
+        self.first_revision = 0
 
     def emit(self, step: str, **fields: Any) -> None:
         line = json.dumps({"step": step, **fields}, sort_keys=True)
@@ -124,30 +134,33 @@ class Scenario:
             labels=self.labels,
         )
 
-    def error(self, err: grpc.RpcError) -> dict[str, Any]:
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
-        assert status is not None, "the server sends grpc-status-details-bin"
-        out: dict[str, Any] = {"code": err.code().name}
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                out["domain"] = info.domain
-                out["reason"] = info.reason
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                out["field_violations"] = sorted(v.field for v in bad.field_violations)
+    @staticmethod
+    def error(err: SessiondError) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": err.code.name, "reason": err.reason}
+        if err.field_violations:
+            out["field_violations"] = sorted(field for field, _ in err.field_violations)
         return out
 
+    def events_of(self, response: session_service_pb2.WatchSessionsResponse) -> list[Any]:
+        assert response.type == pb.WATCH_RESPONSE_TYPE_EVENTS, response
+        assert not response.fragment, "the client joins fragments"
+        return list(response.events)
+
     def play(self) -> None:
-        pb, ms, st = session_service_pb2, message_service_pb2, stats_service_pb2
+        self.play_calls()
+        self.play_watch_restart()
+        self.play_append_unavailable()
+        self.play_page_walk()
+        self.play_compacted()
+        self.play_relist()
+
+    def play_calls(self) -> None:
+        c = self.client
         a = f"{self.run}-a"
 
-        created = self.sessions.CreateSession(
-            pb.CreateSessionRequest(session=self.new_session("a")), timeout=TIMEOUT
-        )
+        created = c.create_session(session=self.new_session("a"))
         self.wrote(created.revision)
+        self.first_revision = created.revision
         self.emit(
             "create_session",
             created=created.created,
@@ -156,46 +169,36 @@ class Scenario:
         )
 
         watch_filter = pb.WatchFilter(labels=self.labels)
-        first_watch = self.sessions.WatchSessions(
-            pb.WatchSessionsRequest(start_revision=created.revision, filter=watch_filter),
-            timeout=60,
-        )
+        first_watch = c.watch(watch_filter, start_revision=created.revision)
         opened = next(first_watch)
         assert opened.type == pb.WATCH_RESPONSE_TYPE_CREATED, opened
 
-        again = self.sessions.CreateSession(
-            pb.CreateSessionRequest(session=self.new_session("a")), timeout=TIMEOUT
-        )
+        again = c.create_session(session=self.new_session("a"))
         self.emit("create_session_again", created=again.created, revision=again.revision)
 
-        got = self.sessions.GetSession(pb.GetSessionRequest(session_id=a), timeout=TIMEOUT)
+        got = c.get_session(session_id=a)
         self.emit("get_session", session=self.session(got.session))
 
-        appended = self.messages.AppendMessages(
-            ms.AppendMessagesRequest(
-                session_id=a,
-                messages=[
-                    message_pb2.Message(id="m1", role=message_pb2.ROLE_USER, content="hello"),
-                    message_pb2.Message(
-                        id="m2",
-                        role=message_pb2.ROLE_ASSISTANT,
-                        content="calling a tool",
-                        tool_calls=[
-                            message_pb2.ToolCall(
-                                id="call-1", name="search", arguments_json='{"q":"x"}'
-                            )
-                        ],
-                    ),
-                    message_pb2.Message(
-                        id="m3",
-                        role=message_pb2.ROLE_TOOL,
-                        content="result",
-                        name="search",
-                        tool_call_id="call-1",
-                    ),
-                ],
-            ),
-            timeout=TIMEOUT,
+        appended = c.append_messages(
+            session_id=a,
+            messages=[
+                message_pb2.Message(id="m1", role=message_pb2.ROLE_USER, content="hello"),
+                message_pb2.Message(
+                    id="m2",
+                    role=message_pb2.ROLE_ASSISTANT,
+                    content="calling a tool",
+                    tool_calls=[
+                        message_pb2.ToolCall(id="call-1", name="search", arguments_json='{"q":"x"}')
+                    ],
+                ),
+                message_pb2.Message(
+                    id="m3",
+                    role=message_pb2.ROLE_TOOL,
+                    content="result",
+                    name="search",
+                    tool_call_id="call-1",
+                ),
+            ],
         )
         self.wrote(appended.revision)
         append_revision = appended.revision
@@ -206,22 +209,15 @@ class Scenario:
             session=self.session(appended.session),
         )
 
-        retry = self.messages.AppendMessages(
-            ms.AppendMessagesRequest(
-                session_id=a,
-                messages=[
-                    message_pb2.Message(id="m1", role=message_pb2.ROLE_USER, content="hello")
-                ],
-            ),
-            timeout=TIMEOUT,
+        retry = c.append_messages(
+            session_id=a,
+            messages=[message_pb2.Message(id="m1", role=message_pb2.ROLE_USER, content="hello")],
         )
         self.emit("append_retry", seqs=[m.seq for m in retry.messages], revision=retry.revision)
 
         flags = []
         for suffix in "bcdef":
-            more = self.sessions.CreateSession(
-                pb.CreateSessionRequest(session=self.new_session(suffix)), timeout=TIMEOUT
-            )
+            more = c.create_session(session=self.new_session(suffix))
             self.wrote(more.revision)
             flags.append(more.created)
         self.emit("create_more", created=flags)
@@ -230,15 +226,12 @@ class Scenario:
         totals: list[int] = []
         token = ""
         while True:
-            page = self.sessions.ListSessions(
-                pb.ListSessionsRequest(
-                    filter=session_pb2.SessionFilter(labels=self.labels),
-                    order_by=pb.SESSION_ORDER_FIELD_STARTED_AT,
-                    ascending=True,
-                    page_size=4,
-                    page_token=token,
-                ),
-                timeout=TIMEOUT,
+            page = c.list_sessions(
+                filter=session_pb2.SessionFilter(labels=self.labels),
+                order_by=pb.SESSION_ORDER_FIELD_STARTED_AT,
+                ascending=True,
+                page_size=4,
+                page_token=token,
             )
             pages.append([self.short(s.id) for s in page.sessions])
             totals.append(page.total_size)
@@ -248,7 +241,7 @@ class Scenario:
             assert len(pages) < 10, "pagination does not end"
         self.emit("list_sessions", pages=pages, total_size=totals)
 
-        usage_request = st.RecordUsageRequest(
+        usage_request = stats_service_pb2.RecordUsageRequest(
             session_id=a,
             model="model-a",
             usage=session_pb2.Usage(
@@ -261,7 +254,7 @@ class Scenario:
             ),
             request_id="u1",
         )
-        recorded = self.stats.RecordUsage(usage_request, timeout=TIMEOUT)
+        recorded = c.record_usage(usage_request)
         self.wrote(recorded.revision)
         self.emit(
             "record_usage",
@@ -269,21 +262,18 @@ class Scenario:
             session_usage=self.usage(recorded.session_usage),
             model_usage=self.usage(recorded.model_usage),
         )
-        duplicate = self.stats.RecordUsage(usage_request, timeout=TIMEOUT)
+        duplicate = c.record_usage(usage_request)
         self.emit(
             "record_usage_retry",
             duplicate=duplicate.duplicate,
             same_revision=duplicate.revision == recorded.revision,
         )
-        errored = self.stats.RecordUsage(
-            st.RecordUsageRequest(
-                session_id=a,
-                model="model-b",
-                usage=session_pb2.Usage(prompt_tokens=10, cost_micros=7),
-                errored=True,
-                request_id="u2",
-            ),
-            timeout=TIMEOUT,
+        errored = c.record_usage(
+            session_id=a,
+            model="model-b",
+            usage=session_pb2.Usage(prompt_tokens=10, cost_micros=7),
+            errored=True,
+            request_id="u2",
         )
         self.wrote(errored.revision)
         self.emit(
@@ -293,10 +283,7 @@ class Scenario:
             model_usage=self.usage(errored.model_usage),
         )
 
-        stats = self.stats.GetStats(
-            st.GetStatsRequest(filter=session_pb2.SessionFilter(labels=self.labels)),
-            timeout=TIMEOUT,
-        ).stats
+        stats = c.get_stats(filter=session_pb2.SessionFilter(labels=self.labels)).stats
         self.emit(
             "get_stats",
             usage=self.usage(stats.usage),
@@ -305,41 +292,41 @@ class Scenario:
         )
 
         try:
-            self.sessions.GetSession(
-                pb.GetSessionRequest(session_id=f"{self.run}-missing"), timeout=TIMEOUT
-            )
+            c.get_session(session_id=f"{self.run}-missing")
             raise AssertionError("GetSession of a missing session succeeded")
-        except grpc.RpcError as err:
-            self.emit("error_not_found", **self.error(err))
+        except SessiondError as err:
+            matched = isinstance(err, NotFound) and err.reason == "SESSION_NOT_FOUND"
+            self.emit("error_not_found", matched=matched, **self.error(err))
 
         try:
-            self.sessions.ListSessions(pb.ListSessionsRequest(page_size=-1), timeout=TIMEOUT)
+            c.list_sessions(page_size=-1)
             raise AssertionError("ListSessions with page_size -1 succeeded")
-        except grpc.RpcError as err:
+        except SessiondError as err:
             self.emit("error_invalid_argument", **self.error(err))
 
-        idle = self.sessions.WatchSessions(
-            pb.WatchSessionsRequest(
-                filter=pb.WatchFilter(session_ids=[f"{self.run}-idle"]),
-            ),
-            timeout=0.3,
-        )
-        first_type = ""
-        try:
-            for response in idle:
-                if not first_type:
-                    first_type = pb.WatchResponseType.Name(response.type)
-            raise AssertionError("a watch with a deadline ended without an error")
-        except grpc.RpcError as err:
-            self.emit("deadline", first_response=first_type, code=err.code().name)
+        # The Python watch takes no deadline: a raw stub shows the wire behaviour.
+        with grpc.insecure_channel(self.address) as channel:
+            raw = session_service_pb2_grpc.SessionServiceStub(channel)
+            idle = raw.WatchSessions(
+                pb.WatchSessionsRequest(filter=pb.WatchFilter(session_ids=[f"{self.run}-idle"])),
+                timeout=0.3,
+            )
+            first_type = ""
+            try:
+                for response in idle:
+                    if not first_type:
+                        first_type = pb.WatchResponseType.Name(response.type)
+                raise AssertionError("a watch with a deadline ended without an error")
+            except grpc.RpcError as err:
+                self.emit("deadline", first_response=first_type, code=err.code().name)
 
-        # Watch: the first stream up to the append, cancelled, then resumed.
+        # Watch: the first stream up to the append, closed, then a second one
+        # from the last revision seen + 1.
         seen: list[list[Any]] = []
         revisions: list[int] = []
 
         def take(response: session_service_pb2.WatchSessionsResponse) -> None:
-            assert response.type == pb.WATCH_RESPONSE_TYPE_EVENTS, response
-            for event in response.events:
+            for event in self.events_of(response):
                 if not revisions or revisions[-1] != event.revision:
                     assert not revisions or event.revision > revisions[-1], "order"
                     revisions.append(event.revision)
@@ -352,43 +339,202 @@ class Scenario:
                     ]
                 )
 
-        for response in first_watch:
-            take(response)
-            if revisions and revisions[-1] >= append_revision:
-                break
-        first_watch.cancel()
+        with contextlib.closing(first_watch):
+            for response in first_watch:
+                take(response)
+                if revisions and revisions[-1] >= append_revision:
+                    break
         last_seen = revisions[-1]
 
-        second_watch = self.sessions.WatchSessions(
-            pb.WatchSessionsRequest(start_revision=last_seen + 1, filter=watch_filter),
-            timeout=60,
-        )
-        opened = next(second_watch)
-        assert opened.type == pb.WATCH_RESPONSE_TYPE_CREATED, opened
-        ended = self.sessions.EndSession(
-            pb.EndSessionRequest(
+        with contextlib.closing(c.watch(watch_filter, start_revision=last_seen + 1)) as second:
+            opened = next(second)
+            assert opened.type == pb.WATCH_RESPONSE_TYPE_CREATED, opened
+            ended = c.end_session(
                 session_id=f"{self.run}-b",
                 status=session_pb2.SESSION_STATUS_COMPLETED,
                 reason="done",
-            ),
-            timeout=TIMEOUT,
-        )
-        self.wrote(ended.revision)
-        for response in second_watch:
-            take(response)
-            if revisions[-1] >= self.written[-1]:
-                break
-        second_watch.cancel()
+            )
+            self.wrote(ended.revision)
+            for response in second:
+                take(response)
+                if revisions[-1] >= self.written[-1]:
+                    break
         assert revisions == self.written, f"watch saw {revisions}, wrote {self.written}"
         self.emit("watch", resumed=last_seen < self.written[-1], events=seen)
+
+    def play_watch_restart(self) -> None:
+        c = self.client
+        a = f"{self.run}-a"
+        watch = c.watch(pb.WatchFilter(labels=self.labels), include_initial=True)
+        with contextlib.closing(watch):
+            created = 0
+            initial: list[list[str]] = []
+            for response in watch:
+                if response.type == pb.WATCH_RESPONSE_TYPE_CREATED:
+                    created += 1
+                elif response.type == pb.WATCH_RESPONSE_TYPE_INITIAL:
+                    initial.extend(
+                        [self.short(e.session_id), session_pb2.SessionStatus.Name(e.session.status)]
+                        for e in response.events
+                    )
+                elif response.type == pb.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE:
+                    break
+            written: list[int] = []
+            delivered: list[int] = []
+            events: list[list[Any]] = []
+
+            def read_until(revision: int) -> None:
+                nonlocal created
+                for response in watch:
+                    if response.type == pb.WATCH_RESPONSE_TYPE_CREATED:
+                        created += 1
+                        continue
+                    for event in self.events_of(response):
+                        if not delivered or delivered[-1] != event.revision:
+                            delivered.append(event.revision)
+                        events.append(
+                            [
+                                written.index(event.revision),
+                                event_pb2.EventType.Name(event.type),
+                                self.short(event.session_id),
+                                len(event.messages),
+                            ]
+                        )
+                    if delivered and delivered[-1] >= revision:
+                        return
+
+            running = c.set_runtime_state(session_id=a, state=session_pb2.RUNTIME_STATE_RUNNING)
+            written.append(running.revision)
+            read_until(running.revision)
+
+            subprocess.run([os.environ["SESSIOND_INTEROP_RESTART"]], check=True)
+
+            with Client(self.address, timeout=TIMEOUT) as writer:
+                idle = writer.set_runtime_state(session_id=a, state=session_pb2.RUNTIME_STATE_IDLE)
+                written.append(idle.revision)
+                appended = writer.append_messages(
+                    session_id=a,
+                    messages=[
+                        message_pb2.Message(
+                            id="m4", role=message_pb2.ROLE_USER, content="after restart"
+                        )
+                    ],
+                )
+                written.append(appended.revision)
+                ended = writer.end_session(
+                    session_id=f"{self.run}-c", status=session_pb2.SESSION_STATUS_COMPLETED
+                )
+                written.append(ended.revision)
+            read_until(written[-1])
+        assert created == 1, f"CREATED delivered {created} times"
+        assert delivered == written, f"watch delivered {delivered}, wrote {written}"
+        self.emit("watch_restart", initial=sorted(initial), events=events)
+
+    def play_append_unavailable(self) -> None:
+        a = f"{self.run}-a"
+        with Client(os.environ["SESSIOND_INTEROP_PROXY"], timeout=TIMEOUT) as lossy:
+            appended = lossy.append_messages(
+                session_id=a,
+                messages=[
+                    message_pb2.Message(id="m5", role=message_pb2.ROLE_USER, content="once"),
+                    message_pb2.Message(
+                        id="m6", role=message_pb2.ROLE_ASSISTANT, content="stored once"
+                    ),
+                ],
+            )
+        listed = self.client.list_messages(session_id=a, last_n=10).messages
+        stored = [sum(1 for m in listed if m.id == wanted) for wanted in ("m5", "m6")]
+        count = self.client.get_session(session_id=a).session.message_count
+        self.emit(
+            "append_unavailable",
+            seqs=[m.seq for m in appended.messages],
+            revision=appended.revision,
+            stored=stored,
+            message_count=count,
+        )
+
+    def play_page_walk(self) -> None:
+        walk_labels = {"interop_walk": self.run}
+        ids = [f"{self.run}-w{i:04d}" for i in range(WALK_SESSIONS)]
+        for session_id in ids:
+            self.client.create_session(
+                session=session_pb2.Session(
+                    id=session_id,
+                    kind=session_pb2.SESSION_KIND_AUTONOMOUS,
+                    channel="walk",
+                    agent="interop-agent",
+                    labels=walk_labels,
+                )
+            )
+        walked = [
+            s.id
+            for s in self.client.iter_sessions(
+                filter=session_pb2.SessionFilter(labels=walk_labels),
+                order_by=pb.SESSION_ORDER_FIELD_STARTED_AT,
+                ascending=True,
+                page_size=WALK_PAGE_SIZE,
+            )
+        ]
+        self.emit(
+            "page_walk", count=len(walked), unique=len(set(walked)), in_order=walked == ids
+        )
+
+    def play_compacted(self) -> None:
+        watch_filter = pb.WatchFilter(labels=self.labels)
+        for _ in range(COMPACTION_POLLS):
+            watch = self.client.watch(watch_filter, start_revision=self.first_revision)
+            with contextlib.closing(watch):
+                first = next(watch)
+                if first.compacted_revision < self.first_revision:
+                    time.sleep(COMPACTION_POLL_SECONDS)  # the compactor has not run yet
+                    continue
+                try:
+                    for response in watch:
+                        raise AssertionError(f"a compacted watch delivered {response}")
+                except SessiondError as err:
+                    compacted = err.compacted_revision if isinstance(err, RelistRequired) else -1
+                    self.emit(
+                        "compacted",
+                        first_response=pb.WatchResponseType.Name(first.type),
+                        code=err.code.name,
+                        reason=err.reason,
+                        relist=isinstance(err, RelistRequired),
+                        compacted_at_or_after_start=compacted >= self.first_revision,
+                    )
+                    return
+        raise AssertionError("the change log was never compacted past the first revision")
+
+    def play_relist(self) -> None:
+        listed = self.client.list_sessions(filter=session_pb2.SessionFilter(labels=self.labels))
+        sessions = sorted(
+            [self.short(s.id), session_pb2.SessionStatus.Name(s.status)] for s in listed.sessions
+        )
+        watch = self.client.watch(
+            pb.WatchFilter(labels=self.labels), start_revision=listed.revision + 1
+        )
+        events: list[list[str]] = []
+        with contextlib.closing(watch):
+            opened = next(watch)
+            assert opened.type == pb.WATCH_RESPONSE_TYPE_CREATED, opened
+            ended = self.client.end_session(
+                session_id=f"{self.run}-d", status=session_pb2.SESSION_STATUS_COMPLETED
+            )
+            for response in watch:
+                events.extend(
+                    [event_pb2.EventType.Name(e.type), self.short(e.session_id)]
+                    for e in self.events_of(response)
+                )
+                if response.revision >= ended.revision:
+                    break
+        self.emit("relist", sessions=sessions, events=events)
 
 
 def main() -> int:
     address = os.environ["SESSIOND_ADDRESS"]
     out_path = os.environ.get("SESSIOND_INTEROP_OUT", os.devnull)
     run = f"interop-python-{secrets.token_hex(4)}"
-    with grpc.insecure_channel(address) as channel, open(out_path, "w") as out:
-        Scenario(channel, run, out).play()
+    with Client(address, timeout=TIMEOUT) as client, open(out_path, "w") as out:
+        Scenario(client, address, run, out).play()
     return 0
 
 

@@ -265,7 +265,7 @@ const file_sessiond_v1_event_proto_rawDesc = "" +
 	"\x12\x1f\n" +
 	"\x1bEVENT_TYPE_MESSAGES_CLEARED\x10\v\x12\x1d\n" +
 	"\x19EVENT_TYPE_USAGE_RECORDED\x10\f\x12\x16\n" +
-	"\x12EVENT_TYPE_INITIAL\x10\rB0Z.sessiond.local/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\x12EVENT_TYPE_INITIAL\x10\rB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_event_proto_rawDescOnce sync.Once

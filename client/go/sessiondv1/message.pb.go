@@ -531,7 +531,7 @@ const file_sessiond_v1_message_proto_rawDesc = "" +
 	"\x17MESSAGE_STATUS_COMPLETE\x10\x01\x12\x1e\n" +
 	"\x1aMESSAGE_STATUS_IN_PROGRESS\x10\x02\x12\x1d\n" +
 	"\x19MESSAGE_STATUS_INCOMPLETE\x10\x03\x12\x18\n" +
-	"\x14MESSAGE_STATUS_ERROR\x10\x04B0Z.sessiond.local/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\x14MESSAGE_STATUS_ERROR\x10\x04B>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_message_proto_rawDescOnce sync.Once

@@ -34,6 +34,7 @@ type AppendMessagesRequest struct {
 	Messages []*Message `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
 	// expected_last_seq, when set, must equal the session's last_seq, else
 	// ABORTED (LAST_SEQ_MISMATCH): a guard against two writers interleaving.
+	// Not checked when every message is a stored retry (see AppendMessages).
 	ExpectedLastSeq *int64 `protobuf:"varint,3,opt,name=expected_last_seq,json=expectedLastSeq,proto3,oneof" json:"expected_last_seq,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -719,9 +720,18 @@ func (x *ClearMessagesResponse) GetRevision() int64 {
 // SearchMessagesRequest is the input of SearchMessages.
 type SearchMessagesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// query is the words to find, 1 to 256 bytes; taken literally (no query
-	// syntax), every word must occur. Empty or only white space is
-	// INVALID_ARGUMENT, as a blank ListSessions text_query is.
+	// query is what to find, 1 to 256 bytes, taken literally (no query
+	// syntax). It is cut into words at white space and a message matches when
+	// every word does. A word with a character of a script written without
+	// spaces (Chinese, Japanese, Korean, Thai, Lao, Khmer, Myanmar), an emoji
+	// or a pictographic symbol matches wherever its characters occur in that
+	// order, even inside a longer run of text ("世界" finds "こんにちは世界").
+	// Any other word matches whole words, ignoring case and diacritics
+	// ("cat" finds "Cat." but not "category"). Words of punctuation only are
+	// ignored; a query with nothing left (empty, white space or punctuation
+	// only) is INVALID_ARGUMENT, as the same ListSessions text_query is.
+	// On PostgreSQL, case is folded as the database's LC_CTYPE says (C: ASCII
+	// only; C.UTF-8 or a language's locale: every script).
 	Query string `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
 	// session_ids limits the search to these sessions; empty means all.
 	SessionIds []string `protobuf:"bytes,2,rep,name=session_ids,json=sessionIds,proto3" json:"session_ids,omitempty"`
@@ -936,7 +946,7 @@ const file_sessiond_v1_message_service_proto_rawDesc = "" +
 	"PopMessage\x12\x1e.sessiond.v1.PopMessageRequest\x1a\x1f.sessiond.v1.PopMessageResponse\x12b\n" +
 	"\x11UpdateLastMessage\x12%.sessiond.v1.UpdateLastMessageRequest\x1a&.sessiond.v1.UpdateLastMessageResponse\x12V\n" +
 	"\rClearMessages\x12!.sessiond.v1.ClearMessagesRequest\x1a\".sessiond.v1.ClearMessagesResponse\x12Y\n" +
-	"\x0eSearchMessages\x12\".sessiond.v1.SearchMessagesRequest\x1a#.sessiond.v1.SearchMessagesResponseB0Z.sessiond.local/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\x0eSearchMessages\x12\".sessiond.v1.SearchMessagesRequest\x1a#.sessiond.v1.SearchMessagesResponseB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_message_service_proto_rawDescOnce sync.Once

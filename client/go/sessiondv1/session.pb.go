@@ -833,11 +833,10 @@ type SessionFilter struct {
 	// runtime_state is RUNNING and whose turn started longer ago than this
 	// many seconds (stuck turns). 0 means no such condition.
 	RunningLongerThanSeconds int64 `protobuf:"varint,12,opt,name=running_longer_than_seconds,json=runningLongerThanSeconds,proto3" json:"running_longer_than_seconds,omitempty"`
-	// text_query matches sessions with a message whose content contains every
-	// word of the query (keyword search; words are taken literally, query
-	// syntax is not interpreted). At most 256 bytes. Empty means no text
-	// condition; a query of only white space is INVALID_ARGUMENT, as in
-	// SearchMessages.
+	// text_query matches sessions with a message that matches the query, by
+	// the rules of SearchMessagesRequest.query. At most 256 bytes. Empty means
+	// no text condition; a query with nothing to search for (white space or
+	// punctuation only) is INVALID_ARGUMENT, as in SearchMessages.
 	TextQuery string `protobuf:"bytes,13,opt,name=text_query,json=textQuery,proto3" json:"text_query,omitempty"`
 	// parent_id matches sessions forked from this session.
 	ParentId string `protobuf:"bytes,14,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
@@ -1090,7 +1089,7 @@ const file_sessiond_v1_session_proto_rawDesc = "" +
 	"\x19RUNTIME_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12RUNTIME_STATE_IDLE\x10\x01\x12\x19\n" +
 	"\x15RUNTIME_STATE_RUNNING\x10\x02\x12\x17\n" +
-	"\x13RUNTIME_STATE_ERROR\x10\x03B0Z.sessiond.local/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\x13RUNTIME_STATE_ERROR\x10\x03B>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_session_proto_rawDescOnce sync.Once

@@ -385,7 +385,8 @@ type UpdateSessionRequest struct {
 	// room_id, sender_id, agent, model, display_name, goal, owner_id,
 	// dataset_id, labels, runtime_instance, budget_micros.
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
-	// etag, when set, must equal the session's current etag, else ABORTED.
+	// etag, when set, must equal the session's current etag, else ABORTED;
+	// not checked when the update would change nothing (see UpdateSession).
 	Etag          string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1983,7 +1984,7 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\vForkSession\x12\x1f.sessiond.v1.ForkSessionRequest\x1a .sessiond.v1.ForkSessionResponse\x12b\n" +
 	"\x11ReconcileSessions\x12%.sessiond.v1.ReconcileSessionsRequest\x1a&.sessiond.v1.ReconcileSessionsResponse\x12V\n" +
 	"\rPurgeSessions\x12!.sessiond.v1.PurgeSessionsRequest\x1a\".sessiond.v1.PurgeSessionsResponse\x12X\n" +
-	"\rWatchSessions\x12!.sessiond.v1.WatchSessionsRequest\x1a\".sessiond.v1.WatchSessionsResponse0\x01B0Z.sessiond.local/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\rWatchSessions\x12!.sessiond.v1.WatchSessionsRequest\x1a\".sessiond.v1.WatchSessionsResponse0\x01B>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_session_service_proto_rawDescOnce sync.Once

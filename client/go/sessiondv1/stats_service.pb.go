@@ -687,7 +687,7 @@ const file_sessiond_v1_stats_service_proto_rawDesc = "" +
 	"\fStatsService\x12P\n" +
 	"\vRecordUsage\x12\x1f.sessiond.v1.RecordUsageRequest\x1a .sessiond.v1.RecordUsageResponse\x12G\n" +
 	"\bGetStats\x12\x1c.sessiond.v1.GetStatsRequest\x1a\x1d.sessiond.v1.GetStatsResponse\x12P\n" +
-	"\vCostByModel\x12\x1f.sessiond.v1.CostByModelRequest\x1a .sessiond.v1.CostByModelResponseB0Z.sessiond.local/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\vCostByModel\x12\x1f.sessiond.v1.CostByModelRequest\x1a .sessiond.v1.CostByModelResponseB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_stats_service_proto_rawDescOnce sync.Once

@@ -14,10 +14,10 @@ Guarantees:
 * One read transaction per snapshot (BEGIN ... COMMIT), so every statement of
   it sees one committed state, as on the reader threads.
 * Never blocks the loop on a lock: the connection has no busy timeout, and a
-  read that meets SQLITE_BUSY (a checkpoint restarting the WAL) is reported
-  as ``Busy`` for the caller to run on a reader thread instead; so is a
-  snapshot asked for while the inline connection is already in one (a caller
-  that awaited something else inside its snapshot).
+  snapshot that meets SQLITE_BUSY when it starts (a checkpoint restarting the
+  WAL) is reported as ``Busy`` for the caller to take on a reader thread
+  instead; so is a snapshot asked for while the inline connection is already
+  in one (a caller that awaited something else inside its snapshot).
 * Read-only: the connection is opened ``mode=ro`` with ``query_only``.
 """
 
@@ -31,6 +31,29 @@ from typing import Any
 
 class Busy(Exception):
     """The inline connection cannot answer now; read on a reader thread instead."""
+
+
+class InlineStatements:
+    """Statements of one inline read transaction (the Statements protocol, read-only).
+
+    ``fetch`` is a coroutine only to fit the protocol: it never suspends, so no
+    other task runs between the statements of one snapshot.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self.conn.execute(sql, params).fetchall()
+
+    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(sql, params).fetchone()
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        raise sqlite3.OperationalError("a read transaction does not write")
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise sqlite3.OperationalError("a read transaction does not write")
 
 
 class InlineReader:
@@ -53,14 +76,27 @@ class InlineReader:
             self._conn.close()
             self._conn = None
 
-    def begin(self) -> sqlite3.Connection:
-        """Start a read transaction; ``end`` must follow. Raises ``Busy`` when in use."""
+    def begin(self) -> InlineStatements:
+        """Start a read transaction and take its snapshot; ``end`` must follow.
+
+        Raises ``Busy`` when the connection is closed or in use, or when SQLite
+        cannot take a snapshot without waiting. The snapshot is taken here (WAL
+        readers can meet SQLITE_BUSY only when they start reading), so once this
+        returns, the statements of the transaction do not wait on locks.
+        """
         conn = self._conn
         if conn is None or self._in_use:
             raise Busy
-        self._in_use = True
         conn.execute("BEGIN")
-        return conn
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError as exc:
+            conn.execute("ROLLBACK")
+            if is_busy(exc):
+                raise Busy from exc
+            raise
+        self._in_use = True
+        return InlineStatements(conn)
 
     def end(self) -> None:
         """End the read transaction ``begin`` started (nothing to keep: it only read)."""
@@ -68,22 +104,6 @@ class InlineReader:
         self._in_use = False
         if conn is not None and conn.in_transaction:
             conn.execute("ROLLBACK")
-
-    def read(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
-        """The rows of each statement, all read in one snapshot.
-
-        Raises ``Busy`` when this cannot be answered inline right now; any other
-        sqlite3.Error is the caller's to map.
-        """
-        conn = self.begin()
-        try:
-            return [conn.execute(sql, params).fetchall() for sql, params in statements]
-        except sqlite3.OperationalError as exc:
-            if is_busy(exc):
-                raise Busy from exc
-            raise
-        finally:
-            self.end()
 
 
 def is_busy(exc: sqlite3.Error) -> bool:

@@ -36,6 +36,7 @@ export interface AppendMessagesRequest {
   /**
    * expected_last_seq, when set, must equal the session's last_seq, else
    * ABORTED (LAST_SEQ_MISMATCH): a guard against two writers interleaving.
+   * Not checked when every message is a stored retry (see AppendMessages).
    */
   expectedLastSeq?: bigint | undefined;
 }
@@ -187,9 +188,18 @@ export interface ClearMessagesResponse {
 /** SearchMessagesRequest is the input of SearchMessages. */
 export interface SearchMessagesRequest {
   /**
-   * query is the words to find, 1 to 256 bytes; taken literally (no query
-   * syntax), every word must occur. Empty or only white space is
-   * INVALID_ARGUMENT, as a blank ListSessions text_query is.
+   * query is what to find, 1 to 256 bytes, taken literally (no query
+   * syntax). It is cut into words at white space and a message matches when
+   * every word does. A word with a character of a script written without
+   * spaces (Chinese, Japanese, Korean, Thai, Lao, Khmer, Myanmar), an emoji
+   * or a pictographic symbol matches wherever its characters occur in that
+   * order, even inside a longer run of text ("世界" finds "こんにちは世界").
+   * Any other word matches whole words, ignoring case and diacritics
+   * ("cat" finds "Cat." but not "category"). Words of punctuation only are
+   * ignored; a query with nothing left (empty, white space or punctuation
+   * only) is INVALID_ARGUMENT, as the same ListSessions text_query is.
+   * On PostgreSQL, case is folded as the database's LC_CTYPE says (C: ASCII
+   * only; C.UTF-8 or a language's locale: every script).
    */
   query: string;
   /** session_ids limits the search to these sessions; empty means all. */
@@ -1670,8 +1680,13 @@ export const MessageServiceService = {
    * order. A message whose id already exists in the session is not stored
    * again: the stored one is returned in its place (retries are safe); if
    * its role or content differ, the call fails with ALREADY_EXISTS (reason
-   * MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-   * large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+   * MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+   * when every message of the request is already stored, the call returns
+   * the stored messages (revision 0) even if the session has ended since or
+   * expected_last_seq no longer holds, so the retry of a stored append
+   * answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+   * too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+   * and some message is new.
    */
   appendMessages: {
     path: "/sessiond.v1.MessageService/AppendMessages" as const,
@@ -1686,7 +1701,9 @@ export const MessageServiceService = {
   },
   /**
    * ListMessages reads messages by page, the last N, the last N turns, or
-   * after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+   * after a sequence number or time. The messages and the revision are read
+   * in one snapshot: no returned message was written after the revision.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT.
    */
   listMessages: {
     path: "/sessiond.v1.MessageService/ListMessages" as const,
@@ -1746,7 +1763,8 @@ export const MessageServiceService = {
   },
   /**
    * SearchMessages finds messages whose content contains every word of a
-   * query, newest first, among the sessions the caller may see.
+   * query, newest first, among the sessions the caller may see. The
+   * messages and the revision are read in one snapshot.
    */
   searchMessages: {
     path: "/sessiond.v1.MessageService/SearchMessages" as const,
@@ -1767,13 +1785,20 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
    * order. A message whose id already exists in the session is not stored
    * again: the stored one is returned in its place (retries are safe); if
    * its role or content differ, the call fails with ALREADY_EXISTS (reason
-   * MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-   * large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+   * MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+   * when every message of the request is already stored, the call returns
+   * the stored messages (revision 0) even if the session has ended since or
+   * expected_last_seq no longer holds, so the retry of a stored append
+   * answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+   * too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+   * and some message is new.
    */
   appendMessages: handleUnaryCall<AppendMessagesRequest, AppendMessagesResponse>;
   /**
    * ListMessages reads messages by page, the last N, the last N turns, or
-   * after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+   * after a sequence number or time. The messages and the revision are read
+   * in one snapshot: no returned message was written after the revision.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT.
    */
   listMessages: handleUnaryCall<ListMessagesRequest, ListMessagesResponse>;
   /**
@@ -1797,7 +1822,8 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
   clearMessages: handleUnaryCall<ClearMessagesRequest, ClearMessagesResponse>;
   /**
    * SearchMessages finds messages whose content contains every word of a
-   * query, newest first, among the sessions the caller may see.
+   * query, newest first, among the sessions the caller may see. The
+   * messages and the revision are read in one snapshot.
    */
   searchMessages: handleUnaryCall<SearchMessagesRequest, SearchMessagesResponse>;
 }
@@ -1808,8 +1834,13 @@ export interface MessageServiceClient extends Client {
    * order. A message whose id already exists in the session is not stored
    * again: the stored one is returned in its place (retries are safe); if
    * its role or content differ, the call fails with ALREADY_EXISTS (reason
-   * MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-   * large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+   * MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+   * when every message of the request is already stored, the call returns
+   * the stored messages (revision 0) even if the session has ended since or
+   * expected_last_seq no longer holds, so the retry of a stored append
+   * answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+   * too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+   * and some message is new.
    */
   appendMessages(
     request: AppendMessagesRequest,
@@ -1828,7 +1859,9 @@ export interface MessageServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * ListMessages reads messages by page, the last N, the last N turns, or
-   * after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+   * after a sequence number or time. The messages and the revision are read
+   * in one snapshot: no returned message was written after the revision.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT.
    */
   listMessages(
     request: ListMessagesRequest,
@@ -1908,7 +1941,8 @@ export interface MessageServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * SearchMessages finds messages whose content contains every word of a
-   * query, newest first, among the sessions the caller may see.
+   * query, newest first, among the sessions the caller may see. The
+   * messages and the revision are read in one snapshot.
    */
   searchMessages(
     request: SearchMessagesRequest,

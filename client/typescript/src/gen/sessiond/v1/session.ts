@@ -422,11 +422,10 @@ export interface SessionFilter {
    */
   runningLongerThanSeconds: bigint;
   /**
-   * text_query matches sessions with a message whose content contains every
-   * word of the query (keyword search; words are taken literally, query
-   * syntax is not interpreted). At most 256 bytes. Empty means no text
-   * condition; a query of only white space is INVALID_ARGUMENT, as in
-   * SearchMessages.
+   * text_query matches sessions with a message that matches the query, by
+   * the rules of SearchMessagesRequest.query. At most 256 bytes. Empty means
+   * no text condition; a query with nothing to search for (white space or
+   * punctuation only) is INVALID_ARGUMENT, as in SearchMessages.
    */
   textQuery: string;
   /** parent_id matches sessions forked from this session. */
