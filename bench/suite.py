@@ -455,6 +455,9 @@ class Suite:
     def stats_calls(self, server: SessiondServer) -> None:
         sizes = self.sizes
         with grpc.insecure_channel(server.target) as channel:
+            # Connected before the clock starts: the first call would otherwise
+            # time the TCP and HTTP/2 handshake, not GetStats.
+            grpc.channel_ready_future(channel).result(timeout=60)
             for label, method in (("GetStats", workload.GET_STATS),
                                   ("CostByModel", workload.COST_BY_MODEL)):  # fmt: skip
                 call = channel.unary_unary(method, None, None)

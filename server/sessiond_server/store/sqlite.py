@@ -119,6 +119,8 @@ class SQLiteStore(StoreLogic):
         for _ in range(self._reader_count):
             conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
             await conn.execute("PRAGMA query_only = 1")
+            # Parse the schema now, not in the first call each reader answers.
+            await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
             self._all_readers.append(conn)
             self._readers.put_nowait(conn)
         self._inline.open()

@@ -69,6 +69,7 @@ class InlineReader:
                                check_same_thread=False)
         conn.execute("PRAGMA query_only = 1")
         conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()  # parse the schema now
         self._conn = conn
 
     def close(self) -> None:
