@@ -122,13 +122,20 @@ func (EventType) EnumDescriptor() ([]byte, []int) {
 	return file_sessiond_v1_event_proto_rawDescGZIP(), []int{0}
 }
 
-// SessionEvent is one change to one session.
+// SessionEvent is one change to one session. It is bounded in bytes: the
+// session snapshot by the limits on session fields (with the server's default
+// limits at most about 95 KB: a 64 KiB goal, 64 labels, the ids and names),
+// the messages by the cuts below (at most about 50 KB each, most of it 64
+// metadata pairs), so an event is at most about 900 KB and always fits in
+// one WatchSessions response of the default 1 MiB bound.
 type SessionEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// type is the kind of change.
 	Type EventType `protobuf:"varint,1,opt,name=type,proto3,enum=sessiond.v1.EventType" json:"type,omitempty"`
 	// revision is the store revision of the write that made the change. All
-	// events of one revision are delivered in one response.
+	// events of one revision are delivered in one response, or, when they do
+	// not fit in one, in consecutive fragments of that revision alone (see
+	// WatchSessionsResponse.fragment).
 	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// time is the server time of the write.
 	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
@@ -137,8 +144,13 @@ type SessionEvent struct {
 	// session is the session as it is after the change; unset for deletions.
 	Session *Session `protobuf:"bytes,5,opt,name=session,proto3" json:"session,omitempty"`
 	// messages are the messages concerned by a message event: appended, the
-	// popped one, the updated one. At most 16 per event, each with content,
-	// reasoning and blocks cut to at most 4 KiB; see messages_truncated.
+	// popped one, the updated one. At most 16 per event (the last 16), each cut
+	// short: content and reasoning to at most 4 KiB each; tool_calls to the
+	// first 16, each with id and name cut to at most 256 bytes and
+	// arguments_json to at most 512 bytes (so cut arguments are not valid JSON);
+	// content_blocks left out when the message is still larger than 8 KiB.
+	// Cuts fall on a byte bound and drop a character split in two. See
+	// messages_truncated.
 	Messages []*Message `protobuf:"bytes,6,rep,name=messages,proto3" json:"messages,omitempty"`
 	// messages_truncated is true when messages were left out or cut short;
 	// read them whole with ListMessages.

@@ -204,7 +204,10 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EndSession(self, request, context):
-        """EndSession moves a session to a terminal status. Ending again with the
+        """EndSession moves a session to a terminal status. An ended session runs
+        no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+        SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+        turn, which tell how it ended. Ending again with the
         same status changes nothing; with another status it fails with
         FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
         for a non-terminal status.
@@ -255,7 +258,11 @@ class SessionServiceServicer:
         (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
         is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
         watches are open; UNAVAILABLE when the server shuts down (after a
-        PROGRESS response with the last revision examined).
+        PROGRESS response with the last revision examined). Responses are
+        bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+        server reads the next part of the change log for a stream only once the
+        client has taken what it sent, so a client that stops reading holds only
+        a small, bounded amount of server memory and delays no one else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

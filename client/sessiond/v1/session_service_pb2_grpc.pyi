@@ -89,7 +89,10 @@ class SessionServiceStub:
     a terminal session.
     """
     EndSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.EndSessionRequest, _session_service_pb2.EndSessionResponse]
-    """EndSession moves a session to a terminal status. Ending again with the
+    """EndSession moves a session to a terminal status. An ended session runs
+    no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+    SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+    turn, which tell how it ended. Ending again with the
     same status changes nothing; with another status it fails with
     FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
     for a non-terminal status.
@@ -120,7 +123,11 @@ class SessionServiceStub:
     (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
     is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
     watches are open; UNAVAILABLE when the server shuts down (after a
-    PROGRESS response with the last revision examined).
+    PROGRESS response with the last revision examined). Responses are
+    bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+    server reads the next part of the change log for a stream only once the
+    client has taken what it sent, so a client that stops reading holds only
+    a small, bounded amount of server memory and delays no one else.
     """
 
 @_typing.type_check_only
@@ -184,7 +191,10 @@ class SessionServiceAsyncStub(SessionServiceStub):
     a terminal session.
     """
     EndSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.EndSessionRequest, _session_service_pb2.EndSessionResponse]  # type: ignore[assignment]
-    """EndSession moves a session to a terminal status. Ending again with the
+    """EndSession moves a session to a terminal status. An ended session runs
+    no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+    SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+    turn, which tell how it ended. Ending again with the
     same status changes nothing; with another status it fails with
     FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
     for a non-terminal status.
@@ -215,7 +225,11 @@ class SessionServiceAsyncStub(SessionServiceStub):
     (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
     is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
     watches are open; UNAVAILABLE when the server shuts down (after a
-    PROGRESS response with the last revision examined).
+    PROGRESS response with the last revision examined). Responses are
+    bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+    server reads the next part of the change log for a stream only once the
+    client has taken what it sent, so a client that stops reading holds only
+    a small, bounded amount of server memory and delays no one else.
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -318,7 +332,10 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.EndSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.EndSessionResponse, _abc.Awaitable[_session_service_pb2.EndSessionResponse]]:
-        """EndSession moves a session to a terminal status. Ending again with the
+        """EndSession moves a session to a terminal status. An ended session runs
+        no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+        SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+        turn, which tell how it ended. Ending again with the
         same status changes nothing; with another status it fails with
         FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
         for a non-terminal status.
@@ -379,7 +396,11 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
         is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
         watches are open; UNAVAILABLE when the server shuts down (after a
-        PROGRESS response with the last revision examined).
+        PROGRESS response with the last revision examined). Responses are
+        bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+        server reads the next part of the change log for a stream only once the
+        client has taken what it sent, so a client that stops reading holds only
+        a small, bounded amount of server memory and delays no one else.
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -139,13 +139,22 @@ export function eventTypeToJSON(object: EventType): string {
   }
 }
 
-/** SessionEvent is one change to one session. */
+/**
+ * SessionEvent is one change to one session. It is bounded in bytes: the
+ * session snapshot by the limits on session fields (with the server's default
+ * limits at most about 95 KB: a 64 KiB goal, 64 labels, the ids and names),
+ * the messages by the cuts below (at most about 50 KB each, most of it 64
+ * metadata pairs), so an event is at most about 900 KB and always fits in
+ * one WatchSessions response of the default 1 MiB bound.
+ */
 export interface SessionEvent {
   /** type is the kind of change. */
   type: EventType;
   /**
    * revision is the store revision of the write that made the change. All
-   * events of one revision are delivered in one response.
+   * events of one revision are delivered in one response, or, when they do
+   * not fit in one, in consecutive fragments of that revision alone (see
+   * WatchSessionsResponse.fragment).
    */
   revision: bigint;
   /** time is the server time of the write. */
@@ -160,8 +169,13 @@ export interface SessionEvent {
     | undefined;
   /**
    * messages are the messages concerned by a message event: appended, the
-   * popped one, the updated one. At most 16 per event, each with content,
-   * reasoning and blocks cut to at most 4 KiB; see messages_truncated.
+   * popped one, the updated one. At most 16 per event (the last 16), each cut
+   * short: content and reasoning to at most 4 KiB each; tool_calls to the
+   * first 16, each with id and name cut to at most 256 bytes and
+   * arguments_json to at most 512 bytes (so cut arguments are not valid JSON);
+   * content_blocks left out when the message is still larger than 8 KiB.
+   * Cuts fall on a byte bound and drop a character split in two. See
+   * messages_truncated.
    */
   messages: Message[];
   /**

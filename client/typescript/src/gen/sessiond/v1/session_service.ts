@@ -458,7 +458,11 @@ export interface PurgeSessionsRequest {
    * the most recently active.
    */
   keepNewest: bigint;
-  /** statuses limits the purge to these effective statuses; empty means any. */
+  /**
+   * statuses limits the purge to these effective statuses; empty means any.
+   * At most 100 values (the max_filter_values limit); more is
+   * INVALID_ARGUMENT naming the field and the limit.
+   */
   statuses: SessionStatus[];
   /** dry_run counts what would be removed without removing it. */
   dryRun: boolean;
@@ -481,7 +485,12 @@ export interface PurgeSessionsResponse {
  * WatchFilter selects the events of WatchSessions. Every set field must
  * match; a repeated field matches any of its values. Session fields are
  * matched against the session as it is after the change; deletion events
- * match on session_ids only (and pass when session_ids is empty).
+ * match on session_ids only (and pass when session_ids is empty). Each
+ * repeated field holds at most 100 values (the server's max_filter_values
+ * limit) and labels at most 64 pairs (max_labels, as many as a session may
+ * carry); more is INVALID_ARGUMENT naming the field and the limit, checked
+ * before anything else. The filter is compiled once per call, so its cost
+ * per event does not grow with the number of values.
  */
 export interface WatchFilter {
   /** session_ids matches these sessions. */
@@ -554,8 +563,11 @@ export interface WatchSessionsResponse {
     | undefined;
   /**
    * fragment is true when this EVENTS response carries only part of one
-   * revision, because the whole revision would exceed the response bound
-   * (1 MiB of events; one event is always smaller, see SessionEvent). The
+   * revision, because the whole revision would exceed the response bound:
+   * every response carries at most 1 MiB of events (the server setting
+   * watch_response_bytes; one event is always smaller under the default
+   * limits, see SessionEvent, and is sent alone if raised limits make it
+   * larger). A response otherwise holds as many whole revisions as fit. The
    * parts of a revision follow one another with no other response between
    * them: every part but the last has fragment = true, the last has
    * fragment = false, and all carry the same revision. A client joins them
@@ -3650,7 +3662,10 @@ export const SessionServiceService = {
     responseDeserialize: (value: Buffer): TouchSessionResponse => TouchSessionResponse.decode(value),
   },
   /**
-   * EndSession moves a session to a terminal status. Ending again with the
+   * EndSession moves a session to a terminal status. An ended session runs
+   * no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+   * SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+   * turn, which tell how it ended. Ending again with the
    * same status changes nothing; with another status it fails with
    * FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
    * for a non-terminal status.
@@ -3731,7 +3746,11 @@ export const SessionServiceService = {
    * (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
    * is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
    * watches are open; UNAVAILABLE when the server shuts down (after a
-   * PROGRESS response with the last revision examined).
+   * PROGRESS response with the last revision examined). Responses are
+   * bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+   * server reads the next part of the change log for a stream only once the
+   * client has taken what it sent, so a client that stops reading holds only
+   * a small, bounded amount of server memory and delays no one else.
    */
   watchSessions: {
     path: "/sessiond.v1.SessionService/WatchSessions" as const,
@@ -3783,7 +3802,10 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
    */
   touchSession: handleUnaryCall<TouchSessionRequest, TouchSessionResponse>;
   /**
-   * EndSession moves a session to a terminal status. Ending again with the
+   * EndSession moves a session to a terminal status. An ended session runs
+   * no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+   * SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+   * turn, which tell how it ended. Ending again with the
    * same status changes nothing; with another status it fails with
    * FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
    * for a non-terminal status.
@@ -3819,7 +3841,11 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
    * (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
    * is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
    * watches are open; UNAVAILABLE when the server shuts down (after a
-   * PROGRESS response with the last revision examined).
+   * PROGRESS response with the last revision examined). Responses are
+   * bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+   * server reads the next part of the change log for a stream only once the
+   * client has taken what it sent, so a client that stops reading holds only
+   * a small, bounded amount of server memory and delays no one else.
    */
   watchSessions: handleServerStreamingCall<WatchSessionsRequest, WatchSessionsResponse>;
 }
@@ -3946,7 +3972,10 @@ export interface SessionServiceClient extends Client {
     callback: (error: ServiceError | null, response: TouchSessionResponse) => void,
   ): ClientUnaryCall;
   /**
-   * EndSession moves a session to a terminal status. Ending again with the
+   * EndSession moves a session to a terminal status. An ended session runs
+   * no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+   * SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+   * turn, which tell how it ended. Ending again with the
    * same status changes nothing; with another status it fails with
    * FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
    * for a non-terminal status.
@@ -4052,7 +4081,11 @@ export interface SessionServiceClient extends Client {
    * (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
    * is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
    * watches are open; UNAVAILABLE when the server shuts down (after a
-   * PROGRESS response with the last revision examined).
+   * PROGRESS response with the last revision examined). Responses are
+   * bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+   * server reads the next part of the change log for a stream only once the
+   * client has taken what it sent, so a client that stops reading holds only
+   * a small, bounded amount of server memory and delays no one else.
    */
   watchSessions(
     request: WatchSessionsRequest,
