@@ -1,5 +1,5 @@
-"""The lean serving path keeps every answer: inline reads, shared watch responses,
-interceptors built once, the request-wide check that walks only what can be wrong."""
+"""The lean serving path keeps every answer: inline reads with their fallback, the
+request-wide check that walks only what can be wrong, many watchers of one commit."""
 
 from __future__ import annotations
 
