@@ -69,7 +69,8 @@ def summary_lines(figures: list[Figure]) -> tuple[dict[str, float], dict[str, fl
     """The RESULT and RESULT_WATCH figures."""
     append = _find(figures, "sessiond", "append 1 x 1 KB, 64")
     echo = _find(figures, "ceiling", "grpc.aio echo")
-    peer_rates = [f.ops_per_s for f in figures if f.group == "peer" and not f.skipped]
+    peer_rates = [f.ops_per_s for f in figures
+                  if f.group == "peer" and not f.skipped and "agent turn" not in f.name]
     reads = [f for f in figures if f.group == "sessiond" and f.name.startswith("read last 20")]
     small = min(reads, key=lambda f: f.extra["session_messages"], default=None)
     large = max(reads, key=lambda f: f.extra["session_messages"], default=None)
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-server",
         action="store_true",
-        help="sample the server with py-spy during each sessiond phase",
+        help="profile each sessiond server (cProfile, every thread); print each RPC's top frames",
     )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="where JSON goes")
     args = parser.parse_args(argv)

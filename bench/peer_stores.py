@@ -18,7 +18,12 @@ time. Each peer is used the way its documentation shows:
 * Google ADK ``DatabaseSessionService.append_event`` on
   ``sqlite+aiosqlite`` (SQLAlchemy async), one Event per message.
 
-Prints one JSON object: {peer: {"version", "writers": {"1": {...}, "8": {...}}}
+The agent turn (OpenAI Agents SDK): read the whole history with
+``get_items`` and append a user and an assistant item, on a session of 10 and
+of 1,000 items, one writer; the SDK's Runner reads the whole history each turn.
+
+Prints one JSON object: {peer: {"version", "writers": {"1": {...}, "8": {...}},
+"turns": {"10": {...}, "1000": {...}}}
 or {peer: {"skipped": reason}}.
 """
 
@@ -123,6 +128,47 @@ def run_openai_agents(directory: Path, writers: int, duration_s: float) -> dict[
             session.close()
 
 
+def run_openai_agents_turns(directory: Path, history: int, duration_s: float) -> dict[str, Any]:
+    """An agent turn as the SDK's Runner does it: read the whole history, append two.
+
+    The session holds ``history`` items when each turn starts: the two a turn
+    adds are popped again outside the timed part, so the history does not grow.
+    """
+    from agents.memory import SQLiteSession
+
+    path = directory / f"openai-turns-{history}.sqlite"
+    session = SQLiteSession("turns", path)
+    user: Any = {"role": "user", "content": PAYLOAD}
+    assistant: Any = {"role": "assistant", "content": PAYLOAD}
+
+    async def main() -> dict[str, Any]:
+        await session.add_items([user if i % 2 == 0 else assistant for i in range(history)])
+        record_from = time.monotonic_ns() + int(WARMUP_S * 1e9)
+        stop_at = record_from + int(duration_s * 1e9)
+        latencies: list[int] = []
+        while time.monotonic_ns() < stop_at:
+            started = time.monotonic_ns()
+            await session.get_items()
+            await session.add_items([user, assistant])
+            ended = time.monotonic_ns()
+            if started >= record_from and ended <= stop_at:
+                latencies.append(ended - started)
+            await session.pop_item()
+            await session.pop_item()
+        return _summary(latencies, duration_s)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        session.close()
+
+
+#: Peers whose agent turn is measured, by the name PEERS gives them.
+TURNS: dict[str, Callable[[Path, int, float], dict[str, Any]]] = {
+    "openai-agents SQLiteSession": run_openai_agents_turns,
+}
+
+
 def run_langgraph(directory: Path, writers: int, duration_s: float) -> dict[str, Any]:
     import sqlite3
 
@@ -202,6 +248,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--writers", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--turn-histories", type=int, nargs="*", default=[10, 1000])
     args = parser.parse_args()
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sessiond-bench-peers-") as directory:
@@ -217,6 +264,15 @@ def main() -> None:
                     entry["writers"][str(writers)] = run(Path(directory), writers, args.duration)
                 except Exception as error:  # one broken peer must not hide the others
                     entry["writers"][str(writers)] = {"error": f"{type(error).__name__}: {error}"}
+            if name in TURNS:
+                entry["turns"] = {}
+                for history in args.turn_histories:
+                    try:
+                        entry["turns"][str(history)] = TURNS[name](
+                            Path(directory), history, args.duration)
+                    except Exception as error:  # reported, as a writer's failure is
+                        entry["turns"][str(history)] = {
+                            "error": f"{type(error).__name__}: {error}"}
             report[name] = entry
     print(json.dumps(report))
 

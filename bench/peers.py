@@ -56,8 +56,9 @@ def run_peers(duration_s: float, writers: list[int]) -> dict[str, Any]:
     if not peers_python().exists():
         return {"skipped": "bench/.peers-venv is missing (python -m bench --install-peers)"}
     script = Path(__file__).resolve().parent / "peer_stores.py"
-    # Three peers x len(writers) runs of warm-up + duration, plus imports.
-    timeout = 3 * len(writers) * (duration_s + 10) + 120
+    # Three peers x len(writers) runs and two agent-turn runs of warm-up +
+    # duration, plus imports.
+    timeout = (3 * len(writers) + 2) * (duration_s + 10) + 120
     try:
         completed = subprocess.run(
             [

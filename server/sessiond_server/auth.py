@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -45,7 +46,7 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -284,6 +285,7 @@ class CallerGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         # under them; ``in_flight`` counts the calls already past the gate.
         self.draining = False
         self.in_flight = 0
+        self._wrapped: dict[tuple[str, Principal | None], tuple[Any, Any]] = {}
         self._idle = asyncio.Event()
 
     def enter(self) -> None:
@@ -340,11 +342,19 @@ class CallerGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except Denied as denied:
             log.info("denied %s: %s", method, denied.status.details)
             return _rejection(handler, denied.status)  # type: ignore[no-any-return]
+        # The wrapped handler depends only on the method's handler and the principal,
+        # so it is built once per (method, principal) rather than once per call; the
+        # table is bounded by the methods times the configured keys.
+        cached = self._wrapped.get((method, principal))
+        if cached is not None and cached[0] is handler:
+            return cached[1]  # type: ignore[no-any-return]
         scope = (Scope() if principal is None else
                  principal.write_scope() if needed != "reader" else principal.read_scope())
-        handler = cast(Any, handler)._replace(
-            request_deserializer=_tolerant(handler.request_deserializer))
-        return _wrap(handler, self._gate(method, principal, scope), self)  # type: ignore[no-any-return]
+        wrapped = _wrap(cast(Any, handler)._replace(
+            request_deserializer=_tolerant(handler.request_deserializer)),
+            self._gate(method, principal, scope), self)
+        self._wrapped[(method, principal)] = (handler, wrapped)
+        return wrapped  # type: ignore[no-any-return]
 
     def _gate(self, method: str, principal: Principal | None, scope: Scope) -> Gate:
         limiter = self.limiter
@@ -380,7 +390,7 @@ TIMESTAMP = "google.protobuf.Timestamp"
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31
 
 
-def request_violations(message: Any, prefix: str = "") -> list[tuple[str, str]]:
+def request_violations(message: Any) -> list[tuple[str, str]]:
     """Values no handler can use, wherever they sit in a request.
 
     * a Timestamp outside 0001-01-01..9999-12-31 or with bad nanos: protobuf
@@ -389,11 +399,73 @@ def request_violations(message: Any, prefix: str = "") -> list[tuple[str, str]]:
       and FTS5 ends a query string at it.
 
     Checked here once for every request and every field, including fields
-    added later, so no handler can forget them.
+    added later, so no handler can forget them. Every call pays for it, so it
+    is cheap when nothing is wrong: a string holding NUL puts a zero byte on the
+    wire, so a request whose encoding has none skips the string walk (one C
+    serialisation and a memchr), and only fields whose type can hold a
+    Timestamp are visited for the timestamp rule.
     """
     if not isinstance(message, ProtoMessage):
         return []
     found: list[tuple[str, str]] = []
+    if b"\x00" in message.SerializeToString():
+        _walk(message, "", found)
+    else:
+        _timestamps(message, "", found)
+    return found
+
+
+@functools.cache
+def _timestamp_fields(descriptor: Descriptor) -> tuple[tuple[str, bool, bool], ...]:
+    """(name, repeated, map) of the fields of this type that can hold a Timestamp."""
+    return tuple((f.name, f.is_repeated, f.message_type.GetOptions().map_entry)
+                 for f in descriptor.fields
+                 if f.message_type is not None and _holds_timestamp(f.message_type))
+
+
+@functools.cache
+def _holds_timestamp(descriptor: Descriptor) -> bool:
+    """Whether a message of this type can hold a Timestamp at any depth."""
+    seen: set[str] = set()
+    pending = [descriptor]
+    while pending:
+        current = pending.pop()
+        if current.full_name == TIMESTAMP:
+            return True
+        if current.full_name in seen:
+            continue
+        seen.add(current.full_name)
+        pending.extend(f.message_type for f in current.fields if f.message_type is not None)
+    return False
+
+
+def _bad_timestamp(stamp: Any) -> bool:
+    return not (MIN_SECONDS <= stamp.seconds <= MAX_SECONDS
+                and 0 <= stamp.nanos < 1_000_000_000)
+
+
+TIMESTAMP_MESSAGE = "must be between 0001-01-01 and 9999-12-31 with nanos in [0, 999999999]"
+
+
+def _timestamps(message: Any, prefix: str, found: list[tuple[str, str]]) -> None:
+    """The Timestamp violations under ``message``, visiting only fields that can hold one."""
+    if message.DESCRIPTOR.full_name == TIMESTAMP:
+        if _bad_timestamp(message):
+            found.append((prefix.removesuffix("."), TIMESTAMP_MESSAGE))
+        return
+    for name, repeated, is_map in _timestamp_fields(message.DESCRIPTOR):
+        if is_map:
+            for k, v in getattr(message, name).items():
+                _timestamps(v, f"{prefix}{name}[{k!r}].", found)
+        elif repeated:
+            for i, item in enumerate(getattr(message, name)):
+                _timestamps(item, f"{prefix}{name}[{i}].", found)
+        elif message.HasField(name):
+            _timestamps(getattr(message, name), f"{prefix}{name}.", found)
+
+
+def _walk(message: Any, prefix: str, found: list[tuple[str, str]]) -> None:
+    """Every violation under ``message``: its strings and its Timestamps."""
     for field, value in message.ListFields():
         path = f"{prefix}{field.name}"
         if field.message_type is None:
@@ -417,14 +489,10 @@ def request_violations(message: Any, prefix: str = "") -> list[tuple[str, str]]:
             entries = [(path, value)]
         for where, item in entries:
             if item.DESCRIPTOR.full_name == TIMESTAMP:
-                stamp: Any = item
-                if not (MIN_SECONDS <= stamp.seconds <= MAX_SECONDS
-                        and 0 <= stamp.nanos < 1_000_000_000):
-                    found.append((where, "must be between 0001-01-01 and 9999-12-31 with "
-                                         "nanos in [0, 999999999]"))
+                if _bad_timestamp(item):
+                    found.append((where, TIMESTAMP_MESSAGE))
             else:
-                found.extend(request_violations(item, where + "."))
-    return found
+                _walk(item, where + ".", found)
 
 
 NUL_MESSAGE = "must not contain NUL characters (U+0000)"

@@ -394,6 +394,115 @@ def _new_messages(response: Any) -> int:
     return sum(1 for m in response.messages if m.seq > floor and m.created_at == written_at)
 
 
+class _MethodMetrics:
+    """One method's metric children, looked up once (``labels()`` takes a lock each call)."""
+
+    __slots__ = (
+        "_rpcs",
+        "codes",
+        "counts_messages",
+        "in_flight",
+        "method",
+        "seconds",
+        "service",
+    )
+
+    def __init__(self, metrics: Metrics, service: str, method: str) -> None:
+        self.service = service
+        self.method = method
+        self.in_flight = metrics.rpcs_in_flight.labels(service, method)
+        self.seconds = metrics.rpc_seconds.labels(service, method)
+        self._rpcs = metrics.rpcs
+        self.codes: dict[grpc.StatusCode, Any] = {}
+        self.counts_messages = method == "AppendMessages"
+
+    def finished(self, code: grpc.StatusCode) -> Any:
+        child = self.codes.get(code)
+        if child is None:
+            child = self.codes[code] = self._rpcs.labels(self.service, self.method, code.name)
+        return child
+
+
+class _Observation:
+    """One RPC being measured: entered when the handler starts, exited when it ends.
+
+    A plain context manager rather than an async one: it awaits nothing, and an
+    async generator per call would cost more than the measuring itself.
+    """
+
+    __slots__ = (
+        "_began_before_shutdown",
+        "_context",
+        "_m",
+        "_observer",
+        "_peer",
+        "_span",
+        "_started",
+        "response",
+    )
+
+    def __init__(self, observer: RpcObserver, m: _MethodMetrics, metadata: Any,
+                 context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._observer = observer
+        self._m = m
+        self._context = context
+        self._span = (None if observer._tracer is None
+                      else _Span(observer._tracer, m.service, m.method, metadata))
+        # The peer is read now only for the debug line; a warning reads it at the
+        # end, while the call that failed is still alive.
+        self._peer = context.peer() if rpc_log.isEnabledFor(logging.DEBUG) else None
+        self._began_before_shutdown = not observer.shutting_down
+        self.response: Any = None
+
+    def __enter__(self) -> _Observation:
+        self._m.in_flight.inc()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        elapsed = time.perf_counter() - self._started
+        m, context, observer = self._m, self._context, self._observer
+        details = ""
+        failure: BaseException | None = None
+        if exc is None:
+            code = _code_of(context)
+        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+        elif isinstance(exc, grpc.aio.AbortError):
+            code = _code_of(context)
+            details = str(getattr(context, "details", lambda: "")() or "")
+        elif isinstance(exc, Exception):
+            code, failure = grpc.StatusCode.UNKNOWN, exc
+        else:
+            code = grpc.StatusCode.OK
+        m.in_flight.dec()
+        m.finished(code).inc()
+        m.seconds.observe(elapsed)
+        if m.counts_messages and self.response is not None and code == grpc.StatusCode.OK:
+            appended = _new_messages(self.response)
+            if appended:
+                observer._metrics.messages_appended.inc(appended)
+        if self._span is not None:
+            self._span.end(code)
+        by_shutdown = (observer.shutting_down and failure is None and code in (
+            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
+        if by_shutdown and self._began_before_shutdown:
+            observer._ended_by_shutdown[m.method] += 1
+        elif by_shutdown:
+            observer._refused_while_draining += 1
+        if failure is not None or (code in SERVER_FAULT_CODES and not by_shutdown) or \
+                self._peer is not None:
+            peer = self._peer
+            if peer is None:
+                try:
+                    peer = context.peer()
+                except Exception:  # a stream finalised after its call ended
+                    peer = "unknown"
+            observer._log(m.service, m.method, code, elapsed, peer, details, failure,
+                          expected=by_shutdown)
+
+
 class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts, times, logs and traces every RPC; changes no request or response.
 
@@ -401,6 +510,11 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     the shutdown doing its job (watch streams told to resume elsewhere, new
     calls refused while draining): they are counted for one summary line
     (``shutdown_summary``) instead of a warning each.
+
+    Cost: the wrapped handler of each method is built once (per call only when
+    tracing, whose span needs the call's metadata), metric children are looked
+    up once per method and code, and the call's peer is read only for a line
+    that is logged.
     """
 
     def __init__(self, metrics: Metrics, tracer: Any | None = None) -> None:
@@ -409,6 +523,8 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self.shutting_down = False
         self._ended_by_shutdown: collections.Counter[str] = collections.Counter()
         self._refused_while_draining = 0
+        self._methods: dict[str, _MethodMetrics] = {}
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     def shutdown_summary(self) -> str | None:
         """What the shutdown ended, in one line; None when it ended nothing."""
@@ -431,16 +547,27 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return None
         full = handler_call_details.method
-        service, _, method = full.lstrip("/").rpartition("/")
-        metadata = handler_call_details.invocation_metadata
-        observe = self._observe
+        if self._tracer is None:
+            cached = self._wrapped.get(full)
+            if cached is not None and cached[0] is handler:
+                return cached[1]
+        m = self._methods.get(full)
+        if m is None:
+            service, _, method = full.lstrip("/").rpartition("/")
+            m = self._methods[full] = _MethodMetrics(self._metrics, service, method)
+        wrapped = self._wrap(handler, m, handler_call_details.invocation_metadata)
+        if self._tracer is None:
+            self._wrapped[full] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Any, m: _MethodMetrics, metadata: Any) -> Any:
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: Any) -> Any:
-                async with observe(service, method, metadata, context) as outcome:
+                with _Observation(self, m, metadata, context) as observation:
                     response = await inner_uu(request, context)
-                    outcome.append(response)
+                    observation.response = response
                     return response
 
             return grpc.unary_unary_rpc_method_handler(
@@ -449,7 +576,7 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             inner_us = handler.unary_stream
             if inspect.isasyncgenfunction(inner_us):
                 async def unary_stream_gen(request: Any, context: Any) -> AsyncIterator[Any]:
-                    async with observe(service, method, metadata, context):
+                    with _Observation(self, m, metadata, context):
                         async for response in inner_us(request, context):
                             yield response
 
@@ -457,7 +584,7 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     unary_stream_gen, handler.request_deserializer, handler.response_serializer)
 
             async def unary_stream(request: Any, context: Any) -> Any:
-                async with observe(service, method, metadata, context):
+                with _Observation(self, m, metadata, context):
                     return await inner_us(request, context)
 
             return grpc.unary_stream_rpc_method_handler(
@@ -466,7 +593,7 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             inner_ss = handler.stream_stream
             if inspect.isasyncgenfunction(inner_ss):
                 async def stream_stream_gen(requests: Any, context: Any) -> AsyncIterator[Any]:
-                    async with observe(service, method, metadata, context):
+                    with _Observation(self, m, metadata, context):
                         async for response in inner_ss(requests, context):
                             yield response
 
@@ -475,60 +602,12 @@ class RpcObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     handler.response_serializer)
 
             async def stream_stream(requests: Any, context: Any) -> Any:
-                async with observe(service, method, metadata, context):
+                with _Observation(self, m, metadata, context):
                     return await inner_ss(requests, context)
 
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream, handler.request_deserializer, handler.response_serializer)
         return handler  # client streaming: sessiond serves none
-
-    @contextlib.asynccontextmanager
-    async def _observe(self, service: str, method: str, metadata: Any,
-                       context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[list[Any]]:
-        m = self._metrics
-        in_flight = m.rpcs_in_flight.labels(service, method)
-        in_flight.inc()
-        span = _Span(self._tracer, service, method, metadata)
-        # Read from the context only while the call is alive: a stream closed
-        # late (its generator finalised after the call ended) must not touch it.
-        peer = context.peer()
-        began_before_shutdown = not self.shutting_down
-        started = time.perf_counter()
-        outcome: list[Any] = []
-        code = grpc.StatusCode.OK
-        details = ""
-        failure: BaseException | None = None
-        try:
-            yield outcome
-            code = _code_of(context)
-        except (asyncio.CancelledError, GeneratorExit):
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except grpc.aio.AbortError:
-            code = _code_of(context)
-            details = str(getattr(context, "details", lambda: "")() or "")
-            raise
-        except Exception as exc:
-            code, failure = grpc.StatusCode.UNKNOWN, exc
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            in_flight.dec()
-            m.rpcs.labels(service, method, code.name).inc()
-            m.rpc_seconds.labels(service, method).observe(elapsed)
-            if outcome and code == grpc.StatusCode.OK:
-                appended = _new_messages(outcome[0])
-                if appended:
-                    m.messages_appended.inc(appended)
-            span.end(code)
-            by_shutdown = (self.shutting_down and failure is None and code in (
-                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED))
-            if by_shutdown and began_before_shutdown:
-                self._ended_by_shutdown[method] += 1
-            elif by_shutdown:
-                self._refused_while_draining += 1
-            self._log(service, method, code, elapsed, peer, details, failure,
-                      expected=by_shutdown)
 
     @staticmethod
     def _log(service: str, method: str, code: grpc.StatusCode, elapsed: float, peer: str,

@@ -7,9 +7,12 @@ store before its request passed.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
+
+from google.protobuf.descriptor import EnumDescriptor
 
 from ..auth import REQUEST_VIOLATIONS
 from ..config import Limits
@@ -19,6 +22,12 @@ from .errors import BadRequest
 CHANNEL = re.compile(r"[a-z][a-z0-9_-]*(\.[A-Za-z0-9_.@:+-]+)?")
 CHANNEL_TYPE_PREFIX = re.compile(r"[a-z][a-z0-9_-]*\.")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@functools.cache
+def _numbers(descriptor: EnumDescriptor) -> frozenset[int]:
+    """The values of an enum other than its zero (``*_UNSPECIFIED``)."""
+    return frozenset(v.number for v in descriptor.values if v.number)
 
 
 class Checker:
@@ -99,6 +108,8 @@ class Checker:
              allowed: Iterable[int] | None = None, *, required: bool = False) -> None:
         if value == 0 and not required:
             return
+        if value in (_numbers(enum.DESCRIPTOR) if allowed is None else allowed):
+            return  # the common case, without building the message below
         names = dict(enum.items())
         valid = set(allowed) if allowed is not None else {v for v in names.values() if v}
         if value not in valid:

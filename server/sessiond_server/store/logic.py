@@ -215,12 +215,17 @@ class StoreLogic:
             raise Unavailable("the store is not open")
         return await self._writer.submit(fn)
 
-    def _snapshot(self) -> AbstractAsyncContextManager[Statements]:
-        """A read-only transaction: every statement in it sees one snapshot."""
+    def _snapshot(self, small: bool = False) -> AbstractAsyncContextManager[Statements]:
+        """A read-only transaction: every statement in it sees one snapshot.
+
+        ``small`` marks a read of a few indexed rows (a session by id, a page of
+        its messages), which a dialect may answer without leaving the event loop.
+        """
         raise NotImplementedError
 
-    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self._snapshot() as r:
+    async def _read(self, sql: str, params: Sequence[Any] = (), small: bool = False
+                    ) -> list[Any]:
+        async with self._snapshot(small) as r:
             return await r.fetch(sql, params)
 
     async def _read_many(self, statements: Sequence[Statement]) -> list[list[Any]]:
@@ -430,7 +435,7 @@ class StoreLogic:
         vis = self.visibility_sql(scope, p)
         found = await self._read(
             f"SELECT {SESSION_COLUMNS}, {REVISION} FROM sessions s"
-            f" WHERE {vis} AND s.id = {p(session_id)}", p.values)
+            f" WHERE {vis} AND s.id = {p(session_id)}", p.values, small=True)
         if not found:
             raise NotFound(f"session {session_id!r} not found")
         return self._session(found[0]), int(found[0][-1])
@@ -839,7 +844,7 @@ class StoreLogic:
         truncated = size_limited = False
         next_cursor: int | None = None
         # One snapshot: the revision is the one the returned messages were read at.
-        async with self._snapshot() as r:
+        async with self._snapshot(small=True) as r:
             p = d.params()
             vis = self.visibility_sql(scope, p)
             found = await r.fetch(

@@ -168,8 +168,8 @@ class PostgresStore(ReplicaFeed):
 
     # Plumbing.
     @contextlib.asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[PostgresStatements]:
-        """One snapshot: a REPEATABLE READ, READ ONLY transaction."""
+    async def _snapshot(self, small: bool = False) -> AsyncIterator[PostgresStatements]:
+        """One snapshot: a REPEATABLE READ, READ ONLY transaction (small or not)."""
         if self._pool is None:
             raise Unavailable("the store is not open")
         try:

@@ -38,6 +38,7 @@ from .errors import Unavailable
 from .feed import Heard, ReplicaFeed
 from .logic import ORDER_COLUMNS
 from .revisions import NEWEST_OVER_BYTES_SQL, compaction_target
+from .sqlite_inline import Busy, InlineReader, InlineStatements
 from .sqlite_schema import (
     MIGRATIONS,
     ROLLUP_KEY,
@@ -122,6 +123,9 @@ class SQLiteStore(ReplicaFeed):
         self._writer: Writer | None = None
         self.recovered_wal = False
         self._recycling: set[asyncio.Task[None]] = set()
+        # Small indexed reads (a session by id, a page of messages) run inline on
+        # the event loop: cheaper than a hop to a reader thread (see sqlite_inline).
+        self._inline = InlineReader(self.path)
 
     @property
     def write_lock(self) -> WriteLock | None:
@@ -147,8 +151,11 @@ class SQLiteStore(ReplicaFeed):
             for _ in range(self._reader_count):
                 conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
                 await conn.execute("PRAGMA query_only = 1")
+                # Parse the schema now, not in the first call each reader answers.
+                await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
                 self._all_readers.append(conn)
                 self._readers.put_nowait(conn)
+            self._inline.open()
             await self._open_feed()
             self._writer = Writer(self._connect_writer, self._clock, self._max_batch,
                                   self._publish_now, self._lock)
@@ -208,6 +215,7 @@ class SQLiteStore(ReplicaFeed):
         if self._writer is not None:
             await self._writer.close()
         await self._close_feed()
+        self._inline.close()
         for conn in self._all_readers:
             await conn.close()
         self._all_readers.clear()
@@ -222,8 +230,28 @@ class SQLiteStore(ReplicaFeed):
                 await asyncio.to_thread(_close_last, self.path)
 
     @contextlib.asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[AioSQLiteStatements]:
-        """One read transaction on a pooled reader: every statement sees one snapshot."""
+    async def _snapshot(self, small: bool = False
+                        ) -> AsyncIterator[AioSQLiteStatements | InlineStatements]:
+        """One read transaction: every statement sees one snapshot.
+
+        A ``small`` read runs inline on the event loop when it can (see
+        sqlite_inline); otherwise, and for every other read, on a pooled reader.
+        """
+        if small:
+            try:
+                inline = self._inline.begin()
+            except Busy:
+                pass
+            except sqlite3.Error as exc:
+                raise Unavailable(f"database error: {exc}") from exc
+            else:
+                try:
+                    yield inline
+                except sqlite3.Error as exc:
+                    raise Unavailable(f"database error: {exc}") from exc
+                finally:
+                    self._inline.end()
+                return
         conn = await self._readers.get()
         ended = False
         try:
