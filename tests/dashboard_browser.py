@@ -30,6 +30,8 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1000}
 # Generous: a change must travel sessiond -> watch -> bridge -> browser -> refetch.
 LIVE_TIMEOUT_MS = 10_000
+# After sessiond restarts, the bridge's watch comes back through gRPC's reconnect backoff.
+RECONNECT_TIMEOUT_MS = 45_000
 
 
 def browser_missing_reason() -> str | None:

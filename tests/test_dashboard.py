@@ -21,6 +21,7 @@ import grpc
 import pytest
 from dashboard_browser import (
     LIVE_TIMEOUT_MS,
+    RECONNECT_TIMEOUT_MS,
     VIEWPORT,
     expect,
     http_get,
@@ -346,9 +347,9 @@ async def test_event_stream_resumes_after_the_last_event_id(server: Any) -> None
 # In the browser
 
 
-async def wait_for_row(page: Any, session_id: str) -> Any:
+async def wait_for_row(page: Any, session_id: str, timeout_ms: float = LIVE_TIMEOUT_MS) -> Any:
     row = page.locator(f'#sessions-body tr[data-session-id="{session_id}"]')
-    await row.wait_for(timeout=LIVE_TIMEOUT_MS)
+    await row.wait_for(timeout=timeout_ms)
     return row
 
 
@@ -655,7 +656,8 @@ async def test_page_resumes_after_sessiond_and_dashboard_restart(make_server: An
                                    clock=first.clock)
         async with AsyncClient(second.address) as client:
             await create(client, "during")
-        await wait_for_row(page, "during")
+        # After a restart the bridge's watch reconnects with backoff: allow for it.
+        await wait_for_row(page, "during", RECONNECT_TIMEOUT_MS)
         seen = int(await page.get_attribute("body", "data-last-revision") or 0)
         assert seen > 0
 
@@ -664,7 +666,7 @@ async def test_page_resumes_after_sessiond_and_dashboard_restart(make_server: An
         async with running_dashboard(second.address, listen=f"127.0.0.1:{dash_port}"), \
                 AsyncClient(second.address) as client:
             await create(client, "after")
-            await wait_for_row(page, "after")
+            await wait_for_row(page, "after", RECONNECT_TIMEOUT_MS)
             for session_id in ("before", "during", "after"):
                 rows = page.locator(f'#sessions-body tr[data-session-id="{session_id}"]')
                 assert await rows.count() == 1, session_id
