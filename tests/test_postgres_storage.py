@@ -383,3 +383,43 @@ async def test_purge_runs_alone_while_other_replicas_append(open_store: OpenStor
     assert purged[0] == 15
     assert await provisional_rows(database) == 0
     assert await a.check_consistency() == []
+
+
+async def test_a_write_chosen_to_break_a_deadlock_runs_again(
+        open_store: OpenStore, database: str) -> None:
+    """A batch locks s1 and then waits for s2, which another transaction holds while it
+    asks for s1. PostgreSQL fails one of the two waits; when it picks the batch's write,
+    that write rolls back to its savepoint and runs again once the other one is gone:
+    both appends are answered, none fails."""
+    store = await open_store()
+    await create(store, "s1")
+    await create(store, "s2")
+    other = await asyncpg.connect(database)
+    message = message_pb2.Message(role=message_pb2.ROLE_USER, content="hi")
+    try:
+        await other.execute("BEGIN")
+        await other.execute("SELECT 1 FROM sessions WHERE id = 's2' FOR UPDATE")
+        appends = asyncio.gather(
+            store.append_messages(Scope(), "s1", [message], None),
+            store.append_messages(Scope(), "s2", [message], None))
+        async with asyncio.timeout(DEADLINE):
+            while True:  # until the batch waits for s2 (the database has no event for it)
+                waiting = await other.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()")
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+        deadlocked = False
+        try:
+            await other.execute("SELECT 1 FROM sessions WHERE id = 's1' FOR UPDATE")
+        except asyncpg.DeadlockDetectedError:
+            deadlocked = True
+        await other.execute("ROLLBACK")
+        first, second = await asyncio.wait_for(appends, DEADLINE)
+    finally:
+        await other.close()
+    assert [m.seq for m in first.messages] == [1] and [m.seq for m in second.messages] == [1]
+    assert second.revision == first.revision + 1
+    assert deadlocked or store.writer_stats[0] == 4, "no deadlock: the appends ran apart"
+    assert await store.check_consistency() == []
