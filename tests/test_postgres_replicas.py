@@ -168,3 +168,139 @@ async def two_replicas_deliver_every_event_once_in_order_across_a_kill(a: Any, b
                    and key not in writes.unknown]
     assert not unexplained, f"events of writes never attempted: {unexplained[:10]}"
     assert {sid.split("-")[0] for sid, _ in writes.acked} >= {"a0", "a1", "b0", "b1"}
+
+
+async def test_three_replicas_writing_at_once_deliver_one_order(
+        postgres_server: str, server_process: Any) -> None:
+    """Three replicas take writes at the same time, into their own sessions and into one
+    session they share; a watcher on each sees the same events, once each, in revision
+    order, with no gap, and every acknowledged write at the revision it was answered with."""
+    url = await create_postgres_database(postgres_server)
+    replicas = [server_process(url) for _ in range(3)]
+    channels = [grpc.aio.insecure_channel(r.address, options=OWN_SUBCHANNELS) for r in replicas]
+    stubs = [session_service_pb2_grpc.SessionServiceStub(c) for c in channels]
+    writes = Writes()
+    shared_acks: list[int] = []
+    shared_by: set[str] = set()
+
+    async def append_to_shared(stub: message_service_pb2_grpc.MessageServiceStub,
+                               name: str) -> None:
+        i = 0
+        while not writes.stop.is_set():
+            appended = await stub.AppendMessages(message_service_pb2.AppendMessagesRequest(
+                session_id="shared", messages=[user_message(f"{name} {i}")]))
+            shared_acks.append(appended.revision)
+            shared_by.add(name)
+            i += 1
+
+    try:
+        first = await stubs[0].CreateSession(session_service_pb2.CreateSessionRequest(
+            session=session_pb2.Session(id="shared")))
+        start = first.revision + 1
+        async with WatchRecorder(stubs[0], name="r0", start_revision=start) as w0, \
+                WatchRecorder(stubs[1], name="r1", start_revision=start) as w1, \
+                WatchRecorder(stubs[2], name="r2", start_revision=start) as w2:
+            watchers = (w0, w1, w2)
+            for watcher in watchers:
+                await watcher.wait_created()
+            tasks = [asyncio.create_task(write_until_stopped(r.address, f"r{n}w{w}", writes))
+                     for n, r in enumerate(replicas) for w in range(WRITERS_PER_REPLICA)]
+            tasks += [asyncio.create_task(append_to_shared(
+                message_service_pb2_grpc.MessageServiceStub(c), f"r{n}"))
+                for n, c in enumerate(channels)]
+            await wait_for_acks(writes, ACKS_PER_PHASE * 2)
+            writes.stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), DEFAULT_TIMEOUT)
+            last = await stubs[2].CreateSession(session_service_pb2.CreateSessionRequest(
+                session=session_pb2.Session(id="last")))
+            for watcher in watchers:
+                await watcher.wait_covered(last.revision)
+        truth = await watch_until(stubs[1], last.revision, name="truth", start_revision=start)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+    assert not writes.unknown, f"writes failed with every replica up: {writes.unknown}"
+    expected = ChangeLog.from_events(truth.events)
+    WatchValidator(expected).validate(truth)
+    for watcher in (w0, w1, w2):
+        WatchValidator(expected).validate(watcher.stream)
+        assert_same_events(watcher.stream.events, truth.events,
+                           f"live on {watcher.stream.name} vs ground truth")
+    assert sorted({e.revision for e in truth.events}) == list(range(start, last.revision + 1))
+    committed = {(e.session_id, e.type): e.revision for e in truth.events}
+    for attempt, revision in writes.acked.items():
+        assert committed.get(attempt) == revision, (attempt, revision, committed.get(attempt))
+    assert shared_by == {"r0", "r1", "r2"}
+    shared = [e for e in truth.events if e.session_id == "shared"]
+    assert sorted(shared_acks) == [e.revision for e in shared]
+    # The shared session's appends, in revision order, carry seq 1, 2, 3, ...
+    seqs = [m.seq for e in shared for m in e.messages]
+    assert seqs == list(range(1, len(shared_acks) + 1))
+    assert [e.session.last_seq for e in shared] == seqs
+    assert [e.session.revision for e in shared] == [e.revision for e in shared]
+
+
+async def test_two_replicas_appending_to_one_session_never_lose_or_duplicate_a_seq(
+        postgres_server: str, server_process: Any) -> None:
+    """Appenders on two replicas write to one session at once, each call with its own
+    message ids, and each retries some calls on the other replica: the session holds
+    seq 1..N with no gap and no repeat, every message once at the seq its answer named,
+    and a retry answers with the original seqs."""
+    url = await create_postgres_database(postgres_server)
+    replicas = [server_process(url), server_process(url)]
+    channels = [grpc.aio.insecure_channel(r.address, options=OWN_SUBCHANNELS) for r in replicas]
+    stubs = [message_service_pb2_grpc.MessageServiceStub(c) for c in channels]
+    calls_per_appender, appenders_per_replica = 12, 3
+    answered: dict[str, tuple[int, int]] = {}  # message id -> (seq, revision)
+
+    async def appender(n: int, a: int) -> None:
+        for i in range(calls_per_appender):
+            request = message_service_pb2.AppendMessagesRequest(session_id="shared", messages=[
+                user_message(f"{n}.{a}.{i}.{j}", id=f"m-{n}-{a}-{i}-{j}") for j in range(2)])
+            response = await stubs[n].AppendMessages(request)
+            if i % 3 == 0:  # the same call again, through the other replica
+                again = await stubs[1 - n].AppendMessages(request)
+                assert [m.seq for m in again.messages] == [m.seq for m in response.messages]
+                assert [m.id for m in again.messages] == [m.id for m in response.messages]
+            for message in response.messages:
+                answered[message.id] = (message.seq, response.revision)
+
+    try:
+        sessions = session_service_pb2_grpc.SessionServiceStub(channels[0])
+        created = await sessions.CreateSession(session_service_pb2.CreateSessionRequest(
+            session=session_pb2.Session(id="shared")))
+        await asyncio.wait_for(asyncio.gather(*(appender(n, a) for n in range(2)
+                                                for a in range(appenders_per_replica))),
+                               DEFAULT_TIMEOUT)
+        stored: list[Any] = []
+        token = ""
+        while True:
+            page = await stubs[1].ListMessages(message_service_pb2.ListMessagesRequest(
+                session_id="shared", page_size=100, page_token=token))
+            stored.extend(page.messages)
+            token = page.next_page_token
+            if not token:
+                break
+        session = await sessions.GetSession(session_service_pb2.GetSessionRequest(
+            session_id="shared"))
+        last = max(revision for _, revision in answered.values())
+        truth = await watch_until(sessions, last, name="truth",
+                                  start_revision=created.revision + 1)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+    total = 2 * appenders_per_replica * calls_per_appender * 2
+    assert len(answered) == total
+    assert [m.seq for m in stored] == list(range(1, total + 1))
+    assert len({m.id for m in stored}) == total
+    assert {m.id: m.seq for m in stored} == {mid: seq for mid, (seq, _) in answered.items()}
+    assert session.session.last_seq == total
+    assert session.session.message_count == total
+    # One event per first-time call, in revision order, each with the seqs it answered.
+    appended = [e for e in truth.events if e.type == event_pb2.EVENT_TYPE_MESSAGES_APPENDED]
+    assert [m.seq for e in appended for m in e.messages] == list(range(1, total + 1))
+    by_revision = {e.revision: [m.id for m in e.messages] for e in appended}
+    for mid, (_, revision) in answered.items():
+        assert mid in by_revision[revision], (mid, revision)

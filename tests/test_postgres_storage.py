@@ -21,6 +21,7 @@ from sessiond_server.store import MessageQuery, NotFound, SchemaTooNew, Scope, U
 from sessiond_server.store.interface import Change
 from sessiond_server.store.postgres import PostgresStore
 from sessiond_server.store.postgres_schema import COMPACTION_LOCK, SCHEMA_VERSION
+from sessiond_server.store.revisions import PROVISIONAL
 
 asyncpg = pytest.importorskip("asyncpg")
 pytestmark = pytest.mark.postgres
@@ -302,4 +303,123 @@ async def test_a_connection_lost_mid_batch_fails_the_whole_batch_and_the_next_on
     assert [m.content for m in stored.messages] == ["plug"]
     assert store.revision == plugged == stored.revision
     assert await append_text(store, "s", "next") == plugged + 1
+    assert await store.check_consistency() == []
+
+
+async def provisional_rows(url: str) -> int:
+    """Committed session rows that still hold a provisional revision (there must be none)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(
+            f"SELECT count(*) FROM sessions WHERE revision > {PROVISIONAL}"))
+    finally:
+        await conn.close()
+
+
+async def test_the_counter_taken_last_gives_final_revisions_everywhere(
+        open_store: OpenStore, database: str) -> None:
+    """Writes of one batch, on two replicas at once: each answer, each event, each stored
+    session row and each stored usage response carries the final revision, and the
+    revisions of all of them are 1..N with none repeated."""
+    a, b = await open_store(), await open_store()
+    on_a = Recorder(a)
+    await asyncio.gather(*(create(a if i % 2 else b, f"s{i}") for i in range(8)))
+    message = message_pb2.Message(role=message_pb2.ROLE_USER, content="hi")
+    appended = await asyncio.gather(*(
+        (a if i % 2 else b).append_messages(Scope(), f"s{i % 8}", [message], None)
+        for i in range(40)))
+    usage = session_pb2.Usage(prompt_tokens=3, cost_micros=5)
+    recorded = await asyncio.gather(*(
+        store.record_usage(Scope(), "s0", "m", usage, False, "req-1") for store in (a, b, a)))
+    updated, update_revision = await b.update_session(
+        Scope(), session_pb2.Session(id="s1", display_name="one"), ["display_name"], "")
+    last = max([r.revision for r in appended] + [r.revision for r in recorded]
+               + [update_revision])
+    await on_a.wait_for(last)
+
+    assert on_a.revisions == list(range(1, last + 1))
+    assert len({r.revision for r in appended}) == 40
+    for result in appended:
+        assert result.session.revision == result.revision
+        assert result.session.etag == str(result.revision)
+        event = next(c.event for c in on_a.changes if c.revision == result.revision)
+        assert event.session.revision == result.revision
+        assert [m.seq for m in event.messages] == [m.seq for m in result.messages]
+    # One request id: recorded once, the retries answer with the original's revision.
+    assert sorted(r.duplicate for r in recorded) == [False, True, True]
+    assert len({r.revision for r in recorded}) == 1
+    assert recorded[0].revision <= last
+    assert updated.revision == update_revision and updated.etag == str(update_revision)
+    stored, read_at = await a.get_session(Scope(), "s1")
+    assert stored.revision == update_revision and read_at >= last
+    assert await provisional_rows(database) == 0
+    assert await a.check_consistency() == []
+
+
+async def test_two_replicas_creating_one_session_id_at_once_both_answer(
+        open_store: OpenStore) -> None:
+    """The second INSERT of an id waits for the first's commit and loses on the unique key;
+    its write runs again and answers as a retry does, never Unavailable."""
+    a, b = await open_store(), await open_store()
+    for round_ in range(10):
+        sid = f"both-{round_}"
+        results = await asyncio.gather(
+            *(store.create_session(Scope(), session_pb2.Session(id=sid, display_name="x"))
+              for store in (a, b, a, b)))
+        assert sorted(created for _, created, _ in results) == [False, False, False, True]
+        assert len({session.revision for session, _, _ in results}) == 1
+
+
+async def test_purge_runs_alone_while_other_replicas_append(open_store: OpenStore,
+                                                            database: str) -> None:
+    a, b = await open_store(), await open_store()
+    await asyncio.gather(*(create(a, f"p{i}") for i in range(20)))
+    message = message_pb2.Message(role=message_pb2.ROLE_USER, content="hi")
+    purged, *_ = await asyncio.gather(
+        b.purge_sessions(Scope(), 0, 5, [], False, 100),
+        *(a.append_messages(Scope(), f"p{i}", [message], None) for i in range(15, 20)),
+        return_exceptions=True)
+    assert not isinstance(purged, BaseException), purged
+    assert purged[0] == 15
+    assert await provisional_rows(database) == 0
+    assert await a.check_consistency() == []
+
+
+async def test_a_write_chosen_to_break_a_deadlock_runs_again(
+        open_store: OpenStore, database: str) -> None:
+    """A batch locks s1 and then waits for s2, which another transaction holds while it
+    asks for s1. PostgreSQL fails one of the two waits; when it picks the batch's write,
+    that write rolls back to its savepoint and runs again once the other one is gone:
+    both appends are answered, none fails."""
+    store = await open_store()
+    await create(store, "s1")
+    await create(store, "s2")
+    other = await asyncpg.connect(database)
+    message = message_pb2.Message(role=message_pb2.ROLE_USER, content="hi")
+    try:
+        await other.execute("BEGIN")
+        await other.execute("SELECT 1 FROM sessions WHERE id = 's2' FOR UPDATE")
+        appends = asyncio.gather(
+            store.append_messages(Scope(), "s1", [message], None),
+            store.append_messages(Scope(), "s2", [message], None))
+        async with asyncio.timeout(DEADLINE):
+            while True:  # until the batch waits for s2 (the database has no event for it)
+                waiting = await other.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()")
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+        deadlocked = False
+        try:
+            await other.execute("SELECT 1 FROM sessions WHERE id = 's1' FOR UPDATE")
+        except asyncpg.DeadlockDetectedError:
+            deadlocked = True
+        await other.execute("ROLLBACK")
+        first, second = await asyncio.wait_for(appends, DEADLINE)
+    finally:
+        await other.close()
+    assert [m.seq for m in first.messages] == [1] and [m.seq for m in second.messages] == [1]
+    assert second.revision == first.revision + 1
+    assert deadlocked or store.writer_stats[0] == 4, "no deadlock: the appends ran apart"
     assert await store.check_consistency() == []

@@ -44,6 +44,12 @@ class Dialect:
     message_key: str
     #: Whether the session_rollup and usage_rollup tables exist.
     rollups: bool
+    #: Appended to a write's SELECT of the session rows it will rely on: locks them to
+    #: COMMIT where other writers run at the same time (PostgreSQL replicas).
+    lock_rows: str = ""
+    #: The first statement of a write that chooses sessions by other sessions (purge):
+    #: keeps every other writer off the sessions table to COMMIT ("" where one writes).
+    lock_sessions: str = ""
 
     def params(self) -> Params:
         return Params(self.placeholder_prefix)
@@ -158,4 +164,5 @@ class PostgresDialect(Dialect):
 
 SQLITE = SQLiteDialect(name="sqlite", placeholder_prefix="?", message_key="rowid", rollups=True)
 POSTGRES = PostgresDialect(name="postgres", placeholder_prefix="$", message_key="row_id",
-                           rollups=False)
+                           rollups=False, lock_rows=" FOR UPDATE",
+                           lock_sessions="LOCK TABLE sessions IN EXCLUSIVE MODE")

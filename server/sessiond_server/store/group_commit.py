@@ -11,7 +11,13 @@ The rules, for every backend:
   that fails rolls back alone and its neighbours still commit (a lone write
   needs no savepoint: the whole transaction is its own).
 * Each write that changes something takes the next revision (see
-  ``revisions.py``); the counter is stored once, just before COMMIT.
+  ``revisions.py``); the counter is stored once, just before COMMIT. Where
+  the backend takes the counter only then (PostgreSQL), the batch's
+  revisions are provisional until it does: its events are serialised, its
+  stored responses rewritten and its results mapped with the final ones.
+* A write that lost a race with another replica's transaction (the backend's
+  ``is_conflict``: a unique key taken meanwhile, a deadlock the database
+  broke) is rolled back to its savepoint and run again, a few times at most.
 * After any error the loop asks the database whether the transaction is
   still open. SQLite rolls the whole transaction back on SQLITE_FULL or
   SQLITE_IOERR and drops its savepoints; a PostgreSQL connection can drop.
@@ -38,7 +44,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from .errors import StoreError, Unavailable
 from .interface import Change
-from .revisions import ChangeRecorder
+from .revisions import ChangeRecorder, StoredResponse, change_rows, final
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,17 @@ class WriteContext(ChangeRecorder, Generic[C]):
 WriteFn = Callable[["WriteContext[Any]"], "Awaitable[T] | T"]
 
 
+class Alone(Generic[T]):
+    """A write that must be the first of its transaction (it locks a whole table):
+    a writer whose batches may race with other writers' runs it in a batch alone."""
+
+    def __init__(self, fn: WriteFn[T]) -> None:
+        self.fn = fn
+
+    def __call__(self, ctx: WriteContext[Any]) -> Awaitable[T] | T:
+        return self.fn(ctx)
+
+
 class Job(Generic[T]):
     __slots__ = ("fn", "future")
 
@@ -104,11 +121,17 @@ class BatchHooks(Protocol):
     async def rollback_to(self) -> None: ...
     def in_transaction(self) -> bool:
         """Whether the database still has the batch's transaction open."""
-    async def store_revision(self, start: int, last: int) -> None:
-        """Move the counter from ``start`` to ``last`` (the revisions this batch took)."""
+    async def store_revision(self, start: int, last: int) -> int | None:
+        """Move the counter by ``last - start`` (the revisions this batch took); the
+        shift from the batch's revisions to the stored ones: 0 (or None) where
+        ``begin`` read the counter, base - ``start`` where the batch's revisions
+        were provisional and the counter is taken now."""
     async def commit(self) -> None: ...
     async def rollback(self) -> None: ...
     def is_database_error(self, exc: BaseException) -> bool: ...
+    def is_conflict(self, exc: BaseException) -> bool:
+        """Whether a write lost a race with another transaction and may run again
+        (never on a backend with one writer)."""
     def unavailable(self, exc: BaseException) -> Unavailable:
         """What a caller hears of a database failure (the detail goes to the log only)."""
 
@@ -142,8 +165,13 @@ async def _rollback_quietly(hooks: BatchHooks) -> None:
             raise
 
 
+#: How many times a write that lost a race with another replica's transaction (a
+#: unique key taken meanwhile, a deadlock broken by the database) is run again.
+CONFLICT_RETRIES = 3
+
+
 async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
-                    clock: Callable[[], int]) -> BatchResult:
+                    clock: Callable[[], int], attempt: int = 0) -> BatchResult:
     """Run ``jobs`` in one transaction; see the module docstring for the rules."""
 
     async def fail_all(exc: BaseException) -> BatchResult:
@@ -162,48 +190,70 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
     alone = len(jobs) == 1
     outcomes: list[tuple[Job[Any], Any, BaseException | None]] = []
     changes: list[Change] = []
-    change_rows: list[tuple[Any, ...]] = []
+    responses: list[StoredResponse] = []
     # Round trips saved: a write's savepoint is released when the next write sets its
     # own (one statement), the last one by COMMIT; the change-log rows of the whole
-    # batch go in one statement before the counter moves.
+    # batch go in one statement after the counter moved.
     held = False
     for job in jobs:
-        ctx.begin_write()
-        try:
-            if not alone:
-                await (hooks.renew_savepoint() if held else hooks.savepoint())
-                held = True
-            result = job.fn(ctx)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            ctx.abandon_write()
-            if alone:
-                await _rollback_quietly(hooks)
-                return BatchResult([(job, None, failure_of(hooks, exc))], 0, [], False)
-            if not hooks.in_transaction():
-                # The database ended the transaction (and its savepoints) itself.
-                log.error("the database rolled back a batch of %d writes: %s", len(jobs), exc)
-                return await fail_all(exc)
+        tries = 0
+        while True:
+            ctx.begin_write()
             try:
-                await hooks.rollback_to()  # the savepoint stays, for the next write
-            except Exception as undo_failed:
-                return await fail_all(undo_failed)
-            outcomes.append((job, None, failure_of(hooks, exc)))
-            continue
-        written, rows = ctx.take_pending()
-        changes.extend(written)
-        change_rows.extend(rows)
-        outcomes.append((job, result, None))
+                if not alone and not tries:  # a retry keeps the savepoint it rolled back to
+                    await (hooks.renew_savepoint() if held else hooks.savepoint())
+                    held = True
+                result = job.fn(ctx)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                ctx.abandon_write()
+                retry = hooks.is_conflict(exc)
+                if alone:
+                    await _rollback_quietly(hooks)
+                    if retry and attempt < CONFLICT_RETRIES:
+                        return await run_batch(hooks, jobs, clock, attempt + 1)
+                    return BatchResult([(job, None, failure_of(hooks, exc))], 0, [], False)
+                if not hooks.in_transaction():
+                    # The database ended the transaction (and its savepoints) itself.
+                    log.error("the database rolled back a batch of %d writes: %s",
+                              len(jobs), exc)
+                    return await fail_all(exc)
+                try:
+                    await hooks.rollback_to()  # the savepoint stays, for the next write
+                except Exception as undo_failed:
+                    return await fail_all(undo_failed)
+                tries += 1
+                if retry and tries <= CONFLICT_RETRIES:
+                    continue
+                outcomes.append((job, None, failure_of(hooks, exc)))
+                break
+            written, stored = ctx.take_pending()
+            changes.extend(written)
+            responses.extend(stored)
+            outcomes.append((job, result, None))
+            break
     try:
-        if change_rows:
-            await hooks.tx.executemany(hooks.changes_sql, change_rows)
+        shift = 0
         if ctx.revision != start:
-            await hooks.store_revision(start, ctx.revision)
+            shift = await hooks.store_revision(start, ctx.revision) or 0
+        if shift:
+            changes = final(changes, shift)
+            rewrites: dict[str, list[tuple[Any, ...]]] = {}
+            for sql, key, response in responses:
+                rewrites.setdefault(sql, []).append(
+                    (*key, final(response, shift).SerializeToString()))
+            for sql, rows in rewrites.items():
+                await hooks.tx.executemany(sql, rows)
+        if changes:
+            await hooks.tx.executemany(hooks.changes_sql, change_rows(changes))
         await hooks.commit()
     except Exception as exc:
         return await fail_all(exc)
-    return BatchResult(outcomes, ctx.revision if ctx.revision != start else 0, changes, True)
+    if shift:
+        outcomes = [(job, final(result, shift), exc) for job, result, exc in outcomes]
+    last = ctx.revision + shift if ctx.revision != start else 0
+    return BatchResult(outcomes, last, changes, True)
 
 
 def take_batch(first: Job[Any], get_nowait: Callable[[], Job[Any] | None],

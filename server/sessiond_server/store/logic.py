@@ -37,7 +37,7 @@ from .errors import (
     NotFound,
     Unavailable,
 )
-from .group_commit import Statements, WriteContext
+from .group_commit import Alone, Statements, WriteContext
 from .interface import (
     Change,
     ChangeListener,
@@ -346,8 +346,8 @@ class StoreLogic:
         p = self.dialect.params()
         vis = self.visibility_sql(scope, p)
         row = await ctx.tx.fetchrow(
-            f"SELECT {SESSION_COLUMNS} FROM sessions s WHERE {vis} AND s.id = {p(session_id)}",
-            p.values)
+            f"SELECT {SESSION_COLUMNS} FROM sessions s WHERE {vis} AND s.id = {p(session_id)}"
+            f"{self.dialect.lock_rows}", p.values)
         if row is None:
             raise NotFound(f"session {session_id!r} not found")
         return row
@@ -356,7 +356,7 @@ class StoreLogic:
         p = self.dialect.params()
         return await ctx.tx.fetchrow(
             f"SELECT {SESSION_COLUMNS} FROM sessions s WHERE s.tenant = {p(tenant)}"
-            f" AND s.id = {p(session_id)}", p.values)
+            f" AND s.id = {p(session_id)}{self.dialect.lock_rows}", p.values)
 
     async def _reload(self, ctx: Ctx, pk: int) -> S.Session:
         p = self.dialect.params()
@@ -687,7 +687,7 @@ class StoreLogic:
                 f"SELECT s.pk, s.id FROM sessions s"
                 f"{self.dialect.index_hint('sessions_by_runtime')} WHERE {vis}"
                 f" AND s.runtime_instance = {p(runtime_instance)} AND s.status = {p(rows.ACTIVE)}"
-                f" ORDER BY s.id", p.values)
+                f" ORDER BY s.id{self.dialect.lock_rows}", p.values)
             marked: list[str] = []
             for pk, sid in found:
                 if sid in keep:
@@ -709,6 +709,10 @@ class StoreLogic:
                              keep_newest: int, statuses: Sequence[S.SessionStatus.ValueType],
                              dry_run: bool, limit: int) -> tuple[int, bool, int]:
         async def write(ctx: Ctx) -> tuple[int, bool, int]:
+            if self.dialect.lock_sessions and not dry_run:
+                # The victims are chosen by a window over other sessions, which row
+                # locks cannot keep true: no other writer runs on sessions until COMMIT.
+                await ctx.tx.execute(self.dialect.lock_sessions)
             f = S.SessionFilter(statuses=statuses)
             victims: dict[int, tuple[Any, ...]] = {}
             source = (f"SELECT s.pk, s.id, s.tenant, s.owner_id, s.dataset_id FROM sessions s"
@@ -738,7 +742,8 @@ class StoreLogic:
                 ctx.emit(E.EVENT_TYPE_SESSION_PURGED, sid, tenant, owner, dataset)
             return len(chosen), has_more, ctx.write_revision
 
-        result: tuple[int, bool, int] = await self._write(write)
+        result: tuple[int, bool, int] = await self._write(
+            Alone[tuple[int, bool, int]](write))
         return result
 
     # Messages.
@@ -1095,13 +1100,17 @@ class StoreLogic:
             result = UsageResult(session.usage, rows.usage_from(model_row),
                                  session.budget_micros, False, ctx.write_revision)
             if request_id:
+                response = stats_service_pb2.RecordUsageResponse(
+                    session_usage=result.session_usage, model_usage=result.model_usage,
+                    budget_micros=result.budget_micros, revision=result.revision)
                 await ctx.tx.execute(
                     f"INSERT INTO usage_requests (session_pk, request_id, response)"
                     f" VALUES ({d.placeholders(3)})",
-                    (pk, request_id, stats_service_pb2.RecordUsageResponse(
-                        session_usage=result.session_usage, model_usage=result.model_usage,
-                        budget_micros=result.budget_micros, revision=result.revision,
-                    ).SerializeToString()))
+                    (pk, request_id, response.SerializeToString()))
+                ctx.store_response(
+                    f"UPDATE usage_requests SET response = {d.placeholders(1, 3)}"
+                    f" WHERE session_pk = {d.placeholders(1, 1)}"
+                    f" AND request_id = {d.placeholders(1, 2)}", (pk, request_id), response)
             return result
 
         result: UsageResult = await self._write(write)

@@ -24,6 +24,7 @@ GIN/tsvector index and ``COLLATE "C"`` (see docs/scaling.md).
 
 from __future__ import annotations
 
+from .revisions import PROVISIONAL
 from .search import RUN_CLASS
 
 #: Characters of a message's content that keyword search indexes.
@@ -166,6 +167,16 @@ MIGRATIONS.append((
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 CREATE INDEX messages_runs ON messages USING GIN ({RUN_TEXT.replace("m.", "")} gin_trgm_ops)
     WHERE {RUN_PREDICATE.replace("m.", "")};
+""",
+))
+
+# Version 3: the revision counter is taken at the end of a write transaction; until then
+# the session rows it writes carry provisional revisions, found again through this index
+# (it holds no committed row: see store/postgres_writer.py).
+MIGRATIONS.append((
+    3,
+    f"""
+CREATE INDEX sessions_provisional ON sessions (pk) WHERE revision > {PROVISIONAL};
 """,
 ))
 

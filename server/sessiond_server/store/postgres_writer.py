@@ -1,21 +1,27 @@
-"""The PostgreSQL writer: one task per replica, group commit, revisions from a counter row.
+"""The PostgreSQL writer: one task per replica, group commit, the revision counter taken last.
 
 Why a counter row and not a sequence: a sequence hands out numbers at
 ``nextval`` time, so a transaction that took 8 can commit before one that
 took 7, and a watcher that has seen 8 would skip 7 forever. The revision
-counter is a row in ``meta``; every write transaction locks it first
-(``SELECT ... FOR UPDATE``), counts its revisions, and adds them to the row
-(``UPDATE ... SET value = value + n RETURNING value``) before it commits.
-The row lock is held until commit, so the next writer (on this replica or
-any other) reads the counter only after this commit: revision order is
-commit order across every replica.
+counter is a row in ``meta``, and each write transaction moves it by the
+revisions it took in one statement just before COMMIT:
+``UPDATE ... SET value = value + n RETURNING value``. That statement takes
+the row's lock and holds it to COMMIT, so a second transaction's UPDATE waits
+for the first to commit and then reads its value: revision order is commit
+order across every replica, and the lock is held for two statements and the
+COMMIT, not for the batch (docs/scaling.md has the proof).
 
-Taking the lock first, before any other row is touched, has two more
-effects. Every row lock a write takes is taken after the counter's, so two
-sessiond writers can never deadlock. And a write reads state that every
-lower revision has committed: within the lock, PostgreSQL's READ COMMITTED
-behaves like SQLite's single ``BEGIN IMMEDIATE`` writer, so the write
-functions are the same ones the SQLite store runs, only awaited.
+Until then the batch's revisions are provisional (``revisions.PROVISIONAL`` +
+k): the same statement stamps the session rows the batch wrote with their
+final revision (a partial index holds only provisional rows), then the
+batch's events, serialised with their final revisions, go into the change
+log in one statement, the stored responses are rewritten, and the results
+are mapped before the callers hear of them. A write locks the session rows
+it relies on (``SELECT ... FOR UPDATE``, the dialect's ``lock_rows``), so
+what it read is still true at COMMIT; a write that loses a race for a new
+unique key, or is chosen to break a deadlock, runs again from its savepoint.
+The counter is the last lock a transaction takes, so it is never part of a
+wait cycle.
 
 Group commit is the loop every backend shares (``group_commit.py``), with
 the hooks below: whatever is queued (up to ``max_batch``) runs in one
@@ -37,9 +43,10 @@ import asyncpg
 
 from . import group_commit
 from .errors import Unavailable
-from .group_commit import Job, WriteFn, run_batch, settle, take_batch
+from .group_commit import Alone, Job, WriteFn, run_batch, settle, take_batch
 from .interface import Change
 from .postgres_schema import CHANGES_CHANNEL
+from .revisions import PROVISIONAL
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +120,10 @@ class PostgresBatch:
         self._transaction = conn.transaction()
 
     async def begin(self) -> int:
+        # No counter yet: the batch's revisions are provisional until store_revision.
+        self._transaction = self.conn.transaction()
         await self._transaction.start()
-        # The counter row is locked first, before any other row: revision order is
-        # commit order on every replica, and two writers can never deadlock.
-        return int(await self.conn.fetchval(
-            "SELECT value FROM meta WHERE key = 'revision' FOR UPDATE"))
+        return PROVISIONAL
 
     async def savepoint(self) -> None:
         await self.conn.execute("SAVEPOINT write")
@@ -132,16 +138,19 @@ class PostgresBatch:
     def in_transaction(self) -> bool:
         return not self.conn.is_closed() and self.conn.is_in_transaction()
 
-    async def store_revision(self, start: int, last: int) -> None:
-        # The counter moves by the revisions taken, and the other replicas
-        # hear of it at commit (NOTIFY is delivered only if this commits).
-        counter = await self.conn.fetchrow(
-            "WITH counter AS (UPDATE meta SET value = value + $1"
-            " WHERE key = 'revision' RETURNING value)"
-            " SELECT value, pg_notify($2, value::text) FROM counter",
-            last - start, CHANGES_CHANNEL)
-        if int(counter[0]) != last:  # only if a writer skipped the lock protocol
-            raise RuntimeError(f"revision counter at {counter[0]}, expected {last}")
+    async def store_revision(self, start: int, last: int) -> int:
+        # The counter's lock is taken here and held to COMMIT; the session rows this
+        # transaction wrote get their final revision (only they match: committed rows
+        # are never provisional, other transactions' rows are not visible). The other
+        # replicas hear of it at commit (NOTIFY is delivered only if this commits).
+        base = await self.conn.fetchval(
+            "WITH counter AS (UPDATE meta SET value = value + $1 WHERE key = 'revision'"
+            " RETURNING value - $1 AS base),"
+            " stamped AS (UPDATE sessions SET revision = revision - $3 + counter.base"
+            f" FROM counter WHERE sessions.revision > {PROVISIONAL})"
+            " SELECT base, pg_notify($2, (base + $1)::text) FROM counter",
+            last - start, CHANGES_CHANNEL, start)
+        return int(base) - start
 
     async def commit(self) -> None:
         await self._transaction.commit()
@@ -152,6 +161,10 @@ class PostgresBatch:
 
     def is_database_error(self, exc: BaseException) -> bool:
         return isinstance(exc, DATABASE_ERRORS)
+
+    def is_conflict(self, exc: BaseException) -> bool:
+        return isinstance(exc, asyncpg.UniqueViolationError | asyncpg.DeadlockDetectedError
+                          | asyncpg.SerializationError)
 
     def unavailable(self, exc: BaseException) -> Unavailable:
         return unavailable(exc)
@@ -173,6 +186,7 @@ class Writer:
         self._acquire_timeout = acquire_timeout
         self._queue: asyncio.Queue[Job[Any] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._alone: Job[Any] | None = None  # taken from the queue, runs in the next batch
         self._closed = False
         self.batches = 0
         self.writes = 0
@@ -196,13 +210,31 @@ class Writer:
         if self._task is not None:
             await self._task
 
+    def _next_joining(self) -> Job[Any] | None:
+        """The next queued job that may join a batch; a write that must run alone is
+        kept for the next batch."""
+        if self._alone is not None:
+            raise asyncio.QueueEmpty
+        job = self._queue.get_nowait()
+        if job is not None and isinstance(job.fn, Alone):
+            self._alone = job
+            raise asyncio.QueueEmpty
+        return job
+
     async def _run(self) -> None:
         stopping = False
         while not stopping:
-            job = await self._queue.get()
+            if self._alone is not None:
+                job: Job[Any] | None = self._alone
+                self._alone = None
+            else:
+                job = await self._queue.get()
             if job is None:
                 break
-            batch, stopping = take_batch(job, self._queue.get_nowait, self._max_batch)
+            if isinstance(job.fn, Alone):
+                batch = [job]
+            else:
+                batch, stopping = take_batch(job, self._next_joining, self._max_batch)
             try:
                 await self._commit(batch)
             except BaseException as exc:  # the writer must outlive any one batch

@@ -5,16 +5,84 @@ connection and with the statement that stores the pending change-log rows.
 The rules live here once: a write takes one revision, on first use, only if
 it changes something; all its events carry that revision; a write that fails
 gives its revision back, so revisions have no holes.
+
+Where the store-wide counter is taken at the end of a batch (PostgreSQL), the
+revisions a batch takes are provisional, ``PROVISIONAL + k``, until the
+counter says where the batch goes: then :func:`final` maps every revision
+(and etag) of the batch's results, events and stored responses by the same
+shift. Where the counter is read at BEGIN (SQLite) the shift is 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message as ProtoMessage
 from sessiond.v1 import event_pb2, message_pb2, session_pb2
 
 from .interface import Change
+
+T = TypeVar("T")
+
+#: Where a batch's provisional revisions start: above every committed revision and
+#: every other counter the store keeps (those stop at 2^62).
+PROVISIONAL = (1 << 62) + (1 << 61)
+
+#: A stored response to rewrite once the batch's revisions are final:
+#: (UPDATE statement taking the key values and then the bytes, key values, response).
+StoredResponse = tuple[str, tuple[Any, ...], ProtoMessage]
+
+
+def final(value: T, shift: int) -> T:
+    """``value`` with each provisional revision moved by ``shift``: ints above
+    PROVISIONAL, and the ``revision`` and ``etag`` fields of messages at any depth
+    (changed in place). Tuples, lists and dataclasses are rebuilt."""
+    if not shift:
+        return value
+    return _final(value, shift)  # type: ignore[no-any-return]
+
+
+def _final(value: Any, shift: int) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value + shift if value > PROVISIONAL else value
+    if isinstance(value, ProtoMessage):
+        _final_message(value, shift)
+        return value
+    if isinstance(value, tuple):
+        return tuple(_final(v, shift) for v in value)
+    if isinstance(value, list):
+        return [_final(v, shift) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{
+            f.name: _final(getattr(value, f.name), shift) for f in dataclasses.fields(value)})
+    return value
+
+
+def _final_message(message: ProtoMessage, shift: int) -> None:
+    for field, value in message.ListFields():
+        if field.name == "revision" and isinstance(value, int) and value > PROVISIONAL:
+            setattr(message, field.name, value + shift)
+        elif field.name == "etag" and isinstance(value, str) and value.isdigit() \
+                and int(value) > PROVISIONAL:
+            setattr(message, field.name, str(int(value) + shift))
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for item in [value] if isinstance(value, ProtoMessage) else value:
+                _final_message(item, shift)
+
+
+def change_rows(changes: Sequence[Change]) -> list[tuple[Any, ...]]:
+    """The change-log rows of ``changes`` (in revision order), serialised now."""
+    rows: list[tuple[Any, ...]] = []
+    idx = 0
+    for i, change in enumerate(changes):
+        idx = idx + 1 if i and changes[i - 1].revision == change.revision else 0
+        rows.append((change.revision, idx, change.tenant, change.owner_id, change.dataset_id,
+                     change.event.time.ToMicroseconds(), change.event.SerializeToString()))
+    return rows
 
 
 def compaction_target(head: int, keep_revisions: int, newest_aged: int | None,
@@ -55,13 +123,13 @@ class ChangeRecorder:
         self.now = 0
         self._write_revision = 0
         self._changes: list[Change] = []
-        self._change_rows: list[tuple[Any, ...]] = []
+        self._responses: list[StoredResponse] = []
 
     def begin_write(self) -> None:
         self.now = self._clock()
         self._write_revision = 0
         self._changes = []
-        self._change_rows = []
+        self._responses = []
 
     def take_revision(self) -> int:
         """The revision of the current write, taken on first use."""
@@ -93,16 +161,19 @@ class ChangeRecorder:
             removed_count=removed_count,
         )
         event.time.FromMicroseconds(self.now)
-        idx = len(self._changes)
         self._changes.append(Change(revision, tenant, owner_id, dataset_id, event))
-        self._change_rows.append((revision, idx, tenant, owner_id, dataset_id, self.now,
-                                  event.SerializeToString()))
 
-    def take_pending(self) -> tuple[list[Change], list[tuple[Any, ...]]]:
-        """The current write's events and their change-log rows, handed over once."""
-        pending = self._changes, self._change_rows
+    def store_response(self, rewrite_sql: str, key: tuple[Any, ...],
+                       response: ProtoMessage) -> None:
+        """Note a response the write stored (serialised with its provisional revision):
+        rewritten with ``rewrite_sql`` once the batch's revisions are final."""
+        self._responses.append((rewrite_sql, key, response))
+
+    def take_pending(self) -> tuple[list[Change], list[StoredResponse]]:
+        """The current write's events and stored responses, handed over once."""
+        pending = self._changes, self._responses
         self._changes = []
-        self._change_rows = []
+        self._responses = []
         return pending
 
     def abandon_write(self) -> None:
@@ -110,4 +181,4 @@ class ChangeRecorder:
             self.revision = self._write_revision - 1
         self._write_revision = 0
         self._changes = []
-        self._change_rows = []
+        self._responses = []

@@ -156,6 +156,9 @@ class SQLiteBatch:
     def is_database_error(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.Error)
 
+    def is_conflict(self, exc: BaseException) -> bool:
+        return False  # one writer: no other transaction to race with
+
     def unavailable(self, exc: BaseException) -> Unavailable:
         return Unavailable(f"database error: {exc}")
 
