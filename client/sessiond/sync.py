@@ -9,6 +9,7 @@ two in step: a method added to one belongs in the other.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from types import TracebackType
@@ -18,7 +19,7 @@ import grpc
 
 from sessiond.aio import DEFAULT_TARGET, RequestT, ResponseT
 from sessiond.channel import channel_options
-from sessiond.errors import Unavailable, error_from_rpc_error, retry_is_safe
+from sessiond.errors import DeadlineExceeded, Unavailable, error_from_rpc_error, retry_is_safe
 from sessiond.requests import (
     FieldMaskLike,
     TimestampLike,
@@ -44,6 +45,24 @@ from sessiond.watching import (
     WatchResponse,
     watch_sync,
 )
+
+
+def _within(seconds: float, call: grpc.Future[ResponseT]) -> ResponseT:
+    """Wait for a unary call for at most ``seconds`` of the monotonic clock.
+
+    The rule of ``sessiond.aio._within``: gRPC's own ``timeout=`` and
+    ``Future.result(timeout)`` count on ``time.time()``, which tests freeze
+    and NTP steps; the client waits on a monotonic event instead and cancels
+    the call when the time is up.
+    """
+    done = threading.Event()
+    call.add_done_callback(lambda _: done.set())
+    if not done.wait(seconds):
+        call.cancel()
+        raise DeadlineExceeded(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {seconds:.3f} s"
+        )
+    return call.result()
 
 
 class Client:
@@ -113,7 +132,7 @@ class Client:
         while True:
             remaining = max(deadline - time.monotonic(), 0.0)
             try:
-                return method(request, timeout=remaining, metadata=self._metadata)
+                return _within(remaining, method.future(request, metadata=self._metadata))
             except grpc.RpcError as rpc_error:
                 error = error_from_rpc_error(rpc_error)
                 if not (may_retry and isinstance(error, Unavailable)):
