@@ -648,6 +648,48 @@ class AsyncClient:
         )
         return await self._call(self._messages.SearchMessages, request, timeout)
 
+    async def replace_messages(
+        self,
+        request: message_service_pb2.ReplaceMessagesRequest | None = None,
+        *,
+        session_id: str | None = None,
+        after_seq: int | None = None,
+        messages: Sequence[message_pb2.Message] | None = None,
+        expected_last_seq: int | None = None,
+        etag: str | None = None,
+        timeout: float | None = None,
+    ) -> message_service_pb2.ReplaceMessagesResponse:
+        """ReplaceMessages; retried on UNAVAILABLE when every new message has an id."""
+        request = build_request(
+            message_service_pb2.ReplaceMessagesRequest,
+            request,
+            session_id=session_id,
+            after_seq=after_seq,
+            messages=messages,
+            expected_last_seq=expected_last_seq,
+            etag=etag,
+        )
+        return await self._call(self._messages.ReplaceMessages, request, timeout)
+
+    async def delete_messages(
+        self,
+        request: message_service_pb2.DeleteMessagesRequest | None = None,
+        *,
+        session_id: str | None = None,
+        up_to_seq: int | None = None,
+        expected_last_seq: int | None = None,
+        timeout: float | None = None,
+    ) -> message_service_pb2.DeleteMessagesResponse:
+        """DeleteMessages; retried on UNAVAILABLE (a repeat finds nothing left to delete)."""
+        request = build_request(
+            message_service_pb2.DeleteMessagesRequest,
+            request,
+            session_id=session_id,
+            up_to_seq=up_to_seq,
+            expected_last_seq=expected_last_seq,
+        )
+        return await self._call(self._messages.DeleteMessages, request, timeout)
+
     # StatsService
 
     async def record_usage(

@@ -62,6 +62,14 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """EVENT_TYPE_INITIAL: synthetic, the current state of a session sent
     because WatchSessionsRequest.include_initial was set.
     """
+    EVENT_TYPE_MESSAGES_REPLACED: _EventType.ValueType  # 14
+    """EVENT_TYPE_MESSAGES_REPLACED: ReplaceMessages removed the messages after
+    after_seq (removed_count of them) and appended the new ones (messages).
+    """
+    EVENT_TYPE_MESSAGES_DELETED: _EventType.ValueType  # 15
+    """EVENT_TYPE_MESSAGES_DELETED: DeleteMessages removed the messages up to
+    up_to_seq (removed_count of them).
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """EventType is the kind of change an event records."""
@@ -100,6 +108,14 @@ EVENT_TYPE_INITIAL: EventType.ValueType  # 13
 """EVENT_TYPE_INITIAL: synthetic, the current state of a session sent
 because WatchSessionsRequest.include_initial was set.
 """
+EVENT_TYPE_MESSAGES_REPLACED: EventType.ValueType  # 14
+"""EVENT_TYPE_MESSAGES_REPLACED: ReplaceMessages removed the messages after
+after_seq (removed_count of them) and appended the new ones (messages).
+"""
+EVENT_TYPE_MESSAGES_DELETED: EventType.ValueType  # 15
+"""EVENT_TYPE_MESSAGES_DELETED: DeleteMessages removed the messages up to
+up_to_seq (removed_count of them).
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
@@ -116,6 +132,8 @@ class SessionEvent(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     MESSAGES_TRUNCATED_FIELD_NUMBER: _builtins.int
     REMOVED_COUNT_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    UP_TO_SEQ_FIELD_NUMBER: _builtins.int
     type: Global___EventType.ValueType
     """type is the kind of change."""
     revision: _builtins.int
@@ -129,7 +147,17 @@ class SessionEvent(_message.Message):
     read them whole with ListMessages.
     """
     removed_count: _builtins.int
-    """removed_count is, for POPPED and CLEARED, how many messages were removed."""
+    """removed_count is, for POPPED, CLEARED, REPLACED and DELETED, how many
+    messages were removed.
+    """
+    after_seq: _builtins.int
+    """after_seq is, for MESSAGES_REPLACED, the sequence number after which
+    every message was removed; 0 otherwise.
+    """
+    up_to_seq: _builtins.int
+    """up_to_seq is, for MESSAGES_DELETED, the sequence number up to which
+    (inclusive) every message was removed; 0 otherwise.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """time is the server time of the write."""
@@ -141,8 +169,9 @@ class SessionEvent(_message.Message):
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
         """messages are the messages concerned by a message event: appended, the
-        popped one, the updated one. At most 16 per event, each with content,
-        reasoning and blocks cut to at most 4 KiB; see messages_truncated.
+        new ones of a replacement, the popped one, the updated one. At most 16
+        per event, each with content, reasoning and blocks cut to at most 4 KiB;
+        see messages_truncated.
         """
 
     def __init__(
@@ -156,10 +185,12 @@ class SessionEvent(_message.Message):
         messages: _abc.Iterable[_message_pb2.Message] | None = ...,
         messages_truncated: _builtins.bool = ...,
         removed_count: _builtins.int = ...,
+        after_seq: _builtins.int = ...,
+        up_to_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "messages_truncated", b"messages_truncated", "removed_count", b"removed_count", "revision", b"revision", "session", b"session", "session_id", b"session_id", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "messages", b"messages", "messages_truncated", b"messages_truncated", "removed_count", b"removed_count", "revision", b"revision", "session", b"session", "session_id", b"session_id", "time", b"time", "type", b"type", "up_to_seq", b"up_to_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
