@@ -17,26 +17,30 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-
-agents = pytest.importorskip("agents")
-
-import sessiond  # noqa: E402
-from agents import Agent, ModelSettings, Runner, function_tool  # noqa: E402
-from agents.items import ModelResponse, TResponseInputItem  # noqa: E402
-from agents.memory import OpenAIResponsesCompactionSession, SessionSettings  # noqa: E402
-from agents.models.interface import Model  # noqa: E402
-from agents.usage import Usage  # noqa: E402
-from openai.types.responses import (  # noqa: E402
+import sessiond
+from agents import (
+    Agent,
+    ModelSettings,
+    Runner,
+    function_tool,
+    set_tracing_disabled,
+)
+from agents.items import ModelResponse, TResponseInputItem
+from agents.memory import SessionSettings
+from agents.models.interface import Model
+from agents.usage import Usage
+from conftest import MakeServer, ServerHarness, free_port
+from harness import assert_counters_match_recount, get_session
+from openai.types.responses import (
     ResponseFunctionToolCall,
     ResponseOutputMessage,
     ResponseOutputText,
 )
-from sessiond.integrations.openai_agents import SessiondSession  # noqa: E402
-from sessiond.v1 import session_pb2  # noqa: E402
-from sessiond.watching import Backoff  # noqa: E402
+from sessiond.integrations.openai_agents import SessiondSession
+from sessiond.v1 import session_pb2
+from sessiond.watching import Backoff
 
-from conftest import MakeServer, ServerHarness, free_port  # noqa: E402
-from harness import assert_counters_match_recount, get_session  # noqa: E402
+set_tracing_disabled(True)  # the SDK would export traces to its vendor: nothing leaves here
 
 RETRY_UNTIL_BACK = Backoff(initial=0.01, maximum=0.05, rng=random.Random(3))
 
