@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -41,6 +42,18 @@ def check_message(c: Checker, prefix: str, m: M.Message, *, role_required: bool 
     c.string_map(f"{prefix}.metadata", m.metadata)
 
 
+def check_messages(c: Checker, messages: Sequence[M.Message], *, required: bool) -> None:
+    """The messages of an append or a replacement: how many, and each one."""
+    n = len(messages)
+    if n == 0 and required:
+        c.fail("messages", "must hold at least one message")
+    elif n > c.limits.max_messages_per_append:
+        c.fail("messages", f"holds {n} messages; the limit is {c.limits.max_messages_per_append}")
+    else:
+        for i, message in enumerate(messages):
+            check_message(c, f"messages[{i}]", message)
+
+
 class MessageService(message_service_pb2_grpc.MessageServiceServicer):
     def __init__(self, api: ApiContext) -> None:
         self.api = api
@@ -51,17 +64,9 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
     @unary
     async def AppendMessages(self, request: ms.AppendMessagesRequest, context: Ctx
                              ) -> ms.AppendMessagesResponse:
-        lim = self.api.config.limits
         c = self._checker()
         c.identifier("session_id", request.session_id)
-        n = len(request.messages)
-        if n == 0:
-            c.fail("messages", "must hold at least one message")
-        elif n > lim.max_messages_per_append:
-            c.fail("messages", f"holds {n} messages; the limit is {lim.max_messages_per_append}")
-        else:
-            for i, message in enumerate(request.messages):
-                check_message(c, f"messages[{i}]", message)
+        check_messages(c, request.messages, required=True)
         c.done()
         expected = (request.expected_last_seq if request.HasField("expected_last_seq")
                     else None)
@@ -170,4 +175,35 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
         token = "" if next_cursor is None else self.api.tokens.encode("search", digest,
                                                                       next_cursor)
         return ms.SearchMessagesResponse(messages=found, next_page_token=token,
+                                         revision=revision)
+
+    @unary
+    async def ReplaceMessages(self, request: ms.ReplaceMessagesRequest, context: Ctx
+                              ) -> ms.ReplaceMessagesResponse:
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        c.non_negative("after_seq", request.after_seq)
+        check_messages(c, request.messages, required=False)
+        if not request.HasField("expected_last_seq"):
+            c.fail("expected_last_seq", "is required: the session's last_seq as last read")
+        c.done()
+        result, removed = await self.api.store.replace_messages(
+            self.api.scope(context), request.session_id, request.after_seq, request.messages,
+            request.expected_last_seq, request.etag)
+        return ms.ReplaceMessagesResponse(messages=result.messages, removed_count=removed,
+                                          session=result.session, revision=result.revision)
+
+    @unary
+    async def DeleteMessages(self, request: ms.DeleteMessagesRequest, context: Ctx
+                             ) -> ms.DeleteMessagesResponse:
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        if request.up_to_seq < 1:
+            c.fail("up_to_seq", "must be at least 1")
+        c.done()
+        expected = (request.expected_last_seq if request.HasField("expected_last_seq")
+                    else None)
+        removed, session, revision = await self.api.store.delete_messages(
+            self.api.scope(context), request.session_id, request.up_to_seq, expected)
+        return ms.DeleteMessagesResponse(removed_count=removed, session=session,
                                          revision=revision)

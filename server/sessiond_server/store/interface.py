@@ -214,6 +214,18 @@ class SessionStore(Protocol):
     async def clear_messages(
         self, scope: Scope, session_id: str
     ) -> tuple[int, session_pb2.Session, int]: ...
+    async def replace_messages(
+        self,
+        scope: Scope,
+        session_id: str,
+        after_seq: int,
+        messages: Sequence[message_pb2.Message],
+        expected_last_seq: int,
+        etag: str,
+    ) -> tuple[MessagesResult, int]: ...
+    async def delete_messages(
+        self, scope: Scope, session_id: str, up_to_seq: int, expected_last_seq: int | None
+    ) -> tuple[int, session_pb2.Session, int]: ...
     async def search_messages(
         self,
         scope: Scope,
