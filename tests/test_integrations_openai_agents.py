@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from agents import (
     set_tracing_disabled,
 )
 from agents.items import ModelResponse, TResponseInputItem
-from agents.memory import SessionSettings
+from agents.memory import OpenAIResponsesCompactionSession, SessionSettings
 from agents.models.interface import Model
 from agents.usage import Usage
 from conftest import MakeServer, ServerHarness, free_port
@@ -69,7 +70,8 @@ class ScriptedModel(Model):
                            **kwargs: Any) -> ModelResponse:
         self.inputs.append([{"role": "user", "content": input}] if isinstance(input, str)
                            else list(input))
-        return ModelResponse(output=self.turns.pop(0), usage=Usage(), response_id=None)
+        return ModelResponse(output=self.turns.pop(0), usage=Usage(),
+                             response_id=f"resp_{len(self.inputs)}")
 
     def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         raise NotImplementedError("the scripted model does not stream")
@@ -242,3 +244,70 @@ async def test_calls_keep_their_deadline_when_time_time_is_frozen(
         monkeypatch.setattr(time, "time", lambda: 946_684_800.0)  # 2000-01-01, forever
         await session.add_items([{"role": "user", "content": "still on time"}])
         assert await session.get_items() == [{"role": "user", "content": "still on time"}]
+
+
+SUMMARY: TResponseInputItem = {
+    "type": "message", "role": "assistant", "status": "completed", "id": "msg_summary",
+    "content": [{"type": "output_text", "text": "Summary: the user greets; the bot answers.",
+                 "annotations": []}],
+}
+
+
+class ScriptedCompaction:
+    """The compaction endpoint (``client.responses.compact``) answering a fixed summary."""
+
+    def __init__(self) -> None:
+        self.responses = self
+        self.requests: list[dict[str, Any]] = []
+
+    async def compact(self, **request: Any) -> Any:
+        self.requests.append(request)
+        return SimpleNamespace(output=[SUMMARY], usage=None)
+
+
+async def test_automatic_compaction_replaces_the_turn_atomically_on_sessiond(
+    server: ServerHarness,
+) -> None:
+    model = ScriptedModel([reply("hello, human")], [reply("hello again")])
+    agent = Agent(name="greeter", model=model)
+    compaction = ScriptedCompaction()
+    async with sessiond.AsyncClient(server.address) as client:
+        stored = SessiondSession("compacted", client=client)
+        session = OpenAIResponsesCompactionSession(
+            "compacted", underlying_session=stored, client=compaction,  # type: ignore[arg-type]
+            compaction_mode="input", should_trigger_compaction=lambda context: True)
+        await Runner.run(agent, "hi", session=session)
+        await Runner.run(agent, "hi again", session=session)
+        assert len(compaction.requests) == 2
+        # The second compaction summarised the first summary with the second
+        # exchange: the stored history is the endpoint's output (the SDK drops
+        # the id of an assistant message it cannot pair), swapped in by
+        # ReplaceMessages.
+        summary = {key: value for key, value in SUMMARY.items() if key != "id"}
+        assert compaction.requests[1]["input"][0]["content"] == SUMMARY["content"]
+        assert await stored.get_items() == [summary]
+        last = await get_session(server.sessions, "compacted")
+        assert (last.message_count, last.turn_count) == (1, 1)
+        await assert_counters_match_recount(server.sessions, server.messages, "compacted")
+
+
+async def test_a_snapshot_is_never_replaced_over_history_it_did_not_see(
+    server: ServerHarness,
+) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        session = SessiondSession("guarded", client=client)
+        await session.add_items(ITEMS[:3])
+        snapshot = await session._get_compaction_snapshot(10)
+        assert snapshot is not None and snapshot.complete
+        assert snapshot.items == ITEMS[:3]
+        await session.add_items([ITEMS[3]])  # another writer, after the read
+        assert await snapshot.replace_suffix(1, [SUMMARY]) is False
+        assert await session.get_items() == ITEMS[:4]
+        snapshot = await session._get_compaction_snapshot(10)
+        assert snapshot is not None
+        await session.pop_item()  # last_seq stays; the etag catches it
+        assert await snapshot.replace_suffix(1, [SUMMARY]) is False
+        snapshot = await session._get_compaction_snapshot(2)
+        assert snapshot is not None and not snapshot.complete
+        assert await snapshot.replace_suffix(1, [SUMMARY]) is True
+        assert await session.get_items() == [*ITEMS[:2], SUMMARY]
