@@ -130,8 +130,10 @@ run_example_pair go example:go \
   -- bash -c "'$work/go-bin/follow' -address \"\$SESSIOND_ADDRESS\" -session \"\$SESSIOND_EXAMPLE_SESSION\" -until-idle" \
   -- bash -c "'$work/go-bin/agent' -address \"\$SESSIOND_ADDRESS\" -session \"\$SESSIOND_EXAMPLE_SESSION\" -turn t1 'What is WAL mode?'"
 
-# TypeScript (examples/typescript): add its build and run_example_pair here.
+# TypeScript (examples/typescript): packed with npm pack, installed as a user would.
+. scripts/examples_typescript.sh
 
-# Rust (examples/rust): add its build and run_example_pair here.
+# Rust (examples/rust).
+. scripts/examples_rust.sh
 
 log "examples: all passed"

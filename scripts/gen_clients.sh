@@ -12,7 +12,8 @@
 # buf from npm, protoc-gen-go and protoc-gen-go-grpc with `go install`,
 # ts-proto from client/typescript/package-lock.json. Go and TypeScript code is
 # committed; the Rust crate generates its code in build.rs (tonic-prost-build
-# with the protoc of the protoc-bin-vendored crate), so only its Cargo.lock is.
+# with the protoc of the protoc-bin-vendored crate) from its own copy of the
+# protos (client/rust/proto), so only that copy and its Cargo.lock are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,6 +83,11 @@ rm -rf client/typescript/proto
 mkdir -p client/typescript/proto/google/rpc
 cp "$rpc_protos/status.proto" "$rpc_protos/error_details.proto" client/typescript/proto/google/rpc/
 "$BUF" generate --template buf.gen.ts.yaml
+log "copying the protos into the Rust crate (client/rust/proto)"
+# The crate's build.rs reads its own copy, so that `cargo package` has them.
+rm -rf client/rust/proto
+mkdir -p client/rust/proto/sessiond/v1
+cp protos/sessiond/v1/*.proto client/rust/proto/sessiond/v1/
 log "generating docs/api.md"
 "$PY" scripts/gen_api_docs.py docs/api.md
 
@@ -89,11 +95,11 @@ log "building the Go client"
 (cd client/go && go build ./... && go vet ./...)
 log "building the TypeScript client"
 (cd client/typescript && npm run --silent build)
-log "building the Rust client (generates its code in build.rs)"
-(cd client/rust && cargo build --locked --quiet)
+log "packaging the Rust client (builds the .crate alone: its code from its own protos)"
+(cd client/rust && cargo package --locked --allow-dirty --quiet)
 
 if $check; then
-  generated=(client/go client/typescript/src/gen docs/api.md)
+  generated=(client/go client/typescript/src/gen client/rust/proto docs/api.md)
   if ! git diff --exit-code --stat -- "${generated[@]}" \
       || [[ -n "$(git status --porcelain -- "${generated[@]}")" ]]; then
     git status --short -- "${generated[@]}" >&2

@@ -82,7 +82,7 @@ fi
 if wanted typescript; then
   start=$(now); log "building the TypeScript client and suite"
   npm_ci client/typescript
-  (cd client/typescript && npm run --silent build)
+  (cd client/typescript && npm run --silent build && npm test)
   npm_ci tests/interop/typescript
   (cd tests/interop/typescript && npx --no-install tsc -p tsconfig.json)
   build_seconds[typescript]=$(elapsed "$start")

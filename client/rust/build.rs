@@ -1,12 +1,16 @@
 //! Generates the sessiond.v1 messages (prost) and client stubs (tonic) from
-//! ../../protos/sessiond/v1 into OUT_DIR at build time, with the protoc that
-//! the protoc-bin-vendored crate ships, so a build needs no system protoc.
+//! proto/sessiond/v1 into OUT_DIR at build time, with the protoc that the
+//! protoc-bin-vendored crate ships, so a build needs no system protoc.
+//!
+//! proto/ is a copy of the repository's protos/, refreshed by `make clients`
+//! (and checked fresh in CI), kept inside the crate so that the packaged
+//! crate builds on its own.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
-    let protos = manifest.join("../../protos");
+    let protos = manifest.join("proto");
     let files: Vec<PathBuf> = [
         "event.proto",
         "message.proto",
@@ -28,6 +32,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &files,
             &[protos, protoc_bin_vendored::include_path()?],
         )?;
-    println!("cargo:rerun-if-changed=../../protos/sessiond/v1");
+    println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -1,51 +1,34 @@
-//! The interop scenario (../SCENARIO.md) with the generated Rust client
-//! against the server at $SESSIOND_ADDRESS; what it observed goes to
-//! $SESSIOND_INTEROP_OUT for scripts/interop.sh to compare with the Python
-//! reference. Built as the `interop` test target of client/rust.
+//! The interop scenario (../SCENARIO.md) played through the Rust client layer
+//! (`sessiond_client::Client`: its methods, typed errors, page stream and
+//! resuming watch) against the server at $SESSIOND_ADDRESS. What it observed
+//! goes to $SESSIOND_INTEROP_OUT for scripts/interop.sh to compare with the
+//! Python reference; the guarantees are asserted here too, so a run alone
+//! still fails on a broken server or client. Built as the `interop` test
+//! target of client/rust.
 
-use std::collections::HashMap;
+mod layer;
+mod rules;
+
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
-use sessiond_client::StatusExt;
-use sessiond_client::tonic::transport::Channel;
-use sessiond_client::tonic::{Code, Request, Status, Streaming};
-use sessiond_client::v1::message_service_client::MessageServiceClient;
-use sessiond_client::v1::session_service_client::SessionServiceClient;
-use sessiond_client::v1::stats_service_client::StatsServiceClient;
 use sessiond_client::v1::*;
+use sessiond_client::{Client, Code, Error, Reason, Watch, WatchUpdate, code_name};
+use tokio::time::Instant;
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const WALK_SESSIONS: usize = 1000;
+const WALK_PAGE_SIZE: i32 = 128;
+const COMPACTION_POLLS: usize = 300;
+const COMPACTION_POLL: Duration = Duration::from_millis(200);
 
-/// request wraps a message with the call deadline (the grpc-timeout header).
-fn request<T>(message: T, timeout: Duration) -> Request<T> {
-    let mut r = Request::new(message);
-    r.set_timeout(timeout);
-    r
-}
-
-/// code_name spells a code as in the gRPC spec (NOT_FOUND), like Python's.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+/// serial makes the tests that run servers take turns: on a small machine a
+/// scenario sharing the CPU with other servers could miss its 300 ms step.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 fn usage(u: Option<&Usage>) -> Value {
@@ -63,17 +46,64 @@ fn usage(u: Option<&Usage>) -> Value {
     })
 }
 
+fn reason(e: &Error) -> &str {
+    e.reason().map(Reason::as_str).unwrap_or("")
+}
+
+/// error is the line of a failed call: code, reason, sorted violated fields.
+fn error(e: &Error) -> Value {
+    let mut out = json!({"code": code_name(e.code()), "reason": reason(e)});
+    if !e.field_violations().is_empty() {
+        let mut fields: Vec<&str> = e
+            .field_violations()
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        fields.sort();
+        out["field_violations"] = json!(fields);
+    }
+    out
+}
+
+/// next reads the next update of a watch, failing the test on an error or an end.
+async fn next(watch: &mut Watch) -> WatchUpdate {
+    match watch.next().await {
+        Some(Ok(update)) => update,
+        Some(Err(e)) => panic!("the watch failed: {e}"),
+        None => panic!("the watch ended"),
+    }
+}
+
+fn user(id: &str, content: &str) -> Message {
+    Message {
+        id: id.into(),
+        role: Role::User as i32,
+        content: content.into(),
+        ..Default::default()
+    }
+}
+
+/// Delivery is what the watch of watch_restart was sent and delivered.
+#[derive(Default)]
+struct Delivery {
+    /// written are the revisions of the step's writes, in order.
+    written: Vec<i64>,
+    /// delivered are the revisions the watch delivered, in order.
+    delivered: Vec<i64>,
+    events: Vec<Value>,
+    created: usize,
+}
+
 struct Scenario {
-    sessions: SessionServiceClient<Channel>,
-    messages: MessageServiceClient<Channel>,
-    stats: StatsServiceClient<Channel>,
+    client: Client,
+    address: String,
     run: String,
     labels: HashMap<String, String>,
     lines: Vec<String>,
     /// Revisions of this run's writes, in the order they were made.
     written: Vec<i64>,
-    seen: Vec<Value>,
-    revisions: Vec<i64>,
+    /// The revision of the run's first write (CreateSession a).
+    first_revision: i64,
 }
 
 impl Scenario {
@@ -88,6 +118,10 @@ impl Scenario {
         id.strip_prefix(&format!("{}-", self.run))
             .unwrap_or_else(|| panic!("session {id} is not of this run"))
             .to_string()
+    }
+
+    fn id(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.run)
     }
 
     fn wrote(&mut self, revision: i64) {
@@ -123,7 +157,7 @@ impl Scenario {
     fn new_session(&self, suffix: &str) -> Session {
         if suffix == "a" {
             return Session {
-                id: format!("{}-a", self.run),
+                id: self.id("a"),
                 kind: SessionKind::Interactive as i32,
                 channel: "cli".into(),
                 agent: "interop-agent".into(),
@@ -134,7 +168,7 @@ impl Scenario {
             };
         }
         Session {
-            id: format!("{}-{suffix}", self.run),
+            id: self.id(suffix),
             kind: SessionKind::Autonomous as i32,
             channel: "discord.interop".into(),
             agent: "interop-agent".into(),
@@ -146,166 +180,121 @@ impl Scenario {
         }
     }
 
-    /// rpc_error reads the code and the google.rpc.Status details.
-    fn rpc_error(status: &Status) -> Value {
-        let details = status.get_error_details();
-        let info = details
-            .error_info()
-            .expect("an ErrorInfo in the status details");
-        let mut out = json!({
-            "code": code_name(status.code()),
-            "domain": info.domain,
-            "reason": info.reason,
-        });
-        if let Some(bad) = details.bad_request() {
-            let mut fields: Vec<&str> = bad
-                .field_violations
-                .iter()
-                .map(|v| v.field.as_str())
-                .collect();
-            fields.sort();
-            out["field_violations"] = json!(fields);
-        }
-        out
+    fn watch_filter(&self) -> Option<WatchFilter> {
+        Some(WatchFilter {
+            labels: self.labels.clone(),
+            ..Default::default()
+        })
     }
 
-    fn take(&mut self, r: WatchSessionsResponse) {
-        assert_eq!(r.r#type(), WatchResponseType::Events, "{r:?}");
-        for e in r.events {
-            if self.revisions.last() != Some(&e.revision) {
-                if let Some(last) = self.revisions.last() {
-                    assert!(e.revision > *last, "revision {} after {last}", e.revision);
-                }
-                self.revisions.push(e.revision);
-            }
-            let index = self
-                .written
-                .iter()
-                .position(|w| *w == e.revision)
-                .unwrap_or_else(|| {
-                    panic!(
-                        "event of revision {} that this run did not write",
-                        e.revision
-                    )
-                });
-            let event = json!([
-                index,
-                e.r#type().as_str_name(),
-                self.short(&e.session_id),
-                e.messages.len()
-            ]);
-            self.seen.push(event);
-        }
+    fn session_filter(&self) -> Option<SessionFilter> {
+        Some(SessionFilter {
+            labels: self.labels.clone(),
+            ..Default::default()
+        })
     }
 
-    async fn play(&mut self) -> Result<(), Status> {
-        let a = format!("{}-a", self.run);
+    fn watch_from(&self, start_revision: i64) -> Watch {
+        self.client.watch(WatchSessionsRequest {
+            start_revision,
+            filter: self.watch_filter(),
+            ..Default::default()
+        })
+    }
 
-        let created = self
-            .sessions
-            .create_session(request(
-                CreateSessionRequest {
-                    session: Some(self.new_session("a")),
-                },
-                CALL_TIMEOUT,
-            ))
-            .await?
-            .into_inner();
+    async fn end(&self, client: &Client, suffix: &str, reason: &str) -> i64 {
+        let ended = client
+            .end_session(EndSessionRequest {
+                session_id: self.id(suffix),
+                status: SessionStatus::Completed as i32,
+                reason: reason.into(),
+                ended_at: None,
+            })
+            .await
+            .expect("EndSession");
+        ended.revision
+    }
+
+    async fn play(&mut self) {
+        self.play_calls().await;
+        self.play_watch_restart().await;
+        self.play_append_unavailable().await;
+        self.play_page_walk().await;
+        self.play_compacted().await;
+        self.play_relist().await;
+    }
+
+    async fn play_calls(&mut self) {
+        let c = self.client.clone();
+        let a = self.id("a");
+
+        let created = c
+            .create_session(CreateSessionRequest {
+                session: Some(self.new_session("a")),
+            })
+            .await
+            .expect("CreateSession a");
         self.wrote(created.revision);
+        self.first_revision = created.revision;
         let summary = self.session(created.session.as_ref());
         self.emit(
             "create_session",
             json!({"created": created.created, "revision_positive": created.revision > 0, "session": summary}),
         );
 
-        let watch_filter = WatchFilter {
-            labels: self.labels.clone(),
-            ..Default::default()
-        };
-        let mut first_watch: Streaming<WatchSessionsResponse> = self
-            .sessions
-            .watch_sessions(request(
-                WatchSessionsRequest {
-                    start_revision: created.revision,
-                    filter: Some(watch_filter.clone()),
-                    ..Default::default()
-                },
-                Duration::from_secs(60),
-            ))
-            .await?
-            .into_inner();
-        let opened = first_watch
-            .message()
-            .await?
-            .expect("a first watch response");
-        assert_eq!(opened.r#type(), WatchResponseType::Created);
+        let mut first_watch = self.watch_from(created.revision);
+        let opened = next(&mut first_watch).await;
+        assert!(matches!(opened, WatchUpdate::Created { .. }), "{opened:?}");
 
-        let again = self
-            .sessions
-            .create_session(request(
-                CreateSessionRequest {
-                    session: Some(self.new_session("a")),
-                },
-                CALL_TIMEOUT,
-            ))
-            .await?
-            .into_inner();
+        let again = c
+            .create_session(CreateSessionRequest {
+                session: Some(self.new_session("a")),
+            })
+            .await
+            .expect("CreateSession a again");
         self.emit(
             "create_session_again",
             json!({"created": again.created, "revision": again.revision}),
         );
 
-        let got = self
-            .sessions
-            .get_session(request(
-                GetSessionRequest {
-                    session_id: a.clone(),
-                },
-                CALL_TIMEOUT,
-            ))
-            .await?
-            .into_inner();
+        let got = c
+            .get_session(GetSessionRequest {
+                session_id: a.clone(),
+            })
+            .await
+            .expect("GetSession");
         let summary = self.session(got.session.as_ref());
         self.emit("get_session", json!({ "session": summary }));
 
-        let appended = self
-            .messages
-            .append_messages(request(
-                AppendMessagesRequest {
-                    session_id: a.clone(),
-                    messages: vec![
-                        Message {
-                            id: "m1".into(),
-                            role: Role::User as i32,
-                            content: "hello".into(),
-                            ..Default::default()
-                        },
-                        Message {
-                            id: "m2".into(),
-                            role: Role::Assistant as i32,
-                            content: "calling a tool".into(),
-                            tool_calls: vec![ToolCall {
-                                id: "call-1".into(),
-                                name: "search".into(),
-                                arguments_json: r#"{"q":"x"}"#.into(),
-                            }],
-                            ..Default::default()
-                        },
-                        Message {
-                            id: "m3".into(),
-                            role: Role::Tool as i32,
-                            content: "result".into(),
+        let appended = c
+            .append_messages(AppendMessagesRequest {
+                session_id: a.clone(),
+                messages: vec![
+                    user("m1", "hello"),
+                    Message {
+                        id: "m2".into(),
+                        role: Role::Assistant as i32,
+                        content: "calling a tool".into(),
+                        tool_calls: vec![ToolCall {
+                            id: "call-1".into(),
                             name: "search".into(),
-                            tool_call_id: "call-1".into(),
-                            ..Default::default()
-                        },
-                    ],
-                    expected_last_seq: None,
-                },
-                CALL_TIMEOUT,
-            ))
-            .await?
-            .into_inner();
+                            arguments_json: r#"{"q":"x"}"#.into(),
+                        }],
+                        ..Default::default()
+                    },
+                    Message {
+                        id: "m3".into(),
+                        role: Role::Tool as i32,
+                        content: "result".into(),
+                        name: "search".into(),
+                        tool_call_id: "call-1".into(),
+                        ..Default::default()
+                    },
+                ],
+                expected_last_seq: None,
+            })
+            .await
+            .expect("AppendMessages");
         self.wrote(appended.revision);
         let append_revision = appended.revision;
         let seqs: Vec<i64> = appended.messages.iter().map(|m| m.seq).collect();
@@ -320,23 +309,14 @@ impl Scenario {
             json!({"seqs": seqs, "roles": roles, "session": summary}),
         );
 
-        let retry = self
-            .messages
-            .append_messages(request(
-                AppendMessagesRequest {
-                    session_id: a.clone(),
-                    messages: vec![Message {
-                        id: "m1".into(),
-                        role: Role::User as i32,
-                        content: "hello".into(),
-                        ..Default::default()
-                    }],
-                    expected_last_seq: None,
-                },
-                CALL_TIMEOUT,
-            ))
-            .await?
-            .into_inner();
+        let retry = c
+            .append_messages(AppendMessagesRequest {
+                session_id: a.clone(),
+                messages: vec![user("m1", "hello")],
+                expected_last_seq: None,
+            })
+            .await
+            .expect("AppendMessages again");
         let seqs: Vec<i64> = retry.messages.iter().map(|m| m.seq).collect();
         self.emit(
             "append_retry",
@@ -345,42 +325,32 @@ impl Scenario {
 
         let mut flags = Vec::new();
         for suffix in ["b", "c", "d", "e", "f"] {
-            let more = self
-                .sessions
-                .create_session(request(
-                    CreateSessionRequest {
-                        session: Some(self.new_session(suffix)),
-                    },
-                    CALL_TIMEOUT,
-                ))
-                .await?
-                .into_inner();
+            let more = c
+                .create_session(CreateSessionRequest {
+                    session: Some(self.new_session(suffix)),
+                })
+                .await
+                .expect("CreateSession");
             self.wrote(more.revision);
             flags.push(more.created);
         }
         self.emit("create_more", json!({ "created": flags }));
 
+        // One call per page, not the walker: the pages are what is observed.
         let mut pages: Vec<Vec<String>> = Vec::new();
         let mut totals: Vec<i64> = Vec::new();
         let mut token = String::new();
         loop {
-            let page = self
-                .sessions
-                .list_sessions(request(
-                    ListSessionsRequest {
-                        filter: Some(SessionFilter {
-                            labels: self.labels.clone(),
-                            ..Default::default()
-                        }),
-                        order_by: SessionOrderField::StartedAt as i32,
-                        ascending: true,
-                        page_size: 4,
-                        page_token: token.clone(),
-                    },
-                    CALL_TIMEOUT,
-                ))
-                .await?
-                .into_inner();
+            let page = c
+                .list_sessions(ListSessionsRequest {
+                    filter: self.session_filter(),
+                    order_by: SessionOrderField::StartedAt as i32,
+                    ascending: true,
+                    page_size: 4,
+                    page_token: token.clone(),
+                })
+                .await
+                .expect("ListSessions");
             pages.push(page.sessions.iter().map(|s| self.short(&s.id)).collect());
             totals.push(page.total_size);
             token = page.next_page_token;
@@ -409,11 +379,10 @@ impl Scenario {
             }),
             errored: false,
         };
-        let recorded = self
-            .stats
-            .record_usage(request(usage_request.clone(), CALL_TIMEOUT))
-            .await?
-            .into_inner();
+        let recorded = c
+            .record_usage(usage_request.clone())
+            .await
+            .expect("RecordUsage");
         self.wrote(recorded.revision);
         self.emit(
             "record_usage",
@@ -423,33 +392,28 @@ impl Scenario {
                 "model_usage": usage(recorded.model_usage.as_ref()),
             }),
         );
-        let duplicate = self
-            .stats
-            .record_usage(request(usage_request, CALL_TIMEOUT))
-            .await?
-            .into_inner();
+        let duplicate = c
+            .record_usage(usage_request)
+            .await
+            .expect("RecordUsage again");
         self.emit(
             "record_usage_retry",
             json!({"duplicate": duplicate.duplicate, "same_revision": duplicate.revision == recorded.revision}),
         );
-        let errored = self
-            .stats
-            .record_usage(request(
-                RecordUsageRequest {
-                    session_id: a.clone(),
-                    model: "model-b".into(),
-                    request_id: "u2".into(),
-                    errored: true,
-                    usage: Some(Usage {
-                        prompt_tokens: 10,
-                        cost_micros: 7,
-                        ..Default::default()
-                    }),
-                },
-                CALL_TIMEOUT,
-            ))
-            .await?
-            .into_inner();
+        let errored = c
+            .record_usage(RecordUsageRequest {
+                session_id: a.clone(),
+                model: "model-b".into(),
+                request_id: "u2".into(),
+                errored: true,
+                usage: Some(Usage {
+                    prompt_tokens: 10,
+                    cost_micros: 7,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("RecordUsage errored");
         self.wrote(errored.revision);
         self.emit(
             "record_usage_errored",
@@ -460,19 +424,12 @@ impl Scenario {
             }),
         );
 
-        let stats = self
-            .stats
-            .get_stats(request(
-                GetStatsRequest {
-                    filter: Some(SessionFilter {
-                        labels: self.labels.clone(),
-                        ..Default::default()
-                    }),
-                },
-                CALL_TIMEOUT,
-            ))
-            .await?
-            .into_inner()
+        let stats = c
+            .get_stats(GetStatsRequest {
+                filter: self.session_filter(),
+            })
+            .await
+            .expect("GetStats")
             .stats
             .expect("stats");
         self.emit(
@@ -493,125 +450,399 @@ impl Scenario {
             }),
         );
 
-        let missing = self
-            .sessions
-            .get_session(request(
-                GetSessionRequest {
-                    session_id: format!("{}-missing", self.run),
-                },
-                CALL_TIMEOUT,
-            ))
+        let missing = c
+            .get_session(GetSessionRequest {
+                session_id: self.id("missing"),
+            })
             .await
             .expect_err("GetSession of a missing session succeeded");
-        self.emit("error_not_found", Self::rpc_error(&missing));
+        let matched =
+            missing.code() == Code::NotFound && missing.reason() == Some(&Reason::SessionNotFound);
+        let mut line = error(&missing);
+        line["matched"] = json!(matched);
+        self.emit("error_not_found", line);
 
-        let invalid = self
-            .sessions
-            .list_sessions(request(
-                ListSessionsRequest {
-                    page_size: -1,
-                    ..Default::default()
-                },
-                CALL_TIMEOUT,
-            ))
+        let invalid = c
+            .list_sessions(ListSessionsRequest {
+                page_size: -1,
+                ..Default::default()
+            })
             .await
             .expect_err("ListSessions with page_size -1 succeeded");
-        self.emit("error_invalid_argument", Self::rpc_error(&invalid));
+        self.emit("error_invalid_argument", error(&invalid));
 
-        {
-            let mut first_type = String::new();
-            let result = async {
-                let mut idle = self
-                    .sessions
-                    .watch_sessions(request(
-                        WatchSessionsRequest {
-                            filter: Some(WatchFilter {
-                                session_ids: vec![format!("{}-idle", self.run)],
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                        Duration::from_millis(300),
-                    ))
-                    .await?
-                    .into_inner();
-                while let Some(r) = idle.message().await? {
+        // A watch with a deadline: the Rust layer's watch_until.
+        let mut idle: Watch = c.watch_until(
+            WatchSessionsRequest {
+                filter: Some(WatchFilter {
+                    session_ids: vec![self.id("idle")],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Instant::now() + Duration::from_millis(300),
+        );
+        let mut first_type = "";
+        let ended = loop {
+            match idle.next().await {
+                Some(Ok(update)) => {
                     if first_type.is_empty() {
-                        first_type = r.r#type().as_str_name().to_string();
+                        first_type = update.response_type().as_str_name();
                     }
                 }
-                Ok::<(), Status>(())
+                Some(Err(e)) => break e,
+                None => panic!("a watch with a deadline ended without an error"),
             }
-            .await;
-            let err = result.expect_err("a watch with a deadline ended without an error");
-            self.emit(
-                "deadline",
-                json!({"first_response": first_type, "code": code_name(err.code())}),
-            );
-        }
+        };
+        self.emit(
+            "deadline",
+            json!({"first_response": first_type, "code": code_name(ended.code())}),
+        );
 
-        // Watch: the first stream up to the append, cancelled, then resumed.
-        while self
-            .revisions
-            .last()
-            .is_none_or(|last| *last < append_revision)
-        {
-            let r = first_watch.message().await?.expect("the first watch ended");
-            self.take(r);
+        // Watch: the first stream up to the append, closed, then a second one
+        // from the last revision seen + 1.
+        let mut seen: Vec<Value> = Vec::new();
+        let mut revisions: Vec<i64> = Vec::new();
+        while revisions.last().is_none_or(|last| *last < append_revision) {
+            let update = next(&mut first_watch).await;
+            self.take(update, &mut revisions, &mut seen);
         }
         drop(first_watch); // cancels the call
-        let last_seen = *self.revisions.last().unwrap();
+        let last_seen = *revisions.last().unwrap();
 
-        let mut second_watch = self
-            .sessions
-            .watch_sessions(request(
-                WatchSessionsRequest {
-                    start_revision: last_seen + 1,
-                    filter: Some(watch_filter),
-                    ..Default::default()
-                },
-                Duration::from_secs(60),
-            ))
-            .await?
-            .into_inner();
-        let opened = second_watch
-            .message()
-            .await?
-            .expect("a first watch response");
-        assert_eq!(opened.r#type(), WatchResponseType::Created);
-        let ended = self
-            .sessions
-            .end_session(request(
-                EndSessionRequest {
-                    session_id: format!("{}-b", self.run),
-                    status: SessionStatus::Completed as i32,
-                    reason: "done".into(),
-                    ended_at: None,
-                },
-                CALL_TIMEOUT,
-            ))
-            .await?
-            .into_inner();
-        self.wrote(ended.revision);
+        let mut second = self.watch_from(last_seen + 1);
+        let opened = next(&mut second).await;
+        assert!(matches!(opened, WatchUpdate::Created { .. }), "{opened:?}");
+        let ended = self.end(&c, "b", "done").await;
+        self.wrote(ended);
         let last_written = *self.written.last().unwrap();
-        while *self.revisions.last().unwrap() < last_written {
-            let r = second_watch
-                .message()
-                .await?
-                .expect("the second watch ended");
-            self.take(r);
+        while *revisions.last().unwrap() < last_written {
+            let update = next(&mut second).await;
+            self.take(update, &mut revisions, &mut seen);
         }
-        drop(second_watch);
+        drop(second);
         assert_eq!(
-            self.revisions, self.written,
+            revisions, self.written,
             "the watches saw exactly this run's writes, once, in order"
         );
-        let events = std::mem::take(&mut self.seen);
         self.emit(
             "watch",
-            json!({"resumed": last_seen < last_written, "events": events}),
+            json!({"resumed": last_seen < last_written, "events": seen}),
         );
-        Ok(())
+    }
+
+    /// take records the events of an update as [index among this run's
+    /// writes, type, session, message count], asserting revision order.
+    fn take(&self, update: WatchUpdate, revisions: &mut Vec<i64>, seen: &mut Vec<Value>) {
+        let WatchUpdate::Events { events, .. } = update else {
+            panic!("expected events, got {update:?}");
+        };
+        for e in events {
+            if revisions.last() != Some(&e.revision) {
+                if let Some(last) = revisions.last() {
+                    assert!(e.revision > *last, "revision {} after {last}", e.revision);
+                }
+                revisions.push(e.revision);
+            }
+            let index = self
+                .written
+                .iter()
+                .position(|w| *w == e.revision)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "event of revision {} that this run did not write",
+                        e.revision
+                    )
+                });
+            seen.push(json!([
+                index,
+                e.r#type().as_str_name(),
+                self.short(&e.session_id),
+                e.messages.len()
+            ]));
+        }
+    }
+
+    async fn play_watch_restart(&mut self) {
+        let a = self.id("a");
+        let mut watch: Watch = self.client.watch(WatchSessionsRequest {
+            filter: self.watch_filter(),
+            include_initial: true,
+            ..Default::default()
+        });
+        let mut seen = Delivery::default();
+        let mut initial: Vec<(String, String)> = Vec::new();
+        loop {
+            match next(&mut watch).await {
+                WatchUpdate::Created { .. } => seen.created += 1,
+                WatchUpdate::Initial { events } => initial.extend(events.iter().map(|e| {
+                    let status = e.session.as_ref().map(|s| s.status()).unwrap_or_default();
+                    (self.short(&e.session_id), status.as_str_name().to_string())
+                })),
+                WatchUpdate::InitialComplete { .. } => break,
+                other => panic!("before INITIAL_COMPLETE: {other:?}"),
+            }
+        }
+
+        let running = self
+            .client
+            .set_runtime_state(SetRuntimeStateRequest {
+                session_id: a.clone(),
+                state: RuntimeState::Running as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("SetRuntimeState RUNNING");
+        seen.written.push(running.revision);
+        self.read_until(&mut watch, running.revision, &mut seen)
+            .await;
+
+        // The watch is not read while the server is killed and restarted.
+        let restart = std::env::var("SESSIOND_INTEROP_RESTART").expect("SESSIOND_INTEROP_RESTART");
+        let status = tokio::process::Command::new(&restart)
+            .status()
+            .await
+            .expect("the restart command");
+        assert!(status.success(), "the restart command failed: {status}");
+
+        // A runtime that restarted with the server has a new client.
+        let writer = Client::new(self.address.clone()).expect("a client");
+        let idle = writer
+            .set_runtime_state(SetRuntimeStateRequest {
+                session_id: a.clone(),
+                state: RuntimeState::Idle as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("SetRuntimeState IDLE");
+        seen.written.push(idle.revision);
+        let appended = writer
+            .append_messages(AppendMessagesRequest {
+                session_id: a.clone(),
+                messages: vec![user("m4", "after restart")],
+                expected_last_seq: None,
+            })
+            .await
+            .expect("AppendMessages m4");
+        seen.written.push(appended.revision);
+        seen.written.push(self.end(&writer, "c", "").await);
+        drop(writer);
+        let last = *seen.written.last().unwrap();
+        self.read_until(&mut watch, last, &mut seen).await;
+        drop(watch);
+        assert_eq!(seen.created, 1, "CREATED delivered {} times", seen.created);
+        assert_eq!(
+            seen.delivered, seen.written,
+            "the watch delivered each write once across the restart"
+        );
+        initial.sort();
+        self.emit(
+            "watch_restart",
+            json!({"initial": initial, "events": seen.events}),
+        );
+    }
+
+    /// read_until reads the watch until `revision` is delivered, recording
+    /// each event as [index among `seen.written`, type, session, messages].
+    async fn read_until(&self, watch: &mut Watch, revision: i64, seen: &mut Delivery) {
+        while seen.delivered.last().is_none_or(|last| *last < revision) {
+            match next(watch).await {
+                WatchUpdate::Created { .. } => seen.created += 1,
+                WatchUpdate::Events { events, .. } => {
+                    for e in events {
+                        if seen.delivered.last() != Some(&e.revision) {
+                            seen.delivered.push(e.revision);
+                        }
+                        let index = seen
+                            .written
+                            .iter()
+                            .position(|w| *w == e.revision)
+                            .unwrap_or_else(|| {
+                                panic!("event of revision {} that was not written", e.revision)
+                            });
+                        seen.events.push(json!([
+                            index,
+                            e.r#type().as_str_name(),
+                            self.short(&e.session_id),
+                            e.messages.len()
+                        ]));
+                    }
+                }
+                WatchUpdate::Progress { .. } => {}
+                other => panic!("after INITIAL_COMPLETE: {other:?}"),
+            }
+        }
+    }
+
+    async fn play_append_unavailable(&mut self) {
+        let a = self.id("a");
+        let proxy = std::env::var("SESSIOND_INTEROP_PROXY").expect("SESSIOND_INTEROP_PROXY");
+        let lossy = Client::new(proxy).expect("a client of the proxy");
+        let appended = lossy
+            .append_messages(AppendMessagesRequest {
+                session_id: a.clone(),
+                messages: vec![
+                    user("m5", "once"),
+                    Message {
+                        id: "m6".into(),
+                        role: Role::Assistant as i32,
+                        content: "stored once".into(),
+                        ..Default::default()
+                    },
+                ],
+                expected_last_seq: None,
+            })
+            .await
+            .expect("AppendMessages through the lossy proxy");
+        lossy.close();
+        let listed = self
+            .client
+            .list_messages(ListMessagesRequest {
+                session_id: a.clone(),
+                last_n: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("ListMessages")
+            .messages;
+        let stored: Vec<usize> = ["m5", "m6"]
+            .iter()
+            .map(|wanted| listed.iter().filter(|m| m.id == *wanted).count())
+            .collect();
+        let count = self
+            .client
+            .get_session(GetSessionRequest { session_id: a })
+            .await
+            .expect("GetSession")
+            .session
+            .expect("a session")
+            .message_count;
+        let seqs: Vec<i64> = appended.messages.iter().map(|m| m.seq).collect();
+        self.emit(
+            "append_unavailable",
+            json!({"seqs": seqs, "revision": appended.revision, "stored": stored, "message_count": count}),
+        );
+    }
+
+    async fn play_page_walk(&mut self) {
+        let walk_labels = HashMap::from([("interop_walk".to_string(), self.run.clone())]);
+        let ids: Vec<String> = (0..WALK_SESSIONS)
+            .map(|i| self.id(&format!("w{i:04}")))
+            .collect();
+        for id in &ids {
+            self.client
+                .create_session(CreateSessionRequest {
+                    session: Some(Session {
+                        id: id.clone(),
+                        kind: SessionKind::Autonomous as i32,
+                        channel: "walk".into(),
+                        agent: "interop-agent".into(),
+                        labels: walk_labels.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .expect("CreateSession for the walk");
+        }
+        let walked: Vec<String> = self
+            .client
+            .sessions(ListSessionsRequest {
+                filter: Some(SessionFilter {
+                    labels: walk_labels,
+                    ..Default::default()
+                }),
+                order_by: SessionOrderField::StartedAt as i32,
+                ascending: true,
+                page_size: WALK_PAGE_SIZE,
+                page_token: String::new(),
+            })
+            .map(|s| s.expect("a page of the walk").id)
+            .collect()
+            .await;
+        let unique: HashSet<&String> = walked.iter().collect();
+        self.emit(
+            "page_walk",
+            json!({"count": walked.len(), "unique": unique.len(), "in_order": walked == ids}),
+        );
+    }
+
+    async fn play_compacted(&mut self) {
+        for _ in 0..COMPACTION_POLLS {
+            let mut watch = self.watch_from(self.first_revision);
+            let first = next(&mut watch).await;
+            let WatchUpdate::Created {
+                compacted_revision, ..
+            } = first
+            else {
+                panic!("the first update is not CREATED: {first:?}");
+            };
+            if compacted_revision < self.first_revision {
+                drop(watch); // the compactor has not run yet
+                tokio::time::sleep(COMPACTION_POLL).await;
+                continue;
+            }
+            let e = match watch.next().await {
+                Some(Err(e)) => e,
+                other => panic!("a compacted watch delivered {other:?}"),
+            };
+            assert!(
+                watch.next().await.is_none(),
+                "the watch ends after its error"
+            );
+            let relist = e.relist_required();
+            self.emit(
+                "compacted",
+                json!({
+                    "first_response": first.response_type().as_str_name(),
+                    "code": code_name(e.code()),
+                    "reason": reason(&e),
+                    "relist": relist.is_some(),
+                    "compacted_at_or_after_start": relist.unwrap_or(-1) >= self.first_revision,
+                }),
+            );
+            return;
+        }
+        panic!("the change log was never compacted past the first revision");
+    }
+
+    async fn play_relist(&mut self) {
+        let listed = self
+            .client
+            .list_sessions(ListSessionsRequest {
+                filter: self.session_filter(),
+                ..Default::default()
+            })
+            .await
+            .expect("ListSessions");
+        let mut sessions: Vec<(String, &str)> = listed
+            .sessions
+            .iter()
+            .map(|s| (self.short(&s.id), s.status().as_str_name()))
+            .collect();
+        sessions.sort();
+        let mut watch = self.watch_from(listed.revision + 1);
+        let opened = next(&mut watch).await;
+        assert!(matches!(opened, WatchUpdate::Created { .. }), "{opened:?}");
+        let ended = self.end(&self.client, "d", "").await;
+        let mut events: Vec<Value> = Vec::new();
+        loop {
+            let WatchUpdate::Events {
+                revision,
+                events: batch,
+            } = next(&mut watch).await
+            else {
+                continue;
+            };
+            events.extend(
+                batch
+                    .iter()
+                    .map(|e| json!([e.r#type().as_str_name(), self.short(&e.session_id)])),
+            );
+            if revision >= ended {
+                break;
+            }
+        }
+        self.emit("relist", json!({"sessions": sessions, "events": events}));
     }
 }
 
@@ -623,11 +854,7 @@ async fn interop_scenario_against_the_python_server() {
         );
         return;
     };
-    let channel = Channel::from_shared(format!("http://{address}"))
-        .expect("an address")
-        .connect()
-        .await
-        .expect("a connection to the server");
+    let _serial = serial().await;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -637,24 +864,31 @@ async fn interop_scenario_against_the_python_server() {
         nanos ^ std::process::id().rotate_left(16)
     );
     let mut scenario = Scenario {
-        sessions: SessionServiceClient::new(channel.clone()),
-        messages: MessageServiceClient::new(channel.clone()),
-        stats: StatsServiceClient::new(channel),
+        client: Client::new(address.clone()).expect("a client"),
+        address,
         labels: HashMap::from([("interop_run".to_string(), run.clone())]),
         run,
         lines: Vec::new(),
         written: Vec::new(),
-        seen: Vec::new(),
-        revisions: Vec::new(),
+        first_revision: 0,
     };
-    let result = scenario.play().await;
+    // The lines are written even when a step fails, so compare.py shows where.
+    let outcome = tokio::spawn(async move {
+        let played = std::panic::AssertUnwindSafe(async {
+            scenario.play().await;
+        });
+        let result = futures_util::FutureExt::catch_unwind(played).await;
+        (scenario.lines, result)
+    })
+    .await
+    .expect("the scenario task");
     if let Ok(path) = std::env::var("SESSIOND_INTEROP_OUT") {
         let mut f = std::fs::File::create(path).expect("the output file");
-        for line in &scenario.lines {
+        for line in &outcome.0 {
             writeln!(f, "{line}").expect("a write");
         }
     }
-    if let Err(status) = result {
-        panic!("call failed: {status:?}");
+    if let Err(panic) = outcome.1 {
+        std::panic::resume_unwind(panic);
     }
 }
