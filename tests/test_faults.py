@@ -25,6 +25,7 @@ import grpc
 import pytest
 from harness import append, create_session, decode_failure, list_all_messages, user
 from sessiond.v1 import session_service_pb2
+from watch_validator import watch_until
 
 ss = session_service_pb2
 
@@ -156,3 +157,61 @@ async def test_a_read_only_file_system_refuses_to_start_untouched_and_starts_onc
             "written before"]
         assert await again.check_consistency() == []
         await again.close()
+
+
+async def test_a_disk_error_mid_batch_fails_the_whole_batch_and_the_next_batch_works(
+        make_server: Any, small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite rolls the whole transaction back on SQLITE_FULL and drops its savepoints: the
+    batch must then fail whole (nothing of it stored, every caller UNAVAILABLE, no revision
+    taken), and the next batch must commit without a restart."""
+    caplog.set_level(logging.ERROR)
+    server = await make_server(database=small_disk / "sessiond.db")
+    sid = (await create_session(server.sessions, "batched")).id
+    before = await append(server.messages, sid, user("before the disk filled"))
+    ballast = fill(small_disk)
+    # Room for about one large message: the batch's later writes spill the page cache
+    # onto a full disk in the middle of the transaction.
+    os.truncate(ballast, max(0, ballast.stat().st_size - 600_000))
+    big = "y" * 900_000
+    # Another connection holds the write lock, so the appends below queue up behind the
+    # first one and the writer takes them as one batch when the lock is released.
+    intruder = sqlite3.connect(server.database, isolation_level=None)
+    intruder.execute("BEGIN IMMEDIATE")
+    # The first write of the batch fails on the full disk; the small ones after it would
+    # fit, and must not be stored outside the transaction that SQLite rolled back.
+    # The writer takes the first call alone and waits for the lock with it; the next
+    # ones queue up behind it as one batch.
+    calls = [asyncio.ensure_future(append(server.messages, sid, user("0 plug")))]
+    await asyncio.sleep(0.3)  # lets each call reach the writer's queue (not an assertion)
+    # Larger than the page cache: it spills onto the disk in the middle of the statement.
+    calls.append(asyncio.ensure_future(append(server.messages, sid, *(
+        user(f"1 {big}") for _ in range(3)))))
+    await asyncio.sleep(0.3)
+    calls.extend(asyncio.ensure_future(append(server.messages, sid, user(f"{i} small")))
+                 for i in range(2, 5))
+    await asyncio.sleep(0.3)
+    intruder.execute("ROLLBACK")
+    intruder.close()
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    failures = [decode_failure(a) for a in answers if isinstance(a, grpc.RpcError)]
+    stored_ok = [a for a in answers if not isinstance(a, BaseException)]
+    assert failures, "the disk never filled"
+    assert {(f.code, f.reason) for f in failures} == {
+        (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")}
+    while_full = await list_all_messages(server.messages, sid)
+    # Exactly the acknowledged writes are stored: nothing of a failed batch.
+    assert sorted(m.content.split(" ")[0] for m in while_full[1:]) == sorted(
+        a.messages[0].content.split(" ")[0] for a in stored_ok)
+    ballast.unlink()
+    after = await append(server.messages, sid, user("after space returned"))
+    # The revisions of the failed batch were given back: no hole, no reuse.
+    assert after.revision == before.revision + len(stored_ok) + 1
+    stored = await list_all_messages(server.messages, sid)
+    assert stored[-1].content == "after space returned"
+    assert len(stored) == len(while_full) + 1
+    assert await server.check_consistency() == []
+    # The change log holds one event per acknowledged write, in revision order.
+    stream = await watch_until(server.sessions, after.revision,
+                               start_revision=before.revision)
+    assert sorted(set(stream.event_revisions)) == sorted(
+        [before.revision, after.revision, *(a.revision for a in stored_ok)])

@@ -22,7 +22,7 @@ from google.protobuf import descriptor as pd
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import user
+from harness import expect_bad_request, user
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from sessiond.v1 import (
@@ -253,11 +253,14 @@ def message_for(method: pd.MethodDescriptor, value: str) -> Message:
 
 async def test_search_text_is_never_query_syntax(fuzzed: Any) -> None:
     server = fuzzed
-    for query in ("NEAR(hello world)", "hello OR", "\"", "hello*", "-hello", "hello:world",
+    for query in ("NEAR(hello world)", "hello OR", "hello*", "-hello", "hello:world",
                   "'; DELETE FROM messages; --", "AND", "^hello", "(hello", "{hello}"):
         answer = await server.messages.SearchMessages(ms.SearchMessagesRequest(query=query))
         for m in answer.messages:
             assert m.session_id in EXISTING
+    for nothing in ("\"", "*", "(", "--"):  # punctuation only: nothing to search for
+        await expect_bad_request(server.messages.SearchMessages(
+            ms.SearchMessagesRequest(query=nothing)), "query")
     found = await server.messages.SearchMessages(ms.SearchMessagesRequest(query="NEAR"))
     assert {m.session_id for m in found.messages} == set(EXISTING)
     await assert_healthy(server)
@@ -358,8 +361,6 @@ async def test_unknown_methods_are_unimplemented_and_the_server_stays_up(fuzzed:
 # Regressions the fuzzing found: each once answered UNKNOWN or UNAVAILABLE.
 async def test_a_timestamp_outside_the_calendar_is_invalid_argument_naming_it(fuzzed: Any
                                                                              ) -> None:
-    from harness import expect_bad_request
-
     far = timestamp_pb2.Timestamp(seconds=-(1 << 63))
     await expect_bad_request(fuzzed.sessions.EndSession(ss.EndSessionRequest(
         session_id="fz-a", status=session_pb2.SESSION_STATUS_COMPLETED, ended_at=far)),
@@ -371,8 +372,6 @@ async def test_a_timestamp_outside_the_calendar_is_invalid_argument_naming_it(fu
 
 async def test_a_nul_character_anywhere_is_invalid_argument_naming_the_field(fuzzed: Any
                                                                            ) -> None:
-    from harness import expect_bad_request
-
     await expect_bad_request(fuzzed.messages.SearchMessages(
         ms.SearchMessagesRequest(query="hello\x00")), "query")
     await expect_bad_request(fuzzed.messages.AppendMessages(ms.AppendMessagesRequest(
@@ -381,15 +380,14 @@ async def test_a_nul_character_anywhere_is_invalid_argument_naming_the_field(fuz
         session=session_pb2.Session(labels={"k": "v\x00"}))), "session.labels['k']")
 
 
-def test_a_nul_in_search_text_separates_words_in_the_sqlite_query() -> None:
-    from sessiond_server.store.sqlite import fts_query
+def test_a_nul_in_search_text_separates_words() -> None:
+    from sessiond_server.store.search import SearchTerms, fts5_strings, search_terms
 
-    assert fts_query("hello\x00world") == '"hello" "world"'
+    assert search_terms("hello\x00world") == SearchTerms(("hello", "world"), ())
+    assert fts5_strings(("hello", "world")) == '"hello" "world"'
 
 
 async def test_running_longer_than_centuries_is_invalid_argument(fuzzed: Any) -> None:
-    from harness import expect_bad_request
-
     await expect_bad_request(fuzzed.stats.GetStats(st.GetStatsRequest(
         filter=session_pb2.SessionFilter(running_longer_than_seconds=1 << 62))),
         "filter.running_longer_than_seconds")

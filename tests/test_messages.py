@@ -865,3 +865,81 @@ async def test_search_default_page_size_is_50(server):
     page = await search(server, "needle")
     assert len(page.messages) == 50
     assert page.next_page_token
+
+
+# Retries come before guards, reads in one snapshot (issue 12 items 4 and 5) -------------
+
+
+async def test_a_retried_append_returns_the_stored_messages_though_last_seq_moved_on(server):
+    await create_session(server.sessions, "s1")
+    first = await append(server.messages, "s1", user("q", id="u1"), assistant("a", id="a1"),
+                         expected_last_seq=0)
+    await append(server.messages, "s1", user("next"))
+    retry = await append(server.messages, "s1", user("q", id="u1"), assistant("a", id="a1"),
+                         expected_last_seq=0)
+    assert list(retry.messages) == list(first.messages)
+    assert retry.revision == 0
+    assert [m.content for m in await list_all_messages(server.messages, "s1")] == [
+        "q", "a", "next"]
+
+
+async def test_a_retried_append_returns_the_stored_messages_after_the_session_ended(server):
+    await create_session(server.sessions, "s1")
+    first = await append(server.messages, "s1", user("q", id="u1"))
+    await server.sessions.EndSession(
+        ss.EndSessionRequest(session_id="s1", status=sp.SESSION_STATUS_COMPLETED))
+    retry = await append(server.messages, "s1", user("q", id="u1"))
+    assert list(retry.messages) == list(first.messages)
+    assert retry.revision == 0
+
+
+async def test_an_append_with_a_new_message_still_checks_the_guards(server):
+    await create_session(server.sessions, "s1")
+    await append(server.messages, "s1", user("q", id="u1"), expected_last_seq=0)
+    await expect_failure(
+        append(server.messages, "s1", user("q", id="u1"), user("new", id="u2"),
+               expected_last_seq=0),
+        ABORTED, "LAST_SEQ_MISMATCH")
+    await server.sessions.EndSession(
+        ss.EndSessionRequest(session_id="s1", status=sp.SESSION_STATUS_COMPLETED))
+    await expect_failure(
+        append(server.messages, "s1", user("q", id="u1"), user("new", id="u2")),
+        FAILED_PRECONDITION, "SESSION_ENDED")
+    assert [m.id for m in await list_all_messages(server.messages, "s1")] == ["u1"]
+
+
+async def test_listed_and_searched_messages_are_never_newer_than_the_reported_revision(
+        server):
+    await create_session(server.sessions, "s1")
+    revision_of_seq: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            answer = await append(server.messages, "s1", user(f"walrus {i}"))
+            revision_of_seq[answer.messages[0].seq] = answer.revision
+            i += 1
+
+    # (seq, revision reported with it), checked once every append is acknowledged.
+    read: list[tuple[int, int]] = []
+
+    async def reader() -> None:
+        for _ in range(60):
+            page = await server.messages.ListMessages(
+                ms.ListMessagesRequest(session_id="s1", last_n=1000))
+            found = await server.messages.SearchMessages(
+                ms.SearchMessagesRequest(query="walrus", page_size=500))
+            read.extend((m.seq, page.revision) for m in page.messages)
+            read.extend((m.seq, found.revision) for m in found.messages)
+
+    writers = [asyncio.ensure_future(writer()) for _ in range(3)]
+    try:
+        await reader()
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    assert read
+    newer = [(seq, revision, revision_of_seq[seq]) for seq, revision in read
+             if revision_of_seq[seq] > revision]
+    assert not newer, f"(seq, reported revision, its write's revision): {newer[:5]}"

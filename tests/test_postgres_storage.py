@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import create_postgres_database, drop_postgres_databases
 from sessiond.v1 import message_pb2, session_pb2, session_service_pb2
-from sessiond_server.store import NotFound, SchemaTooNew, Scope, Unavailable
+from sessiond_server.store import MessageQuery, NotFound, SchemaTooNew, Scope, Unavailable
 from sessiond_server.store.interface import Change
 from sessiond_server.store.postgres import PostgresStore
 from sessiond_server.store.postgres_schema import COMPACTION_LOCK, SCHEMA_VERSION
@@ -259,4 +259,47 @@ async def test_compaction_runs_on_one_replica_at_a_time(
     finally:
         await holder.close()
     assert [c.revision for c in await store.read_changes(8, 10)] == [8, 9, 10]
+    assert await store.check_consistency() == []
+
+
+async def append_text(store: PostgresStore, session_id: str, text: str) -> int:
+    result = await store.append_messages(
+        Scope(), session_id, [message_pb2.Message(role=message_pb2.ROLE_USER, content=text)],
+        None)
+    return result.revision
+
+
+async def test_a_connection_lost_mid_batch_fails_the_whole_batch_and_the_next_one_works(
+        open_store: OpenStore, database: str) -> None:
+    """The group commit asks whether the transaction is still open after an error: a
+    connection that dies in the middle of a batch fails the whole batch (nothing stored,
+    every caller Unavailable, no revision taken), and the next batch commits."""
+    store = await open_store()
+    await create(store, "s")
+    admin = await asyncpg.connect(database)
+    try:
+        # A message "die" ends its own connection in the middle of the batch's transaction.
+        await admin.execute(
+            "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF NEW.content = 'die' THEN PERFORM pg_terminate_backend(pg_backend_pid());"
+            " END IF; RETURN NEW; END $$;"
+            " CREATE TRIGGER die BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION die()")
+        # Holding the revision counter makes the writer wait at BEGIN with its first batch
+        # while the next writes queue up behind it as one batch.
+        async with admin.transaction():
+            await admin.fetchval("SELECT value FROM meta WHERE key = 'revision' FOR UPDATE")
+            plug = asyncio.ensure_future(append_text(store, "s", "plug"))
+            await asyncio.sleep(0.3)  # lets the write reach the writer (not an assertion)
+            batch = [asyncio.ensure_future(append_text(store, "s", text))
+                     for text in ("before", "die", "after")]
+            await asyncio.sleep(0.3)
+    finally:
+        await admin.close()
+    plugged = await plug
+    failures = await asyncio.gather(*batch, return_exceptions=True)
+    assert all(isinstance(f, Unavailable) for f in failures), failures
+    stored = await store.list_messages(Scope(), "s", MessageQuery())
+    assert [m.content for m in stored.messages] == ["plug"]
+    assert store.revision == plugged == stored.revision
+    assert await append_text(store, "s", "next") == plugged + 1
     assert await store.check_consistency() == []

@@ -1213,3 +1213,22 @@ async def test_sessions_survive_a_graceful_terminate_of_the_server_process(serve
     async with grpc.aio.insecure_channel(proc.address) as channel:
         sessions = session_service_pb2_grpc.SessionServiceStub(channel)
         assert (await get_session(sessions, "s1")).agent == "kept"
+
+
+async def test_a_retried_update_with_its_etag_returns_the_session_as_updated(server):
+    """The etag is checked only when the update would change something: the retry of an
+    applied update (its etag now stale) answers with the session, not ABORTED."""
+    created = await create_session(server.sessions, "s1", display_name="v0")
+    request = ss.UpdateSessionRequest(session=sp.Session(id="s1", display_name="v1"),
+                                      update_mask=mask("display_name"), etag=created.etag)
+    applied = await server.sessions.UpdateSession(request)
+    retried = await server.sessions.UpdateSession(request)
+    assert retried.session == applied.session
+    assert retried.revision == 0
+    # A stale etag with a change to make is still refused.
+    await expect_failure(
+        server.sessions.UpdateSession(ss.UpdateSessionRequest(
+            session=sp.Session(id="s1", display_name="v2"), update_mask=mask("display_name"),
+            etag=created.etag)),
+        ABORTED, "ETAG_MISMATCH")
+    assert (await get_session(server.sessions, "s1")).display_name == "v1"

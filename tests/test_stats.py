@@ -454,3 +454,21 @@ async def test_stats_past_the_int64_range_saturate_and_writes_go_on(server):
     await append(server.messages, "big1", user("still writable"))
     assert (await stats(server)).message_count == 1
     assert await server.check_consistency() == []
+
+
+async def test_usage_that_would_pass_the_counter_cap_fails_the_same_way_on_every_retry(server):
+    """FAILED_PRECONDITION USAGE_OVERFLOW on every backend (never a retryable UNAVAILABLE),
+    and nothing is added."""
+    per_call = (1 << 53) - 1  # 512 calls come within 512 of the 2^62 cap
+    await create_session(server.sessions, "s1")
+    for _ in range(8):
+        await asyncio.gather(*(record(server, "s1", usage=usage(cost_micros=per_call))
+                               for _ in range(64)))
+    before = await get_session(server.sessions, "s1")
+    for _ in range(2):  # the retry with the same request_id answers the same
+        await expect_failure(
+            record(server, "s1", usage=usage(cost_micros=per_call), request_id="r1"),
+            grpc.StatusCode.FAILED_PRECONDITION, "USAGE_OVERFLOW")
+    after = await get_session(server.sessions, "s1")
+    assert after.usage == before.usage and after.revision == before.revision
+    assert await server.check_consistency() == []

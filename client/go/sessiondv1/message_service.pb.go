@@ -34,6 +34,7 @@ type AppendMessagesRequest struct {
 	Messages []*Message `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
 	// expected_last_seq, when set, must equal the session's last_seq, else
 	// ABORTED (LAST_SEQ_MISMATCH): a guard against two writers interleaving.
+	// Not checked when every message is a stored retry (see AppendMessages).
 	ExpectedLastSeq *int64 `protobuf:"varint,3,opt,name=expected_last_seq,json=expectedLastSeq,proto3,oneof" json:"expected_last_seq,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache

@@ -47,11 +47,18 @@ type MessageServiceClient interface {
 	// order. A message whose id already exists in the session is not stored
 	// again: the stored one is returned in its place (retries are safe); if
 	// its role or content differ, the call fails with ALREADY_EXISTS (reason
-	// MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-	// large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+	// MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+	// when every message of the request is already stored, the call returns
+	// the stored messages (revision 0) even if the session has ended since or
+	// expected_last_seq no longer holds, so the retry of a stored append
+	// answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+	// too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+	// and some message is new.
 	AppendMessages(ctx context.Context, in *AppendMessagesRequest, opts ...grpc.CallOption) (*AppendMessagesResponse, error)
 	// ListMessages reads messages by page, the last N, the last N turns, or
-	// after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+	// after a sequence number or time. The messages and the revision are read
+	// in one snapshot: no returned message was written after the revision.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT.
 	ListMessages(ctx context.Context, in *ListMessagesRequest, opts ...grpc.CallOption) (*ListMessagesResponse, error)
 	// PopMessage removes the last message. Errors: FAILED_PRECONDITION
 	// (SESSION_EMPTY) when there is none; ABORTED (LAST_SEQ_MISMATCH).
@@ -67,7 +74,8 @@ type MessageServiceClient interface {
 	// stays counted.
 	ClearMessages(ctx context.Context, in *ClearMessagesRequest, opts ...grpc.CallOption) (*ClearMessagesResponse, error)
 	// SearchMessages finds messages whose content contains every word of a
-	// query, newest first, among the sessions the caller may see.
+	// query, newest first, among the sessions the caller may see. The
+	// messages and the revision are read in one snapshot.
 	SearchMessages(ctx context.Context, in *SearchMessagesRequest, opts ...grpc.CallOption) (*SearchMessagesResponse, error)
 	// ReplaceMessages atomically replaces every message after a sequence
 	// number with new ones (history compaction: the newest messages become a
@@ -193,11 +201,18 @@ type MessageServiceServer interface {
 	// order. A message whose id already exists in the session is not stored
 	// again: the stored one is returned in its place (retries are safe); if
 	// its role or content differ, the call fails with ALREADY_EXISTS (reason
-	// MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-	// large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+	// MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+	// when every message of the request is already stored, the call returns
+	// the stored messages (revision 0) even if the session has ended since or
+	// expected_last_seq no longer holds, so the retry of a stored append
+	// answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+	// too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+	// and some message is new.
 	AppendMessages(context.Context, *AppendMessagesRequest) (*AppendMessagesResponse, error)
 	// ListMessages reads messages by page, the last N, the last N turns, or
-	// after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+	// after a sequence number or time. The messages and the revision are read
+	// in one snapshot: no returned message was written after the revision.
+	// Errors: NOT_FOUND; INVALID_ARGUMENT.
 	ListMessages(context.Context, *ListMessagesRequest) (*ListMessagesResponse, error)
 	// PopMessage removes the last message. Errors: FAILED_PRECONDITION
 	// (SESSION_EMPTY) when there is none; ABORTED (LAST_SEQ_MISMATCH).
@@ -213,7 +228,8 @@ type MessageServiceServer interface {
 	// stays counted.
 	ClearMessages(context.Context, *ClearMessagesRequest) (*ClearMessagesResponse, error)
 	// SearchMessages finds messages whose content contains every word of a
-	// query, newest first, among the sessions the caller may see.
+	// query, newest first, among the sessions the caller may see. The
+	// messages and the revision are read in one snapshot.
 	SearchMessages(context.Context, *SearchMessagesRequest) (*SearchMessagesResponse, error)
 	// ReplaceMessages atomically replaces every message after a sequence
 	// number with new ones (history compaction: the newest messages become a

@@ -385,7 +385,8 @@ type UpdateSessionRequest struct {
 	// room_id, sender_id, agent, model, display_name, goal, owner_id,
 	// dataset_id, labels, runtime_instance, budget_micros.
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
-	// etag, when set, must equal the session's current etag, else ABORTED.
+	// etag, when set, must equal the session's current etag, else ABORTED;
+	// not checked when the update would change nothing (see UpdateSession).
 	Etag          string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -71,7 +71,11 @@ type SessionServiceClient interface {
 	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
 	// UpdateSession changes the fields named in update_mask. Errors:
 	// NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-	// ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+	// ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+	// update would change something. An update that would change nothing
+	// (every field named already holds the value sent) succeeds with the
+	// current session and revision 0 whatever the etag, so the retry of an
+	// applied update returns its result.
 	UpdateSession(ctx context.Context, in *UpdateSessionRequest, opts ...grpc.CallOption) (*UpdateSessionResponse, error)
 	// DeleteSession removes a session with its messages and usage. Errors:
 	// NOT_FOUND; ABORTED (ETAG_MISMATCH).
@@ -289,7 +293,11 @@ type SessionServiceServer interface {
 	GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error)
 	// UpdateSession changes the fields named in update_mask. Errors:
 	// NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-	// ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+	// ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+	// update would change something. An update that would change nothing
+	// (every field named already holds the value sent) succeeds with the
+	// current session and revision 0 whatever the etag, so the retry of an
+	// applied update returns its result.
 	UpdateSession(context.Context, *UpdateSessionRequest) (*UpdateSessionResponse, error)
 	// DeleteSession removes a session with its messages and usage. Errors:
 	// NOT_FOUND; ABORTED (ETAG_MISMATCH).

@@ -37,7 +37,9 @@ type StatsServiceClient interface {
 	// arrive late). A retry with the same request_id is counted once and
 	// returns the original answer. Errors: NOT_FOUND; INVALID_ARGUMENT for a
 	// negative counter, reasoning_tokens above completion_tokens, or a
-	// missing model.
+	// missing model; FAILED_PRECONDITION (reason USAGE_OVERFLOW), on every
+	// backend, when a session counter would pass 2^62 (nothing is added, and
+	// a retry fails the same way: it is not retryable).
 	RecordUsage(ctx context.Context, in *RecordUsageRequest, opts ...grpc.CallOption) (*RecordUsageResponse, error)
 	// GetStats aggregates sessions matching a filter (the window is
 	// filter.started). Cost: a filter of only owner_ids, dataset_ids and
@@ -102,7 +104,9 @@ type StatsServiceServer interface {
 	// arrive late). A retry with the same request_id is counted once and
 	// returns the original answer. Errors: NOT_FOUND; INVALID_ARGUMENT for a
 	// negative counter, reasoning_tokens above completion_tokens, or a
-	// missing model.
+	// missing model; FAILED_PRECONDITION (reason USAGE_OVERFLOW), on every
+	// backend, when a session counter would pass 2^62 (nothing is added, and
+	// a retry fails the same way: it is not retryable).
 	RecordUsage(context.Context, *RecordUsageRequest) (*RecordUsageResponse, error)
 	// GetStats aggregates sessions matching a filter (the window is
 	// filter.started). Cost: a filter of only owner_ids, dataset_ids and

@@ -36,6 +36,7 @@ class AppendMessagesRequest(_message.Message):
     expected_last_seq: _builtins.int
     """expected_last_seq, when set, must equal the session's last_seq, else
     ABORTED (LAST_SEQ_MISMATCH): a guard against two writers interleaving.
+    Not checked when every message is a stored retry (see AppendMessages).
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:

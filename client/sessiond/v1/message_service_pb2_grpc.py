@@ -102,8 +102,13 @@ class MessageServiceServicer:
         order. A message whose id already exists in the session is not stored
         again: the stored one is returned in its place (retries are safe); if
         its role or content differ, the call fails with ALREADY_EXISTS (reason
-        MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-        large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+        MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+        when every message of the request is already stored, the call returns
+        the stored messages (revision 0) even if the session has ended since or
+        expected_last_seq no longer holds, so the retry of a stored append
+        answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+        too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+        and some message is new.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,7 +116,9 @@ class MessageServiceServicer:
 
     def ListMessages(self, request, context):
         """ListMessages reads messages by page, the last N, the last N turns, or
-        after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+        after a sequence number or time. The messages and the revision are read
+        in one snapshot: no returned message was written after the revision.
+        Errors: NOT_FOUND; INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,7 +154,8 @@ class MessageServiceServicer:
 
     def SearchMessages(self, request, context):
         """SearchMessages finds messages whose content contains every word of a
-        query, newest first, among the sessions the caller may see.
+        query, newest first, among the sessions the caller may see. The
+        messages and the revision are read in one snapshot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

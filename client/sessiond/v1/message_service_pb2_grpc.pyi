@@ -47,12 +47,19 @@ class MessageServiceStub:
     order. A message whose id already exists in the session is not stored
     again: the stored one is returned in its place (retries are safe); if
     its role or content differ, the call fails with ALREADY_EXISTS (reason
-    MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-    large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+    MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+    when every message of the request is already stored, the call returns
+    the stored messages (revision 0) even if the session has ended since or
+    expected_last_seq no longer holds, so the retry of a stored append
+    answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+    too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+    and some message is new.
     """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.ListMessagesRequest, _message_service_pb2.ListMessagesResponse]
     """ListMessages reads messages by page, the last N, the last N turns, or
-    after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+    after a sequence number or time. The messages and the revision are read
+    in one snapshot: no returned message was written after the revision.
+    Errors: NOT_FOUND; INVALID_ARGUMENT.
     """
     PopMessage: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.PopMessageRequest, _message_service_pb2.PopMessageResponse]
     """PopMessage removes the last message. Errors: FAILED_PRECONDITION
@@ -72,7 +79,8 @@ class MessageServiceStub:
     """
     SearchMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.SearchMessagesRequest, _message_service_pb2.SearchMessagesResponse]
     """SearchMessages finds messages whose content contains every word of a
-    query, newest first, among the sessions the caller may see.
+    query, newest first, among the sessions the caller may see. The
+    messages and the revision are read in one snapshot.
     """
     ReplaceMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.ReplaceMessagesRequest, _message_service_pb2.ReplaceMessagesResponse]
     """ReplaceMessages atomically replaces every message after a sequence
@@ -112,12 +120,19 @@ class MessageServiceAsyncStub(MessageServiceStub):
     order. A message whose id already exists in the session is not stored
     again: the stored one is returned in its place (retries are safe); if
     its role or content differ, the call fails with ALREADY_EXISTS (reason
-    MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-    large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+    MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+    when every message of the request is already stored, the call returns
+    the stored messages (revision 0) even if the session has ended since or
+    expected_last_seq no longer holds, so the retry of a stored append
+    answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+    too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+    and some message is new.
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.ListMessagesRequest, _message_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """ListMessages reads messages by page, the last N, the last N turns, or
-    after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+    after a sequence number or time. The messages and the revision are read
+    in one snapshot: no returned message was written after the revision.
+    Errors: NOT_FOUND; INVALID_ARGUMENT.
     """
     PopMessage: _aio.UnaryUnaryMultiCallable[_message_service_pb2.PopMessageRequest, _message_service_pb2.PopMessageResponse]  # type: ignore[assignment]
     """PopMessage removes the last message. Errors: FAILED_PRECONDITION
@@ -137,7 +152,8 @@ class MessageServiceAsyncStub(MessageServiceStub):
     """
     SearchMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.SearchMessagesRequest, _message_service_pb2.SearchMessagesResponse]  # type: ignore[assignment]
     """SearchMessages finds messages whose content contains every word of a
-    query, newest first, among the sessions the caller may see.
+    query, newest first, among the sessions the caller may see. The
+    messages and the revision are read in one snapshot.
     """
     ReplaceMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.ReplaceMessagesRequest, _message_service_pb2.ReplaceMessagesResponse]  # type: ignore[assignment]
     """ReplaceMessages atomically replaces every message after a sequence
@@ -180,8 +196,13 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         order. A message whose id already exists in the session is not stored
         again: the stored one is returned in its place (retries are safe); if
         its role or content differ, the call fails with ALREADY_EXISTS (reason
-        MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-        large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+        MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+        when every message of the request is already stored, the call returns
+        the stored messages (revision 0) even if the session has ended since or
+        expected_last_seq no longer holds, so the retry of a stored append
+        answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+        too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+        and some message is new.
         """
 
     @_abc_1.abstractmethod
@@ -191,7 +212,9 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_message_service_pb2.ListMessagesResponse, _abc.Awaitable[_message_service_pb2.ListMessagesResponse]]:
         """ListMessages reads messages by page, the last N, the last N turns, or
-        after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+        after a sequence number or time. The messages and the revision are read
+        in one snapshot: no returned message was written after the revision.
+        Errors: NOT_FOUND; INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
@@ -235,7 +258,8 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_message_service_pb2.SearchMessagesResponse, _abc.Awaitable[_message_service_pb2.SearchMessagesResponse]]:
         """SearchMessages finds messages whose content contains every word of a
-        query, newest first, among the sessions the caller may see.
+        query, newest first, among the sessions the caller may see. The
+        messages and the revision are read in one snapshot.
         """
 
     @_abc_1.abstractmethod

@@ -241,7 +241,9 @@ class UpdateSessionRequest(_message.Message):
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     etag: _builtins.str
-    """etag, when set, must equal the session's current etag, else ABORTED."""
+    """etag, when set, must equal the session's current etag, else ABORTED;
+    not checked when the update would change nothing (see UpdateSession).
+    """
     @_builtins.property
     def session(self) -> _session_pb2.Session:
         """session carries the id of the session and the new field values."""

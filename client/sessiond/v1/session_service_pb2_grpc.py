@@ -167,7 +167,11 @@ class SessionServiceServicer:
     def UpdateSession(self, request, context):
         """UpdateSession changes the fields named in update_mask. Errors:
         NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-        ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+        ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+        update would change something. An update that would change nothing
+        (every field named already holds the value sent) succeeds with the
+        current session and revision 0 whatever the etag, so the retry of an
+        applied update returns its result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

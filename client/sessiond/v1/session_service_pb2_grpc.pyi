@@ -68,7 +68,11 @@ class SessionServiceStub:
     UpdateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSessionRequest, _session_service_pb2.UpdateSessionResponse]
     """UpdateSession changes the fields named in update_mask. Errors:
     NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-    ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+    ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+    update would change something. An update that would change nothing
+    (every field named already holds the value sent) succeeds with the
+    current session and revision 0 whatever the etag, so the retry of an
+    applied update returns its result.
     """
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.DeleteSessionRequest, _session_service_pb2.DeleteSessionResponse]
     """DeleteSession removes a session with its messages and usage. Errors:
@@ -159,7 +163,11 @@ class SessionServiceAsyncStub(SessionServiceStub):
     UpdateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSessionRequest, _session_service_pb2.UpdateSessionResponse]  # type: ignore[assignment]
     """UpdateSession changes the fields named in update_mask. Errors:
     NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-    ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+    ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+    update would change something. An update that would change nothing
+    (every field named already holds the value sent) succeeds with the
+    current session and revision 0 whatever the etag, so the retry of an
+    applied update returns its result.
     """
     DeleteSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.DeleteSessionRequest, _session_service_pb2.DeleteSessionResponse]  # type: ignore[assignment]
     """DeleteSession removes a session with its messages and usage. Errors:
@@ -265,7 +273,11 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_session_service_pb2.UpdateSessionResponse, _abc.Awaitable[_session_service_pb2.UpdateSessionResponse]]:
         """UpdateSession changes the fields named in update_mask. Errors:
         NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-        ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+        ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+        update would change something. An update that would change nothing
+        (every field named already holds the value sent) succeeds with the
+        current session and revision 0 whatever the etag, so the retry of an
+        applied update returns its result.
         """
 
     @_abc_1.abstractmethod

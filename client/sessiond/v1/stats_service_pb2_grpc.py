@@ -66,7 +66,9 @@ class StatsServiceServicer:
         arrive late). A retry with the same request_id is counted once and
         returns the original answer. Errors: NOT_FOUND; INVALID_ARGUMENT for a
         negative counter, reasoning_tokens above completion_tokens, or a
-        missing model.
+        missing model; FAILED_PRECONDITION (reason USAGE_OVERFLOW), on every
+        backend, when a session counter would pass 2^62 (nothing is added, and
+        a retry fails the same way: it is not retryable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,7 +42,9 @@ class StatsServiceStub:
     arrive late). A retry with the same request_id is counted once and
     returns the original answer. Errors: NOT_FOUND; INVALID_ARGUMENT for a
     negative counter, reasoning_tokens above completion_tokens, or a
-    missing model.
+    missing model; FAILED_PRECONDITION (reason USAGE_OVERFLOW), on every
+    backend, when a session counter would pass 2^62 (nothing is added, and
+    a retry fails the same way: it is not retryable).
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_stats_service_pb2.GetStatsRequest, _stats_service_pb2.GetStatsResponse]
     """GetStats aggregates sessions matching a filter (the window is
@@ -71,7 +73,9 @@ class StatsServiceAsyncStub(StatsServiceStub):
     arrive late). A retry with the same request_id is counted once and
     returns the original answer. Errors: NOT_FOUND; INVALID_ARGUMENT for a
     negative counter, reasoning_tokens above completion_tokens, or a
-    missing model.
+    missing model; FAILED_PRECONDITION (reason USAGE_OVERFLOW), on every
+    backend, when a session counter would pass 2^62 (nothing is added, and
+    a retry fails the same way: it is not retryable).
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_stats_service_pb2.GetStatsRequest, _stats_service_pb2.GetStatsResponse]  # type: ignore[assignment]
     """GetStats aggregates sessions matching a filter (the window is
@@ -103,7 +107,9 @@ class StatsServiceServicer(metaclass=_abc_1.ABCMeta):
         arrive late). A retry with the same request_id is counted once and
         returns the original answer. Errors: NOT_FOUND; INVALID_ARGUMENT for a
         negative counter, reasoning_tokens above completion_tokens, or a
-        missing model.
+        missing model; FAILED_PRECONDITION (reason USAGE_OVERFLOW), on every
+        backend, when a session counter would pass 2^62 (nothing is added, and
+        a retry fails the same way: it is not retryable).
         """
 
     @_abc_1.abstractmethod

@@ -17,39 +17,47 @@ lower revision has committed: within the lock, PostgreSQL's READ COMMITTED
 behaves like SQLite's single ``BEGIN IMMEDIATE`` writer, so the write
 functions are the same ones the SQLite store runs, only awaited.
 
-Group commit as in ``sqlite_writer.py``: whatever is queued (up to
-``max_batch``) runs in one transaction, each write in its own SAVEPOINT so
-one failing write rolls back alone, each write that changed something takes
-the next revision, its change log rows go in the same transaction, and a
-``pg_notify`` in the transaction tells the other replicas at commit. Callers
-are answered only after the commit and after this replica's listeners have
-been told. The transaction awaits nothing but the database.
+Group commit is the loop every backend shares (``group_commit.py``), with
+the hooks below: whatever is queued (up to ``max_batch``) runs in one
+transaction, each write in its own SAVEPOINT, and a ``pg_notify`` in the
+transaction tells the other replicas at commit. After an error the loop asks
+``is_in_transaction()`` whether the connection still holds the transaction.
+Callers are answered only after the commit and after this replica's
+listeners have been told. The transaction awaits nothing but the database.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 
-from .errors import StoreError, Unavailable
+from . import group_commit
+from .errors import Unavailable
+from .group_commit import Job, WriteFn, run_batch, settle, take_batch
 from .interface import Change
 from .postgres_schema import CHANGES_CHANNEL
-from .revisions import ChangeRecorder
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: What this backend's write functions get.
+WriteContext = group_commit.WriteContext[asyncpg.Connection]
+
+__all__ = ["DATABASE_ERRORS", "PostgresStatements", "WriteContext", "Writer", "unavailable"]
 
 #: What the database driver raises when the database cannot serve a request.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
     TimeoutError,
 )
+
+CHANGES_SQL = ("INSERT INTO changes (revision, idx, tenant, owner_id, dataset_id, created_at,"
+               " event) VALUES ($1, $2, $3, $4, $5, $6, $7)")
 
 
 def unavailable(exc: BaseException) -> Unavailable:
@@ -66,47 +74,90 @@ def unavailable(exc: BaseException) -> Unavailable:
     return Unavailable("the database is unavailable")
 
 
-def write_failure(exc: Exception) -> Exception:
-    """What the caller of a failed write is answered with."""
-    if isinstance(exc, StoreError):
-        return exc
-    if isinstance(exc, DATABASE_ERRORS):
-        log.warning("write failed in the database: %s", exc)
-        return unavailable(exc)
-    log.error("write failed", exc_info=exc)
-    return exc
+def count_of(status: str) -> int:
+    """The row count of an asyncpg command status such as ``DELETE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
-class WriteContext(ChangeRecorder):
-    """What a write function gets: the connection, the time, and revisions."""
+class PostgresStatements:
+    """Statements on an asyncpg connection."""
 
-    def __init__(self, conn: asyncpg.Connection, revision: int,
-                 clock: Callable[[], int]) -> None:
-        super().__init__(revision, clock)
+    def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def finish_write(self) -> list[Change]:
-        changes, change_rows = self.take_pending()
-        if change_rows:
-            await self.conn.executemany(
-                "INSERT INTO changes (revision, idx, tenant, owner_id, dataset_id, created_at,"
-                " event) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                change_rows,
-            )
-        return changes
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(await self.conn.fetch(sql, *params))
+
+    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return await self.conn.fetchrow(sql, *params)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        status = await self.conn.execute(sql, *params)
+        try:
+            return count_of(status)
+        except ValueError:
+            return 0
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.conn.executemany(sql, rows)
 
 
-WriteFn = Callable[[WriteContext], Awaitable[T]]
+class PostgresBatch:
+    """The group-commit hooks on one pooled connection."""
+
+    changes_sql = CHANGES_SQL
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.tx = PostgresStatements(conn)
+        self._transaction = conn.transaction()
+
+    async def begin(self) -> int:
+        await self._transaction.start()
+        # The counter row is locked first, before any other row: revision order is
+        # commit order on every replica, and two writers can never deadlock.
+        return int(await self.conn.fetchval(
+            "SELECT value FROM meta WHERE key = 'revision' FOR UPDATE"))
+
+    async def savepoint(self) -> None:
+        await self.conn.execute("SAVEPOINT write")
+
+    async def release(self) -> None:
+        await self.conn.execute("RELEASE SAVEPOINT write")
+
+    async def rollback_to(self) -> None:
+        await self.conn.execute("ROLLBACK TO SAVEPOINT write")
+
+    def in_transaction(self) -> bool:
+        return not self.conn.is_closed() and self.conn.is_in_transaction()
+
+    async def store_revision(self, start: int, last: int) -> None:
+        # The counter moves by the revisions taken, and the other replicas
+        # hear of it at commit (NOTIFY is delivered only if this commits).
+        counter = await self.conn.fetchrow(
+            "WITH counter AS (UPDATE meta SET value = value + $1"
+            " WHERE key = 'revision' RETURNING value)"
+            " SELECT value, pg_notify($2, value::text) FROM counter",
+            last - start, CHANGES_CHANNEL)
+        if int(counter[0]) != last:  # only if a writer skipped the lock protocol
+            raise RuntimeError(f"revision counter at {counter[0]}, expected {last}")
+
+    async def commit(self) -> None:
+        await self._transaction.commit()
+
+    async def rollback(self) -> None:
+        if self.in_transaction():
+            await self._transaction.rollback()
+
+    def is_database_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, DATABASE_ERRORS)
+
+    def unavailable(self, exc: BaseException) -> Unavailable:
+        return unavailable(exc)
+
+
 #: Told after each commit that changed something: (last revision, changes).
 OnCommit = Callable[[int, list[Change]], Awaitable[None]]
-
-
-class _Job(Generic[T]):
-    __slots__ = ("fn", "future")
-
-    def __init__(self, fn: WriteFn[T], future: asyncio.Future[T]) -> None:
-        self.fn = fn
-        self.future = future
 
 
 class Writer:
@@ -119,7 +170,7 @@ class Writer:
         self._max_batch = max(1, max_batch)
         self._on_commit = on_commit
         self._acquire_timeout = acquire_timeout
-        self._queue: asyncio.Queue[_Job[Any] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Job[Any] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.batches = 0
@@ -132,7 +183,7 @@ class Writer:
         if self._closed or self._task is None:
             raise Unavailable("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(fn, future))
+        self._queue.put_nowait(Job(fn, future))
         return await future
 
     async def close(self) -> None:
@@ -150,100 +201,31 @@ class Writer:
             job = await self._queue.get()
             if job is None:
                 break
-            batch: list[_Job[Any]] = [job]
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
+            batch, stopping = take_batch(job, self._queue.get_nowait, self._max_batch)
             try:
                 await self._commit(batch)
             except BaseException as exc:  # the writer must outlive any one batch
-                failure = exc if isinstance(exc, StoreError) else unavailable(exc)
                 if not isinstance(exc, DATABASE_ERRORS):
                     log.exception("write batch failed")
+                failure = unavailable(exc)
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(failure)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
 
-    async def _commit(self, batch: list[_Job[Any]]) -> None:
-        outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
-        changes: list[Change] = []
-        last = 0
+    async def _commit(self, batch: list[Job[Any]]) -> None:
         async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
-                start = int(await conn.fetchval(
-                    "SELECT value FROM meta WHERE key = 'revision' FOR UPDATE"))
-                ctx = WriteContext(conn, start, self._clock)
-                # A lone write needs no savepoint: its failure rolls back the transaction.
-                alone = len(batch) == 1
-                for job in batch:
-                    ctx.begin_write()
-                    if not alone:
-                        await conn.execute("SAVEPOINT write")
-                    try:
-                        result = await job.fn(ctx)
-                        written = await ctx.finish_write()
-                        if not alone:
-                            await conn.execute("RELEASE SAVEPOINT write")
-                    except Exception as exc:
-                        # One failing write must not fail its neighbours.
-                        ctx.abandon_write()
-                        if alone:
-                            raise
-                        await conn.execute("ROLLBACK TO SAVEPOINT write")
-                        await conn.execute("RELEASE SAVEPOINT write")
-                        outcomes.append((job, None, write_failure(exc)))
-                        continue
-                    changes.extend(written)
-                    outcomes.append((job, result, None))
-                if ctx.revision != start:
-                    # The counter moves by the revisions taken, and the other replicas
-                    # hear of it at commit (NOTIFY is delivered only if this commits).
-                    counter = await conn.fetchrow(
-                        "WITH counter AS (UPDATE meta SET value = value + $1"
-                        " WHERE key = 'revision' RETURNING value)"
-                        " SELECT value, pg_notify($2, value::text) FROM counter",
-                        ctx.revision - start, CHANGES_CHANNEL)
-                    last = int(counter[0])
-                    if last != ctx.revision:  # only if a writer skipped the lock protocol
-                        raise RuntimeError(f"revision counter at {last}, expected "
-                                           f"{ctx.revision}")
-                await transaction.commit()
-            except BaseException as exc:
-                with contextlib.suppress(*DATABASE_ERRORS):
-                    await transaction.rollback()
-                if len(batch) == 1 and isinstance(exc, Exception):
-                    outcomes = [(batch[0], None, write_failure(exc))]
-                    changes = []
-                    last = 0
-                else:
-                    if isinstance(exc, DATABASE_ERRORS):
-                        log.error("write transaction of %d writes rolled back: %s",
-                                  len(batch), exc)
-                    raise
-        self.batches += 1
-        self.writes += len(batch)
-        if changes:
+            result = await run_batch(PostgresBatch(conn), batch, self._clock)
+        if result.committed:
+            self.batches += 1
+            self.writes += len(batch)
+        if result.last_revision:
             # Listeners first, so that a caller who watches from its write's
             # revision + 1 right after the answer finds the hub already there.
             try:
-                await self._on_commit(last, changes)
+                await self._on_commit(result.last_revision, result.changes)
             except Exception:
                 log.exception("publishing revision %d failed; the change feed will catch up",
-                              last)
-        for job, result, error in outcomes:
-            if job.future.done():
-                continue
-            if error is not None:
-                job.future.set_exception(error)
-            else:
-                job.future.set_result(result)
+                              result.last_revision)
+        settle(result.outcomes)

@@ -5,13 +5,12 @@ and a batch is many writes. Running the whole batch in one hop to a dedicated
 thread means no transaction is ever held across an await, and the event loop
 pays one hand-off per batch instead of one per statement.
 
-Each queued write is a plain function of a :class:`WriteContext`. The writer
-takes whatever is queued (up to ``max_batch``), opens one ``BEGIN IMMEDIATE``
-transaction, runs each write inside its own SAVEPOINT (so one failing write
-rolls back alone and its neighbours still commit), gives each write that
-changed something the next store revision, writes the change log rows, and
-commits once. Only after the commit are callers answered and listeners told,
-so an acknowledged write is durable and every event is of a committed write.
+The thread takes whatever is queued (up to ``max_batch``) and runs it through
+the group-commit loop every backend shares (``group_commit.py``), with the
+hooks below: ``BEGIN IMMEDIATE``, SAVEPOINTs, and ``in_transaction`` to learn
+whether SQLite has rolled the whole transaction back (a full disk, an I/O
+error). Only after the commit are callers answered and listeners told, so an
+acknowledged write is durable and every event is of a committed write.
 """
 
 from __future__ import annotations
@@ -23,46 +22,87 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from .errors import StoreError, Unavailable
+from . import group_commit
+from .errors import Unavailable
+from .group_commit import BatchResult, Job, WriteFn, run_batch, run_sync, settle, take_batch
 from .interface import Change
-from .revisions import ChangeRecorder
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: What this backend's write functions get.
+WriteContext = group_commit.WriteContext[sqlite3.Connection]
 
-class WriteContext(ChangeRecorder):
-    """What a write function gets: the connection, the time, and revisions."""
+__all__ = ["SQLiteStatements", "WriteContext", "Writer"]
 
-    def __init__(self, conn: sqlite3.Connection, revision: int,
-                 clock: Callable[[], int]) -> None:
-        super().__init__(revision, clock)
+CHANGES_SQL = ("INSERT INTO changes (revision, idx, tenant, owner_id, dataset_id, created_at,"
+               " event) VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+class SQLiteStatements:
+    """Statements on a sqlite3 connection; the awaits never suspend (see run_sync)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def finish_write(self) -> list[Change]:
-        changes, change_rows = self.take_pending()
-        if change_rows:
-            self.conn.executemany(
-                "INSERT INTO changes (revision, idx, tenant, owner_id, dataset_id, created_at,"
-                " event) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                change_rows,
-            )
-        return changes
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self.conn.execute(sql, params).fetchall()
+
+    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(sql, params).fetchone()
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self.conn.execute(sql, params).rowcount)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
 
 
-WriteFn = Callable[[WriteContext], T]
+class SQLiteBatch:
+    """The group-commit hooks on the writer's connection."""
 
+    changes_sql = CHANGES_SQL
 
-class _Job(Generic[T]):
-    __slots__ = ("fn", "future")
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.tx = SQLiteStatements(conn)
 
-    def __init__(self, fn: WriteFn[T], future: asyncio.Future[T]) -> None:
-        self.fn = fn
-        self.future = future
+    async def begin(self) -> int:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return int(self.conn.execute("SELECT value FROM meta WHERE key = 'revision'")
+                   .fetchone()[0])
+
+    async def savepoint(self) -> None:
+        self.conn.execute("SAVEPOINT write")
+
+    async def release(self) -> None:
+        self.conn.execute("RELEASE write")
+
+    async def rollback_to(self) -> None:
+        self.conn.execute("ROLLBACK TO write")
+
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    async def store_revision(self, start: int, last: int) -> None:
+        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (last,))
+
+    async def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def is_database_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.Error)
+
+    def unavailable(self, exc: BaseException) -> Unavailable:
+        return Unavailable(f"database error: {exc}")
 
 
 class Writer:
@@ -71,17 +111,15 @@ class Writer:
     def __init__(
         self,
         connect: Callable[[], sqlite3.Connection],
-        revision: int,
         clock: Callable[[], int],
         max_batch: int,
         on_commit: Callable[[int, list[Change]], None],
     ) -> None:
         self._connect = connect
-        self._revision = revision
         self._clock = clock
         self._max_batch = max(1, max_batch)
         self._on_commit = on_commit
-        self._queue: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job[Any] | None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -105,7 +143,7 @@ class Writer:
         if self._closed or self._loop is None:
             raise Unavailable("the store is closed")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Job(fn, future))
+        self._queue.put(Job(fn, future))
         return await future
 
     async def close(self) -> None:
@@ -127,99 +165,40 @@ class Writer:
             self._loop.call_soon_threadsafe(opened.set_exception, exc)
             return
         self._loop.call_soon_threadsafe(opened.set_result, None)
+        hooks = SQLiteBatch(conn)
         try:
             stopping = False
             while not stopping:
                 job = self._queue.get()
                 if job is None:
                     break
-                batch: list[_Job[Any]] = [job]
-                while len(batch) < self._max_batch:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stopping = True
-                        break
-                    batch.append(nxt)
-                self._commit(conn, batch)
+                batch, stopping = take_batch(job, self._queue.get_nowait, self._max_batch)
+                began = time.perf_counter()
+                result = run_sync(run_batch(hooks, batch, self._clock))
+                if result.committed:
+                    self._observe(len(batch), time.perf_counter() - began)
+                self._answer(result)
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
-        ctx = WriteContext(conn, self._revision, self._clock)
-        outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
-        changes: list[Change] = []
-        began = time.perf_counter()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            log.error("cannot begin a write transaction: %s", exc)
-            self._answer([(job, None, Unavailable(f"database unavailable: {exc}"))
-                          for job in batch], self._revision, [])
-            return
-        for job in batch:
-            ctx.begin_write()
-            conn.execute("SAVEPOINT write")
-            try:
-                result = job.fn(ctx)
-                written = ctx.finish_write()
-                conn.execute("RELEASE write")
-            except BaseException as exc:  # one failing write must not fail its neighbours
-                ctx.abandon_write()
-                try:
-                    conn.execute("ROLLBACK TO write")
-                    conn.execute("RELEASE write")
-                except sqlite3.Error:
-                    log.exception("rollback to savepoint failed")
-                if isinstance(exc, sqlite3.Error):
-                    log.error("write failed in the database: %s", exc)
-                    exc = Unavailable(f"database error: {exc}")
-                elif not isinstance(exc, StoreError):
-                    log.exception("write failed")
-                outcomes.append((job, None, exc))
-                continue
-            changes.extend(written)
-            outcomes.append((job, result, None))
-        try:
-            if ctx.revision != self._revision:
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (ctx.revision,))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            log.error("commit failed, %d writes rolled back: %s", len(batch), exc)
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            failure = Unavailable(f"database unavailable: {exc}")
-            self._answer([(job, None, failure) for job in batch], self._revision, [])
-            return
-        self._revision = ctx.revision
+    def _observe(self, writes: int, elapsed: float) -> None:
         self.batches += 1
-        self.writes += len(batch)
-        elapsed = time.perf_counter() - began
+        self.writes += writes
         for observe in self.batch_observers:
             try:
-                observe(len(batch), elapsed)
+                observe(writes, elapsed)
             except Exception:
                 log.exception("batch observer failed")
-        self._answer(outcomes, ctx.revision, changes)
 
-    def _answer(self, outcomes: list[tuple[_Job[Any], Any, BaseException | None]],
-                revision: int, changes: list[Change]) -> None:
+    def _answer(self, result: BatchResult) -> None:
         assert self._loop is not None
         # A closed loop means nobody is waiting for these answers any more.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._deliver, outcomes, revision, changes)
+            self._loop.call_soon_threadsafe(self._deliver, result)
 
-    def _deliver(self, outcomes: list[tuple[_Job[Any], Any, BaseException | None]],
-                 revision: int, changes: list[Change]) -> None:
+    def _deliver(self, result: BatchResult) -> None:
         # Listeners first, so that a caller who watches from its write's
         # revision + 1 right after the answer finds the hub already there.
-        self._on_commit(revision, changes)
-        for job, result, exc in outcomes:
-            if job.future.cancelled():
-                continue
-            if exc is not None:
-                job.future.set_exception(exc)
-            else:
-                job.future.set_result(result)
+        if result.last_revision:
+            self._on_commit(result.last_revision, result.changes)
+        settle(result.outcomes)

@@ -36,6 +36,7 @@ export interface AppendMessagesRequest {
   /**
    * expected_last_seq, when set, must equal the session's last_seq, else
    * ABORTED (LAST_SEQ_MISMATCH): a guard against two writers interleaving.
+   * Not checked when every message is a stored retry (see AppendMessages).
    */
   expectedLastSeq?: bigint | undefined;
 }
@@ -2276,8 +2277,13 @@ export const MessageServiceService = {
    * order. A message whose id already exists in the session is not stored
    * again: the stored one is returned in its place (retries are safe); if
    * its role or content differ, the call fails with ALREADY_EXISTS (reason
-   * MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-   * large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+   * MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+   * when every message of the request is already stored, the call returns
+   * the stored messages (revision 0) even if the session has ended since or
+   * expected_last_seq no longer holds, so the retry of a stored append
+   * answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+   * too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+   * and some message is new.
    */
   appendMessages: {
     path: "/sessiond.v1.MessageService/AppendMessages" as const,
@@ -2292,7 +2298,9 @@ export const MessageServiceService = {
   },
   /**
    * ListMessages reads messages by page, the last N, the last N turns, or
-   * after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+   * after a sequence number or time. The messages and the revision are read
+   * in one snapshot: no returned message was written after the revision.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT.
    */
   listMessages: {
     path: "/sessiond.v1.MessageService/ListMessages" as const,
@@ -2352,7 +2360,8 @@ export const MessageServiceService = {
   },
   /**
    * SearchMessages finds messages whose content contains every word of a
-   * query, newest first, among the sessions the caller may see.
+   * query, newest first, among the sessions the caller may see. The
+   * messages and the revision are read in one snapshot.
    */
   searchMessages: {
     path: "/sessiond.v1.MessageService/SearchMessages" as const,
@@ -2413,13 +2422,20 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
    * order. A message whose id already exists in the session is not stored
    * again: the stored one is returned in its place (retries are safe); if
    * its role or content differ, the call fails with ALREADY_EXISTS (reason
-   * MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-   * large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+   * MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+   * when every message of the request is already stored, the call returns
+   * the stored messages (revision 0) even if the session has ended since or
+   * expected_last_seq no longer holds, so the retry of a stored append
+   * answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+   * too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+   * and some message is new.
    */
   appendMessages: handleUnaryCall<AppendMessagesRequest, AppendMessagesResponse>;
   /**
    * ListMessages reads messages by page, the last N, the last N turns, or
-   * after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+   * after a sequence number or time. The messages and the revision are read
+   * in one snapshot: no returned message was written after the revision.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT.
    */
   listMessages: handleUnaryCall<ListMessagesRequest, ListMessagesResponse>;
   /**
@@ -2443,7 +2459,8 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
   clearMessages: handleUnaryCall<ClearMessagesRequest, ClearMessagesResponse>;
   /**
    * SearchMessages finds messages whose content contains every word of a
-   * query, newest first, among the sessions the caller may see.
+   * query, newest first, among the sessions the caller may see. The
+   * messages and the revision are read in one snapshot.
    */
   searchMessages: handleUnaryCall<SearchMessagesRequest, SearchMessagesResponse>;
   /**
@@ -2474,8 +2491,13 @@ export interface MessageServiceClient extends Client {
    * order. A message whose id already exists in the session is not stored
    * again: the stored one is returned in its place (retries are safe); if
    * its role or content differ, the call fails with ALREADY_EXISTS (reason
-   * MESSAGE_ID_CONFLICT). Errors: INVALID_ARGUMENT (empty, too many, too
-   * large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale.
+   * MESSAGE_ID_CONFLICT). The ids are looked up before any other guard:
+   * when every message of the request is already stored, the call returns
+   * the stored messages (revision 0) even if the session has ended since or
+   * expected_last_seq no longer holds, so the retry of a stored append
+   * answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
+   * too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
+   * and some message is new.
    */
   appendMessages(
     request: AppendMessagesRequest,
@@ -2494,7 +2516,9 @@ export interface MessageServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * ListMessages reads messages by page, the last N, the last N turns, or
-   * after a sequence number or time. Errors: NOT_FOUND; INVALID_ARGUMENT.
+   * after a sequence number or time. The messages and the revision are read
+   * in one snapshot: no returned message was written after the revision.
+   * Errors: NOT_FOUND; INVALID_ARGUMENT.
    */
   listMessages(
     request: ListMessagesRequest,
@@ -2574,7 +2598,8 @@ export interface MessageServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * SearchMessages finds messages whose content contains every word of a
-   * query, newest first, among the sessions the caller may see.
+   * query, newest first, among the sessions the caller may see. The
+   * messages and the revision are read in one snapshot.
    */
   searchMessages(
     request: SearchMessagesRequest,

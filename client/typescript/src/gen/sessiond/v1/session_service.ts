@@ -236,7 +236,10 @@ export interface UpdateSessionRequest {
   updateMask:
     | string[]
     | undefined;
-  /** etag, when set, must equal the session's current etag, else ABORTED. */
+  /**
+   * etag, when set, must equal the session's current etag, else ABORTED;
+   * not checked when the update would change nothing (see UpdateSession).
+   */
   etag: string;
 }
 
@@ -3586,7 +3589,11 @@ export const SessionServiceService = {
   /**
    * UpdateSession changes the fields named in update_mask. Errors:
    * NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+   * update would change something. An update that would change nothing
+   * (every field named already holds the value sent) succeeds with the
+   * current session and revision 0 whatever the etag, so the retry of an
+   * applied update returns its result.
    */
   updateSession: {
     path: "/sessiond.v1.SessionService/UpdateSession" as const,
@@ -3751,7 +3758,11 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
   /**
    * UpdateSession changes the fields named in update_mask. Errors:
    * NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+   * update would change something. An update that would change nothing
+   * (every field named already holds the value sent) succeeds with the
+   * current session and revision 0 whatever the etag, so the retry of an
+   * applied update returns its result.
    */
   updateSession: handleUnaryCall<UpdateSessionRequest, UpdateSessionResponse>;
   /**
@@ -3854,7 +3865,11 @@ export interface SessionServiceClient extends Client {
   /**
    * UpdateSession changes the fields named in update_mask. Errors:
    * NOT_FOUND; INVALID_ARGUMENT for a missing or unknown mask path;
-   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale.
+   * ABORTED (reason ETAG_MISMATCH) when etag is set and stale and the
+   * update would change something. An update that would change nothing
+   * (every field named already holds the value sent) succeeds with the
+   * current session and revision 0 whatever the etag, so the retry of an
+   * applied update returns its result.
    */
   updateSession(
     request: UpdateSessionRequest,

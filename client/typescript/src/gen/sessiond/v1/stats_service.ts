@@ -1314,7 +1314,9 @@ export const StatsServiceService = {
    * arrive late). A retry with the same request_id is counted once and
    * returns the original answer. Errors: NOT_FOUND; INVALID_ARGUMENT for a
    * negative counter, reasoning_tokens above completion_tokens, or a
-   * missing model.
+   * missing model; FAILED_PRECONDITION (reason USAGE_OVERFLOW), on every
+   * backend, when a session counter would pass 2^62 (nothing is added, and
+   * a retry fails the same way: it is not retryable).
    */
   recordUsage: {
     path: "/sessiond.v1.StatsService/RecordUsage" as const,
@@ -1364,7 +1366,9 @@ export interface StatsServiceServer extends UntypedServiceImplementation {
    * arrive late). A retry with the same request_id is counted once and
    * returns the original answer. Errors: NOT_FOUND; INVALID_ARGUMENT for a
    * negative counter, reasoning_tokens above completion_tokens, or a
-   * missing model.
+   * missing model; FAILED_PRECONDITION (reason USAGE_OVERFLOW), on every
+   * backend, when a session counter would pass 2^62 (nothing is added, and
+   * a retry fails the same way: it is not retryable).
    */
   recordUsage: handleUnaryCall<RecordUsageRequest, RecordUsageResponse>;
   /**
@@ -1390,7 +1394,9 @@ export interface StatsServiceClient extends Client {
    * arrive late). A retry with the same request_id is counted once and
    * returns the original answer. Errors: NOT_FOUND; INVALID_ARGUMENT for a
    * negative counter, reasoning_tokens above completion_tokens, or a
-   * missing model.
+   * missing model; FAILED_PRECONDITION (reason USAGE_OVERFLOW), on every
+   * backend, when a session counter would pass 2^62 (nothing is added, and
+   * a retry fails the same way: it is not retryable).
    */
   recordUsage(
     request: RecordUsageRequest,
