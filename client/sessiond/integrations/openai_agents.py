@@ -157,7 +157,7 @@ class SessiondSession:
             return None
         client = self._history.client
         try:
-            session = (await client.get_session(session_id=self.session_id)).session
+            session = (await client.get_session(session_id=self._history.session_id)).session
         except NotFound:
             return _CompactionSnapshot([], True, _nothing_to_replace)
         window = await self._history.latest(limit + 1)
@@ -172,7 +172,7 @@ class SessiondSession:
                 return False
             try:
                 await _await_mutation(client.replace_messages(
-                    session_id=self.session_id,
+                    session_id=self._history.session_id,
                     after_seq=replaced[0].seq - 1,
                     messages=[item_to_message(item) for item in output],
                     expected_last_seq=session.last_seq,

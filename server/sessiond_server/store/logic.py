@@ -743,6 +743,24 @@ class StoreLogic:
             f"SELECT {self.dialect.message_columns} FROM messages m WHERE m.session_pk = {p(pk)}"
             f" AND {self.dialect.any_of('m.message_id', ids, p)}", p.values)}
 
+    async def _insert_messages(self, ctx: Ctx, pk: int, last_seq: int,
+                               prepared: Sequence[tuple[M.Message, Any, int, int]]
+                               ) -> tuple[list[tuple[Any, ...]], int, int]:
+        """Store messages numbered after ``last_seq``: their rows, turns and tool calls."""
+        new_rows: list[tuple[Any, ...]] = []
+        turns = tool_calls = 0
+        for message, body, turn, calls in prepared:
+            last_seq += 1
+            new_rows.append((pk, last_seq, message.id or None, int(message.role),
+                             message.content, turn, calls, ctx.now, ctx.now, body))
+            turns += turn
+            tool_calls += calls
+        if new_rows:
+            await ctx.tx.executemany(
+                f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS})"
+                f" VALUES ({self.dialect.placeholders(10)})", new_rows)
+        return new_rows, turns, tool_calls
+
     async def append_messages(self, scope: Scope, session_id: str,
                               messages: Sequence[M.Message],
                               expected_last_seq: int | None) -> MessagesResult:
@@ -778,19 +796,10 @@ class StoreLogic:
             if expected_last_seq is not None and expected_last_seq != last_seq:
                 raise Aborted(f"expected last_seq {expected_last_seq}, the session is at "
                               f"{last_seq}", reason="LAST_SEQ_MISMATCH")
-            new_rows: list[tuple[Any, ...]] = []
-            turns = tool_calls = 0
-            for kept, (message, body, turn, calls) in zip(out, prepared, strict=True):
-                if kept is not None:
-                    continue
-                last_seq += 1
-                new_rows.append((pk, last_seq, message.id or None, int(message.role),
-                                 message.content, turn, calls, ctx.now, ctx.now, body))
-                turns += turn
-                tool_calls += calls
-            await ctx.tx.executemany(
-                f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS})"
-                f" VALUES ({self.dialect.placeholders(10)})", new_rows)
+            new_rows, turns, tool_calls = await self._insert_messages(
+                ctx, pk, last_seq, [fresh for kept, fresh in zip(out, prepared, strict=True)
+                                    if kept is None])
+            last_seq = new_rows[-1][1]
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
                 " tool_call_count = tool_call_count + {}, last_seq = {}",
@@ -952,6 +961,113 @@ class StoreLogic:
             session, _ = await self._bump(
                 ctx, row, ", message_count = 0, turn_count = 0, tool_call_count = 0")
             self._emit(ctx, E.EVENT_TYPE_MESSAGES_CLEARED, session, removed_count=removed)
+            return removed, session, ctx.write_revision
+
+        result: tuple[int, S.Session, int] = await self._write(write)
+        return result
+
+    async def _range_counts(self, ctx: Ctx, pk: int, condition: str, seq: int
+                            ) -> tuple[int, int, int]:
+        """Messages, turns and tool calls of the session's messages whose seq meets
+        ``condition`` (an operator) against ``seq``, summed in SQL."""
+        p = self.dialect.params()
+        found = await ctx.tx.fetchrow(
+            f"SELECT COUNT(*), COALESCE(SUM(is_turn), 0), COALESCE(SUM(tool_calls), 0)"
+            f" FROM messages WHERE session_pk = {p(pk)} AND seq {condition} {p(seq)}", p.values)
+        return int(found[0]), int(found[1]), int(found[2])
+
+    async def replace_messages(self, scope: Scope, session_id: str, after_seq: int,
+                               messages: Sequence[M.Message], expected_last_seq: int,
+                               etag: str) -> tuple[MessagesResult, int]:
+        prepared = [(m, rows.message_body(m), *message_delta(m)) for m in messages]
+
+        async def write(ctx: Ctx) -> tuple[MessagesResult, int]:
+            row = await self._load(ctx, scope, session_id)
+            pk, last_seq = row[0], row[COL["last_seq"]]
+            if after_seq > last_seq:
+                raise InvalidArgument("after_seq", f"after_seq {after_seq} is beyond the "
+                                      f"session's last_seq {last_seq}")
+            removed, removed_turns, removed_calls = await self._range_counts(
+                ctx, pk, ">", after_seq)
+            p = self.dialect.params()
+            if removed == len(messages) and all(m.id for m in messages):
+                # A retry of an applied replacement: the tail is already these
+                # messages. Answered before the guards, which the first attempt moved.
+                tail = await ctx.tx.fetch(
+                    f"SELECT {self.dialect.message_columns} FROM messages m"
+                    f" WHERE m.session_pk = {p(pk)} AND m.seq > {p(after_seq)}"
+                    f" ORDER BY m.seq", p.values)
+                stored = [rows.message_from_row(r, session_id) for r in tail]
+                if all((s.id, s.role, s.content) == (m.id, m.role, m.content)
+                       for s, m in zip(stored, messages, strict=True)):
+                    return MessagesResult(stored, self._session(row, ctx.now), 0), 0
+            rows.require_writable(row)
+            if expected_last_seq != last_seq:
+                raise Aborted(f"expected last_seq {expected_last_seq}, the session is at "
+                              f"{last_seq}", reason="LAST_SEQ_MISMATCH")
+            if etag and etag != self._session(row, ctx.now).etag:
+                raise Aborted(f"etag {etag!r} is stale")
+            seen: set[str] = set()
+            kept = await self._stored_by_id(ctx, pk, messages)
+            for i, message in enumerate(messages):
+                old = kept.get(message.id)
+                if message.id in seen or (old is not None and old[2] <= after_seq):
+                    raise AlreadyExists(f"messages[{i}].id {message.id!r} is used by another "
+                                        f"message", reason="MESSAGE_ID_CONFLICT")
+                if message.id:
+                    seen.add(message.id)
+            p = self.dialect.params()
+            await ctx.tx.execute(f"DELETE FROM messages WHERE session_pk = {p(pk)}"
+                                 f" AND seq > {p(after_seq)}", p.values)
+            new_rows, turns, tool_calls = await self._insert_messages(ctx, pk, last_seq,
+                                                                      prepared)
+            new_last = new_rows[-1][1] if new_rows else last_seq
+            session, revived = await self._bump(
+                ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
+                " tool_call_count = tool_call_count + {}, last_seq = {}",
+                (len(new_rows) - removed, turns - removed_turns, tool_calls - removed_calls,
+                 new_last))
+            result = [rows.stored_message(message, session_id, new_row[1], ctx.now)
+                      for message, new_row in zip(messages, new_rows, strict=True)]
+            if revived:
+                self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
+            carried, truncated = rows.event_messages(result)
+            ctx.emit(E.EVENT_TYPE_MESSAGES_REPLACED, session.id, session.tenant,
+                     session.owner_id, session.dataset_id, session=session, messages=carried,
+                     messages_truncated=truncated, removed_count=removed, after_seq=after_seq)
+            return MessagesResult(result, session, ctx.write_revision), removed
+
+        result: tuple[MessagesResult, int] = await self._write(write)
+        return result
+
+    async def delete_messages(self, scope: Scope, session_id: str, up_to_seq: int,
+                              expected_last_seq: int | None) -> tuple[int, S.Session, int]:
+        async def write(ctx: Ctx) -> tuple[int, S.Session, int]:
+            row = await self._load(ctx, scope, session_id)
+            last_seq = row[COL["last_seq"]]
+            if up_to_seq > last_seq:
+                raise InvalidArgument("up_to_seq", f"up_to_seq {up_to_seq} is beyond the "
+                                      f"session's last_seq {last_seq}")
+            removed, turns, tool_calls = await self._range_counts(ctx, row[0], "<=", up_to_seq)
+            if not removed:
+                # Nothing left up to there (a retry, or deleted already): no change,
+                # answered before the guards.
+                return 0, self._session(row, ctx.now), 0
+            rows.require_writable(row)
+            if expected_last_seq is not None and expected_last_seq != last_seq:
+                raise Aborted(f"expected last_seq {expected_last_seq}, the session is at "
+                              f"{last_seq}", reason="LAST_SEQ_MISMATCH")
+            p = self.dialect.params()
+            await ctx.tx.execute(f"DELETE FROM messages WHERE session_pk = {p(row[0])}"
+                                 f" AND seq <= {p(up_to_seq)}", p.values)
+            session, revived = await self._bump(
+                ctx, row, ", message_count = message_count - {}, turn_count = turn_count - {},"
+                " tool_call_count = tool_call_count - {}", (removed, turns, tool_calls))
+            if revived:
+                self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
+            ctx.emit(E.EVENT_TYPE_MESSAGES_DELETED, session.id, session.tenant,
+                     session.owner_id, session.dataset_id, session=session,
+                     removed_count=removed, up_to_seq=up_to_seq)
             return removed, session, ctx.write_revision
 
         result: tuple[int, S.Session, int] = await self._write(write)
