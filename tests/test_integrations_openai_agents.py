@@ -106,7 +106,8 @@ async def test_every_item_reads_back_exactly_as_added(server: ServerHarness) -> 
         assert await session.get_items(limit=2) == ITEMS[-2:]
         assert await session.get_items(limit=0) == []
         limited = SessiondSession("round-trip", client=client,
-                                  session_settings=SessionSettings(limit=3))
+                                  session_settings={"limit": 3})
+        assert limited.session_settings == SessionSettings(limit=3)
         assert await limited.get_items() == ITEMS[-3:]
         assert await session.pop_item() == ITEMS[-1]
         assert await session.get_items() == ITEMS[:-1]

@@ -28,7 +28,11 @@ from typing import Any
 
 from agents.items import TResponseInputItem
 from agents.memory.session import _await_mutation, _CompactionSnapshot
-from agents.memory.session_settings import SessionSettings, resolve_session_limit
+from agents.memory.session_settings import (
+    SessionSettings,
+    coerce_session_settings,
+    resolve_session_limit,
+)
 
 from sessiond.aio import AsyncClient
 from sessiond.errors import Aborted, NotFound
@@ -114,10 +118,11 @@ class SessiondSession:
         *,
         client: AsyncClient,
         session_template: session_pb2.Session | None = None,
-        session_settings: SessionSettings | None = None,
+        session_settings: SessionSettings | dict[str, Any] | None = None,
     ) -> None:
         self.session_id = session_id
-        self.session_settings = session_settings or SessionSettings()
+        self.session_settings = (SessionSettings() if session_settings is None
+                                 else coerce_session_settings(session_settings))
         self._history = StoredHistory(client, session_id, session_template)
 
     async def get_items(self, limit: int | None = None) -> list[TResponseInputItem]:
@@ -125,18 +130,22 @@ class SessiondSession:
         limit = resolve_session_limit(limit, self.session_settings)
         return _items(await self._history.latest(limit))
 
+    # Writes finish even when the caller is cancelled, and the cancellation is
+    # raised once their outcome is known (the SDK's rule for its own stores), so
+    # the runner never retries a write that was applied.
+
     async def add_items(self, items: list[TResponseInputItem]) -> None:
         """Append the items in order (one message each)."""
-        await self._history.append([item_to_message(item) for item in items])
+        await _await_mutation(self._history.append([item_to_message(item) for item in items]))
 
     async def pop_item(self) -> TResponseInputItem | None:
         """Remove and return the latest item; None when the session is empty."""
-        message = await self._history.pop()
+        message = await _await_mutation(self._history.pop())
         return None if message is None else message_to_item(message)
 
     async def clear_session(self) -> None:
         """Remove every item; the sessiond session (with its usage) stays."""
-        await self._history.clear()
+        await _await_mutation(self._history.clear())
 
     async def _get_compaction_snapshot(
         self,
