@@ -436,6 +436,38 @@ async def test_stats_from_the_rollup_equal_a_row_by_row_sum_for_any_window(make_
     assert await server.check_consistency() == []
 
 
+async def test_active_and_abandoned_agree_when_the_window_starts_and_ends_mid_day(make_server):
+    # Sessions started every 5 hours over 4 days; every other one is touched just before the
+    # query, so live (active) sessions sit both in the window's partial days (summed row by
+    # row) and in its whole days (from the rollup); the rest are abandoned by then.
+    server = await make_server(abandoned_after_seconds=3600)
+    origin = server.clock.now_micros() - server.clock.now_micros() % DAY + DAY
+    server.clock.advance((origin + 2 * HOUR - server.clock.now_micros()) / 1_000_000)
+    for i in range(20):
+        await create_session(server.sessions, f"a{i}")
+        server.clock.advance(5 * 3600)
+    for i in range(0, 20, 2):
+        await append(server.messages, f"a{i}", user("still here"))
+    windows = [
+        sp.TimeRange(start=timestamp(origin + 7 * HOUR),
+                     end=timestamp(origin + 3 * DAY + 9 * HOUR)),
+        sp.TimeRange(start=timestamp(origin + DAY + 1), end=timestamp(origin + 2 * DAY + HOUR)),
+        sp.TimeRange(start=timestamp(origin + 13 * HOUR)),
+        sp.TimeRange(end=timestamp(origin + 2 * DAY + 17 * HOUR)),
+    ]
+    for window in windows:
+        fast = await stats(server, started=window)
+        rowwise = await stats(server, started=window, kinds=ALL_KINDS)
+        assert fast == rowwise, window
+        assert fast.active_count > 0 and fast.abandoned_count > 0, (window, fast)
+        # The same sessions named by id: the same answer.
+        listed = await server.sessions.ListSessions(ss.ListSessionsRequest(
+            filter=sp.SessionFilter(started=window), page_size=500))
+        by_id = await stats(server, session_ids=[x.id for x in listed.sessions])
+        assert (by_id.active_count, by_id.abandoned_count) == \
+            (fast.active_count, fast.abandoned_count), window
+
+
 async def test_stats_past_the_int64_range_saturate_and_writes_go_on(server):
     # A session may hold up to 2^62 micro-dollars, one call adds up to 2^53:
     # 512 calls bring a session near its cap, and three such sessions (one

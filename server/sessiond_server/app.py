@@ -51,7 +51,7 @@ from .observability import (
     ping_database,
 )
 from .readiness import StorageReadiness
-from .store import SQLiteStore
+from .store import Scope, SQLiteStore
 from .store.postgres_url import postgres_url, redacted, sqlite_path
 from .watch import WatchHub
 
@@ -377,18 +377,21 @@ def _lock_database(config: ServerConfig) -> DatabaseLock | None:
 
 
 async def _apply_retention(store: Store, config: ServerConfig) -> None:
-    from .api.context import DEFAULT_SCOPE
-
+    """Retention for every tenant: the TTL applies to all sessions, and the cap is per tenant
+    (each tenant keeps its own newest ``retention_max_sessions``; one tenant's traffic never
+    evicts another's sessions)."""
     before = 0
     if config.retention_ttl_seconds > 0:
         before = config.clock() - int(config.retention_ttl_seconds * 1_000_000)
-    while True:
-        count, more, _ = await store.purge_sessions(
-            DEFAULT_SCOPE, before, config.retention_max_sessions, [], False, 1000)
-        if count:
-            log.info("retention removed %d sessions", count)
-        if not more:
-            return
+    for tenant in await store.tenants():
+        scope = Scope(tenant=tenant)
+        while True:
+            count, more, _ = await store.purge_sessions(
+                scope, before, config.retention_max_sessions, [], False, 1000)
+            if count:
+                log.info("retention removed %d sessions of tenant %s", count, tenant)
+            if not more:
+                break
 
 
 class StartFailure(Exception):

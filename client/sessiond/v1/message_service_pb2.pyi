@@ -121,7 +121,12 @@ class ListMessagesRequest(_message.Message):
     session_id: _builtins.str
     """session_id is the session; required."""
     page_size: _builtins.int
-    """page_size is the most messages per page: 0 means 100; at most 1,000."""
+    """page_size is the most messages per page: 0 means 100; at most 1,000.
+    Every page (and the last_n and last_turns windows) is bounded in bytes
+    too: messages are taken while the bytes of those before stay under
+    max_page_bytes (2 MiB by default), so a response holds at most that
+    plus one message, and always at least one message; see size_limited.
+    """
     page_token: _builtins.str
     """page_token continues a previous page with the same request fields."""
     descending: _builtins.bool
@@ -137,8 +142,11 @@ class ListMessagesRequest(_message.Message):
     """last_turns returns the messages of the last N turns (1 to 1,000),
     oldest first. A turn starts at a user message, so a tool call is never
     cut from its result; messages before the first user message belong to
-    the first turn. At most 1,000 messages are returned: when the turns
-    hold more, the oldest are left out and truncated is set.
+    the first turn. At most 1,000 messages are returned, within the page's
+    byte bound: when the turns hold more, the oldest are left out,
+    truncated is set, and the window starts late enough that none of its
+    tool results has lost its call (a tool message whose call was cut off
+    is left out too).
     """
     @_builtins.property
     def after_time(self) -> _timestamp_pb2.Timestamp:
@@ -174,14 +182,22 @@ class ListMessagesResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    SIZE_LIMITED_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """next_page_token continues paging; empty on the last page and in the
     last_n and last_turns modes.
     """
     truncated: _builtins.bool
-    """truncated is set when last_turns left messages out."""
+    """truncated is set when last_n or last_turns left messages out (by the
+    1,000-message cap or the byte bound).
+    """
     revision: _builtins.int
     """revision is the store revision the messages were read at."""
+    size_limited: _builtins.bool
+    """size_limited is set when the byte bound stopped the page before
+    page_size (or the last_n / last_turns window before its start): when
+    paging, next_page_token continues after the last message returned.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
         """messages are the messages, in the order asked for."""
@@ -193,10 +209,11 @@ class ListMessagesResponse(_message.Message):
         next_page_token: _builtins.str = ...,
         truncated: _builtins.bool = ...,
         revision: _builtins.int = ...,
+        size_limited: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_page_token", b"next_page_token", "revision", b"revision", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_page_token", b"next_page_token", "revision", b"revision", "size_limited", b"size_limited", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,7 +437,10 @@ class SearchMessagesRequest(_message.Message):
     only; C.UTF-8 or a language's locale: every script).
     """
     page_size: _builtins.int
-    """page_size is the most messages per page: 0 means 50; at most 500."""
+    """page_size is the most messages per page: 0 means 50; at most 500. A
+    page is bounded in bytes as ListMessages pages are (max_page_bytes),
+    and next_page_token continues after a page the bound cut short.
+    """
     page_token: _builtins.str
     """page_token continues a previous search with the same query."""
     @_builtins.property

@@ -135,8 +135,12 @@ class MessageServiceServicer:
     def UpdateLastMessage(self, request, context):
         """UpdateLastMessage changes the last message in place, for streaming
         replies: append a placeholder with status IN_PROGRESS, then update it as
-        tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-        (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+        tokens arrive. The size limit of a message (1 MiB of content,
+        reasoning, blocks and tool calls by default) holds for the message as it
+        is after the update, not only for the fields sent. Errors:
+        FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+        expected_seq is set and is not the last; INVALID_ARGUMENT (field
+        message.content) when the updated message would pass the size limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

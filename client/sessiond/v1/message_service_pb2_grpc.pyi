@@ -68,8 +68,12 @@ class MessageServiceStub:
     UpdateLastMessage: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.UpdateLastMessageRequest, _message_service_pb2.UpdateLastMessageResponse]
     """UpdateLastMessage changes the last message in place, for streaming
     replies: append a placeholder with status IN_PROGRESS, then update it as
-    tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-    (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+    tokens arrive. The size limit of a message (1 MiB of content,
+    reasoning, blocks and tool calls by default) holds for the message as it
+    is after the update, not only for the fields sent. Errors:
+    FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+    expected_seq is set and is not the last; INVALID_ARGUMENT (field
+    message.content) when the updated message would pass the size limit.
     """
     ClearMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.ClearMessagesRequest, _message_service_pb2.ClearMessagesResponse]
     """ClearMessages removes every message and keeps the session; sequence
@@ -141,8 +145,12 @@ class MessageServiceAsyncStub(MessageServiceStub):
     UpdateLastMessage: _aio.UnaryUnaryMultiCallable[_message_service_pb2.UpdateLastMessageRequest, _message_service_pb2.UpdateLastMessageResponse]  # type: ignore[assignment]
     """UpdateLastMessage changes the last message in place, for streaming
     replies: append a placeholder with status IN_PROGRESS, then update it as
-    tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-    (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+    tokens arrive. The size limit of a message (1 MiB of content,
+    reasoning, blocks and tool calls by default) holds for the message as it
+    is after the update, not only for the fields sent. Errors:
+    FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+    expected_seq is set and is not the last; INVALID_ARGUMENT (field
+    message.content) when the updated message would pass the size limit.
     """
     ClearMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.ClearMessagesRequest, _message_service_pb2.ClearMessagesResponse]  # type: ignore[assignment]
     """ClearMessages removes every message and keeps the session; sequence
@@ -235,8 +243,12 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_message_service_pb2.UpdateLastMessageResponse, _abc.Awaitable[_message_service_pb2.UpdateLastMessageResponse]]:
         """UpdateLastMessage changes the last message in place, for streaming
         replies: append a placeholder with status IN_PROGRESS, then update it as
-        tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-        (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+        tokens arrive. The size limit of a message (1 MiB of content,
+        reasoning, blocks and tool calls by default) holds for the message as it
+        is after the update, not only for the fields sent. Errors:
+        FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+        expected_seq is set and is not the last; INVALID_ARGUMENT (field
+        message.content) when the updated message would pass the size limit.
         """
 
     @_abc_1.abstractmethod

@@ -9,6 +9,7 @@ import grpc
 from sessiond.v1 import message_pb2, message_service_pb2, message_service_pb2_grpc
 
 from ..store import MessageQuery
+from ..store.records import message_bytes
 from .context import ApiContext
 from .errors import unary
 from .page_tokens import request_digest
@@ -28,9 +29,7 @@ def check_message(c: Checker, prefix: str, m: M.Message, *, role_required: bool 
     c.identifier(f"{prefix}.id", m.id, required=False, chosen=True)
     c.enum(f"{prefix}.role", m.role, M.Role, required=role_required)
     c.enum(f"{prefix}.status", m.status, M.MessageStatus)
-    size = (len(m.content.encode()) + len(m.reasoning.encode())
-            + sum(b.ByteSize() for b in m.content_blocks)
-            + sum(t.ByteSize() for t in m.tool_calls))
+    size = message_bytes(m)
     if size > lim.max_message_bytes:
         c.fail(f"{prefix}.content", f"the message is {size} bytes; the limit is "
                f"{lim.max_message_bytes}")
@@ -106,13 +105,14 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
             after_time_micros=(request.after_time.ToMicroseconds()
                                if request.HasField("after_time") else 0),
             last_n=request.last_n, last_turns=request.last_turns, cursor_seq=cursor,
-            max_messages=lim.max_message_page_size)
+            max_messages=lim.max_message_page_size, max_bytes=lim.max_page_bytes)
         page = await self.api.store.list_messages(self.api.scope(context), request.session_id,
                                                   query)
         token = ("" if page.next_cursor is None
                  else self.api.tokens.encode("messages", digest, page.next_cursor))
         return ms.ListMessagesResponse(messages=page.messages, next_page_token=token,
-                                       truncated=page.truncated, revision=page.revision)
+                                       truncated=page.truncated, revision=page.revision,
+                                       size_limited=page.size_limited)
 
     @unary
     async def PopMessage(self, request: ms.PopMessageRequest, context: Ctx
@@ -140,7 +140,8 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
         c.done()
         expected = request.expected_seq if request.HasField("expected_seq") else None
         result = await self.api.store.update_last_message(
-            self.api.scope(context), request.session_id, request.message, paths, expected)
+            self.api.scope(context), request.session_id, request.message, paths, expected,
+            self.api.config.limits.max_message_bytes)
         return ms.UpdateLastMessageResponse(message=result.messages[0], session=result.session,
                                             revision=result.revision)
 
@@ -171,7 +172,8 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
             cursor = int(self.api.tokens.decode("page_token", request.page_token, "search",
                                                 digest))
         found, next_cursor, revision = await self.api.store.search_messages(
-            self.api.scope(context), request.query, list(request.session_ids), size, cursor)
+            self.api.scope(context), request.query, list(request.session_ids), size, cursor,
+            lim.max_page_bytes)
         token = "" if next_cursor is None else self.api.tokens.encode("search", digest,
                                                                       next_cursor)
         return ms.SearchMessagesResponse(messages=found, next_page_token=token,

@@ -76,6 +76,15 @@ class Dialect:
         """Text after a table alias that pins the index, where the planner needs it."""
         return ""
 
+    def byte_length(self, expression: str) -> str:
+        """The length in bytes of a text or blob expression."""
+        raise NotImplementedError
+
+    @property
+    def message_bytes(self) -> str:
+        """A stored message's bytes (content and body) of messages ``m``."""
+        return f"{self.byte_length('m.content')} + {self.byte_length('m.body')}"
+
     def total(self, expression: str) -> str:
         """A sum that is 0 over no rows and never fails by overflowing."""
         raise NotImplementedError
@@ -109,6 +118,10 @@ class SQLiteDialect(Dialect):
     def index_hint(self, index: str) -> str:
         return f" INDEXED BY {index}"
 
+    def byte_length(self, expression: str) -> str:
+        # length() of TEXT counts characters; of a BLOB, bytes.
+        return f"length(CAST({expression} AS BLOB))"
+
     def total(self, expression: str) -> str:
         # total() is a REAL: past 2^63 it saturates later instead of failing the read.
         return f"total({expression})"
@@ -134,6 +147,9 @@ class PostgresDialect(Dialect):
         clauses.extend(f"{RUN_TEXT} LIKE {p(like_pattern(run))} AND {RUN_PREDICATE}"
                        for run in terms.runs)
         return " AND ".join(clauses)
+
+    def byte_length(self, expression: str) -> str:
+        return f"octet_length({expression})"
 
     def total(self, expression: str) -> str:
         # sum() of BIGINT is NUMERIC: exact, and saturated in Python (records.int64).

@@ -73,6 +73,8 @@ class MessageQuery:
     # Keyset cursor: the seq of the last message of the previous page.
     cursor_seq: int | None = None
     max_messages: int = 1000
+    # A page stops once the bytes of the messages before the next one reach this.
+    max_bytes: int = 2 << 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,6 +92,8 @@ class MessagePage:
     next_cursor: int | None
     truncated: bool
     revision: int
+    # The page stopped early because of max_bytes (more messages follow or were left out).
+    size_limited: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -210,6 +214,7 @@ class SessionStore(Protocol):
         message: message_pb2.Message,
         paths: Sequence[str],
         expected_seq: int | None,
+        max_message_bytes: int,
     ) -> MessagesResult: ...
     async def clear_messages(
         self, scope: Scope, session_id: str
@@ -233,6 +238,7 @@ class SessionStore(Protocol):
         session_ids: Sequence[str],
         page_size: int,
         cursor: int | None,
+        max_bytes: int,
     ) -> tuple[list[message_pb2.Message], int | None, int]: ...
 
     # Usage and stats.
@@ -264,6 +270,8 @@ class SessionStore(Protocol):
         """Every visible session (or those named) and the revision read at."""
     async def compact(self, keep_revisions: int, max_age_seconds: float) -> int:
         """Drop old change log entries; returns the new compacted revision."""
+    async def tenants(self) -> list[str]:
+        """Every tenant that has a session, in order (retention visits each)."""
 
     # Maintenance.
     async def check_consistency(self) -> list[str]:

@@ -819,11 +819,28 @@ class StoreLogic:
         result: MessagesResult = await self._write(write)
         return result
 
+    def _bounded_page(self, select: Sequence[str], source: str, order: str, order_column: int,
+                      descending: bool, limit: int, max_bytes: int, p: Params) -> str:
+        """Rows of ``select`` (messages ``m`` among them) from ``source`` in ``order``: at most
+        ``limit``, taken while the message bytes before each stay under ``max_bytes``, so a
+        page holds at most that plus one message, and always one. The running sum follows
+        the index order, so rows past the bound are never handed over."""
+        direction = "DESC" if descending else "ASC"
+        size = self.dialect.message_bytes
+        inner = ", ".join(f"{expression} AS c{i}" for i, expression in enumerate(select))
+        outer = ", ".join(f"page.c{i}" for i in range(len(select)))
+        return (f"SELECT {outer} FROM (SELECT {inner}, SUM({size}) OVER (ORDER BY {order}"
+                f" {direction} ROWS UNBOUNDED PRECEDING) - ({size}) AS before_bytes"
+                f" FROM {source} ORDER BY {order} {direction} LIMIT {p(limit)}) page"
+                f" WHERE page.before_bytes < {p(max_bytes)}"
+                f" ORDER BY page.c{order_column} {direction}")
+
     async def list_messages(self, scope: Scope, session_id: str,
                             query: MessageQuery) -> MessagePage:
         d = self.dialect
-        columns = d.message_columns
-        truncated = False
+        select = [f"m.{name}" for name in (d.message_key, *rows.MESSAGE_FIELDS[1:])]
+        seq = rows.MESSAGE_FIELDS.index("seq")
+        truncated = size_limited = False
         next_cursor: int | None = None
         # One snapshot: the revision is the one the returned messages were read at.
         async with self._snapshot() as r:
@@ -835,50 +852,80 @@ class StoreLogic:
             if not found:
                 raise NotFound(f"session {session_id!r} not found")
             pk, revision = int(found[0][0]), int(found[0][1])
-            p = d.params()
-            if query.last_n:
-                found = await r.fetch(
-                    f"SELECT {columns} FROM messages m WHERE m.session_pk = {p(pk)}"
-                    f" ORDER BY m.seq DESC LIMIT {p(query.last_n)}", p.values)
-                found.reverse()
-            elif query.last_turns:
-                turns = f"messages m{d.index_hint('messages_user_turns')}"
-                start = await r.fetch(
-                    f"SELECT m.seq FROM {turns} WHERE m.session_pk = {p(pk)} AND m.role = 2"
-                    f" ORDER BY m.seq DESC LIMIT 1 OFFSET {p(query.last_turns - 1)}", p.values)
-                first_seq = int(start[0][0]) if start else 0
-                if first_seq:
-                    p = d.params()
-                    earlier = await r.fetch(
-                        f"SELECT 1 FROM {turns} WHERE m.session_pk = {p(pk)} AND m.role = 2"
-                        f" AND m.seq < {p(first_seq)} LIMIT 1", p.values)
-                    if not earlier:
-                        first_seq = 0  # what precedes the first user message is its turn
+
+            async def any_message(condition: Callable[[Params], str]) -> bool:
                 p = d.params()
-                found = await r.fetch(
-                    f"SELECT {columns} FROM messages m WHERE m.session_pk = {p(pk)}"
-                    f" AND m.seq >= {p(first_seq)} ORDER BY m.seq DESC"
-                    f" LIMIT {p(query.max_messages + 1)}", p.values)
+                return bool(await r.fetch(
+                    f"SELECT 1 FROM messages m WHERE m.session_pk = {p(pk)}"
+                    f" AND {condition(p)} LIMIT 1", p.values))
+
+            def newest(first_seq: int, limit: int, p: Params) -> str:
+                return self._bounded_page(
+                    select, f"messages m WHERE m.session_pk = {p(pk)} AND m.seq >= {p(first_seq)}",
+                    "m.seq", seq, True, limit, query.max_bytes, p)
+
+            p = d.params()
+            if query.last_n or query.last_turns:
+                first_seq = 0
+                if query.last_turns:
+                    first_seq = await self._last_turns_start(r, pk, query.last_turns)
+                limit = query.last_n or query.max_messages + 1
+                p = d.params()
+                found = await r.fetch(newest(first_seq, limit, p), p.values)
                 if len(found) > query.max_messages:
                     truncated = True
                     found = found[:query.max_messages]
+                elif len(found) < limit and found:
+                    oldest = int(found[-1][seq])
+                    size_limited = await any_message(
+                        lambda p: f"m.seq >= {p(first_seq)} AND m.seq < {p(oldest)}")
+                    truncated = truncated or size_limited
                 found.reverse()
             else:
-                clauses = [f"m.session_pk = {p(pk)}", f"m.seq > {p(query.after_seq)}"]
-                if query.after_time_micros:
-                    clauses.append(f"m.created_at >= {p(query.after_time_micros)}")
-                if query.cursor_seq is not None:
-                    clauses.append(
-                        f"m.seq {'<' if query.descending else '>'} {p(query.cursor_seq)}")
-                direction = "DESC" if query.descending else "ASC"
-                found = await r.fetch(
-                    f"SELECT {columns} FROM messages m WHERE {' AND '.join(clauses)}"
-                    f" ORDER BY m.seq {direction} LIMIT {p(query.page_size + 1)}", p.values)
+                def matching(p: Params) -> str:
+                    clauses = [f"m.session_pk = {p(pk)}", f"m.seq > {p(query.after_seq)}"]
+                    if query.after_time_micros:
+                        clauses.append(f"m.created_at >= {p(query.after_time_micros)}")
+                    if query.cursor_seq is not None:
+                        clauses.append(
+                            f"m.seq {'<' if query.descending else '>'} {p(query.cursor_seq)}")
+                    return " AND ".join(clauses)
+
+                found = await r.fetch(self._bounded_page(
+                    select, f"messages m WHERE {matching(p)}", "m.seq", seq, query.descending,
+                    query.page_size + 1, query.max_bytes, p), p.values)
                 if len(found) > query.page_size:
                     found = found[:query.page_size]
-                    next_cursor = int(found[-1][2])
-        return MessagePage([rows.message_from_row(m, session_id) for m in found],
-                           next_cursor, truncated, revision)
+                    next_cursor = int(found[-1][seq])
+                elif found:
+                    last = int(found[-1][seq])
+                    size_limited = await any_message(
+                        lambda p: f"{matching(p)} AND m.seq {'<' if query.descending else '>'}"
+                                  f" {p(last)}")
+                    if size_limited:
+                        next_cursor = last
+        messages = [rows.message_from_row(m, session_id) for m in found]
+        if truncated and query.last_turns:
+            messages = rows.without_orphaned_tool_results(messages)
+        return MessagePage(messages, next_cursor, truncated, revision, size_limited)
+
+    async def _last_turns_start(self, r: Statements, pk: int, turns: int) -> int:
+        """The seq the last ``turns`` turns start at (0: from the first message)."""
+        d = self.dialect
+        indexed = f"messages m{d.index_hint('messages_user_turns')}"
+        p = d.params()
+        start = await r.fetch(
+            f"SELECT m.seq FROM {indexed} WHERE m.session_pk = {p(pk)} AND m.role = 2"
+            f" ORDER BY m.seq DESC LIMIT 1 OFFSET {p(turns - 1)}", p.values)
+        first_seq = int(start[0][0]) if start else 0
+        if first_seq:
+            p = d.params()
+            earlier = await r.fetch(
+                f"SELECT 1 FROM {indexed} WHERE m.session_pk = {p(pk)} AND m.role = 2"
+                f" AND m.seq < {p(first_seq)} LIMIT 1", p.values)
+            if not earlier:
+                first_seq = 0  # what precedes the first user message is its turn
+        return first_seq
 
     async def _last_message(self, ctx: Ctx, row: Sequence[Any], session_id: str,
                             expected_seq: int | None) -> Any:
@@ -915,8 +962,8 @@ class StoreLogic:
         return result
 
     async def update_last_message(self, scope: Scope, session_id: str, message: M.Message,
-                                  paths: Sequence[str], expected_seq: int | None
-                                  ) -> MessagesResult:
+                                  paths: Sequence[str], expected_seq: int | None,
+                                  max_message_bytes: int) -> MessagesResult:
         async def write(ctx: Ctx) -> MessagesResult:
             row = await self._load(ctx, scope, session_id)
             rows.require_writable(row)
@@ -930,6 +977,11 @@ class StoreLogic:
                     setattr(updated, path, getattr(message, path))
             if updated.status == M.MESSAGE_STATUS_UNSPECIFIED:
                 updated.status = M.MESSAGE_STATUS_COMPLETE
+            size = rows.message_bytes(updated)
+            if size > max_message_bytes:
+                # The limit holds for the message as stored, not only for what a call sends.
+                raise InvalidArgument("message.content", f"the updated message would be {size}"
+                                      f" bytes; the limit is {max_message_bytes}")
             turn, calls = message_delta(updated)
             p = self.dialect.params()
             await ctx.tx.execute(
@@ -1074,31 +1126,41 @@ class StoreLogic:
         return result
 
     async def search_messages(self, scope: Scope, query: str, session_ids: Sequence[str],
-                              page_size: int, cursor: int | None
+                              page_size: int, cursor: int | None, max_bytes: int
                               ) -> tuple[list[M.Message], int | None, int]:
         d = self.dialect
         terms = search_terms(query)
-        p = d.params()
-        statements: list[Statement] = [(f"SELECT {REVISION}", ())]
-        if terms:
+        key = f"m.{d.message_key}"
+
+        def matching(p: Params, before: int | None) -> str:
             clauses = [self.visibility_sql(scope, p), d.message_match(p, terms)]
             if session_ids:
                 clauses.append(d.any_of("s.id", list(session_ids), p))
-            if cursor is not None:
-                clauses.append(f"m.{d.message_key} < {p(cursor)}")
-            statements.append((
-                f"SELECT {d.message_columns}, s.id FROM messages m"
-                f" JOIN sessions s ON s.pk = m.session_pk WHERE {' AND '.join(clauses)}"
-                f" ORDER BY m.{d.message_key} DESC LIMIT {p(page_size + 1)}", p.values))
+            if before is not None:
+                clauses.append(f"{key} < {p(before)}")
+            return (f"messages m JOIN sessions s ON s.pk = m.session_pk"
+                    f" WHERE {' AND '.join(clauses)}")
+
         # One snapshot: the revision is the one the messages were read at.
-        rev, *matched = await self._read_many(statements)
-        found = matched[0] if matched else []
-        next_cursor = None
-        if len(found) > page_size:
-            found = found[:page_size]
-            next_cursor = int(found[-1][0])
-        return ([rows.message_from_row(m, m[-1]) for m in found], next_cursor,
-                int(rev[0][0]))
+        async with self._snapshot() as r:
+            revision = int((await r.fetch(f"SELECT {REVISION}"))[0][0])
+            if not terms:
+                return [], None, revision
+            p = d.params()
+            select = [f"m.{name}" for name in (d.message_key, *rows.MESSAGE_FIELDS[1:])]
+            found = await r.fetch(self._bounded_page(
+                [*select, "s.id"], matching(p, cursor), key, 0, True, page_size + 1,
+                max_bytes, p), p.values)
+            next_cursor = None
+            if len(found) > page_size:
+                found = found[:page_size]
+                next_cursor = int(found[-1][0])
+            elif found:  # short: the end, or the page's byte bound
+                p = d.params()
+                last = int(found[-1][0])
+                if await r.fetch(f"SELECT 1 FROM {matching(p, last)} LIMIT 1", p.values):
+                    next_cursor = last
+        return [rows.message_from_row(m, m[-1]) for m in found], next_cursor, revision
 
     # Usage and stats.
     async def record_usage(self, scope: Scope, session_id: str, model: str, usage: S.Usage,
@@ -1213,11 +1275,14 @@ class StoreLogic:
             for i, value in enumerate(part[0]):
                 sums[i] += int(value or 0)
         if plan:
-            # Active sessions in the rollup minus the ones still active (not
-            # abandoned), read from the status index: the abandoned ones.
+            # The rollup counts every ACTIVE session of its whole days as active; those
+            # of them not still active (read from the status index) are abandoned. The
+            # partial days' rows were split by the scan already: only the rollup's share
+            # is corrected.
+            rollup_active = int(found[-2][0][STATS_ACTIVE] or 0)
             active_live = int(found[-1][0][0])
-            sums[STATS_ABANDONED] += sums[STATS_ACTIVE] - active_live
-            sums[STATS_ACTIVE] = active_live
+            sums[STATS_ABANDONED] += rollup_active - active_live
+            sums[STATS_ACTIVE] += active_live - rollup_active
         return _stats_from_sums(sums), int(found[0][0][0])
 
     async def cost_by_model(self, scope: Scope, filter: S.SessionFilter
@@ -1252,6 +1317,11 @@ class StoreLogic:
         # Ordered after saturation: equal (saturated) costs by name.
         costs.sort(key=lambda c: (-c.usage.cost_micros, c.model))
         return costs, int(found[0][0][0])
+
+    async def tenants(self) -> list[str]:
+        # Every session index begins with the tenant, so this is a walk of distinct keys.
+        return [str(r[0]) for r in await self._read(
+            "SELECT DISTINCT tenant FROM sessions ORDER BY tenant")]
 
     # Change log.
     async def read_changes(self, from_revision: int, limit: int) -> list[Change]:

@@ -38,6 +38,32 @@ MESSAGE_FIELDS = ("rowid", "session_pk", "seq", "message_id", "role", "content",
                   "is_turn", "tool_calls", "created_at", "updated_at", "body")
 MESSAGE_COLUMNS = ", ".join(f"m.{name}" for name in MESSAGE_FIELDS)
 
+
+def without_orphaned_tool_results(
+        messages: Sequence[message_pb2.Message]) -> list[message_pb2.Message]:
+    """A cut window of messages (oldest first), started late enough that no tool result in
+    it has lost its call: a tool message whose tool_call_id no earlier message of the window
+    calls (or a leading tool message without an id) moves the start past it."""
+    start = 0
+    while True:
+        calls: set[str] = set()
+        for i in range(start, len(messages)):
+            message = messages[i]
+            if message.role == message_pb2.ROLE_TOOL and (
+                    message.tool_call_id not in calls if message.tool_call_id else i == start):
+                start = i + 1
+                break
+            calls.update(call.id for call in message.tool_calls)
+        else:
+            return list(messages[start:])
+
+
+def message_bytes(message: message_pb2.Message) -> int:
+    """The bytes a message's size limit counts: content, reasoning, blocks and tool calls."""
+    return (len(message.content.encode()) + len(message.reasoning.encode())
+            + sum(b.ByteSize() for b in message.content_blocks)
+            + sum(t.ByteSize() for t in message.tool_calls))
+
 ACTIVE = session_pb2.SESSION_STATUS_ACTIVE
 ABANDONED = session_pb2.SESSION_STATUS_ABANDONED
 UNKNOWN = session_pb2.SESSION_STATUS_UNKNOWN
