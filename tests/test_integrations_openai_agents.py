@@ -119,6 +119,19 @@ async def test_every_item_reads_back_exactly_as_added(server: ServerHarness) -> 
         assert await session.pop_item() is None
 
 
+async def test_reads_cross_the_servers_page_byte_bound_without_losing_items(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(limits={"max_page_bytes": 64 * 1024})
+    items: list[TResponseInputItem] = [{"role": "user", "content": f"{n}:" + "x" * 20_000}
+                                       for n in range(12)]
+    async with sessiond.AsyncClient(server.address) as client:
+        session = SessiondSession("big-items", client=client)
+        await session.add_items(items)
+        assert await session.get_items(limit=9) == items[-9:]
+        assert await session.get_items() == items
+
+
 async def test_a_missing_session_reads_empty_and_is_created_from_the_template(
     server: ServerHarness,
 ) -> None:

@@ -14,8 +14,9 @@ share live here once:
   (100 messages, and well under its request byte limit);
 * a session is created on its first append, from a template the caller may
   give (agent, channel, labels...), as the frameworks expect;
-* reads of "the latest N" cost one request up to 1,000 messages, then page
-  backwards;
+* reads of "the latest N" cost one request when they fit in a page (1,000
+  messages and the server's page byte bound), then page backwards: never
+  fewer than N when the session holds N;
 * a missing session reads as empty, and popping or clearing it changes nothing.
 
 Calls from synchronous framework methods run on one background event loop
@@ -113,12 +114,13 @@ class StoredHistory:
             if limit is None:
                 return [m async for m in self.client.iter_messages(
                     session_id=self.session_id, page_size=MAX_PAGE)]
-            if limit <= MAX_PAGE:
-                page = await self.client.list_messages(session_id=self.session_id, last_n=limit)
-                return list(page.messages)
             newest_first: list[message_pb2.Message] = []
+            # Newest first, page after page: one request when the latest
+            # `limit` fit in one page (1,000 messages and the server's page
+            # byte bound), more when they do not, never fewer messages.
             async for message in self.client.iter_messages(
-                    session_id=self.session_id, page_size=MAX_PAGE, descending=True):
+                    session_id=self.session_id, page_size=min(limit, MAX_PAGE),
+                    descending=True):
                 newest_first.append(message)
                 if len(newest_first) == limit:
                     break
