@@ -166,6 +166,10 @@ type ListMessagesRequest struct {
 	// session_id is the session; required.
 	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// page_size is the most messages per page: 0 means 100; at most 1,000.
+	// Every page (and the last_n and last_turns windows) is bounded in bytes
+	// too: messages are taken while the bytes of those before stay under
+	// max_page_bytes (2 MiB by default), so a response holds at most that
+	// plus one message, and always at least one message; see size_limited.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// page_token continues a previous page with the same request fields.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -182,8 +186,11 @@ type ListMessagesRequest struct {
 	// last_turns returns the messages of the last N turns (1 to 1,000),
 	// oldest first. A turn starts at a user message, so a tool call is never
 	// cut from its result; messages before the first user message belong to
-	// the first turn. At most 1,000 messages are returned: when the turns
-	// hold more, the oldest are left out and truncated is set.
+	// the first turn. At most 1,000 messages are returned, within the page's
+	// byte bound: when the turns hold more, the oldest are left out,
+	// truncated is set, and the window starts late enough that none of its
+	// tool results has lost its call (a tool message whose call was cut off
+	// is left out too).
 	LastTurns     int32 `protobuf:"varint,8,opt,name=last_turns,json=lastTurns,proto3" json:"last_turns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -283,10 +290,15 @@ type ListMessagesResponse struct {
 	// next_page_token continues paging; empty on the last page and in the
 	// last_n and last_turns modes.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
-	// truncated is set when last_turns left messages out.
+	// truncated is set when last_n or last_turns left messages out (by the
+	// 1,000-message cap or the byte bound).
 	Truncated bool `protobuf:"varint,3,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	// revision is the store revision the messages were read at.
-	Revision      int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	// size_limited is set when the byte bound stopped the page before
+	// page_size (or the last_n / last_turns window before its start): when
+	// paging, next_page_token continues after the last message returned.
+	SizeLimited   bool `protobuf:"varint,5,opt,name=size_limited,json=sizeLimited,proto3" json:"size_limited,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -347,6 +359,13 @@ func (x *ListMessagesResponse) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *ListMessagesResponse) GetSizeLimited() bool {
+	if x != nil {
+		return x.SizeLimited
+	}
+	return false
 }
 
 // PopMessageRequest is the input of PopMessage.
@@ -735,7 +754,9 @@ type SearchMessagesRequest struct {
 	Query string `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
 	// session_ids limits the search to these sessions; empty means all.
 	SessionIds []string `protobuf:"bytes,2,rep,name=session_ids,json=sessionIds,proto3" json:"session_ids,omitempty"`
-	// page_size is the most messages per page: 0 means 50; at most 500.
+	// page_size is the most messages per page: 0 means 50; at most 500. A
+	// page is bounded in bytes as ListMessages pages are (max_page_bytes),
+	// and next_page_token continues after a page the bound cut short.
 	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// page_token continues a previous search with the same query.
 	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -1192,12 +1213,13 @@ const file_sessiond_v1_message_service_proto_rawDesc = "" +
 	"after_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tafterTime\x12\x15\n" +
 	"\x06last_n\x18\a \x01(\x05R\x05lastN\x12\x1d\n" +
 	"\n" +
-	"last_turns\x18\b \x01(\x05R\tlastTurns\"\xaa\x01\n" +
+	"last_turns\x18\b \x01(\x05R\tlastTurns\"\xcd\x01\n" +
 	"\x14ListMessagesResponse\x120\n" +
 	"\bmessages\x18\x01 \x03(\v2\x14.sessiond.v1.MessageR\bmessages\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1c\n" +
 	"\ttruncated\x18\x03 \x01(\bR\ttruncated\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision\"k\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\x12!\n" +
+	"\fsize_limited\x18\x05 \x01(\bR\vsizeLimited\"k\n" +
 	"\x11PopMessageRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12&\n" +

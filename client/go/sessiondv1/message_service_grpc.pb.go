@@ -65,8 +65,12 @@ type MessageServiceClient interface {
 	PopMessage(ctx context.Context, in *PopMessageRequest, opts ...grpc.CallOption) (*PopMessageResponse, error)
 	// UpdateLastMessage changes the last message in place, for streaming
 	// replies: append a placeholder with status IN_PROGRESS, then update it as
-	// tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-	// (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+	// tokens arrive. The size limit of a message (1 MiB of content,
+	// reasoning, blocks and tool calls by default) holds for the message as it
+	// is after the update, not only for the fields sent. Errors:
+	// FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+	// expected_seq is set and is not the last; INVALID_ARGUMENT (field
+	// message.content) when the updated message would pass the size limit.
 	UpdateLastMessage(ctx context.Context, in *UpdateLastMessageRequest, opts ...grpc.CallOption) (*UpdateLastMessageResponse, error)
 	// ClearMessages removes every message and keeps the session; sequence
 	// numbers are not reused. The message counters go to zero, but the
@@ -219,8 +223,12 @@ type MessageServiceServer interface {
 	PopMessage(context.Context, *PopMessageRequest) (*PopMessageResponse, error)
 	// UpdateLastMessage changes the last message in place, for streaming
 	// replies: append a placeholder with status IN_PROGRESS, then update it as
-	// tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-	// (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+	// tokens arrive. The size limit of a message (1 MiB of content,
+	// reasoning, blocks and tool calls by default) holds for the message as it
+	// is after the update, not only for the fields sent. Errors:
+	// FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+	// expected_seq is set and is not the last; INVALID_ARGUMENT (field
+	// message.content) when the updated message would pass the size limit.
 	UpdateLastMessage(context.Context, *UpdateLastMessageRequest) (*UpdateLastMessageResponse, error)
 	// ClearMessages removes every message and keeps the session; sequence
 	// numbers are not reused. The message counters go to zero, but the

@@ -68,7 +68,13 @@ export interface AppendMessagesResponse {
 export interface ListMessagesRequest {
   /** session_id is the session; required. */
   sessionId: string;
-  /** page_size is the most messages per page: 0 means 100; at most 1,000. */
+  /**
+   * page_size is the most messages per page: 0 means 100; at most 1,000.
+   * Every page (and the last_n and last_turns windows) is bounded in bytes
+   * too: messages are taken while the bytes of those before stay under
+   * max_page_bytes (2 MiB by default), so a response holds at most that
+   * plus one message, and always at least one message; see size_limited.
+   */
   pageSize: number;
   /** page_token continues a previous page with the same request fields. */
   pageToken: string;
@@ -90,8 +96,11 @@ export interface ListMessagesRequest {
    * last_turns returns the messages of the last N turns (1 to 1,000),
    * oldest first. A turn starts at a user message, so a tool call is never
    * cut from its result; messages before the first user message belong to
-   * the first turn. At most 1,000 messages are returned: when the turns
-   * hold more, the oldest are left out and truncated is set.
+   * the first turn. At most 1,000 messages are returned, within the page's
+   * byte bound: when the turns hold more, the oldest are left out,
+   * truncated is set, and the window starts late enough that none of its
+   * tool results has lost its call (a tool message whose call was cut off
+   * is left out too).
    */
   lastTurns: number;
 }
@@ -105,10 +114,19 @@ export interface ListMessagesResponse {
    * last_n and last_turns modes.
    */
   nextPageToken: string;
-  /** truncated is set when last_turns left messages out. */
+  /**
+   * truncated is set when last_n or last_turns left messages out (by the
+   * 1,000-message cap or the byte bound).
+   */
   truncated: boolean;
   /** revision is the store revision the messages were read at. */
   revision: bigint;
+  /**
+   * size_limited is set when the byte bound stopped the page before
+   * page_size (or the last_n / last_turns window before its start): when
+   * paging, next_page_token continues after the last message returned.
+   */
+  sizeLimited: boolean;
 }
 
 /** PopMessageRequest is the input of PopMessage. */
@@ -204,7 +222,11 @@ export interface SearchMessagesRequest {
   query: string;
   /** session_ids limits the search to these sessions; empty means all. */
   sessionIds: string[];
-  /** page_size is the most messages per page: 0 means 50; at most 500. */
+  /**
+   * page_size is the most messages per page: 0 means 50; at most 500. A
+   * page is bounded in bytes as ListMessages pages are (max_page_bytes),
+   * and next_page_token continues after a page the bound cut short.
+   */
   pageSize: number;
   /** page_token continues a previous search with the same query. */
   pageToken: string;
@@ -745,7 +767,7 @@ export const ListMessagesRequest: MessageFns<ListMessagesRequest> = {
 };
 
 function createBaseListMessagesResponse(): ListMessagesResponse {
-  return { messages: [], nextPageToken: "", truncated: false, revision: 0n };
+  return { messages: [], nextPageToken: "", truncated: false, revision: 0n, sizeLimited: false };
 }
 
 export const ListMessagesResponse: MessageFns<ListMessagesResponse> = {
@@ -764,6 +786,9 @@ export const ListMessagesResponse: MessageFns<ListMessagesResponse> = {
         throw new globalThis.Error("value provided for field message.revision of type int64 too large");
       }
       writer.uint32(32).int64(message.revision);
+    }
+    if (message.sizeLimited !== false) {
+      writer.uint32(40).bool(message.sizeLimited);
     }
     return writer;
   },
@@ -813,6 +838,14 @@ export const ListMessagesResponse: MessageFns<ListMessagesResponse> = {
             message.revision = reader.int64() as bigint;
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.sizeLimited = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -835,6 +868,11 @@ export const ListMessagesResponse: MessageFns<ListMessagesResponse> = {
         : "",
       truncated: isSet(object.truncated) ? globalThis.Boolean(object.truncated) : false,
       revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+      sizeLimited: isSet(object.sizeLimited)
+        ? globalThis.Boolean(object.sizeLimited)
+        : isSet(object.size_limited)
+        ? globalThis.Boolean(object.size_limited)
+        : false,
     };
   },
 
@@ -852,6 +890,9 @@ export const ListMessagesResponse: MessageFns<ListMessagesResponse> = {
     if (message.revision !== 0n) {
       obj.revision = message.revision.toString();
     }
+    if (message.sizeLimited !== false) {
+      obj.sizeLimited = message.sizeLimited;
+    }
     return obj;
   },
 
@@ -864,6 +905,7 @@ export const ListMessagesResponse: MessageFns<ListMessagesResponse> = {
     message.nextPageToken = object.nextPageToken ?? "";
     message.truncated = object.truncated ?? false;
     message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    message.sizeLimited = object.sizeLimited ?? false;
     return message;
   },
 };
@@ -2328,8 +2370,12 @@ export const MessageServiceService = {
   /**
    * UpdateLastMessage changes the last message in place, for streaming
    * replies: append a placeholder with status IN_PROGRESS, then update it as
-   * tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-   * (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+   * tokens arrive. The size limit of a message (1 MiB of content,
+   * reasoning, blocks and tool calls by default) holds for the message as it
+   * is after the update, not only for the fields sent. Errors:
+   * FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+   * expected_seq is set and is not the last; INVALID_ARGUMENT (field
+   * message.content) when the updated message would pass the size limit.
    */
   updateLastMessage: {
     path: "/sessiond.v1.MessageService/UpdateLastMessage" as const,
@@ -2446,8 +2492,12 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
   /**
    * UpdateLastMessage changes the last message in place, for streaming
    * replies: append a placeholder with status IN_PROGRESS, then update it as
-   * tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-   * (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+   * tokens arrive. The size limit of a message (1 MiB of content,
+   * reasoning, blocks and tool calls by default) holds for the message as it
+   * is after the update, not only for the fields sent. Errors:
+   * FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+   * expected_seq is set and is not the last; INVALID_ARGUMENT (field
+   * message.content) when the updated message would pass the size limit.
    */
   updateLastMessage: handleUnaryCall<UpdateLastMessageRequest, UpdateLastMessageResponse>;
   /**
@@ -2557,8 +2607,12 @@ export interface MessageServiceClient extends Client {
   /**
    * UpdateLastMessage changes the last message in place, for streaming
    * replies: append a placeholder with status IN_PROGRESS, then update it as
-   * tokens arrive. Errors: FAILED_PRECONDITION (SESSION_EMPTY); ABORTED
-   * (LAST_SEQ_MISMATCH) when expected_seq is set and is not the last.
+   * tokens arrive. The size limit of a message (1 MiB of content,
+   * reasoning, blocks and tool calls by default) holds for the message as it
+   * is after the update, not only for the fields sent. Errors:
+   * FAILED_PRECONDITION (SESSION_EMPTY); ABORTED (LAST_SEQ_MISMATCH) when
+   * expected_seq is set and is not the last; INVALID_ARGUMENT (field
+   * message.content) when the updated message would pass the size limit.
    */
   updateLastMessage(
     request: UpdateLastMessageRequest,
