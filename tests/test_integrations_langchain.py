@@ -9,6 +9,8 @@ conversation.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import warnings
 
 import sessiond
@@ -102,3 +104,11 @@ async def test_a_chain_with_message_history_keeps_the_conversation(
         assert texts == ["I am Ada.", "Hello Ada.", "What is my name?", "Your name is Ada."]
         stored = await get_session(server.sessions, "lc-chain")
         assert stored.turn_count == 2
+
+
+def test_the_core_install_imports_no_framework() -> None:
+    code = ("import sys, sessiond, sessiond.integrations, sessiond.integrations.history; "
+            "print(sorted(m for m in ('agents', 'langchain_core', 'openai') if m in sys.modules))")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True)
+    assert shown.stdout.strip() == "[]"
