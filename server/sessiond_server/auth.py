@@ -82,6 +82,7 @@ METHOD_ROLES: dict[str, str] = {
         "MessageService": {
             "AppendMessages": "writer", "ListMessages": "reader", "PopMessage": "writer",
             "UpdateLastMessage": "writer", "ClearMessages": "writer",
+            "ReplaceMessages": "writer", "DeleteMessages": "writer",
             "SearchMessages": "reader",
         },
         "StatsService": {
