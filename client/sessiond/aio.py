@@ -494,6 +494,41 @@ class AsyncClient:
         finally:
             call.cancel()
 
+    async def get_shared_state(
+        self,
+        request: session_service_pb2.GetSharedStateRequest | None = None,
+        *,
+        app: str | None = None,
+        user_id: str | None = None,
+        timeout: float | None = None,
+    ) -> session_service_pb2.GetSharedStateResponse:
+        """GetSharedState."""
+        request = build_request(
+            session_service_pb2.GetSharedStateRequest, request, app=app, user_id=user_id
+        )
+        return await self._call(self._sessions.GetSharedState, request, timeout)
+
+    async def update_shared_state(
+        self,
+        request: session_service_pb2.UpdateSharedStateRequest | None = None,
+        *,
+        app: str | None = None,
+        user_id: str | None = None,
+        delta: session_pb2.StateDelta | None = None,
+        etag: str | None = None,
+        timeout: float | None = None,
+    ) -> session_service_pb2.UpdateSharedStateResponse:
+        """UpdateSharedState; retried on UNAVAILABLE (a delta applied twice is applied once)."""
+        request = build_request(
+            session_service_pb2.UpdateSharedStateRequest,
+            request,
+            app=app,
+            user_id=user_id,
+            delta=delta,
+            etag=etag,
+        )
+        return await self._call(self._sessions.UpdateSharedState, request, timeout)
+
     # MessageService
 
     async def append_messages(
@@ -503,6 +538,8 @@ class AsyncClient:
         session_id: str | None = None,
         messages: Sequence[message_pb2.Message] | None = None,
         expected_last_seq: int | None = None,
+        state_delta: session_pb2.StateDelta | None = None,
+        shared_state_deltas: Sequence[session_pb2.SharedStateDelta] | None = None,
         timeout: float | None = None,
     ) -> message_service_pb2.AppendMessagesResponse:
         """AppendMessages; retried on UNAVAILABLE when every message has an id."""
@@ -512,6 +549,8 @@ class AsyncClient:
             session_id=session_id,
             messages=messages,
             expected_last_seq=expected_last_seq,
+            state_delta=state_delta,
+            shared_state_deltas=shared_state_deltas,
         )
         return await self._call(self._messages.AppendMessages, request, timeout)
 

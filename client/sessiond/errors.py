@@ -193,8 +193,8 @@ def retry_is_safe(request: Message) -> bool:
     Reads are always safe. Writes are safe when the server recognises a
     repeat: a client-chosen id (session, fork, message ids, usage
     request_id), a target state that is the same on every attempt (end,
-    runtime state, a history deleted up to a seq or replaced by messages
-    that all carry ids), or an etag that a first success would have made stale.
+    runtime state, a state delta, a history deleted up to a seq or replaced
+    by messages that all carry ids), or an etag that a first success would have made stale.
     Anything else (appends without ids, pops, clears, deletes, purges)
     could act twice, so it is never retried.
     """
@@ -210,6 +210,8 @@ def retry_is_safe(request: Message) -> bool:
             | session_service_pb2.EndSessionRequest()
             | session_service_pb2.SetRuntimeStateRequest()
             | message_service_pb2.DeleteMessagesRequest()
+            | session_service_pb2.GetSharedStateRequest()
+            | session_service_pb2.UpdateSharedStateRequest()
         ):
             return True
         case session_service_pb2.CreateSessionRequest():

@@ -31,6 +31,8 @@ class AppendMessagesRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     EXPECTED_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    STATE_DELTA_FIELD_NUMBER: _builtins.int
+    SHARED_STATE_DELTAS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id is the session; required."""
     expected_last_seq: _builtins.int
@@ -45,16 +47,33 @@ class AppendMessagesRequest(_message.Message):
         limit). role is required; seq, session_id and timestamps are ignored.
         """
 
+    @_builtins.property
+    def state_delta(self) -> _session_pb2.StateDelta:
+        """state_delta changes the session's state_json in the same transaction as
+        the messages: both commit or neither does. It is applied once: a retry
+        whose messages are all stored already applies nothing again. The
+        resulting state must stay within max_state_bytes, else INVALID_ARGUMENT
+        (field state_delta).
+        """
+
+    @_builtins.property
+    def shared_state_deltas(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.SharedStateDelta]:
+        """shared_state_deltas change shared states (SessionService.GetSharedState)
+        in the same transaction, under the same rules (at most 16 of them).
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         messages: _abc.Iterable[_message_pb2.Message] | None = ...,
         expected_last_seq: _builtins.int | None = ...,
+        state_delta: _session_pb2.StateDelta | None = ...,
+        shared_state_deltas: _abc.Iterable[_session_pb2.SharedStateDelta] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "state_delta", b"state_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "messages", b"messages", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "messages", b"messages", "session_id", b"session_id", "shared_state_deltas", b"shared_state_deltas", "state_delta", b"state_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_last_seq: _TypeAlias = _typing.Literal["expected_last_seq"]  # noqa: Y015
     _WhichOneofArgType__expected_last_seq: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq"]  # noqa: Y015

@@ -13,6 +13,7 @@ from ..store.records import message_bytes
 from .context import ApiContext
 from .errors import unary
 from .page_tokens import request_digest
+from .sessions import check_delta
 from .validation import Checker
 
 ms = message_service_pb2
@@ -22,6 +23,7 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 UPDATE_PATHS = frozenset({"content", "reasoning", "status", "name", "tool_calls",
                           "content_blocks", "provider_response_id", "metadata"})
 STREAMING_PATHS = ("content", "reasoning", "status")
+MAX_SHARED_STATE_DELTAS = 16
 
 
 def check_message(c: Checker, prefix: str, m: M.Message, *, role_required: bool = True) -> None:
@@ -66,11 +68,19 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
         c = self._checker()
         c.identifier("session_id", request.session_id)
         check_messages(c, request.messages, required=True)
+        check_delta(c, "state_delta", request.state_delta)
+        if len(request.shared_state_deltas) > MAX_SHARED_STATE_DELTAS:
+            c.fail("shared_state_deltas", f"holds more than {MAX_SHARED_STATE_DELTAS}")
+        for i, shared in enumerate(request.shared_state_deltas):
+            c.identifier(f"shared_state_deltas[{i}].app", shared.app)
+            c.identifier(f"shared_state_deltas[{i}].user_id", shared.user_id, required=False)
+            check_delta(c, f"shared_state_deltas[{i}].delta", shared.delta)
         c.done()
         expected = (request.expected_last_seq if request.HasField("expected_last_seq")
                     else None)
         result = await self.api.store.append_messages(
-            self.api.scope(context), request.session_id, request.messages, expected)
+            self.api.scope(context), request.session_id, request.messages, expected,
+            request.state_delta, request.shared_state_deltas)
         return ms.AppendMessagesResponse(messages=result.messages, session=result.session,
                                          revision=result.revision)
 

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sessiond.v1 import event_pb2, message_pb2, session_pb2, session_service_pb2, stats_service_pb2
 
@@ -51,6 +51,7 @@ from .interface import (
 from .records import COL, SESSION_COLUMNS, USAGE_FIELDS
 from .search import search_terms
 from .sqlite_schema import DAY_MICROS
+from .state import EMPTY_STATE, apply_delta, is_empty
 
 E = event_pb2
 S = session_pb2
@@ -84,7 +85,7 @@ SESSION_INSERT_COLUMNS = (
     "tenant", "id", "kind", "channel", "room_id", "sender_id", "agent", "model", "display_name",
     "goal", "owner_id", "dataset_id", "labels", "runtime_instance", "parent_id", "fork_seq",
     "status", "runtime_state", "started_at", "last_activity_at", "updated_at", "budget_micros",
-    "revision")
+    "revision", "state")
 MESSAGE_INSERT_COLUMNS = ("session_pk, seq, message_id, role, content, is_turn, tool_calls,"
                           " created_at, updated_at, body")
 
@@ -395,7 +396,7 @@ class StoreLogic:
             session.display_name, session.goal, session.owner_id, session.dataset_id,
             rows.labels_json(session.labels), session.runtime_instance, parent_id, fork_seq,
             rows.ACTIVE, S.RUNTIME_STATE_IDLE, started, max(started, ctx.now), ctx.now,
-            session.budget_micros, ctx.take_revision())
+            session.budget_micros, ctx.take_revision(), session.state_json or EMPTY_STATE)
         p = self.dialect.params()
         placeholders = [self.dialect.json_value(p, str(v)) if column == "labels" else p(v)
                         for column, v in zip(SESSION_INSERT_COLUMNS, values, strict=True)]
@@ -450,11 +451,14 @@ class StoreLogic:
                                 f"{self.dialect.json_value(p, rows.labels_json(session.labels))}")
                     continue
                 value = getattr(session, path)
+                column = "state" if path == "state_json" else path
                 if path == "kind":
                     value = value or S.SESSION_KIND_INTERACTIVE
-                if value == row[COL[path]]:
+                elif path == "state_json":
+                    value = value or EMPTY_STATE
+                if value == row[COL[column]]:
                     continue
-                sets.append(f"{path} = {p(value)}")
+                sets.append(f"{column} = {p(value)}")
             # An update that changes nothing is answered with the session as it is,
             # whatever its etag: the retry of an applied update returns its result.
             if not sets:
@@ -763,7 +767,10 @@ class StoreLogic:
 
     async def append_messages(self, scope: Scope, session_id: str,
                               messages: Sequence[M.Message],
-                              expected_last_seq: int | None) -> MessagesResult:
+                              expected_last_seq: int | None,
+                              state_delta: S.StateDelta | None = None,
+                              shared_state_deltas: Sequence[S.SharedStateDelta] = (),
+                              ) -> MessagesResult:
         prepared = [(m, rows.message_body(m), *message_delta(m)) for m in messages]
 
         async def write(ctx: Ctx) -> MessagesResult:
@@ -796,14 +803,22 @@ class StoreLogic:
             if expected_last_seq is not None and expected_last_seq != last_seq:
                 raise Aborted(f"expected last_seq {expected_last_seq}, the session is at "
                               f"{last_seq}", reason="LAST_SEQ_MISMATCH")
+            # The state deltas commit with the messages, or nothing does.
+            state_sql, state_values = "", cast(tuple[str, ...], ())
+            if state_delta is not None and not is_empty(state_delta):
+                state_sql = ", state = {}"
+                state_values = (apply_delta(row[COL["state"]], state_delta, "state_delta"),)
+            for i, shared in enumerate(shared_state_deltas):
+                await self._change_shared_state(ctx, scope.tenant, shared.app, shared.user_id,
+                                                shared.delta, f"shared_state_deltas[{i}].delta")
             new_rows, turns, tool_calls = await self._insert_messages(
                 ctx, pk, last_seq, [fresh for kept, fresh in zip(out, prepared, strict=True)
                                     if kept is None])
             last_seq = new_rows[-1][1]
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
-                " tool_call_count = tool_call_count + {}, last_seq = {}",
-                (len(new_rows), turns, tool_calls, last_seq))
+                " tool_call_count = tool_call_count + {}, last_seq = {}" + state_sql,
+                (len(new_rows), turns, tool_calls, last_seq, *state_values))
             first_new = new_rows[0][1]
             inserted = iter(new_rows)
             result = [m if m is not None else rows.stored_message(message, session_id,
@@ -1123,6 +1138,60 @@ class StoreLogic:
             return removed, session, ctx.write_revision
 
         result: tuple[int, S.Session, int] = await self._write(write)
+        return result
+
+    # Shared state (per tenant, application and user).
+    @staticmethod
+    def _shared_state(app: str, user_id: str, found: Sequence[Any] | None) -> S.SharedState:
+        shared = S.SharedState(app=app, user_id=user_id, state_json=EMPTY_STATE, etag="0")
+        if found is not None:
+            shared.state_json, shared.etag = found[0], str(found[1])
+            shared.updated_at.FromMicroseconds(int(found[2]))
+        return shared
+
+    def _shared_select(self, tenant: str, app: str, user_id: str) -> tuple[str, list[Any]]:
+        p = self.dialect.params()
+        return (f"SELECT state, version, updated_at FROM shared_state WHERE tenant = {p(tenant)}"
+                f" AND app = {p(app)} AND user_id = {p(user_id)}", p.values)
+
+    async def _change_shared_state(self, ctx: Ctx, tenant: str, app: str, user_id: str,
+                                   delta: S.StateDelta, field: str, etag: str = ""
+                                   ) -> S.SharedState:
+        """Apply a delta to a shared state inside the current write."""
+        found = await ctx.tx.fetchrow(*self._shared_select(tenant, app, user_id))
+        current = self._shared_state(app, user_id, found)
+        changed = apply_delta(current.state_json, delta, field)
+        # A delta that changes nothing (a retry of an applied one) is answered
+        # with the state as it is, before the etag guard.
+        if changed == current.state_json:
+            return current
+        if etag and etag != current.etag:
+            raise Aborted(f"etag {etag!r} is stale; the state is at {current.etag!r}")
+        version = int(current.etag) + 1
+        p = self.dialect.params()
+        if found is None:
+            await ctx.tx.execute(
+                f"INSERT INTO shared_state (tenant, app, user_id, state, version, updated_at)"
+                f" VALUES ({p(tenant)}, {p(app)}, {p(user_id)}, {p(changed)}, {p(version)},"
+                f" {p(ctx.now)})", p.values)
+        else:
+            await ctx.tx.execute(
+                f"UPDATE shared_state SET state = {p(changed)}, version = {p(version)},"
+                f" updated_at = {p(ctx.now)} WHERE tenant = {p(tenant)} AND app = {p(app)}"
+                f" AND user_id = {p(user_id)}", p.values)
+        return self._shared_state(app, user_id, (changed, version, ctx.now))
+
+    async def get_shared_state(self, scope: Scope, app: str, user_id: str) -> S.SharedState:
+        found = await self._read(*self._shared_select(scope.tenant, app, user_id))
+        return self._shared_state(app, user_id, found[0] if found else None)
+
+    async def update_shared_state(self, scope: Scope, app: str, user_id: str,
+                                  delta: S.StateDelta, etag: str) -> S.SharedState:
+        async def write(ctx: Ctx) -> S.SharedState:
+            return await self._change_shared_state(ctx, scope.tenant, app, user_id, delta,
+                                                   "delta", etag)
+
+        result: S.SharedState = await self._write(write)
         return result
 
     async def search_messages(self, scope: Scope, query: str, session_ids: Sequence[str],

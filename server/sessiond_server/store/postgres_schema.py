@@ -169,6 +169,24 @@ CREATE INDEX messages_runs ON messages USING GIN ({RUN_TEXT.replace("m.", "")} g
 """,
 ))
 
+# Version 3: state (see the SQLite schema's version 5). TEXT, not JSONB: the
+# stored text is returned exactly (key order, number forms).
+MIGRATIONS.append((
+    3,
+    """
+ALTER TABLE sessions ADD COLUMN state TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE shared_state (
+    tenant     TEXT   NOT NULL,
+    app        TEXT   NOT NULL,
+    user_id    TEXT   NOT NULL,
+    state      TEXT   NOT NULL,
+    version    BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant, app, user_id)
+);
+""",
+))
+
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 #: pg_advisory_xact_lock keys: one replica migrates at a time, one compacts.
