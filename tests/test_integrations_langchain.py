@@ -108,7 +108,8 @@ async def test_a_chain_with_message_history_keeps_the_conversation(
 
 def test_the_core_install_imports_no_framework() -> None:
     code = ("import sys, sessiond, sessiond.integrations, sessiond.integrations.history; "
-            "print(sorted(m for m in ('agents', 'langchain_core', 'openai') if m in sys.modules))")
+            "print(sorted(m for m in ('agents', 'langchain_core', 'openai', 'google.adk')"
+            " if m in sys.modules))")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True)
     assert shown.stdout.strip() == "[]"

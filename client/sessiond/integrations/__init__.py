@@ -5,6 +5,8 @@ sessiond changes one constructor:
 
 * ``sessiond.integrations.openai_agents``: the OpenAI Agents SDK's ``Session``
   (``pip install 'sessiond[openai-agents]'``);
+* ``sessiond.integrations.adk``: Google ADK's ``BaseSessionService``
+  (``pip install 'sessiond[adk]'``);
 * ``sessiond.integrations.langchain``: LangChain's ``BaseChatMessageHistory``
   (``pip install 'sessiond[langchain]'``).
 
