@@ -10,6 +10,11 @@ machine:
 * OpenAI Agents SDK: ``SessiondSession`` against ``sessiond serve`` (a
   subprocess on a fresh SQLite file, durability ``full``) and the SDK's own
   ``SQLiteSession`` on a fresh file;
+* Google ADK: ``SessiondSessionService`` against the same server and ADK's
+  own ``SqliteSessionService`` on a fresh file; a turn there is what the
+  runner does: ``get_session``, then ``append_event`` for the user's message
+  and for the reply, each with a state delta (session, ``user:`` and ``app:``
+  keys on the reply);
 * LangChain: ``SessiondChatMessageHistory`` against the same server, and
   LangChain core's ``InMemoryChatMessageHistory`` (core ships no durable
   history: the in-memory one is the floor, not a peer).
@@ -34,9 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from agents.memory import SQLiteSession
+from google.adk.events.event import Event
+from google.adk.events.event_actions import EventActions
+from google.adk.sessions.sqlite_session_service import SqliteSessionService
+from google.genai import types
 from langchain_core.chat_history import InMemoryChatMessageHistory
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from sessiond import AsyncClient
+from sessiond.integrations.adk import SessiondSessionService
 from sessiond.integrations.langchain import SessiondChatMessageHistory
 from sessiond.integrations.openai_agents import SessiondSession
 
@@ -82,6 +92,23 @@ def langchain_turn(history: Any) -> Turn:
     return turn
 
 
+def adk_event(author: str, text: str, state: dict[str, Any]) -> Event:
+    return Event(invocation_id="bench", author=author,
+                 content=types.Content(role="user" if author == "user" else "model",
+                                       parts=[types.Part(text=text)]),
+                 actions=EventActions(state_delta=state))
+
+
+def adk_turn(service: Any, session_id: str) -> Turn:
+    async def turn(n: int) -> None:
+        session = await service.get_session(app_name="bench", user_id="u",
+                                            session_id=session_id)
+        await service.append_event(session, adk_event("user", f"question {n}", {"turn": n}))
+        await service.append_event(session, adk_event(
+            "agent", f"answer {n}", {"answered": n, "user:last": n, "app:turns": n}))
+    return turn
+
+
 async def measure(turn: Turn, turns: int) -> dict[str, float]:
     latencies: list[float] = []
     for n in range(turns):
@@ -108,6 +135,13 @@ async def run(turns: int, workdir: Path) -> dict[str, dict[str, float]]:
             results["openai-agents SQLiteSession"] = await measure(sdk_turn(sqlite_session),
                                                                    turns)
             sqlite_session.close()
+            sessiond_adk = SessiondSessionService(client=client)
+            await sessiond_adk.create_session(app_name="bench", user_id="u", session_id="adk")
+            results["adk sessiond"] = await measure(adk_turn(sessiond_adk, "adk"), turns)
+            sqlite_adk = SqliteSessionService(str(workdir / "adk.db"))
+            await sqlite_adk.create_session(app_name="bench", user_id="u", session_id="adk")
+            results["adk SqliteSessionService"] = await measure(adk_turn(sqlite_adk, "adk"),
+                                                                turns)
             results["langchain sessiond"] = await measure(
                 langchain_turn(SessiondChatMessageHistory("bench-lc", client=client)), turns)
             with warnings.catch_warnings():
