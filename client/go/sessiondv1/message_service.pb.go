@@ -36,8 +36,17 @@ type AppendMessagesRequest struct {
 	// ABORTED (LAST_SEQ_MISMATCH): a guard against two writers interleaving.
 	// Not checked when every message is a stored retry (see AppendMessages).
 	ExpectedLastSeq *int64 `protobuf:"varint,3,opt,name=expected_last_seq,json=expectedLastSeq,proto3,oneof" json:"expected_last_seq,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// state_delta changes the session's state_json in the same transaction as
+	// the messages: both commit or neither does. It is applied once: a retry
+	// whose messages are all stored already applies nothing again. The
+	// resulting state must stay within max_state_bytes, else INVALID_ARGUMENT
+	// (field state_delta).
+	StateDelta *StateDelta `protobuf:"bytes,4,opt,name=state_delta,json=stateDelta,proto3" json:"state_delta,omitempty"`
+	// shared_state_deltas change shared states (SessionService.GetSharedState)
+	// in the same transaction, under the same rules (at most 16 of them).
+	SharedStateDeltas []*SharedStateDelta `protobuf:"bytes,5,rep,name=shared_state_deltas,json=sharedStateDeltas,proto3" json:"shared_state_deltas,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *AppendMessagesRequest) Reset() {
@@ -89,6 +98,20 @@ func (x *AppendMessagesRequest) GetExpectedLastSeq() int64 {
 		return *x.ExpectedLastSeq
 	}
 	return 0
+}
+
+func (x *AppendMessagesRequest) GetStateDelta() *StateDelta {
+	if x != nil {
+		return x.StateDelta
+	}
+	return nil
+}
+
+func (x *AppendMessagesRequest) GetSharedStateDeltas() []*SharedStateDelta {
+	if x != nil {
+		return x.SharedStateDeltas
+	}
+	return nil
 }
 
 // AppendMessagesResponse is the output of AppendMessages.
@@ -1188,12 +1211,15 @@ var File_sessiond_v1_message_service_proto protoreflect.FileDescriptor
 
 const file_sessiond_v1_message_service_proto_rawDesc = "" +
 	"\n" +
-	"!sessiond/v1/message_service.proto\x12\vsessiond.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\xaf\x01\n" +
+	"!sessiond/v1/message_service.proto\x12\vsessiond.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\xb8\x02\n" +
 	"\x15AppendMessagesRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x120\n" +
 	"\bmessages\x18\x02 \x03(\v2\x14.sessiond.v1.MessageR\bmessages\x12/\n" +
-	"\x11expected_last_seq\x18\x03 \x01(\x03H\x00R\x0fexpectedLastSeq\x88\x01\x01B\x14\n" +
+	"\x11expected_last_seq\x18\x03 \x01(\x03H\x00R\x0fexpectedLastSeq\x88\x01\x01\x128\n" +
+	"\vstate_delta\x18\x04 \x01(\v2\x17.sessiond.v1.StateDeltaR\n" +
+	"stateDelta\x12M\n" +
+	"\x13shared_state_deltas\x18\x05 \x03(\v2\x1d.sessiond.v1.SharedStateDeltaR\x11sharedStateDeltasB\x14\n" +
 	"\x12_expected_last_seq\"\x96\x01\n" +
 	"\x16AppendMessagesResponse\x120\n" +
 	"\bmessages\x18\x01 \x03(\v2\x14.sessiond.v1.MessageR\bmessages\x12.\n" +
@@ -1324,49 +1350,53 @@ var file_sessiond_v1_message_service_proto_goTypes = []any{
 	(*DeleteMessagesRequest)(nil),     // 14: sessiond.v1.DeleteMessagesRequest
 	(*DeleteMessagesResponse)(nil),    // 15: sessiond.v1.DeleteMessagesResponse
 	(*Message)(nil),                   // 16: sessiond.v1.Message
-	(*Session)(nil),                   // 17: sessiond.v1.Session
-	(*timestamppb.Timestamp)(nil),     // 18: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),     // 19: google.protobuf.FieldMask
+	(*StateDelta)(nil),                // 17: sessiond.v1.StateDelta
+	(*SharedStateDelta)(nil),          // 18: sessiond.v1.SharedStateDelta
+	(*Session)(nil),                   // 19: sessiond.v1.Session
+	(*timestamppb.Timestamp)(nil),     // 20: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),     // 21: google.protobuf.FieldMask
 }
 var file_sessiond_v1_message_service_proto_depIdxs = []int32{
 	16, // 0: sessiond.v1.AppendMessagesRequest.messages:type_name -> sessiond.v1.Message
-	16, // 1: sessiond.v1.AppendMessagesResponse.messages:type_name -> sessiond.v1.Message
-	17, // 2: sessiond.v1.AppendMessagesResponse.session:type_name -> sessiond.v1.Session
-	18, // 3: sessiond.v1.ListMessagesRequest.after_time:type_name -> google.protobuf.Timestamp
-	16, // 4: sessiond.v1.ListMessagesResponse.messages:type_name -> sessiond.v1.Message
-	16, // 5: sessiond.v1.PopMessageResponse.message:type_name -> sessiond.v1.Message
-	17, // 6: sessiond.v1.PopMessageResponse.session:type_name -> sessiond.v1.Session
-	16, // 7: sessiond.v1.UpdateLastMessageRequest.message:type_name -> sessiond.v1.Message
-	19, // 8: sessiond.v1.UpdateLastMessageRequest.update_mask:type_name -> google.protobuf.FieldMask
-	16, // 9: sessiond.v1.UpdateLastMessageResponse.message:type_name -> sessiond.v1.Message
-	17, // 10: sessiond.v1.UpdateLastMessageResponse.session:type_name -> sessiond.v1.Session
-	17, // 11: sessiond.v1.ClearMessagesResponse.session:type_name -> sessiond.v1.Session
-	16, // 12: sessiond.v1.SearchMessagesResponse.messages:type_name -> sessiond.v1.Message
-	16, // 13: sessiond.v1.ReplaceMessagesRequest.messages:type_name -> sessiond.v1.Message
-	16, // 14: sessiond.v1.ReplaceMessagesResponse.messages:type_name -> sessiond.v1.Message
-	17, // 15: sessiond.v1.ReplaceMessagesResponse.session:type_name -> sessiond.v1.Session
-	17, // 16: sessiond.v1.DeleteMessagesResponse.session:type_name -> sessiond.v1.Session
-	0,  // 17: sessiond.v1.MessageService.AppendMessages:input_type -> sessiond.v1.AppendMessagesRequest
-	2,  // 18: sessiond.v1.MessageService.ListMessages:input_type -> sessiond.v1.ListMessagesRequest
-	4,  // 19: sessiond.v1.MessageService.PopMessage:input_type -> sessiond.v1.PopMessageRequest
-	6,  // 20: sessiond.v1.MessageService.UpdateLastMessage:input_type -> sessiond.v1.UpdateLastMessageRequest
-	8,  // 21: sessiond.v1.MessageService.ClearMessages:input_type -> sessiond.v1.ClearMessagesRequest
-	10, // 22: sessiond.v1.MessageService.SearchMessages:input_type -> sessiond.v1.SearchMessagesRequest
-	12, // 23: sessiond.v1.MessageService.ReplaceMessages:input_type -> sessiond.v1.ReplaceMessagesRequest
-	14, // 24: sessiond.v1.MessageService.DeleteMessages:input_type -> sessiond.v1.DeleteMessagesRequest
-	1,  // 25: sessiond.v1.MessageService.AppendMessages:output_type -> sessiond.v1.AppendMessagesResponse
-	3,  // 26: sessiond.v1.MessageService.ListMessages:output_type -> sessiond.v1.ListMessagesResponse
-	5,  // 27: sessiond.v1.MessageService.PopMessage:output_type -> sessiond.v1.PopMessageResponse
-	7,  // 28: sessiond.v1.MessageService.UpdateLastMessage:output_type -> sessiond.v1.UpdateLastMessageResponse
-	9,  // 29: sessiond.v1.MessageService.ClearMessages:output_type -> sessiond.v1.ClearMessagesResponse
-	11, // 30: sessiond.v1.MessageService.SearchMessages:output_type -> sessiond.v1.SearchMessagesResponse
-	13, // 31: sessiond.v1.MessageService.ReplaceMessages:output_type -> sessiond.v1.ReplaceMessagesResponse
-	15, // 32: sessiond.v1.MessageService.DeleteMessages:output_type -> sessiond.v1.DeleteMessagesResponse
-	25, // [25:33] is the sub-list for method output_type
-	17, // [17:25] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	17, // 1: sessiond.v1.AppendMessagesRequest.state_delta:type_name -> sessiond.v1.StateDelta
+	18, // 2: sessiond.v1.AppendMessagesRequest.shared_state_deltas:type_name -> sessiond.v1.SharedStateDelta
+	16, // 3: sessiond.v1.AppendMessagesResponse.messages:type_name -> sessiond.v1.Message
+	19, // 4: sessiond.v1.AppendMessagesResponse.session:type_name -> sessiond.v1.Session
+	20, // 5: sessiond.v1.ListMessagesRequest.after_time:type_name -> google.protobuf.Timestamp
+	16, // 6: sessiond.v1.ListMessagesResponse.messages:type_name -> sessiond.v1.Message
+	16, // 7: sessiond.v1.PopMessageResponse.message:type_name -> sessiond.v1.Message
+	19, // 8: sessiond.v1.PopMessageResponse.session:type_name -> sessiond.v1.Session
+	16, // 9: sessiond.v1.UpdateLastMessageRequest.message:type_name -> sessiond.v1.Message
+	21, // 10: sessiond.v1.UpdateLastMessageRequest.update_mask:type_name -> google.protobuf.FieldMask
+	16, // 11: sessiond.v1.UpdateLastMessageResponse.message:type_name -> sessiond.v1.Message
+	19, // 12: sessiond.v1.UpdateLastMessageResponse.session:type_name -> sessiond.v1.Session
+	19, // 13: sessiond.v1.ClearMessagesResponse.session:type_name -> sessiond.v1.Session
+	16, // 14: sessiond.v1.SearchMessagesResponse.messages:type_name -> sessiond.v1.Message
+	16, // 15: sessiond.v1.ReplaceMessagesRequest.messages:type_name -> sessiond.v1.Message
+	16, // 16: sessiond.v1.ReplaceMessagesResponse.messages:type_name -> sessiond.v1.Message
+	19, // 17: sessiond.v1.ReplaceMessagesResponse.session:type_name -> sessiond.v1.Session
+	19, // 18: sessiond.v1.DeleteMessagesResponse.session:type_name -> sessiond.v1.Session
+	0,  // 19: sessiond.v1.MessageService.AppendMessages:input_type -> sessiond.v1.AppendMessagesRequest
+	2,  // 20: sessiond.v1.MessageService.ListMessages:input_type -> sessiond.v1.ListMessagesRequest
+	4,  // 21: sessiond.v1.MessageService.PopMessage:input_type -> sessiond.v1.PopMessageRequest
+	6,  // 22: sessiond.v1.MessageService.UpdateLastMessage:input_type -> sessiond.v1.UpdateLastMessageRequest
+	8,  // 23: sessiond.v1.MessageService.ClearMessages:input_type -> sessiond.v1.ClearMessagesRequest
+	10, // 24: sessiond.v1.MessageService.SearchMessages:input_type -> sessiond.v1.SearchMessagesRequest
+	12, // 25: sessiond.v1.MessageService.ReplaceMessages:input_type -> sessiond.v1.ReplaceMessagesRequest
+	14, // 26: sessiond.v1.MessageService.DeleteMessages:input_type -> sessiond.v1.DeleteMessagesRequest
+	1,  // 27: sessiond.v1.MessageService.AppendMessages:output_type -> sessiond.v1.AppendMessagesResponse
+	3,  // 28: sessiond.v1.MessageService.ListMessages:output_type -> sessiond.v1.ListMessagesResponse
+	5,  // 29: sessiond.v1.MessageService.PopMessage:output_type -> sessiond.v1.PopMessageResponse
+	7,  // 30: sessiond.v1.MessageService.UpdateLastMessage:output_type -> sessiond.v1.UpdateLastMessageResponse
+	9,  // 31: sessiond.v1.MessageService.ClearMessages:output_type -> sessiond.v1.ClearMessagesResponse
+	11, // 32: sessiond.v1.MessageService.SearchMessages:output_type -> sessiond.v1.SearchMessagesResponse
+	13, // 33: sessiond.v1.MessageService.ReplaceMessages:output_type -> sessiond.v1.ReplaceMessagesResponse
+	15, // 34: sessiond.v1.MessageService.DeleteMessages:output_type -> sessiond.v1.DeleteMessagesResponse
+	27, // [27:35] is the sub-list for method output_type
+	19, // [19:27] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_sessiond_v1_message_service_proto_init() }

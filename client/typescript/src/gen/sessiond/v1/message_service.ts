@@ -21,7 +21,7 @@ import {
 import { FieldMask } from "../../google/protobuf/field_mask";
 import { Timestamp } from "../../google/protobuf/timestamp";
 import { Message } from "./message";
-import { Session } from "./session";
+import { Session, SharedStateDelta, StateDelta } from "./session";
 
 /** AppendMessagesRequest is the input of AppendMessages. */
 export interface AppendMessagesRequest {
@@ -38,7 +38,24 @@ export interface AppendMessagesRequest {
    * ABORTED (LAST_SEQ_MISMATCH): a guard against two writers interleaving.
    * Not checked when every message is a stored retry (see AppendMessages).
    */
-  expectedLastSeq?: bigint | undefined;
+  expectedLastSeq?:
+    | bigint
+    | undefined;
+  /**
+   * state_delta changes the session's state_json in the same transaction as
+   * the messages: both commit or neither does. It is applied once: a retry
+   * whose messages are all stored already applies nothing again. The
+   * resulting state must stay within max_state_bytes, else INVALID_ARGUMENT
+   * (field state_delta).
+   */
+  stateDelta:
+    | StateDelta
+    | undefined;
+  /**
+   * shared_state_deltas change shared states (SessionService.GetSharedState)
+   * in the same transaction, under the same rules (at most 16 of them).
+   */
+  sharedStateDeltas: SharedStateDelta[];
 }
 
 /** AppendMessagesResponse is the output of AppendMessages. */
@@ -324,7 +341,7 @@ export interface DeleteMessagesResponse {
 }
 
 function createBaseAppendMessagesRequest(): AppendMessagesRequest {
-  return { sessionId: "", messages: [], expectedLastSeq: undefined };
+  return { sessionId: "", messages: [], expectedLastSeq: undefined, stateDelta: undefined, sharedStateDeltas: [] };
 }
 
 export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
@@ -340,6 +357,12 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
         throw new globalThis.Error("value provided for field message.expectedLastSeq of type int64 too large");
       }
       writer.uint32(24).int64(message.expectedLastSeq);
+    }
+    if (message.stateDelta !== undefined) {
+      StateDelta.encode(message.stateDelta, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.sharedStateDeltas) {
+      SharedStateDelta.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -381,6 +404,22 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
             message.expectedLastSeq = reader.int64() as bigint;
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.stateDelta = StateDelta.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.sharedStateDeltas.push(SharedStateDelta.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -406,6 +445,16 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
         : isSet(object.expected_last_seq)
         ? BigInt(object.expected_last_seq)
         : undefined,
+      stateDelta: isSet(object.stateDelta)
+        ? StateDelta.fromJSON(object.stateDelta)
+        : isSet(object.state_delta)
+        ? StateDelta.fromJSON(object.state_delta)
+        : undefined,
+      sharedStateDeltas: globalThis.Array.isArray(object?.sharedStateDeltas)
+        ? object.sharedStateDeltas.map((e: any) => SharedStateDelta.fromJSON(e))
+        : globalThis.Array.isArray(object?.shared_state_deltas)
+        ? object.shared_state_deltas.map((e: any) => SharedStateDelta.fromJSON(e))
+        : [],
     };
   },
 
@@ -420,6 +469,12 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
     if (message.expectedLastSeq !== undefined) {
       obj.expectedLastSeq = message.expectedLastSeq.toString();
     }
+    if (message.stateDelta !== undefined) {
+      obj.stateDelta = StateDelta.toJSON(message.stateDelta);
+    }
+    if (message.sharedStateDeltas?.length) {
+      obj.sharedStateDeltas = message.sharedStateDeltas.map((e) => SharedStateDelta.toJSON(e));
+    }
     return obj;
   },
 
@@ -433,6 +488,10 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
     message.expectedLastSeq = (object.expectedLastSeq !== undefined && object.expectedLastSeq !== null)
       ? BigInt(object.expectedLastSeq)
       : undefined;
+    message.stateDelta = (object.stateDelta !== undefined && object.stateDelta !== null)
+      ? StateDelta.fromPartial(object.stateDelta)
+      : undefined;
+    message.sharedStateDeltas = object.sharedStateDeltas?.map((e) => SharedStateDelta.fromPartial(e)) || [];
     return message;
   },
 };
