@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The server alone (the `server` and `postgres` extras), for `make serve`; the
+# The server alone (the `postgres` extra, which includes `server`), for `make serve`; the
 # dev install includes it.
 SERVER_STAMP := $(VENV)/.installed-server
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml setup.py
 $(SERVER_STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[server,postgres]'
+	$(PY) -m pip install --quiet -e '.[postgres]'
 	touch $(SERVER_STAMP)
 
 ## install: create .venv and install sessiond with its development tools

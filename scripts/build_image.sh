@@ -7,13 +7,15 @@
 # made by debootstrap from Debian's own package mirror, cached under
 # ~/.cache/sessiond-image so later builds skip it. buildah turns it into an
 # image: the wheel built from this checkout is installed into a virtualenv at
-# /opt/sessiond (with the `server` and `postgres` extras, from PyPI), a
+# /opt/sessiond (with the `postgres` extra, which includes `server`, from PyPI), a
 # non-root user `sessiond` (uid 10001) owns the volume /var/lib/sessiond where
 # the database lives, and the command is `sessiond serve` on 0.0.0.0:50051,
 # which refuses to start without API keys and TLS unless `--insecure` is given.
+# grpc_health_probe (built from the Go module proxy, pinned) is in the image for
+# Kubernetes exec probes: the kubelet's own `grpc:` probe cannot speak TLS.
 #
-# Needs root (debootstrap, buildah's storage); installs debootstrap, buildah,
-# podman and runc with apt-get when they are missing. Environment:
+# Needs root (debootstrap, buildah's storage) and Go; installs debootstrap,
+# buildah, podman and runc with apt-get when they are missing. Environment:
 #   SESSIOND_IMAGE         image name (default localhost/sessiond)
 #   SESSIOND_IMAGE_CACHE   cache directory (default ~/.cache/sessiond-image)
 #   DEBIAN_MIRROR          Debian mirror (default http://deb.debian.org/debian)
@@ -26,6 +28,8 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
 # What the base holds; a change here makes a new cached root filesystem.
 PACKAGES=python3,python3-venv,ca-certificates,passwd
+PROBE_MODULE=github.com/grpc-ecosystem/grpc-health-probe
+PROBE_VERSION=v0.4.63
 BASE="$CACHE/rootfs-$SUITE-$(printf '%s' "$PACKAGES" | sha256sum | cut -c1-12).tar"
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 
@@ -63,7 +67,15 @@ if [ ! -s "$BASE" ]; then
   trap - EXIT
 fi
 
-# 2. The wheel of this checkout (it records the git revision it was built from).
+# 2. grpc_health_probe, a static binary, built once per pinned version.
+probe="$CACHE/grpc-health-probe-$PROBE_VERSION/grpc-health-probe"
+if [ ! -x "$probe" ]; then
+  command -v go >/dev/null 2>&1 || { say "needs Go to build grpc_health_probe"; exit 1; }
+  say "building $PROBE_MODULE@$PROBE_VERSION"
+  CGO_ENABLED=0 GOBIN="$(dirname "$probe")" go install "$PROBE_MODULE@$PROBE_VERSION" >&2
+fi
+
+# 3. The wheel of this checkout (it records the git revision it was built from).
 dist=$(mktemp -d)
 container=""
 cleanup() {
@@ -80,12 +92,13 @@ name = "sessiond/BUILD_REVISION"
 print(wheel.read(name).decode().strip() if name in wheel.namelist() else "unknown")' "$wheel")
 say "wheel $(basename "$wheel") (revision $revision)"
 
-# 3. The image: the root filesystem, then the wheel installed inside it (chroot,
+# 4. The image: the root filesystem, then the wheel installed inside it (chroot,
 #    so pip picks wheels for the image's own Python), then the user and config.
 container=$(buildah from scratch)
 mnt=$(buildah mount "$container")
 tar -C "$mnt" --numeric-owner -xf "$BASE"
 cp "$wheel" "$mnt/tmp/"
+install -m 0755 "$probe" "$mnt/usr/local/bin/grpc_health_probe"
 cp /etc/resolv.conf "$mnt/etc/resolv.conf"
 pip_env=(PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1)
 ca=${PIP_CERT:-${REQUESTS_CA_BUNDLE:-}}
@@ -98,7 +111,7 @@ for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST HTTPS_PROXY HTTP_
 done
 chroot "$mnt" /usr/bin/python3 -m venv /opt/sessiond
 chroot "$mnt" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "${pip_env[@]}" \
-  /opt/sessiond/bin/pip install --quiet "/tmp/$(basename "$wheel")[server,postgres]" >&2
+  /opt/sessiond/bin/pip install --quiet "/tmp/$(basename "$wheel")[postgres]" >&2
 chroot "$mnt" /usr/sbin/useradd --uid 10001 --user-group \
   --home-dir /var/lib/sessiond --no-create-home --shell /usr/sbin/nologin sessiond
 install -d -o 10001 -g 10001 -m 0750 "$mnt/var/lib/sessiond"
@@ -113,7 +126,7 @@ buildah config \
   --workingdir /var/lib/sessiond \
   --volume /var/lib/sessiond \
   --port 50051 --port 9464 \
-  --env PATH=/opt/sessiond/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  --env PATH=/opt/sessiond/bin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --env SESSIOND_DATABASE=/var/lib/sessiond/sessiond.db \
   --env SESSIOND_ADDRESS=0.0.0.0:50051 \
   --env SESSIOND_METRICS_ADDRESS=0.0.0.0:9464 \
@@ -125,8 +138,12 @@ buildah config \
   --label org.opencontainers.image.revision="$revision" \
   --label org.opencontainers.image.licenses=Apache-2.0 \
   "$container"
+previous=$(buildah images --quiet --no-trunc "$IMAGE:$version" 2>/dev/null || true)
 buildah commit --quiet --rm "$container" "$IMAGE:$version" >/dev/null
 container=""
 buildah tag "$IMAGE:$version" "$IMAGE:latest"
+if [ -n "$previous" ]; then  # the image this build replaced, now without a name
+  buildah rmi "$previous" >/dev/null 2>&1 || true  # kept while a container still uses it
+fi
 say "built $IMAGE:$version and $IMAGE:latest"
 echo "$IMAGE:$version"

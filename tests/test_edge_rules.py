@@ -7,6 +7,7 @@
 - ``ForkSession.up_to_seq = 0`` copies every message; an empty branch is not a fork.
 - A chosen id (session, message, request) must not be blank nor start or end with white
   space; an id that names something stored is matched exactly.
+- Ending a running session sets it IDLE and clears its turn; an ERROR state is kept.
 - ClearMessages keeps the session's usage (spent tokens and money stay counted).
 """
 
@@ -90,6 +91,28 @@ async def test_an_id_that_names_something_is_matched_exactly(server: Any) -> Non
     with pytest.raises(grpc.RpcError) as err:
         await get_session(server.sessions, "X")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_ending_a_session_sets_it_idle_and_clears_its_turn(server: Any) -> None:
+    sid = (await create_session(server.sessions, "busy")).id
+    await server.sessions.SetRuntimeState(ss.SetRuntimeStateRequest(
+        session_id=sid, state=S.RUNTIME_STATE_RUNNING, turn_id="turn-1"))
+    ended = await server.sessions.EndSession(ss.EndSessionRequest(
+        session_id=sid, status=S.SESSION_STATUS_COMPLETED))
+    assert ended.session.runtime_state == S.RUNTIME_STATE_IDLE
+    assert ended.session.current_turn_id == ""
+    stored = await get_session(server.sessions, sid)
+    assert (stored.runtime_state, stored.current_turn_id) == (S.RUNTIME_STATE_IDLE, "")
+
+
+async def test_ending_a_session_in_error_keeps_the_error_and_its_turn(server: Any) -> None:
+    sid = (await create_session(server.sessions, "broken")).id
+    await server.sessions.SetRuntimeState(ss.SetRuntimeStateRequest(
+        session_id=sid, state=S.RUNTIME_STATE_ERROR, turn_id="turn-9"))
+    ended = await server.sessions.EndSession(ss.EndSessionRequest(
+        session_id=sid, status=S.SESSION_STATUS_FAILED))
+    assert (ended.session.runtime_state, ended.session.current_turn_id) == (
+        S.RUNTIME_STATE_ERROR, "turn-9")
 
 
 async def test_clearing_messages_keeps_the_sessions_usage(server: Any) -> None:

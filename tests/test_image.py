@@ -1,4 +1,8 @@
-"""The container image: built here without a registry (scripts/build_image.sh), run with podman.
+"""The artifacts an operator installs: the wheel, and the container image built here without a
+registry (scripts/build_image.sh) and run with podman.
+
+The wheel without extras is the client and the command line; ``serve`` there says which extra
+brings the server.
 
 It must refuse to listen beyond loopback without API keys and TLS, and with them serve:
 health SERVING over TLS, and one authenticated RPC that writes to the database on its volume,
@@ -107,6 +111,32 @@ def logs(name: str) -> str:
     return out.stdout + out.stderr
 
 
+def test_the_wheel_without_extras_is_the_client_and_names_the_server_extra(
+        tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--wheel-dir", str(tmp_path / "dist"), str(REPO)], check=True, timeout=600)
+    [wheel] = (tmp_path / "dist").glob("sessiond-*.whl")
+    venv = tmp_path / "client-only"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)], check=True,
+                   timeout=900)
+    installed = subprocess.run([str(venv / "bin" / "pip"), "list", "--format=freeze"],
+                               capture_output=True, text=True, check=True).stdout.lower()
+    for server_only in ("aiosqlite", "prometheus-client", "asyncpg", "grpcio-health-checking"):
+        assert server_only not in installed, installed
+    sessiond = str(venv / "bin" / "sessiond")
+    version = subprocess.run([sessiond, "--version"], capture_output=True, text=True,
+                             check=True).stdout
+    assert version.startswith("sessiond ") and "revision" in version
+    assert "unknown" not in version  # the wheel recorded the revision it was built from
+    listing = subprocess.run([sessiond, "sessions", "--help"], capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    serve = subprocess.run([sessiond, "serve"], capture_output=True, text=True, timeout=60)
+    assert serve.returncode == 1
+    assert serve.stderr.strip() == ("sessiond: error: the server is not installed; "
+                                    "pip install 'sessiond[server]'")
+
+
 def test_the_image_refuses_to_serve_beyond_loopback_without_keys_and_tls(
         image: str, data_dir: Path) -> None:
     refused = run_image("--rm", "--network", "host", f"--volume={data_dir}:/var/lib/sessiond",
@@ -153,6 +183,12 @@ def test_the_image_serves_health_and_rpcs_over_tls_as_a_non_root_user(
         whoami = subprocess.run(["podman", "exec", name, "id", "-u"], capture_output=True,
                                 text=True, timeout=60)
         assert whoami.stdout.strip() == str(IMAGE_UID), whoami.stderr
+        # The probe the Kubernetes manifests run (deploy/kubernetes): health over TLS.
+        probe = subprocess.run(["podman", "exec", name, "grpc_health_probe",
+                                f"-addr=127.0.0.1:{port}", "-tls", "-tls-no-verify"],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert "status: SERVING" in probe.stdout + probe.stderr
         started_line = next(line for line in logs(name).splitlines() if "serving on" in line)
         assert "version=" in started_line and "git_revision=" in started_line
     database = data_dir / "sessiond.db"

@@ -229,55 +229,63 @@ async def _every(seconds: float, what: str, action: Any) -> None:
 
 
 async def start_server(config: ServerConfig) -> RunningServer:
-    """Start a server; on any failure undo what was started (listener, store, lock) and raise.
+    """Start a server; a failed start undoes what it had started (listener, store, lock).
 
     Nothing is left behind by a failed start: no writer thread, no open
     connection, no held lock, so ``sessiond serve`` can exit at once.
     """
+    undo = contextlib.AsyncExitStack()
+    try:
+        return await _start(config, undo)
+    except BaseException:
+        try:
+            await undo.aclose()  # every step is undone even when one of them fails
+        except Exception:
+            log.debug("undoing a failed start failed too", exc_info=True)
+        raise
+
+
+async def _start(config: ServerConfig, undo: contextlib.AsyncExitStack) -> RunningServer:
+    """The start, each step registering its undoing on ``undo`` (kept only on failure)."""
     security = prepare_security(config, loopback=is_loopback(config.address))
     lock = _lock_database(config)
-    store: Store | None = None
-    server: grpc.aio.Server | None = None
-    observability: Observability | None = None
-    try:
-        store = open_store(config)
-        await store.open()
-        if store.recovered_wal:
-            log.info("database %s had a write-ahead log left by an unclean stop; SQLite "
-                     "replayed it (revision %d)", config.database, store.revision)
-        hub = CursorTrackingHub(store)
-        observability = Observability(
-            store, hub, database=None if postgres_url(config.database) else sqlite_path(
-                config.database), abandoned_after_seconds=config.abandoned_after_seconds,
-            clock=config.clock)
-        api = ApiContext(store=store, hub=hub, config=config,
-                         tokens=PageTokens(config.page_token_key or store.page_token_key),
-                         authenticated=security.keys is not None)
-        server = grpc.aio.server(
-            interceptors=[observability.interceptor, *security.interceptors],
-            options=server_options(config.limits))
-        session_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionService(api),
-                                                                      server)
-        message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageService(api),
-                                                                      server)
-        stats_service_pb2_grpc.add_StatsServiceServicer_to_server(StatsService(api), server)
-        health_servicer = HealthServicer()
-        for name in ("", *SERVICE_NAMES):  # the servicer starts "" as SERVING: not yet
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        if config.reflection:
-            reflection.enable_server_reflection(
-                (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME), server)
-        port = _listen(server, config.address, security.credentials)
-        await server.start()
-        # Health turns SERVING only once the database answers; a failure ends the start.
-        await ping_database(store)
-        if config.metrics_address:
-            observability.serve_metrics(config.metrics_address)
-    except BaseException:
-        await _undo_start(server, store, observability, lock)
-        raise
+    if lock is not None:
+        undo.callback(lock.release)
+    store = open_store(config)
+    undo.push_async_callback(store.close)
+    await store.open()
+    if store.recovered_wal:
+        log.info("database %s had a write-ahead log left by an unclean stop; SQLite "
+                 "replayed it (revision %d)", config.database, store.revision)
+    hub = CursorTrackingHub(store)
+    observability = Observability(
+        store, hub, database=None if postgres_url(config.database) else sqlite_path(
+            config.database), abandoned_after_seconds=config.abandoned_after_seconds,
+        clock=config.clock)
+    undo.callback(observability.close)
+    api = ApiContext(store=store, hub=hub, config=config,
+                     tokens=PageTokens(config.page_token_key or store.page_token_key),
+                     authenticated=security.keys is not None)
+    server = grpc.aio.server(interceptors=[observability.interceptor, *security.interceptors],
+                             options=server_options(config.limits))
+    undo.push_async_callback(server.stop, 0)
+    session_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionService(api), server)
+    message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageService(api), server)
+    stats_service_pb2_grpc.add_StatsServiceServicer_to_server(StatsService(api), server)
+    health_servicer = HealthServicer()
+    for name in ("", *SERVICE_NAMES):  # the servicer starts "" as SERVING: not yet
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if config.reflection:
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server)
+    port = _listen(server, config.address, security.credentials)
+    await server.start()
+    # Health turns SERVING only once the database answers; a failure ends the start.
+    await ping_database(store)
+    if config.metrics_address:
+        observability.serve_metrics(config.metrics_address)
     readiness = StorageReadiness(
         lambda: ping_database(store), lambda up: _set_health(health_servicer, up),
         config.health_check_interval_seconds, config.health_check_failures)
@@ -290,6 +298,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
             config.retention_interval_seconds, "retention",
             lambda: _apply_retention(store, config))))
     await _set_health(health_servicer, True)
+    undo.pop_all()  # started: from here the RunningServer owns what was opened
     running = RunningServer(server, store, hub, config, health_servicer, port, tasks,
                             observability, lock, security.interceptors, readiness)
     build = build_info()
@@ -352,21 +361,6 @@ class ListenError(OSError):
 
     def __init__(self, address: str, reason: str) -> None:
         super().__init__(f"cannot listen on {address}: {reason}")
-
-
-async def _undo_start(server: grpc.aio.Server | None, store: Store | None,
-                      observability: Observability | None, lock: DatabaseLock | None) -> None:
-    """Stop whatever a failed start had started, in reverse order."""
-    with contextlib.suppress(Exception):
-        if server is not None:
-            await server.stop(0)
-    with contextlib.suppress(Exception):
-        if store is not None:
-            await store.close()
-    if observability is not None:
-        observability.close()
-    if lock is not None:
-        lock.release()
 
 
 def _lock_database(config: ServerConfig) -> DatabaseLock | None:

@@ -89,7 +89,10 @@ class SessionServiceStub:
     a terminal session.
     """
     EndSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.EndSessionRequest, _session_service_pb2.EndSessionResponse]
-    """EndSession moves a session to a terminal status. Ending again with the
+    """EndSession moves a session to a terminal status. An ended session runs
+    no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+    SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+    turn, which tell how it ended. Ending again with the
     same status changes nothing; with another status it fails with
     FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
     for a non-terminal status.
@@ -196,7 +199,10 @@ class SessionServiceAsyncStub(SessionServiceStub):
     a terminal session.
     """
     EndSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.EndSessionRequest, _session_service_pb2.EndSessionResponse]  # type: ignore[assignment]
-    """EndSession moves a session to a terminal status. Ending again with the
+    """EndSession moves a session to a terminal status. An ended session runs
+    no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+    SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+    turn, which tell how it ended. Ending again with the
     same status changes nothing; with another status it fails with
     FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
     for a non-terminal status.
@@ -342,7 +348,10 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.EndSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.EndSessionResponse, _abc.Awaitable[_session_service_pb2.EndSessionResponse]]:
-        """EndSession moves a session to a terminal status. Ending again with the
+        """EndSession moves a session to a terminal status. An ended session runs
+        no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+        SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+        turn, which tell how it ended. Ending again with the
         same status changes nothing; with another status it fails with
         FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
         for a non-terminal status.

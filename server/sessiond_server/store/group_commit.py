@@ -64,19 +64,12 @@ class Statements(Protocol):
 class WriteContext(ChangeRecorder, Generic[C]):
     """What a write function gets: statements, the driver connection, the time, revisions."""
 
-    def __init__(self, tx: Statements, conn: C, changes_sql: str, revision: int,
+    def __init__(self, tx: Statements, conn: C, revision: int,
                  clock: Callable[[], int]) -> None:
         super().__init__(revision, clock)
         self.tx = tx
         # The driver's own connection, for writes that are not (yet) dialect-neutral.
         self.conn = conn
-        self._changes_sql = changes_sql
-
-    async def finish_write(self) -> list[Change]:
-        changes, change_rows = self.take_pending()
-        if change_rows:
-            await self.tx.executemany(self._changes_sql, change_rows)
-        return changes
 
 
 #: A write: a function of the context, a coroutine function (or, for the SQLite
@@ -106,7 +99,8 @@ class BatchHooks(Protocol):
     async def begin(self) -> int:
         """Begin the transaction; the stored revision counter (locked where it must be)."""
     async def savepoint(self) -> None: ...
-    async def release(self) -> None: ...
+    async def renew_savepoint(self) -> None:
+        """Release the savepoint and set it again, in one round trip where the driver can."""
     async def rollback_to(self) -> None: ...
     def in_transaction(self) -> bool:
         """Whether the database still has the batch's transaction open."""
@@ -164,21 +158,24 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
         start = await hooks.begin()
     except Exception as exc:
         return await fail_all(exc)
-    ctx: WriteContext[Any] = WriteContext(hooks.tx, hooks.conn, hooks.changes_sql, start, clock)
+    ctx: WriteContext[Any] = WriteContext(hooks.tx, hooks.conn, start, clock)
     alone = len(jobs) == 1
     outcomes: list[tuple[Job[Any], Any, BaseException | None]] = []
     changes: list[Change] = []
+    change_rows: list[tuple[Any, ...]] = []
+    # Round trips saved: a write's savepoint is released when the next write sets its
+    # own (one statement), the last one by COMMIT; the change-log rows of the whole
+    # batch go in one statement before the counter moves.
+    held = False
     for job in jobs:
         ctx.begin_write()
         try:
             if not alone:
-                await hooks.savepoint()
+                await (hooks.renew_savepoint() if held else hooks.savepoint())
+                held = True
             result = job.fn(ctx)
             if inspect.isawaitable(result):
                 result = await result
-            written = await ctx.finish_write()
-            if not alone:
-                await hooks.release()
         except Exception as exc:
             ctx.abandon_write()
             if alone:
@@ -189,15 +186,18 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
                 log.error("the database rolled back a batch of %d writes: %s", len(jobs), exc)
                 return await fail_all(exc)
             try:
-                await hooks.rollback_to()
-                await hooks.release()
+                await hooks.rollback_to()  # the savepoint stays, for the next write
             except Exception as undo_failed:
                 return await fail_all(undo_failed)
             outcomes.append((job, None, failure_of(hooks, exc)))
             continue
+        written, rows = ctx.take_pending()
         changes.extend(written)
+        change_rows.extend(rows)
         outcomes.append((job, result, None))
     try:
+        if change_rows:
+            await hooks.tx.executemany(hooks.changes_sql, change_rows)
         if ctx.revision != start:
             await hooks.store_revision(start, ctx.revision)
         await hooks.commit()

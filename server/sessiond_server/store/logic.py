@@ -588,11 +588,16 @@ class StoreLogic:
             if ended < row[COL["started_at"]]:
                 raise InvalidArgument("ended_at", "is before the session's started_at")
             p = self.dialect.params()
+            # An ended session runs no turn: a RUNNING one becomes IDLE with its turn
+            # cleared (as SetRuntimeState IDLE does); ERROR stays, with the failed turn.
+            running = f"runtime_state = {p(S.RUNTIME_STATE_RUNNING)}"
             await ctx.tx.execute(
                 f"UPDATE sessions SET status = {p(int(status))}, end_reason = {p(reason)},"
                 f" ended_at = {p(ended)}, updated_at = {p(ctx.now)},"
-                f" revision = {p(ctx.take_revision())}, runtime_state = CASE WHEN runtime_state"
-                f" = {p(S.RUNTIME_STATE_RUNNING)} THEN {p(S.RUNTIME_STATE_IDLE)}"
+                f" revision = {p(ctx.take_revision())},"
+                f" current_turn_id = CASE WHEN {running} THEN '' ELSE current_turn_id END,"
+                f" turn_started_at = CASE WHEN {running} THEN 0 ELSE turn_started_at END,"
+                f" runtime_state = CASE WHEN {running} THEN {p(S.RUNTIME_STATE_IDLE)}"
                 f" ELSE runtime_state END WHERE pk = {p(row[0])}", p.values)
             session = await self._reload(ctx, row[0])
             self._emit(ctx, E.EVENT_TYPE_SESSION_ENDED, session)

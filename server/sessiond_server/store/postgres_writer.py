@@ -122,8 +122,9 @@ class PostgresBatch:
     async def savepoint(self) -> None:
         await self.conn.execute("SAVEPOINT write")
 
-    async def release(self) -> None:
-        await self.conn.execute("RELEASE SAVEPOINT write")
+    async def renew_savepoint(self) -> None:
+        # No parameters: one simple-protocol message, so both statements in one round trip.
+        await self.conn.execute("RELEASE SAVEPOINT write; SAVEPOINT write")
 
     async def rollback_to(self) -> None:
         await self.conn.execute("ROLLBACK TO SAVEPOINT write")

@@ -79,8 +79,9 @@ class SQLiteBatch:
     async def savepoint(self) -> None:
         self.conn.execute("SAVEPOINT write")
 
-    async def release(self) -> None:
+    async def renew_savepoint(self) -> None:
         self.conn.execute("RELEASE write")
+        self.conn.execute("SAVEPOINT write")
 
     async def rollback_to(self) -> None:
         self.conn.execute("ROLLBACK TO write")
@@ -174,7 +175,15 @@ class Writer:
                     break
                 batch, stopping = take_batch(job, self._queue.get_nowait, self._max_batch)
                 began = time.perf_counter()
-                result = run_sync(run_batch(hooks, batch, self._clock))
+                try:
+                    result = run_sync(run_batch(hooks, batch, self._clock))
+                except RuntimeError:  # a write awaited something other than its connection
+                    log.exception("write batch abandoned")
+                    with contextlib.suppress(sqlite3.Error):
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    failure = Unavailable("the write batch failed")
+                    result = BatchResult([(job, None, failure) for job in batch], 0, [], False)
                 if result.committed:
                     self._observe(len(batch), time.perf_counter() - began)
                 self._answer(result)
