@@ -18,6 +18,8 @@ It uses sessiond's own model directly, with nothing stored twice:
   the role, text and tool calls beside it. ``append_event`` is one
   AppendMessages carrying the session, app and user deltas: the event and all
   its state changes commit together or not at all;
+* the event's timestamp is the message's ``event_time``, so
+  ``after_timestamp`` reads are ListMessages ``after_time`` reads;
 * staleness (ADK's ``StaleSessionError``) is sessiond's optimistic
   concurrency: the append carries the last_seq the session object was read at.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from typing import Any
 
 from google.adk.errors.already_exists_error import AlreadyExistsError
@@ -41,6 +44,7 @@ from google.adk.sessions.base_session_service import (
 )
 from google.adk.sessions.session import Session
 from google.adk.sessions.state import State
+from google.protobuf.timestamp_pb2 import Timestamp
 
 try:  # ADK 2.x names the error privately; it is a ValueError either way.
     from google.adk.errors._stale_session_error import StaleSessionError
@@ -61,6 +65,11 @@ LIST_PAGE = 500
 def _delta(values: dict[str, Any]) -> session_pb2.StateDelta:
     return session_pb2.StateDelta(set={key: json.dumps(value, ensure_ascii=False)
                                        for key, value in values.items()})
+
+
+def _micros(seconds: float) -> int:
+    """ADK's float seconds in microseconds, rounded down (after_time is inclusive)."""
+    return math.floor(seconds * 1_000_000)
 
 
 def _seconds(timestamp: Any) -> float:
@@ -84,6 +93,7 @@ def event_to_message(event: Event) -> message_pb2.Message:
     message = payload_message(EVENT_BLOCK, event.model_dump_json(exclude_none=True), role,
                               text, tool_calls=calls, name=event.author)
     message.id = event.id
+    message.event_time.FromMicroseconds(_micros(event.timestamp))
     if responses and responses[0].id:
         message.tool_call_id = responses[0].id
     return message
@@ -169,16 +179,12 @@ class SessiondSessionService(BaseSessionService):
         config = config or GetSessionConfig()
         events: list[Event] = []
         if config.num_recent_events != 0:
-            if config.after_timestamp is None:
-                messages = await history.latest(config.num_recent_events)
-                events = [e for e in map(message_to_event, messages) if e is not None]
-            else:
-                # The event time lives in the event: filtered here, in append order.
-                messages = await history.latest(None)
-                events = [e for e in map(message_to_event, messages)
-                          if e is not None and e.timestamp >= config.after_timestamp]
-                if config.num_recent_events is not None:
-                    events = events[-config.num_recent_events:]
+            after = None
+            if config.after_timestamp is not None:
+                after = Timestamp()
+                after.FromMicroseconds(_micros(config.after_timestamp))
+            messages = await history.latest(config.num_recent_events, after_time=after)
+            events = [e for e in map(message_to_event, messages) if e is not None]
         state = await self._merged(app_name, user_id, json.loads(stored.state_json))
         return self._adk_session(stored, state, events)
 

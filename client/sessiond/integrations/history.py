@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from sessiond.aio import AsyncClient
 from sessiond.errors import FailedPrecondition, NotFound
+from sessiond.requests import TimestampLike
 from sessiond.v1 import message_pb2, session_pb2
 
 T = TypeVar("T")
@@ -106,21 +107,26 @@ class StoredHistory:
             self._template.CopyFrom(template)
         self._template.id = session_id
 
-    async def latest(self, limit: int | None) -> list[message_pb2.Message]:
-        """The latest ``limit`` messages, oldest first; all of them when None."""
+    async def latest(self, limit: int | None,
+                     after_time: TimestampLike | None = None) -> list[message_pb2.Message]:
+        """The latest ``limit`` messages, oldest first; all of them when None.
+
+        ``after_time`` keeps only messages whose time (event_time, else
+        created_at) is at or after it.
+        """
         if limit is not None and limit <= 0:
             return []
         try:
             if limit is None:
                 return [m async for m in self.client.iter_messages(
-                    session_id=self.session_id, page_size=MAX_PAGE)]
+                    session_id=self.session_id, page_size=MAX_PAGE, after_time=after_time)]
             newest_first: list[message_pb2.Message] = []
             # Newest first, page after page: one request when the latest
             # `limit` fit in one page (1,000 messages and the server's page
             # byte bound), more when they do not, never fewer messages.
             async for message in self.client.iter_messages(
                     session_id=self.session_id, page_size=min(limit, MAX_PAGE),
-                    descending=True):
+                    descending=True, after_time=after_time):
                 newest_first.append(message)
                 if len(newest_first) == limit:
                     break

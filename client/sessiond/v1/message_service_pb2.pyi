@@ -169,7 +169,9 @@ class ListMessagesRequest(_message.Message):
     """
     @_builtins.property
     def after_time(self) -> _timestamp_pb2.Timestamp:
-        """after_time returns only messages created at or after this time."""
+        """after_time returns only messages whose time is at or after this one:
+        Message.event_time where the client set it, created_at otherwise.
+        """
 
     def __init__(
         self,

@@ -24,6 +24,8 @@ UPDATE_PATHS = frozenset({"content", "reasoning", "status", "name", "tool_calls"
                           "content_blocks", "provider_response_id", "metadata"})
 STREAMING_PATHS = ("content", "reasoning", "status")
 MAX_SHARED_STATE_DELTAS = 16
+# The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+TIMESTAMP_MIN_SECONDS, TIMESTAMP_MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
 def check_message(c: Checker, prefix: str, m: M.Message, *, role_required: bool = True) -> None:
@@ -41,6 +43,10 @@ def check_message(c: Checker, prefix: str, m: M.Message, *, role_required: bool 
     if len(m.tool_calls) > 1024:
         c.fail(f"{prefix}.tool_calls", "has more than 1024 calls")
     c.string_map(f"{prefix}.metadata", m.metadata)
+    if m.HasField("event_time") and not (
+            TIMESTAMP_MIN_SECONDS <= m.event_time.seconds <= TIMESTAMP_MAX_SECONDS
+            and 0 <= m.event_time.nanos < 1_000_000_000):
+        c.fail(f"{prefix}.event_time", "must lie between years 1 and 9999")
 
 
 def check_messages(c: Checker, messages: Sequence[M.Message], *, required: bool) -> None:

@@ -87,7 +87,7 @@ SESSION_INSERT_COLUMNS = (
     "status", "runtime_state", "started_at", "last_activity_at", "updated_at", "budget_micros",
     "revision", "state")
 MESSAGE_INSERT_COLUMNS = ("session_pk, seq, message_id, role, content, is_turn, tool_calls,"
-                          " created_at, updated_at, body")
+                          " created_at, updated_at, body, event_at")
 
 # GetStats sums, in the order of _scan_stats_sql's columns.
 STATS_SUMS = 19
@@ -660,7 +660,7 @@ class StoreLogic:
             await ctx.tx.execute(
                 f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS})"
                 f" SELECT {p(pk)}, row_number() OVER (ORDER BY seq), message_id, role, content,"
-                f" is_turn, tool_calls, created_at, updated_at, body FROM messages"
+                f" is_turn, tool_calls, created_at, updated_at, body, event_at FROM messages"
                 f" WHERE session_pk = {p(row[0])} AND seq <= {p(upto)} ORDER BY seq", p.values)
             key = self.dialect.placeholders(1)
             await ctx.tx.execute(
@@ -761,13 +761,15 @@ class StoreLogic:
         for message, body, turn, calls in prepared:
             last_seq += 1
             new_rows.append((pk, last_seq, message.id or None, int(message.role),
-                             message.content, turn, calls, ctx.now, ctx.now, body))
+                             message.content, turn, calls, ctx.now, ctx.now, body,
+                             message.event_time.ToMicroseconds()
+                             if message.HasField("event_time") else None))
             turns += turn
             tool_calls += calls
         if new_rows:
             await ctx.tx.executemany(
                 f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS})"
-                f" VALUES ({self.dialect.placeholders(10)})", new_rows)
+                f" VALUES ({self.dialect.placeholders(11)})", new_rows)
         return new_rows, turns, tool_calls
 
     async def append_messages(self, scope: Scope, session_id: str,
@@ -905,7 +907,8 @@ class StoreLogic:
                 def matching(p: Params) -> str:
                     clauses = [f"m.session_pk = {p(pk)}", f"m.seq > {p(query.after_seq)}"]
                     if query.after_time_micros:
-                        clauses.append(f"m.created_at >= {p(query.after_time_micros)}")
+                        clauses.append(f"COALESCE(m.event_at, m.created_at)"
+                                       f" >= {p(query.after_time_micros)}")
                     if query.cursor_seq is not None:
                         clauses.append(
                             f"m.seq {'<' if query.descending else '>'} {p(query.cursor_seq)}")

@@ -169,12 +169,13 @@ CREATE INDEX messages_runs ON messages USING GIN ({RUN_TEXT.replace("m.", "")} g
 """,
 ))
 
-# Version 3: state (see the SQLite schema's version 5). TEXT, not JSONB: the
+# Version 3: state and event time (see the SQLite schema's version 5). TEXT, not JSONB: the
 # stored text is returned exactly (key order, number forms).
 MIGRATIONS.append((
     3,
     """
 ALTER TABLE sessions ADD COLUMN state TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE messages ADD COLUMN event_at BIGINT;
 CREATE TABLE shared_state (
     tenant     TEXT   NOT NULL,
     app        TEXT   NOT NULL,

@@ -375,14 +375,16 @@ INSERT INTO messages_runs(rowid, content)
 ))
 
 
-# Version 5: state. Each session's state (a JSON object as canonical text, see
-# store/state.py), and the state shared by an application's sessions or by one
-# user's (tenant, app, user_id; user_id '' for the application's own), whose
-# version is its etag.
+# Version 5: state and event time. Each session's state (a JSON object as canonical
+# text, see store/state.py); each message's client-set event time (NULL when the client
+# set none: after_time reads compare created_at then); and the state shared by an
+# application's sessions or by one user's (tenant, app, user_id; user_id '' for the
+# application's own), whose version is its etag.
 MIGRATIONS.append((
     5,
     """
 ALTER TABLE sessions ADD COLUMN state TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE messages ADD COLUMN event_at INTEGER;
 CREATE TABLE shared_state (
     tenant     TEXT    NOT NULL,
     app        TEXT    NOT NULL,
