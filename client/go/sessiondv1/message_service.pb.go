@@ -200,7 +200,8 @@ type ListMessagesRequest struct {
 	Descending bool `protobuf:"varint,4,opt,name=descending,proto3" json:"descending,omitempty"`
 	// after_seq returns only messages with seq > after_seq.
 	AfterSeq int64 `protobuf:"varint,5,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
-	// after_time returns only messages created at or after this time.
+	// after_time returns only messages whose time is at or after this one:
+	// Message.event_time where the client set it, created_at otherwise.
 	AfterTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=after_time,json=afterTime,proto3" json:"after_time,omitempty"`
 	// last_n returns the last N messages (1 to 1,000), oldest first. 0 means
 	// this mode is off and the request pages as usual (a first page of

@@ -90,7 +90,10 @@ type SessionServiceClient interface {
 	// session becomes ACTIVE. Errors: FAILED_PRECONDITION (SESSION_ENDED) for
 	// a terminal session.
 	TouchSession(ctx context.Context, in *TouchSessionRequest, opts ...grpc.CallOption) (*TouchSessionResponse, error)
-	// EndSession moves a session to a terminal status. Ending again with the
+	// EndSession moves a session to a terminal status. An ended session runs
+	// no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+	// SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+	// turn, which tell how it ended. Ending again with the
 	// same status changes nothing; with another status it fails with
 	// FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
 	// for a non-terminal status.
@@ -342,7 +345,10 @@ type SessionServiceServer interface {
 	// session becomes ACTIVE. Errors: FAILED_PRECONDITION (SESSION_ENDED) for
 	// a terminal session.
 	TouchSession(context.Context, *TouchSessionRequest) (*TouchSessionResponse, error)
-	// EndSession moves a session to a terminal status. Ending again with the
+	// EndSession moves a session to a terminal status. An ended session runs
+	// no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+	// SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+	// turn, which tell how it ended. Ending again with the
 	// same status changes nothing; with another status it fails with
 	// FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
 	// for a non-terminal status.

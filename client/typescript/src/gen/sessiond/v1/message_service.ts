@@ -99,7 +99,10 @@ export interface ListMessagesRequest {
   descending: boolean;
   /** after_seq returns only messages with seq > after_seq. */
   afterSeq: bigint;
-  /** after_time returns only messages created at or after this time. */
+  /**
+   * after_time returns only messages whose time is at or after this one:
+   * Message.event_time where the client set it, created_at otherwise.
+   */
   afterTime:
     | Timestamp
     | undefined;

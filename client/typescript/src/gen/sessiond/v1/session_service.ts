@@ -4040,7 +4040,10 @@ export const SessionServiceService = {
     responseDeserialize: (value: Buffer): TouchSessionResponse => TouchSessionResponse.decode(value),
   },
   /**
-   * EndSession moves a session to a terminal status. Ending again with the
+   * EndSession moves a session to a terminal status. An ended session runs
+   * no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+   * SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+   * turn, which tell how it ended. Ending again with the
    * same status changes nothing; with another status it fails with
    * FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
    * for a non-terminal status.
@@ -4207,7 +4210,10 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
    */
   touchSession: handleUnaryCall<TouchSessionRequest, TouchSessionResponse>;
   /**
-   * EndSession moves a session to a terminal status. Ending again with the
+   * EndSession moves a session to a terminal status. An ended session runs
+   * no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+   * SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+   * turn, which tell how it ended. Ending again with the
    * same status changes nothing; with another status it fails with
    * FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
    * for a non-terminal status.
@@ -4384,7 +4390,10 @@ export interface SessionServiceClient extends Client {
     callback: (error: ServiceError | null, response: TouchSessionResponse) => void,
   ): ClientUnaryCall;
   /**
-   * EndSession moves a session to a terminal status. Ending again with the
+   * EndSession moves a session to a terminal status. An ended session runs
+   * no turn: a RUNNING one becomes IDLE with its current turn cleared (as
+   * SetRuntimeState IDLE does); an ERROR one keeps ERROR and its failed
+   * turn, which tell how it ended. Ending again with the
    * same status changes nothing; with another status it fails with
    * FAILED_PRECONDITION (SESSION_ENDED). Errors: NOT_FOUND; INVALID_ARGUMENT
    * for a non-terminal status.
