@@ -79,7 +79,7 @@ serve-pg: $(SERVER_STAMP)
 	$(VENV)/bin/sessiond serve --database "$$SESSIOND_TEST_POSTGRES_URL" --address 127.0.0.1:50052 & b=$$!; \
 	wait
 
-## bench-replicas: append throughput SQLite vs PostgreSQL 1/2 replicas, watch delay
+## bench-replicas: appends/s, CPU and watch delay: SQLite 1/2/4 workers, PostgreSQL 1/2/4 replicas (+0.5 ms)
 bench-replicas: $(STAMP)
 	set -e; eval "$$(bash scripts/postgres.sh start)"; trap 'bash scripts/postgres.sh stop' EXIT; \
 	$(PY) -m bench.replicas

@@ -5,6 +5,8 @@ injectable); a few check the documented defaults.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -12,16 +14,20 @@ from harness import (
     append,
     assistant,
     create_session,
+    decode_failure,
     expect_bad_request,
     expect_failure,
     get_session,
     list_all_messages,
     user,
 )
+from sessiond.v1 import event_pb2 as ev
 from sessiond.v1 import message_pb2 as mp
 from sessiond.v1 import message_service_pb2 as ms
 from sessiond.v1 import session_pb2 as sp
 from sessiond.v1 import session_service_pb2 as ss
+from sessiond.v1 import stats_service_pb2 as sts
+from watch_validator import watch_error
 
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -255,3 +261,81 @@ async def test_the_default_label_limit_is_64(server):
     )
     s = await create_session(server.sessions, "s1", labels={f"k{i}": "v" for i in range(64)})
     assert len(s.labels) == 64
+
+
+# Filters: every repeated field is counted before any work ---------------------------------
+
+THOUSAND_CHANNELS = [f"discord.c{i}" for i in range(1000)]
+FILTER_OVER_THE_LIMIT = {
+    "channels": THOUSAND_CHANNELS,
+    "statuses": [sp.SESSION_STATUS_ACTIVE] * 1000,
+    "kinds": [sp.SESSION_KIND_INTERACTIVE] * 1000,
+    "agents": [f"a{i}" for i in range(101)],
+    "runtime_instances": [f"r{i}" for i in range(101)],
+    "labels": {f"k{i}": "v" for i in range(101)},
+}
+
+
+def names_the_limit(failure: Any, field: str, limit: int) -> bool:
+    return any(f == field and f"the limit is {limit}" in d for f, d in failure.field_violations)
+
+
+@pytest.mark.parametrize("field", sorted(FILTER_OVER_THE_LIMIT))
+async def test_a_list_filter_over_the_count_bound_is_invalid_argument_naming_field_and_limit(
+        server, field):
+    session_filter = sp.SessionFilter(**{field: FILTER_OVER_THE_LIMIT[field]})
+    failure = await expect_bad_request(
+        server.sessions.ListSessions(ss.ListSessionsRequest(filter=session_filter)),
+        f"filter.{field}")
+    assert names_the_limit(failure, f"filter.{field}", 100), failure.describe()
+    # One violation for the whole list, not one per value.
+    assert failure.fields == [f"filter.{field}"], failure.describe()
+
+
+async def test_a_thousand_channels_are_invalid_argument_not_a_storage_error(server):
+    """They used to reach SQLite and come back UNAVAILABLE (expression tree too large)."""
+    for call in (
+        server.sessions.ListSessions(ss.ListSessionsRequest(
+            filter=sp.SessionFilter(channels=THOUSAND_CHANNELS))),
+        server.stats.GetStats(sts.GetStatsRequest(
+            filter=sp.SessionFilter(channels=THOUSAND_CHANNELS))),
+    ):
+        failure = await expect_bad_request(call, "filter.channels")
+        assert names_the_limit(failure, "filter.channels", 100), failure.describe()
+
+
+async def test_exactly_the_filter_bound_is_accepted(server):
+    await create_session(server.sessions, "s1", channel="discord.c7")
+    answer = await server.sessions.ListSessions(ss.ListSessionsRequest(
+        filter=sp.SessionFilter(channels=THOUSAND_CHANNELS[:100],
+                                statuses=[sp.SESSION_STATUS_ACTIVE] * 100)))
+    assert [s.id for s in answer.sessions] == ["s1"]
+
+
+@pytest.mark.parametrize(("field", "values", "limit"), [
+    ("channels", THOUSAND_CHANNELS, 100),
+    ("statuses", [sp.SESSION_STATUS_ACTIVE] * 1000, 100),
+    ("event_types", [ev.EVENT_TYPE_SESSION_CREATED] * 100_000, 100),
+    ("session_ids", [f"s{i}" for i in range(101)], 100),
+    ("owner_ids", [f"o{i}" for i in range(101)], 100),
+    ("agents", [f"a{i}" for i in range(101)], 100),
+    ("labels", {f"k{i}": "v" for i in range(65)}, 64),
+])
+async def test_a_watch_filter_over_the_count_bound_is_invalid_argument(server, field, values,
+                                                                       limit):
+    error, responses = await watch_error(server.sessions,
+                                         filter=ss.WatchFilter(**{field: values}))
+    failure = decode_failure(error)
+    assert (failure.code, failure.reason) == (INVALID_ARGUMENT, "BAD_REQUEST")
+    assert failure.fields == [f"filter.{field}"], failure.describe()
+    assert any(f"the limit is {limit}" in d for _, d in failure.field_violations)
+    assert responses == []  # refused before the watch was created
+
+
+async def test_purge_with_too_many_statuses_is_invalid_argument_and_purges_nothing(server):
+    await create_session(server.sessions, "s1")
+    failure = await expect_bad_request(
+        server.sessions.PurgeSessions(ss.PurgeSessionsRequest(
+            keep_newest=1, statuses=[sp.SESSION_STATUS_ACTIVE] * 1000)), "statuses")
+    assert names_the_limit(failure, "statuses", 100), failure.describe()
+    assert (await get_session(server.sessions, "s1")).id == "s1"

@@ -167,7 +167,7 @@ def test_config_help_reads_as_written_for_people(capsys: pytest.CaptureFixture[s
         assert repr_text not in flat, repr_text
     assert "SESSIOND_REFLECTION; default on" in flat
     assert "SESSIOND_TLS_CERT_FILE; default none" in flat
-    for paragraph in ("the newest keep_revisions revisions are always kept",
+    for paragraph in ("the newest keep_revisions revisions are kept",
                       "remove sessions idle longer than ttl", "certificate chain and private key",
                       "connections per replica", "Requests per second each caller"):
         assert flat.lower().count(paragraph.lower()) == 1, paragraph

@@ -91,8 +91,13 @@ async def wait_for_acks(writes: Writes, count: int) -> None:
 async def test_two_replicas_deliver_every_event_once_in_order_across_a_kill(
         postgres_server: str, server_process: Any) -> None:
     url = await create_postgres_database(postgres_server)
-    a = server_process(url)
-    b = server_process(url)
+    await two_replicas_deliver_every_event_once_in_order_across_a_kill(
+        server_process(url), server_process(url))
+
+
+async def two_replicas_deliver_every_event_once_in_order_across_a_kill(a: Any, b: Any) -> None:
+    """Writers and watchers on replicas ``a`` and ``b`` (server processes); ``b`` is killed
+    and restarted mid-run (also run over SQLite, in test_workers.py)."""
     writes = Writes()
     a_channel = grpc.aio.insecure_channel(a.address)
     a_stub = session_service_pb2_grpc.SessionServiceStub(a_channel)

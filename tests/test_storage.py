@@ -93,7 +93,7 @@ async def test_an_old_schema_is_migrated_forward_and_its_history_becomes_searcha
     store = SQLiteStore(db, clock=wall_clock)
     await store.open()
     try:
-        found, _, _ = await store.search_messages(Scope(), "walrus", [], 10, None)
+        found, _, _ = await store.search_messages(Scope(), "walrus", [], 10, None, 1 << 20)
         assert [m.content for m in found] == ["legacy walrus"]
         session, revision = await store.get_session(Scope(), "old")
         assert (session.message_count, revision) == (1, 2)

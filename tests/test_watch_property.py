@@ -17,10 +17,12 @@ import itertools
 from typing import Any
 
 import grpc
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sessiond.v1 import message_pb2, session_pb2
 from watch_validator import (
+    MAX_RESPONSE_BYTES,
     ChangeLogWriter,
     WatchRecorder,
     WatchValidator,
@@ -112,16 +114,48 @@ workloads = st.lists(
 )
 
 
-@settings(
+# Byte bounds far below the defaults, so that one random workload meets every
+# path: revisions split into fragments, several revisions per response, the
+# hub buffer trimmed, and reads from the change log sized by bytes.
+TIGHT_BOUNDS = {"watch_response_bytes": 400, "watch_read_ahead_bytes": 1500,
+                "watch_buffer_bytes": 4000}
+
+examples = settings(
     max_examples=20,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+@pytest.fixture
+async def tight_server(make_server: Any) -> Any:
+    return await make_server(**TIGHT_BOUNDS)
+
+
+@examples
 @given(workload=workloads, replay_point=st.integers(min_value=0, max_value=1000))
 async def test_replay_from_any_revision_equals_the_live_stream(
     server: Any, workload: list[tuple[str, int]], replay_point: int
 ) -> None:
+    await check_replay_equals_live(server, workload, replay_point)
+
+
+@examples
+@given(workload=workloads, replay_point=st.integers(min_value=0, max_value=1000))
+async def test_replay_equals_the_live_stream_under_tight_byte_bounds(
+    tight_server: Any, workload: list[tuple[str, int]], replay_point: int
+) -> None:
+    await check_replay_equals_live(tight_server, workload, replay_point,
+                                   max_response_bytes=TIGHT_BOUNDS["watch_response_bytes"])
+
+
+async def check_replay_equals_live(server: Any, workload: list[tuple[str, int]],
+                                   replay_point: int, *,
+                                   max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+    def validator(log: Any) -> WatchValidator:
+        return WatchValidator(log, max_response_bytes=max_response_bytes)
+
     prefix = f"x{next(_examples)}-"
     writer = ChangeLogWriter.for_server(server)
     async with WatchRecorder(server.sessions, name="live") as live:
@@ -138,13 +172,15 @@ async def test_replay_from_any_revision_equals_the_live_stream(
         size = "0" if not committed else "1-5" if committed <= 5 else "6+"
         event(f"committed random writes: {size}")
         await live.wait_covered(writer.last_revision)
-    WatchValidator(writer.log).validate(live.stream)
+    validator(writer.log).validate(live.stream)
+    split = any(r.fragment for r in live.stream.responses)
+    event(f"a revision sent in fragments: {split}")
 
     first = created.revision + 1
     full = await watch_until(
         server.sessions, writer.last_revision, name="replay", start_revision=first
     )
-    WatchValidator(writer.log).validate(full)
+    validator(writer.log).validate(full)
     assert_same_events(full.events, live.stream.events, f"replay from {first}")
 
     revisions = writer.log.revisions
@@ -152,7 +188,7 @@ async def test_replay_from_any_revision_equals_the_live_stream(
     suffix = await watch_until(
         server.sessions, writer.last_revision, name="suffix", start_revision=start
     )
-    WatchValidator(writer.log.filtered(lambda e: e.revision >= start)).validate(suffix)
+    validator(writer.log.filtered(lambda e: e.revision >= start)).validate(suffix)
     assert_same_events(
         suffix.events,
         [e for e in live.stream.events if e.revision >= start],

@@ -19,7 +19,13 @@ written once and checked by many tests:
   reliable      every expected revision inside the range a stream vouches for
                 is delivered (no gap), and nothing unexpected is;
   atomic        the events of one revision arrive in one response, all of
-                them;
+                them; or, for a revision too large for one response, in
+                marked fragments: consecutive EVENTS responses of that
+                revision alone, every one but the last with fragment set
+                (a stream that ends between them delivered nothing of it);
+  bounded       every response carries at most ``max_response_bytes`` of
+                events (one event alone may be larger only when the field
+                limits are raised).
   resumable     a stream started at N delivers nothing below N, and each
                 resumption starts right after what the previous one covered;
   bookmarkable  after PROGRESS (or INITIAL_COMPLETE) at R, no event <= R.
@@ -62,6 +68,9 @@ DELETION_TYPES = frozenset(
     {event_pb2.EVENT_TYPE_SESSION_DELETED, event_pb2.EVENT_TYPE_SESSION_PURGED}
 )
 
+# The server's default bound on the events of one response (watch_response_bytes).
+MAX_RESPONSE_BYTES = 1 << 20
+
 # Generous bound for waiting on a stream: only there to turn a hang into a
 # failure, never to assert speed.
 DEFAULT_TIMEOUT = 30.0
@@ -87,6 +96,45 @@ def describe_response(response: session_service_pb2.WatchSessionsResponse) -> st
     )
     events = ",".join(describe_key(event_key(e)) for e in response.events)
     return f"{kind}@{response.revision}" + (f"[{events}]" if events else "")
+
+
+def events_bytes(response: session_service_pb2.WatchSessionsResponse) -> int:
+    """Bytes the events of a response take on the wire (each with tag and length)."""
+    return sum(e.ByteSize() + 1 + max(1, (e.ByteSize().bit_length() + 6) // 7)
+               for e in response.events)
+
+
+def join_fragments(
+    responses: Sequence[session_service_pb2.WatchSessionsResponse],
+) -> list[tuple[int, session_service_pb2.WatchSessionsResponse]]:
+    """The responses as a client acts on them: (index of the last part, response).
+
+    A run of EVENTS parts marked ``fragment`` followed by the unmarked last
+    part of the same revision becomes one response; a run the stream never
+    finished is left out (nothing of that revision was delivered). A run
+    broken by anything else is kept part by part, for the checks to report.
+    """
+    joined: list[tuple[int, session_service_pb2.WatchSessionsResponse]] = []
+    run: list[tuple[int, session_service_pb2.WatchSessionsResponse]] = []
+    for index, response in enumerate(responses):
+        if run and not (response.type == EVENTS and response.revision == run[0][1].revision):
+            joined += run  # broken run
+            run = []
+        if response.type == EVENTS and response.fragment:
+            run.append((index, response))
+            continue
+        if run:
+            whole = session_service_pb2.WatchSessionsResponse()
+            whole.CopyFrom(run[0][1])
+            for _, part in run[1:]:
+                whole.events.extend(part.events)
+            whole.events.extend(response.events)
+            whole.fragment = False
+            joined.append((index, whole))
+            run = []
+        else:
+            joined.append((index, response))
+    return joined
 
 
 def error_info(error: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
@@ -128,9 +176,14 @@ class RecordedStream:
         return next((r for r in self.responses if r.type == INITIAL_COMPLETE), None)
 
     @property
+    def delivered(self) -> list[tuple[int, session_service_pb2.WatchSessionsResponse]]:
+        """(index, response) with fragments joined, as a client acts on them."""
+        return join_fragments(self.responses)
+
+    @property
     def events(self) -> list[event_pb2.SessionEvent]:
-        """The change events (INITIAL snapshots excluded), in order."""
-        return [e for r in self.responses if r.type == EVENTS for e in r.events]
+        """The change events delivered (INITIAL snapshots excluded), in order."""
+        return [e for _, r in self.delivered if r.type == EVENTS for e in r.events]
 
     @property
     def initial_events(self) -> list[event_pb2.SessionEvent]:
@@ -158,7 +211,7 @@ class RecordedStream:
         revision). Below first_covered when it vouches for nothing yet."""
         first = self.first_covered
         last = (first - 1) if first is not None else 0
-        for response in self.responses:
+        for _, response in self.delivered:
             if response.type in (EVENTS, PROGRESS, INITIAL_COMPLETE):
                 last = max(last, response.revision)
         return last
@@ -450,9 +503,11 @@ class WatchValidator:
     list is a phantom.
     """
 
-    def __init__(self, expected: ChangeLog | None = None, *, complete: bool = True) -> None:
+    def __init__(self, expected: ChangeLog | None = None, *, complete: bool = True,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.expected = expected
         self.complete = complete
+        self.max_response_bytes = max_response_bytes
 
     def validate(self, *streams: RecordedStream) -> None:
         """Check one logical watch: a stream and its resumptions, in order."""
@@ -501,6 +556,13 @@ class WatchValidator:
             where = f"{p}: response #{index} {describe_response(response)}"
             if response.type == session_service_pb2.WATCH_RESPONSE_TYPE_UNSPECIFIED:
                 problems.append(f"{where}: type UNSPECIFIED is never sent")
+            size = events_bytes(response)
+            if size > self.max_response_bytes and len(response.events) > 1:
+                problems.append(f"bounded [{stream.name}]: response #{index} "
+                                f"{describe_response(response)} carries {size} bytes of events;"
+                                f" the bound is {self.max_response_bytes}")
+            if response.fragment and response.type != EVENTS:
+                problems.append(f"{where}: fragment set on a response that is not EVENTS")
             if response.type in (CREATED, PROGRESS, INITIAL_COMPLETE) and response.events:
                 problems.append(f"{where}: carries events")
             if response.type == INITIAL:
@@ -557,7 +619,7 @@ class WatchValidator:
         previous_last = 0
         previous_where = ""
         for stream in streams:
-            for index, response in enumerate(stream.responses):
+            for index, response in stream.delivered:
                 if response.type != EVENTS or not response.events:
                     continue
                 revisions = [e.revision for e in response.events]
@@ -583,11 +645,35 @@ class WatchValidator:
             if count > 1
         ]
 
-    def check_atomic(self, stream: RecordedStream) -> list[str]:
+    @staticmethod
+    def check_fragments(stream: RecordedStream) -> list[str]:
+        """The parts of a split revision: consecutive, that revision alone, last one unmarked."""
         problems: list[str] = []
+        p = f"atomic [{stream.name}]"
+        responses = stream.responses
+        for index, response in enumerate(responses):
+            if not (response.type == EVENTS and response.fragment):
+                continue
+            where = f"{p}: fragment #{index} {describe_response(response)}"
+            others = sorted({e.revision for e in response.events} - {response.revision})
+            if others:
+                problems.append(f"{where}: carries revisions {others} beside {response.revision}")
+            if index + 1 == len(responses):
+                continue  # the stream ended between parts: nothing of it was delivered
+            following = responses[index + 1]
+            if following.type != EVENTS or following.revision != response.revision:
+                problems.append(f"{where}: followed by {describe_response(following)}, not "
+                                f"the next part of revision {response.revision}")
+            elif not following.fragment and any(
+                    e.revision != response.revision for e in following.events):
+                problems.append(f"{where}: its last part #{index + 1} carries other revisions")
+        return problems
+
+    def check_atomic(self, stream: RecordedStream) -> list[str]:
+        problems: list[str] = self.check_fragments(stream)
         responses_of: dict[int, set[int]] = collections.defaultdict(set)
         delivered: dict[int, list[EventKey]] = collections.defaultdict(list)
-        for index, response in enumerate(stream.responses):
+        for index, response in stream.delivered:
             if response.type != EVENTS:
                 continue
             for event in response.events:
@@ -650,7 +736,7 @@ class WatchValidator:
         problems: list[str] = []
         bookmark = 0
         bookmark_where = ""
-        for index, response in enumerate(stream.responses):
+        for index, response in stream.delivered:
             if response.type in (PROGRESS, INITIAL_COMPLETE):
                 if response.revision > bookmark:
                     bookmark = response.revision

@@ -15,7 +15,10 @@ What the consumer receives is ``WatchSessionsResponse`` messages:
   (the "listed" sentinel). If the connection drops before INITIAL_COMPLETE,
   the initial state is sent again from the start, so treat INITIAL events as
   a snapshot that is complete only at INITIAL_COMPLETE.
-* ``EVENTS`` with whole revisions, each revision at most once.
+* ``EVENTS`` with whole revisions, each revision at most once. A revision
+  too large for one response comes from the server in fragments; they are
+  joined here, so the consumer gets it as one response (and a connection
+  lost between fragments resends the revision from its first part).
 * ``PROGRESS`` bookmarks, never lower than a revision already delivered.
 
 The resume point advances on CREATED of a "from now" watch, on EVENTS, on
@@ -118,6 +121,8 @@ class WatchCursor:
         self.next_revision = request.start_revision
         self._initial_pending = request.include_initial
         self._created_seen = False
+        # The fragments received so far of a revision not yet complete.
+        self._fragments: list[WatchResponse] = []
 
     @property
     def initial_pending(self) -> bool:
@@ -126,6 +131,8 @@ class WatchCursor:
 
     def request(self) -> WatchRequest:
         """The request that resumes the watch where delivery stopped."""
+        # A new stream sends a split revision again from its first part.
+        self._fragments = []
         request = WatchRequest()
         request.CopyFrom(self._template)
         if self._initial_pending:
@@ -155,6 +162,11 @@ class WatchCursor:
             self.next_revision = response.revision + 1
             return response
         if response.type == _EVENTS:
+            if response.fragment or self._fragments:
+                joined = self._join(response)
+                if joined is None:
+                    return None
+                response = joined
             fresh = [event for event in response.events if event.revision >= self.next_revision]
             if not fresh:
                 return None
@@ -172,6 +184,27 @@ class WatchCursor:
             self.next_revision = response.revision + 1
             return response
         return None
+
+    def _join(self, part: WatchResponse) -> WatchResponse | None:
+        """Gather the fragments of one revision; the whole revision once its last part came."""
+        if self._fragments and self._fragments[0].revision != part.revision:
+            # A part of another revision: the server never sends that, so the
+            # gathered parts cannot be completed; start again from this one.
+            self._fragments = []
+        if part.fragment:
+            self._fragments.append(part)
+            return None
+        if not self._fragments:
+            return part
+        whole = WatchResponse()
+        whole.CopyFrom(self._fragments[0])
+        for earlier in self._fragments[1:]:
+            whole.events.extend(earlier.events)
+        whole.events.extend(part.events)
+        whole.fragment = False
+        whole.time.CopyFrom(part.time)
+        self._fragments = []
+        return whole
 
 
 def _tell(

@@ -4,6 +4,8 @@
 ``sessiond serve`` calls: it blocks, and shuts down in a fixed order on
 SIGTERM or SIGINT (health NOT_SERVING, watch streams told and ended, in-flight
 calls given the grace period, store closed). A second signal forces exit.
+With ``workers`` above 1 it hands over to the supervisor (``supervisor.py``),
+whose workers each run this same server as a :class:`Replica`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Union
 
 import grpc
@@ -63,6 +66,19 @@ log = logging.getLogger("sessiond")
 
 #: The stores open_store returns; both implement store.SessionStore.
 Store = Union[SQLiteStore, "PostgresStore"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Replica:
+    """How a server runs as one of several processes on one address and one database.
+
+    It holds no server lock (the supervisor does), binds with SO_REUSEPORT,
+    runs compaction and retention only if ``maintenance``, and serves
+    metrics on the configured port + ``index`` (when the port is not 0).
+    """
+
+    index: int = 0
+    maintenance: bool = True
 
 
 def open_store(config: ServerConfig) -> Store:
@@ -160,9 +176,12 @@ class RunningServer:
             await asyncio.to_thread(self.observability.close)
         if self.lock is not None:
             self.lock.release()
-        log.info("stopped: revision=%d rpcs=%d elapsed=%.2fs", self.store.revision,
+        lock = self.store.write_lock if isinstance(self.store, SQLiteStore) else None
+        log.info("stopped: revision=%d rpcs=%d elapsed=%.2fs%s", self.store.revision,
                  self.observability.rpc_count() if self.observability else 0,
-                 time.monotonic() - started)
+                 time.monotonic() - started,
+                 "" if lock is None else f" writes={self.store.writer_stats[1]} write_lock_"
+                 f"held={lock.held_seconds:.3f}s write_lock_wait={lock.wait_seconds:.3f}s")
 
 
 async def _set_health(health: HealthServicer, serving: bool) -> None:
@@ -188,7 +207,7 @@ def raise_descriptor_limit() -> int:
     return soft
 
 
-def server_options(limits: Limits) -> list[tuple[str, int]]:
+def server_options(limits: Limits, reuseport: bool = False) -> list[tuple[str, int]]:
     """The gRPC server's channel arguments: message sizes, keepalive and connection bounds.
 
     Connections are bounded three ways, so idle sockets cannot exhaust the process's file
@@ -208,7 +227,7 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(reuseport)),
         ("grpc.max_allowed_incoming_connections", cap),
         ("grpc.server_handshake_timeout_ms", int(limits.handshake_timeout_seconds * 1000)),
     ]
@@ -228,15 +247,16 @@ async def _every(seconds: float, what: str, action: Any) -> None:
             log.exception("%s failed", what)
 
 
-async def start_server(config: ServerConfig) -> RunningServer:
+async def start_server(config: ServerConfig, replica: Replica | None = None) -> RunningServer:
     """Start a server; a failed start undoes what it had started (listener, store, lock).
 
     Nothing is left behind by a failed start: no writer thread, no open
     connection, no held lock, so ``sessiond serve`` can exit at once.
+    ``replica`` starts it as one of several processes (see :class:`Replica`).
     """
     undo = contextlib.AsyncExitStack()
     try:
-        return await _start(config, undo)
+        return await _start(config, undo, replica)
     except BaseException:
         try:
             await undo.aclose()  # every step is undone even when one of them fails
@@ -245,10 +265,11 @@ async def start_server(config: ServerConfig) -> RunningServer:
         raise
 
 
-async def _start(config: ServerConfig, undo: contextlib.AsyncExitStack) -> RunningServer:
+async def _start(config: ServerConfig, undo: contextlib.AsyncExitStack,
+                 replica: Replica | None) -> RunningServer:
     """The start, each step registering its undoing on ``undo`` (kept only on failure)."""
     security = prepare_security(config, loopback=is_loopback(config.address))
-    lock = _lock_database(config)
+    lock = _lock_database(config) if replica is None else None
     if lock is not None:
         undo.callback(lock.release)
     store = open_store(config)
@@ -257,7 +278,7 @@ async def _start(config: ServerConfig, undo: contextlib.AsyncExitStack) -> Runni
     if store.recovered_wal:
         log.info("database %s had a write-ahead log left by an unclean stop; SQLite "
                  "replayed it (revision %d)", config.database, store.revision)
-    hub = CursorTrackingHub(store)
+    hub = CursorTrackingHub(store, config.watch_buffer_bytes)
     observability = Observability(
         store, hub, database=None if postgres_url(config.database) else sqlite_path(
             config.database), abandoned_after_seconds=config.abandoned_after_seconds,
@@ -267,7 +288,8 @@ async def _start(config: ServerConfig, undo: contextlib.AsyncExitStack) -> Runni
                      tokens=PageTokens(config.page_token_key or store.page_token_key),
                      authenticated=security.keys is not None)
     server = grpc.aio.server(interceptors=[observability.interceptor, *security.interceptors],
-                             options=server_options(config.limits))
+                             options=server_options(config.limits,
+                                                    reuseport=replica is not None))
     undo.push_async_callback(server.stop, 0)
     session_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionService(api), server)
     message_service_pb2_grpc.add_MessageServiceServicer_to_server(MessageService(api), server)
@@ -280,20 +302,26 @@ async def _start(config: ServerConfig, undo: contextlib.AsyncExitStack) -> Runni
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), server)
-    port = _listen(server, config.address, security.credentials)
+    port = _listen(server, config.address, security.credentials,
+                   reuseport=replica is not None)
     await server.start()
     # Health turns SERVING only once the database answers; a failure ends the start.
     await ping_database(store)
     if config.metrics_address:
-        observability.serve_metrics(config.metrics_address)
+        observability.serve_metrics(config.metrics_address if replica is None
+                                    else _offset_port(config.metrics_address, replica.index))
     readiness = StorageReadiness(
         lambda: ping_database(store), lambda up: _set_health(health_servicer, up),
         config.health_check_interval_seconds, config.health_check_failures)
-    tasks = [asyncio.create_task(readiness.run()), asyncio.create_task(_every(
-        config.compaction_interval_seconds, "compaction",
-        lambda: store.compact(config.changelog_keep_revisions,
-                              config.changelog_max_age_seconds)))]
-    if config.retention_ttl_seconds > 0 or config.retention_max_sessions > 0:
+    tasks = [asyncio.create_task(readiness.run())]
+    maintenance = replica is None or replica.maintenance  # compaction, retention: one worker
+    if maintenance:
+        tasks.append(asyncio.create_task(_every(
+            config.compaction_interval_seconds, "compaction",
+            lambda: store.compact(config.changelog_keep_revisions,
+                                  config.changelog_max_age_seconds,
+                                  config.changelog_max_bytes))))
+    if maintenance and (config.retention_ttl_seconds > 0 or config.retention_max_sessions > 0):
         tasks.append(asyncio.create_task(_every(
             config.retention_interval_seconds, "retention",
             lambda: _apply_retention(store, config))))
@@ -313,15 +341,23 @@ async def _start(config: ServerConfig, undo: contextlib.AsyncExitStack) -> Runni
     return running
 
 
+def _offset_port(address: str, offset: int) -> str:
+    """``address`` with its port moved up by ``offset`` (port 0 stays 0: any free port)."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return address
+    return f"{host}:{int(port) + offset}"
+
+
 def _listen(server: grpc.aio.Server, address: str,
-            credentials: grpc.ServerCredentials | None) -> int:
+            credentials: grpc.ServerCredentials | None, reuseport: bool = False) -> int:
     """Bind ``address``; the bound port, or ``ListenError`` saying why it cannot be had.
 
     The OS is asked first (a plain bind, with the SO_REUSEADDR grpc sets too),
     because grpc's own failure says only "Failed to bind" after logging a
     C-level error line of its own.
     """
-    reason = unbindable_reason(address)
+    reason = unbindable_reason(address, reuseport)
     if reason is not None:
         raise ListenError(address, reason)
     try:
@@ -330,13 +366,14 @@ def _listen(server: grpc.aio.Server, address: str,
     except RuntimeError:
         port = 0
     if port == 0:
-        raise ListenError(address, unbindable_reason(address)
+        raise ListenError(address, unbindable_reason(address, reuseport)
                           or "grpc cannot bind it; choose another --address")
     return port
 
 
-def unbindable_reason(address: str) -> str | None:
-    """Why ``address`` (host:port) cannot be listened on, or None when a bind succeeds."""
+def unbindable_reason(address: str, reuseport: bool = False) -> str | None:
+    """Why ``address`` (host:port) cannot be listened on, or None when a bind succeeds
+    (beside the other workers' sockets, with ``reuseport``)."""
     host, _, port_text = address.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
     if not port_text.isdigit():
@@ -345,6 +382,8 @@ def unbindable_reason(address: str) -> str | None:
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuseport:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             probe.bind((host, int(port_text)))
     except OSError as exc:
         return {errno.EADDRINUSE: "the address is already in use (another sessiond?); stop "
@@ -427,19 +466,28 @@ def explain_start_failure(exc: BaseException, config: ServerConfig) -> str:
 OPTIONAL_MODULES = {"asyncpg": "postgres", "uvloop": "fast"}
 
 
-def run(config: ServerConfig) -> int:
+def run(config: ServerConfig, replica: Replica | None = None,
+        on_ready: Callable[[RunningServer], None] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; returns the process exit code.
 
     A failed start raises ``StartFailure`` (its cause the original error) after
-    everything it started has been stopped.
+    everything it started has been stopped. With ``workers`` other than 1 the
+    supervisor serves instead; a ``replica`` (one of its workers) stops on
+    SIGTERM only (the supervisor turns a Ctrl-C into SIGTERM for each worker).
     """
+    if replica is None and config.workers != 1:
+        from .supervisor import supervise
+
+        return supervise(config)
     configure_logging(config.log_format, config.log_level)
 
     async def main() -> int:
         try:
-            running = await start_server(config)
+            running = await start_server(config, replica)
         except Exception as exc:
             raise StartFailure(explain_start_failure(exc, config)) from exc
+        if on_ready is not None:
+            on_ready(running)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = 0
@@ -452,7 +500,7 @@ def run(config: ServerConfig) -> int:
                 os._exit(1)
             stop.set()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM,) if replica else (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         await stop.wait()
         log.info("shutting down (grace %.1fs)", config.shutdown_grace_seconds)

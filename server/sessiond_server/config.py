@@ -82,19 +82,36 @@ class ServerConfig:
     # Group commit: the writer takes at most this many queued writes per
     # transaction, and waits at most this long for more once one is queued.
     max_batch_writes: int = 256
-    # Change log compaction: the newest keep_revisions revisions are always
-    # kept (so a subscriber can fall that far behind), and older ones are
-    # dropped once they are older than max_age seconds; 0 disables a bound.
+    # Change log compaction: the newest keep_revisions revisions are kept
+    # (so a subscriber can fall that far behind), and older ones are dropped
+    # once they are older than max_age seconds; beside both, the log never
+    # keeps more than max_bytes of events: the oldest revisions go first,
+    # whatever the count and age say, but the newest revision always stays.
+    # 0 disables a bound.
     changelog_keep_revisions: int = 100_000
     changelog_max_age_seconds: float = 7 * 24 * 3600
+    changelog_max_bytes: int = 1 << 30
     compaction_interval_seconds: float = 60.0
     # Retention: remove sessions idle longer than ttl (0 = never) and keep at
     # most max_sessions (0 = no cap), checked every retention_interval.
     retention_ttl_seconds: float = 0.0
     retention_max_sessions: int = 0
     retention_interval_seconds: float = 300.0
+    # Watch memory, in bytes of encoded events. The hub buffers the newest
+    # revisions within watch_buffer_bytes for streams that keep up (0: none;
+    # the others read the change log). A WatchSessions response carries at
+    # most watch_response_bytes of events (a larger revision goes in
+    # fragments; keep it well under the clients' 4 MiB receive limit). A
+    # stream reads about watch_read_ahead_bytes ahead of what its client has
+    # taken (a larger revision a piece at a time).
+    watch_buffer_bytes: int = 16 << 20
+    watch_response_bytes: int = 1 << 20
+    watch_read_ahead_bytes: int = 1 << 20
     # Number of read-only connections.
     readers: int = 4
+    # Server processes on one address (SO_REUSEPORT), each a replica of the
+    # database, under one supervisor; 0 means one per core, at most 8.
+    workers: int = 1
     # Page tokens are signed with this key; empty means a key kept in the
     # database (created on first start), so tokens survive restarts.
     page_token_key: bytes = b""

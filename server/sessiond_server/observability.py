@@ -47,7 +47,7 @@ from sessiond.v1 import message_service_pb2, session_pb2
 from sessiond.version import build_info
 
 from .store import SessionStore
-from .watch import WatchHub
+from .watch import LogReader, Step, WatchHub
 
 log = logging.getLogger("sessiond")
 rpc_log = logging.getLogger("sessiond.rpc")
@@ -181,8 +181,8 @@ class CursorTrackingHub(WatchHub):
     the stream's task ends. Reads from the scrape thread copy the dict.
     """
 
-    def __init__(self, store: SessionStore, buffer_revisions: int = 10_000) -> None:
-        super().__init__(store, buffer_revisions)
+    def __init__(self, store: SessionStore, buffer_bytes: int = 16 << 20) -> None:
+        super().__init__(store, buffer_bytes)
         self._store_ref = store
         self.cursors: dict[asyncio.Task[Any], int] = {}
 
@@ -197,9 +197,10 @@ class CursorTrackingHub(WatchHub):
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self.cursors.pop(task, None)
 
-    async def changes_from(self, revision: int, limit: int) -> list[Any]:
+    async def changes_from(self, revision: int, max_bytes: int, log: LogReader | None = None,
+                           *, index: int = 0) -> Step:
         self._note(revision)
-        return await super().changes_from(revision, limit)
+        return await super().changes_from(revision, max_bytes, log, index=index)
 
     async def wait_for(self, revision: int, seconds: float | None) -> bool:
         self._note(revision)

@@ -57,7 +57,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = frozenset({
     "abandoned_after_seconds", "max_batch_writes", "compaction_interval_seconds",
     "retention_interval_seconds", "readers", "max_connections", "handshake_timeout_seconds",
-    "health_check_interval_seconds", "health_check_failures",
+    "health_check_interval_seconds", "health_check_failures", "watch_response_bytes",
+    "watch_read_ahead_bytes",
 })
 SECRET_WORDS = ("key", "token", "secret", "password")
 DEST_PREFIX = "setting__"

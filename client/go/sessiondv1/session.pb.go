@@ -1029,8 +1029,10 @@ func (x *TimeRange) GetEnd() *timestamppb.Timestamp {
 
 // SessionFilter selects sessions. Every set field must match (AND); a
 // repeated field matches any of its values (OR). An empty filter matches
-// every session the caller may see. Each repeated field holds at most 100
-// values.
+// every session the caller may see. Each repeated field, and labels, holds
+// at most 100 values (the server's max_filter_values limit); more is
+// INVALID_ARGUMENT naming the field and the limit, checked before anything
+// else.
 type SessionFilter struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// session_ids matches these ids.

@@ -1641,6 +1641,8 @@ type PurgeSessionsRequest struct {
 	// the most recently active.
 	KeepNewest int64 `protobuf:"varint,2,opt,name=keep_newest,json=keepNewest,proto3" json:"keep_newest,omitempty"`
 	// statuses limits the purge to these effective statuses; empty means any.
+	// At most 100 values (the max_filter_values limit); more is
+	// INVALID_ARGUMENT naming the field and the limit.
 	Statuses []SessionStatus `protobuf:"varint,3,rep,packed,name=statuses,proto3,enum=sessiond.v1.SessionStatus" json:"statuses,omitempty"`
 	// dry_run counts what would be removed without removing it.
 	DryRun        bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
@@ -1774,7 +1776,12 @@ func (x *PurgeSessionsResponse) GetRevision() int64 {
 // WatchFilter selects the events of WatchSessions. Every set field must
 // match; a repeated field matches any of its values. Session fields are
 // matched against the session as it is after the change; deletion events
-// match on session_ids only (and pass when session_ids is empty).
+// match on session_ids only (and pass when session_ids is empty). Each
+// repeated field holds at most 100 values (the server's max_filter_values
+// limit) and labels at most 64 pairs (max_labels, as many as a session may
+// carry); more is INVALID_ARGUMENT naming the field and the limit, checked
+// before anything else. The filter is compiled once per call, so its cost
+// per event does not grow with the number of values.
 type WatchFilter struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// session_ids matches these sessions.
@@ -1970,8 +1977,11 @@ type WatchSessionsResponse struct {
 	// time is the server's time when the response was sent.
 	Time *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
 	// fragment is true when this EVENTS response carries only part of one
-	// revision, because the whole revision would exceed the response bound
-	// (1 MiB of events; one event is always smaller, see SessionEvent). The
+	// revision, because the whole revision would exceed the response bound:
+	// every response carries at most 1 MiB of events (the server setting
+	// watch_response_bytes; one event is always smaller under the default
+	// limits, see SessionEvent, and is sent alone if raised limits make it
+	// larger). A response otherwise holds as many whole revisions as fit. The
 	// parts of a revision follow one another with no other response between
 	// them: every part but the last has fragment = true, the last has
 	// fragment = false, and all carry the same revision. A client joins them

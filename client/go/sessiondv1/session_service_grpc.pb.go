@@ -119,7 +119,11 @@ type SessionServiceClient interface {
 	// (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
 	// is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
 	// watches are open; UNAVAILABLE when the server shuts down (after a
-	// PROGRESS response with the last revision examined).
+	// PROGRESS response with the last revision examined). Responses are
+	// bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+	// server reads the next part of the change log for a stream only once the
+	// client has taken what it sent, so a client that stops reading holds only
+	// a small, bounded amount of server memory and delays no one else.
 	WatchSessions(ctx context.Context, in *WatchSessionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchSessionsResponse], error)
 	// GetSharedState reads the state shared by an application's sessions, or
 	// by one user's sessions of it. A state never written reads as "{}" with
@@ -374,7 +378,11 @@ type SessionServiceServer interface {
 	// (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
 	// is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
 	// watches are open; UNAVAILABLE when the server shuts down (after a
-	// PROGRESS response with the last revision examined).
+	// PROGRESS response with the last revision examined). Responses are
+	// bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+	// server reads the next part of the change log for a stream only once the
+	// client has taken what it sent, so a client that stops reading holds only
+	// a small, bounded amount of server memory and delays no one else.
 	WatchSessions(*WatchSessionsRequest, grpc.ServerStreamingServer[WatchSessionsResponse]) error
 	// GetSharedState reads the state shared by an application's sessions, or
 	// by one user's sessions of it. A state never written reads as "{}" with

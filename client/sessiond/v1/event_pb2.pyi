@@ -120,7 +120,14 @@ Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
 class SessionEvent(_message.Message):
-    """SessionEvent is one change to one session."""
+    """SessionEvent is one change to one session. It is bounded in bytes: the
+    session snapshot by the limits on session fields (with the server's default
+    limits at most about 160 KB: a 64 KiB goal, a 64 KiB state_json, 64
+    labels, the ids and names), the messages by the cuts below (at most about
+    50 KB each, most of it 64 metadata pairs), so an event is at most about
+    965 KB and always fits in one WatchSessions response of the default 1 MiB
+    bound.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -138,7 +145,9 @@ class SessionEvent(_message.Message):
     """type is the kind of change."""
     revision: _builtins.int
     """revision is the store revision of the write that made the change. All
-    events of one revision are delivered in one response.
+    events of one revision are delivered in one response, or, when they do
+    not fit in one, in consecutive fragments of that revision alone (see
+    WatchSessionsResponse.fragment).
     """
     session_id: _builtins.str
     """session_id is the id of the session concerned."""
@@ -170,8 +179,12 @@ class SessionEvent(_message.Message):
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
         """messages are the messages concerned by a message event: appended, the
         new ones of a replacement, the popped one, the updated one. At most 16
-        per event, each with content, reasoning and blocks cut to at most 4 KiB;
-        see messages_truncated.
+        per event (the last 16), each cut short: content and reasoning to at
+        most 4 KiB each; tool_calls to the first 16, each with id and name cut
+        to at most 256 bytes and arguments_json to at most 512 bytes (so cut
+        arguments are not valid JSON); content_blocks left out when the message
+        is still larger than 8 KiB. Cuts fall on a byte bound and drop a
+        character split in two. See messages_truncated.
         """
 
     def __init__(

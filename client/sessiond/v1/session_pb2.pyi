@@ -629,8 +629,10 @@ Global___TimeRange: _TypeAlias = TimeRange  # noqa: Y015
 class SessionFilter(_message.Message):
     """SessionFilter selects sessions. Every set field must match (AND); a
     repeated field matches any of its values (OR). An empty filter matches
-    every session the caller may see. Each repeated field holds at most 100
-    values.
+    every session the caller may see. Each repeated field, and labels, holds
+    at most 100 values (the server's max_filter_values limit); more is
+    INVALID_ARGUMENT naming the field and the limit, checked before anything
+    else.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -905,7 +905,10 @@ class PurgeSessionsRequest(_message.Message):
 
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_session_pb2.SessionStatus.ValueType]:
-        """statuses limits the purge to these effective statuses; empty means any."""
+        """statuses limits the purge to these effective statuses; empty means any.
+        At most 100 values (the max_filter_values limit); more is
+        INVALID_ARGUMENT naming the field and the limit.
+        """
 
     def __init__(
         self,
@@ -960,7 +963,12 @@ class WatchFilter(_message.Message):
     """WatchFilter selects the events of WatchSessions. Every set field must
     match; a repeated field matches any of its values. Session fields are
     matched against the session as it is after the change; deletion events
-    match on session_ids only (and pass when session_ids is empty).
+    match on session_ids only (and pass when session_ids is empty). Each
+    repeated field holds at most 100 values (the server's max_filter_values
+    limit) and labels at most 64 pairs (max_labels, as many as a session may
+    carry); more is INVALID_ARGUMENT naming the field and the limit, checked
+    before anything else. The filter is compiled once per call, so its cost
+    per event does not grow with the number of values.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1109,8 +1117,11 @@ class WatchSessionsResponse(_message.Message):
     """
     fragment: _builtins.bool
     """fragment is true when this EVENTS response carries only part of one
-    revision, because the whole revision would exceed the response bound
-    (1 MiB of events; one event is always smaller, see SessionEvent). The
+    revision, because the whole revision would exceed the response bound:
+    every response carries at most 1 MiB of events (the server setting
+    watch_response_bytes; one event is always smaller under the default
+    limits, see SessionEvent, and is sent alone if raised limits make it
+    larger). A response otherwise holds as many whole revisions as fit. The
     parts of a revision follow one another with no other response between
     them: every part but the last has fragment = true, the last has
     fragment = false, and all carry the same revision. A client joins them

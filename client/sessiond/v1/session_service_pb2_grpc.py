@@ -268,7 +268,11 @@ class SessionServiceServicer:
         (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
         is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
         watches are open; UNAVAILABLE when the server shuts down (after a
-        PROGRESS response with the last revision examined).
+        PROGRESS response with the last revision examined). Responses are
+        bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+        server reads the next part of the change log for a stream only once the
+        client has taken what it sent, so a client that stops reading holds only
+        a small, bounded amount of server memory and delays no one else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -123,7 +123,11 @@ class SessionServiceStub:
     (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
     is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
     watches are open; UNAVAILABLE when the server shuts down (after a
-    PROGRESS response with the last revision examined).
+    PROGRESS response with the last revision examined). Responses are
+    bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+    server reads the next part of the change log for a stream only once the
+    client has taken what it sent, so a client that stops reading holds only
+    a small, bounded amount of server memory and delays no one else.
     """
     GetSharedState: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.GetSharedStateRequest, _session_service_pb2.GetSharedStateResponse]
     """GetSharedState reads the state shared by an application's sessions, or
@@ -233,7 +237,11 @@ class SessionServiceAsyncStub(SessionServiceStub):
     (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
     is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
     watches are open; UNAVAILABLE when the server shuts down (after a
-    PROGRESS response with the last revision examined).
+    PROGRESS response with the last revision examined). Responses are
+    bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+    server reads the next part of the change log for a stream only once the
+    client has taken what it sent, so a client that stops reading holds only
+    a small, bounded amount of server memory and delays no one else.
     """
     GetSharedState: _aio.UnaryUnaryMultiCallable[_session_service_pb2.GetSharedStateRequest, _session_service_pb2.GetSharedStateResponse]  # type: ignore[assignment]
     """GetSharedState reads the state shared by an application's sessions, or
@@ -412,7 +420,11 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
         is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
         watches are open; UNAVAILABLE when the server shuts down (after a
-        PROGRESS response with the last revision examined).
+        PROGRESS response with the last revision examined). Responses are
+        bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+        server reads the next part of the change log for a stream only once the
+        client has taken what it sent, so a client that stops reading holds only
+        a small, bounded amount of server memory and delays no one else.
         """
 
     @_abc_1.abstractmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -11,10 +12,9 @@ import grpc
 from sessiond.v1 import event_pb2, session_pb2, session_service_pb2, session_service_pb2_grpc
 
 from ..auth import peer_host
-from ..store import Change
 from ..store.records import TERMINAL_STATUSES
 from ..store.state import MAX_STATE_BYTES, canonical_state, delta_problems
-from ..watch import HubClosed
+from ..watch import HubClosed, LogReader
 from .context import ApiContext
 from .errors import RpcError, streaming, unary
 from .page_tokens import request_digest
@@ -29,7 +29,6 @@ UPDATE_PATHS = frozenset({"kind", "channel", "room_id", "sender_id", "agent", "m
                           "display_name", "goal", "owner_id", "dataset_id", "labels",
                           "runtime_instance", "budget_micros", "state_json"})
 PURGE_LIMIT = 10_000
-WATCH_CHANGE_LIMIT = 256  # revisions read per step of a watch
 
 
 def check_session_fields(c: Checker, prefix: str, s: S.Session) -> None:
@@ -67,16 +66,12 @@ def check_delta(c: Checker, field: str, delta: S.StateDelta) -> None:
 
 def check_filter(c: Checker, prefix: str, f: S.SessionFilter) -> None:
     c.values(f"{prefix}.session_ids", f.session_ids)
-    for i, status in enumerate(f.statuses):
-        c.enum(f"{prefix}.statuses[{i}]", status, S.SessionStatus, required=True)
-    for i, kind in enumerate(f.kinds):
-        c.enum(f"{prefix}.kinds[{i}]", kind, S.SessionKind, required=True)
-    for i, channel in enumerate(f.channels[:c.limits.max_filter_values]):
-        c.channel(f"{prefix}.channels[{i}]", channel, type_prefix_ok=True)
+    c.enums(f"{prefix}.statuses", f.statuses, S.SessionStatus)
+    c.enums(f"{prefix}.kinds", f.kinds, S.SessionKind)
+    c.channels(f"{prefix}.channels", f.channels)
     for name in ("agents", "models", "owner_ids", "dataset_ids", "runtime_instances"):
         c.values(f"{prefix}.{name}", getattr(f, name))
-    if len(f.labels) > c.limits.max_filter_values:
-        c.fail(f"{prefix}.labels", f"has more than {c.limits.max_filter_values} pairs")
+    c.count(f"{prefix}.labels", f.labels)
     c.non_negative(f"{prefix}.running_longer_than_seconds", f.running_longer_than_seconds)
     if f.running_longer_than_seconds > 100 * 366 * 86400:
         # The store subtracts it from now in microseconds; beyond a century it overflows.
@@ -85,30 +80,53 @@ def check_filter(c: Checker, prefix: str, f: S.SessionFilter) -> None:
     c.identifier(f"{prefix}.parent_id", f.parent_id, required=False)
 
 
-def watch_matches(f: ss.WatchFilter, change: Change) -> bool:
-    event = change.event
-    if f.event_types and event.type not in f.event_types:
-        return False
-    if f.session_ids and event.session_id not in f.session_ids:
-        return False
-    if not event.HasField("session"):
-        # Deletions carry only the id, already matched against session_ids above.
-        return True
-    s = event.session
-    if f.owner_ids and s.owner_id not in f.owner_ids:
-        return False
-    if f.agents and s.agent not in f.agents:
-        return False
-    if f.channels and not any(
-            s.channel == ch or (ch.endswith(".") and (s.channel == ch[:-1]
-                                                      or s.channel.startswith(ch)))
-            for ch in f.channels):
-        return False
-    if f.statuses:
-        stored = S.SESSION_STATUS_ACTIVE if s.status == S.SESSION_STATUS_ABANDONED else s.status
-        if stored not in f.statuses:
+def check_watch_filter(c: Checker, prefix: str, f: ss.WatchFilter) -> None:
+    c.values(f"{prefix}.session_ids", f.session_ids)
+    c.values(f"{prefix}.owner_ids", f.owner_ids)
+    c.values(f"{prefix}.agents", f.agents)
+    c.channels(f"{prefix}.channels", f.channels)
+    c.enums(f"{prefix}.statuses", f.statuses, S.SessionStatus)
+    c.enums(f"{prefix}.event_types", f.event_types, E.EventType)
+    c.string_map(f"{prefix}.labels", f.labels)
+
+
+class WatchSelector:
+    """A WatchFilter compiled once per call: sets, so each event costs lookups, not scans."""
+
+    def __init__(self, f: ss.WatchFilter, *, initial: bool = False) -> None:
+        # Event types select changes; the initial state is sent whatever they say.
+        self.event_types = frozenset(() if initial else f.event_types)
+        self.session_ids = frozenset(f.session_ids)
+        self.owner_ids = frozenset(f.owner_ids)
+        self.agents = frozenset(f.agents)
+        self.channels = frozenset(ch[:-1] if ch.endswith(".") else ch
+                                  for ch in f.channels)
+        self.channel_types = tuple(ch for ch in f.channels if ch.endswith("."))
+        self.statuses = frozenset(f.statuses)
+        self.labels = tuple(f.labels.items())
+
+    def matches(self, event: E.SessionEvent) -> bool:
+        if self.event_types and event.type not in self.event_types:
             return False
-    return all(s.labels.get(k) == v for k, v in f.labels.items())
+        if self.session_ids and event.session_id not in self.session_ids:
+            return False
+        if not event.HasField("session"):
+            # Deletions carry only the id, already matched against session_ids above.
+            return True
+        s = event.session
+        if self.owner_ids and s.owner_id not in self.owner_ids:
+            return False
+        if self.agents and s.agent not in self.agents:
+            return False
+        if self.channels and s.channel not in self.channels and not (
+                self.channel_types and s.channel.startswith(self.channel_types)):
+            return False
+        if self.statuses:
+            stored = (S.SESSION_STATUS_ACTIVE if s.status == S.SESSION_STATUS_ABANDONED
+                      else s.status)
+            if stored not in self.statuses:
+                return False
+        return all(s.labels.get(k) == v for k, v in self.labels)
 
 
 class SessionService(session_service_pb2_grpc.SessionServiceServicer):
@@ -268,8 +286,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         if not request.HasField("last_activity_before") and request.keep_newest <= 0:
             c.fail("last_activity_before", "set it or keep_newest")
         c.non_negative("keep_newest", request.keep_newest)
-        for i, status in enumerate(request.statuses):
-            c.enum(f"statuses[{i}]", status, S.SessionStatus, required=True)
+        c.enums("statuses", request.statuses, S.SessionStatus)
         c.done()
         before = (request.last_activity_before.ToMicroseconds()
                   if request.HasField("last_activity_before") else 0)
@@ -284,17 +301,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         lim = self.api.config.limits
         c = self._checker()
         c.non_negative("start_revision", request.start_revision)
-        f = request.filter
-        c.values("filter.session_ids", f.session_ids)
-        c.values("filter.owner_ids", f.owner_ids)
-        c.values("filter.agents", f.agents)
-        for i, channel in enumerate(f.channels[:lim.max_filter_values]):
-            c.channel(f"filter.channels[{i}]", channel, type_prefix_ok=True)
-        for i, status in enumerate(f.statuses):
-            c.enum(f"filter.statuses[{i}]", status, S.SessionStatus, required=True)
-        for i, event_type in enumerate(f.event_types):
-            c.enum(f"filter.event_types[{i}]", event_type, E.EventType, required=True)
-        c.string_map("filter.labels", f.labels)
+        check_watch_filter(c, "filter", request.filter)
         interval = request.progress_interval_ms
         if interval and not 50 <= interval <= 3_600_000:
             c.fail("progress_interval_ms", "must be 0 or between 50 and 3600000")
@@ -327,47 +334,63 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
 
     async def _watch(self, request: ss.WatchSessionsRequest, scope: Any,
                      progress_every: float | None) -> AsyncIterator[ss.WatchSessionsResponse]:
-        store, hub = self.api.store, self.api.hub
-        f = request.filter
-        now = self.api.config.clock
+        """The stream: each step is read only after the client took the previous one.
+
+        gRPC pulls this generator as the stream drains, so a client that stops
+        reading stops the reads too: the stream holds one step (about
+        ``watch_read_ahead_bytes``, even inside a larger revision), the part of
+        a revision being gathered and one response.
+        """
+        store, hub, config = self.api.store, self.api.hub, self.api.config
+        bound = config.watch_response_bytes
+        now = config.clock
         current = store.revision
         yield _response(ss.WATCH_RESPONSE_TYPE_CREATED, current, now(),
                         compacted_revision=store.compacted_revision)
         if request.include_initial:
-            sessions, read_at = await store.initial_state(scope, list(f.session_ids))
-            # Event types select changes; the initial state is sent whatever they say.
-            initial_filter = ss.WatchFilter()
-            initial_filter.CopyFrom(f)
-            initial_filter.ClearField("event_types")
-            batch: list[E.SessionEvent] = []
-            for session in sessions:
-                change = Change(read_at, session.tenant, session.owner_id, session.dataset_id,
-                                E.SessionEvent(type=E.EVENT_TYPE_INITIAL, revision=read_at,
-                                               session_id=session.id, session=session))
-                if watch_matches(initial_filter, change):
-                    batch.append(change.event)
-                if len(batch) >= 100:
-                    yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(), batch)
-                    batch = []
-            if batch:
-                yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(), batch)
+            sessions, read_at = await store.initial_state(scope, list(request.filter.session_ids))
+            initial = WatchSelector(request.filter, initial=True)
+            events = (E.SessionEvent(type=E.EVENT_TYPE_INITIAL, revision=read_at,
+                                     session_id=session.id, session=session)
+                      for session in sessions)
+            packer = Packer(bound)
+            for event in events:
+                if initial.matches(event):
+                    for part in packer.add(read_at, event):
+                        yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(),
+                                        part.events)
+            for part in packer.flush():
+                yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(), part.events)
             yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE, read_at, now())
             next_revision = read_at + 1
         elif request.start_revision:
             next_revision = request.start_revision
         else:
             next_revision = current + 1
+        selector = WatchSelector(request.filter)
+        log = LogReader()
+        packer = Packer(bound)
+        next_index = 0  # inside next_revision, when a step stopped in it
         last_sent = time.monotonic()
         try:
             while True:
-                changes = await hub.changes_from(next_revision, WATCH_CHANGE_LIMIT)
-                if changes:
-                    events = self._visible(scope, f, changes)
-                    next_revision = changes[-1].revision + 1
-                    if events:
-                        for response in _pack_events(events, now()):
-                            yield response
+                step = await hub.changes_from(next_revision, config.watch_read_ahead_bytes, log,
+                                              index=next_index)
+                if step.changes:
+                    next_revision, next_index = step.next_revision, step.next_index
+                    sent = False
+                    for change in step.changes:
+                        if scope.can_see(change.tenant, change.owner_id, change.dataset_id) \
+                                and selector.matches(change.event):
+                            for part in packer.add(change.revision, change.event):
+                                yield _events_response(part, now())
+                                sent = True
+                    for part in packer.flush(revision_ended=step.ends_revision):
+                        yield _events_response(part, now())
+                        sent = True
+                    if sent:
                         last_sent = time.monotonic()
+                    if sent or not step.ends_revision:
                         continue
                 else:
                     wait = None
@@ -385,12 +408,6 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             raise RpcError(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN",
                            "the server is shutting down; resume from the last revision + 1"
                            ) from None
-
-    @staticmethod
-    def _visible(scope: Any, f: ss.WatchFilter, changes: Sequence[Change]) -> list[Change]:
-        return [ch for ch in changes
-                if scope.can_see(ch.tenant, ch.owner_id, ch.dataset_id) and watch_matches(f, ch)]
-
 
     @unary
     async def GetSharedState(self, request: ss.GetSharedStateRequest, context: Ctx
@@ -428,19 +445,90 @@ def _response(kind: ss.WatchResponseType.ValueType, revision: int, now_micros: i
     return response
 
 
-def _pack_events(changes: Sequence[Change], now_micros: int
-                 ) -> list[ss.WatchSessionsResponse]:
-    """Responses of whole revisions, about 64 events each (one revision is never split)."""
-    responses: list[ss.WatchSessionsResponse] = []
-    batch: list[E.SessionEvent] = []
-    for i, change in enumerate(changes):
-        batch.append(change.event)
-        boundary = i + 1 == len(changes) or changes[i + 1].revision != change.revision
-        if boundary and len(batch) >= 64:
-            responses.append(_response(ss.WATCH_RESPONSE_TYPE_EVENTS, change.revision,
-                                       now_micros, batch))
-            batch = []
-    if batch:
-        responses.append(_response(ss.WATCH_RESPONSE_TYPE_EVENTS, changes[-1].revision,
-                                   now_micros, batch))
-    return responses
+@dataclasses.dataclass(slots=True)
+class Part:
+    """The events of one response: whole revisions, or one fragment of a revision."""
+
+    revision: int = 0
+    events: list[E.SessionEvent] = dataclasses.field(default_factory=list)
+    size: int = 0
+    fragment: bool = False
+
+
+def response_event_bytes(event: E.SessionEvent) -> int:
+    """What an event adds to a response: its bytes, tag and length prefix (a varint)."""
+    size = event.ByteSize()
+    return size + 1 + max(1, (size.bit_length() + 6) // 7)
+
+
+class Packer:
+    """Packs (revision, event) pairs into responses of at most ``bound`` bytes of events.
+
+    A response holds whole revisions while they fit. A revision that does not
+    fit in what is left starts a new response; one that does not fit in an
+    empty response is split into fragments: every part but its last is
+    marked ``fragment``, and no other revision shares any of its parts. One
+    event larger than the bound (possible only when the field limits are
+    raised) goes alone. Events are added in revision order, across steps: a
+    revision a step ended inside is kept (at most ``bound`` bytes of it)
+    until the next step brings the rest.
+    """
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.done = Part()     # whole revisions, ready to send together
+        self.current = Part()  # the revision being gathered; fragment: earlier parts sent
+
+    def add(self, revision: int, event: E.SessionEvent) -> list[Part]:
+        """Add an event; the parts that are now ready to send."""
+        ready: list[Part] = []
+        if revision != self.current.revision:
+            ready += self._close_revision()
+            self.current = Part(revision)
+        size = response_event_bytes(event)
+        current = self.current
+        if current.events and current.size + size > self.bound:
+            # The revision is too large for one response: send what it has so far.
+            if self.done.events:
+                ready.append(self.done)
+                self.done = Part()
+            ready.append(Part(revision, current.events, current.size, fragment=True))
+            self.current = current = Part(revision, fragment=True)
+        current.events.append(event)
+        current.size += size
+        return ready
+
+    def flush(self, *, revision_ended: bool = True) -> list[Part]:
+        """The parts to send at the end of a step (all of them once its revision ended)."""
+        ready = self._close_revision() if revision_ended else []
+        if self.done.events:
+            ready.append(self.done)
+            self.done = Part()
+        return ready
+
+    def _close_revision(self) -> list[Part]:
+        """Move the finished revision being gathered after ``done``; the parts ready now."""
+        current, self.current = self.current, Part()
+        if not current.events:
+            return []
+        ready: list[Part] = []
+        if current.fragment:
+            # The last part of a split revision carries that revision alone, unmarked.
+            if self.done.events:
+                ready.append(self.done)
+                self.done = Part()
+            ready.append(Part(current.revision, current.events, current.size))
+            return ready
+        if self.done.events and self.done.size + current.size > self.bound:
+            ready.append(self.done)
+            self.done = Part()
+        self.done.events += current.events
+        self.done.size += current.size
+        self.done.revision = current.revision
+        return ready
+
+
+def _events_response(part: Part, now_micros: int) -> ss.WatchSessionsResponse:
+    response = _response(ss.WATCH_RESPONSE_TYPE_EVENTS, part.revision, now_micros, part.events)
+    response.fragment = part.fragment
+    return response

@@ -8,7 +8,7 @@ store before its request passed.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from ..auth import REQUEST_VIOLATIONS
@@ -116,13 +116,37 @@ class Checker:
         if value < 0:
             self.fail(field, "must not be negative")
 
-    def values(self, field: str, values: Iterable[str], *, identifiers: bool = True) -> None:
-        listed = list(values)
-        if len(listed) > self.limits.max_filter_values:
-            self.fail(field, f"has {len(listed)} values; the limit is "
-                      f"{self.limits.max_filter_values}")
+    def count(self, field: str, values: Collection[Any], limit: int | None = None) -> bool:
+        """Whether a repeated field holds at most ``limit`` values (the filter bound).
+
+        Checked before any value is looked at, so an oversized list costs one
+        ``len`` and its values are not checked one by one.
+        """
+        bound = self.limits.max_filter_values if limit is None else limit
+        if len(values) > bound:
+            self.fail(field, f"has {len(values)} values; the limit is {bound}")
+            return False
+        return True
+
+    def enums(self, field: str, values: Collection[int], enum: Any,
+              allowed: Iterable[int] | None = None) -> None:
+        """A repeated enum filter: bounded in count, each value a named non-zero one."""
+        if not self.count(field, values):
             return
-        for i, value in enumerate(listed):
+        for i, value in enumerate(values):
+            self.enum(f"{field}[{i}]", value, enum, allowed, required=True)
+
+    def channels(self, field: str, values: Collection[str]) -> None:
+        """A repeated channel filter: bounded in count; "<type>." prefixes allowed."""
+        if not self.count(field, values):
+            return
+        for i, value in enumerate(values):
+            self.channel(f"{field}[{i}]", value, type_prefix_ok=True)
+
+    def values(self, field: str, values: Collection[str], *, identifiers: bool = True) -> None:
+        if not self.count(field, values):
+            return
+        for i, value in enumerate(values):
             if identifiers:
                 self.identifier(f"{field}[{i}]", value)
             else:

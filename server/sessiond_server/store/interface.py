@@ -267,17 +267,23 @@ class SessionStore(Protocol):
     ) -> tuple[list[stats_service_pb2.ModelCost], int]: ...
 
     # Change log.
-    async def read_changes(self, from_revision: int, limit: int) -> list[Change]:
-        """Changes with revision >= from_revision, whole revisions, in order.
+    async def read_changes(self, from_revision: int, limit: int, from_idx: int = 0,
+                           max_events: int = 0) -> list[Change]:
+        """Changes of at most ``limit`` revisions from ``from_revision`` on, in order.
 
+        Whole revisions, except that the first starts at its ``from_idx``-th
+        event and, when ``max_events`` is positive, the read stops after that
+        many events, possibly inside a revision (so a reader can go through
+        a revision of any size a bounded piece at a time).
         Raises Compacted when from_revision <= compacted_revision.
         """
     async def initial_state(
         self, scope: Scope, session_ids: Sequence[str]
     ) -> tuple[list[session_pb2.Session], int]:
         """Every visible session (or those named) and the revision read at."""
-    async def compact(self, keep_revisions: int, max_age_seconds: float) -> int:
-        """Drop old change log entries; returns the new compacted revision."""
+    async def compact(self, keep_revisions: int, max_age_seconds: float,
+                      max_bytes: int = 0) -> int:
+        """Drop old change log entries (``compaction_target``); returns the compacted revision."""
     async def tenants(self) -> list[str]:
         """Every tenant that has a session, in order (retention visits each)."""
 

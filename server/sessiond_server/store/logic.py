@@ -1401,19 +1401,25 @@ class StoreLogic:
             "SELECT DISTINCT tenant FROM sessions ORDER BY tenant")]
 
     # Change log.
-    async def read_changes(self, from_revision: int, limit: int) -> list[Change]:
-        """Changes with revision >= from_revision, whole revisions, in order.
+    async def read_changes(self, from_revision: int, limit: int, from_idx: int = 0,
+                           max_events: int = 0) -> list[Change]:
+        """Changes of at most ``limit`` revisions from ``from_revision`` on, in order.
 
-        Raises Compacted when from_revision <= compacted_revision.
+        Whole revisions, except that the first starts at its ``from_idx``-th
+        event and, when ``max_events`` is positive, the read stops after that
+        many events. Raises Compacted when from_revision <= compacted_revision.
         """
         if from_revision <= self._compacted_revision:
             raise Compacted(self._compacted_revision)
         p = self.dialect.params()
         first = p(from_revision)
+        bounded = f" LIMIT {p(max_events)}" if max_events > 0 else ""
         found, compacted = await self._read_many([
             (f"SELECT revision, tenant, owner_id, dataset_id, event FROM changes"
              f" WHERE revision >= {first} AND revision < (SELECT min(revision) FROM changes"
-             f" WHERE revision >= {first}) + {p(max(1, limit))} ORDER BY revision, idx",
+             f" WHERE revision >= {first}) + {p(max(1, limit))}"
+             f" AND (revision > {first} OR idx >= {p(from_idx)})"
+             f" ORDER BY revision, idx{bounded}",
              p.values),
             ("SELECT value FROM meta WHERE key = 'compacted_revision'", ()),
         ])

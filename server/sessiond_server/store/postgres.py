@@ -4,20 +4,12 @@ The same SessionStore as ``sqlite.py``, answering every call the same way:
 the reads and writes are the shared store logic (``logic.py``) over the
 PostgreSQL dialect (see ``postgres_writer.py`` for why the locking makes
 the same write functions sound). What is new is that other replicas
-commit too, so this replica's listeners (its WatchHub) are fed by a change
-feed rather than by its own writer alone:
-
-* Every commit notifies ``sessiond_changes`` with its last revision.
-* Each replica LISTENs on a dedicated connection. A notification, a local
-  commit, or the periodic catch-up poll (``poll_interval``) makes it read the
-  change log from the last revision it delivered, in order, whole revisions,
-  and hand those changes to its listeners. ``revision`` is the last revision
-  delivered, so the hub's "nothing above revision yet" holds.
-* A lost notification (the LISTEN connection dropped, the database
-  restarted) only delays delivery until the next poll; the log is the truth.
-* A local commit is delivered before its callers are answered, after
-  reading any lower revisions other replicas committed first, so a caller
-  that watches from its revision + 1 finds the hub already there.
+commit too, so this replica's listeners (its WatchHub) are fed by the
+change feed every backend shares (``feed.py``); what PostgreSQL adds is how
+it is notified: every commit notifies ``sessiond_changes`` with its last
+revision, and each replica LISTENs on a dedicated connection
+(:class:`ListenNotifier`). A dropped LISTEN connection only delays delivery
+until the next poll; the change log is the truth.
 
 Reads run on a pool with a statement timeout; several statements that must
 agree (a page, its total and the revision) run in one REPEATABLE READ READ
@@ -39,8 +31,8 @@ from sessiond.v1 import event_pb2, session_pb2
 
 from .dialect import POSTGRES
 from .errors import Unavailable
-from .interface import Change
-from .logic import REVISION, StoreLogic
+from .feed import Heard, ReplicaFeed
+from .logic import REVISION
 from .postgres_schema import (
     CHANGES_CHANNEL,
     COMPACTION_LOCK,
@@ -55,7 +47,7 @@ from .postgres_writer import (
     Writer,
     unavailable,
 )
-from .revisions import compaction_target
+from .revisions import NEWEST_OVER_BYTES_SQL, compaction_target
 from .sqlite import SchemaTooNew
 
 log = logging.getLogger(__name__)
@@ -63,14 +55,11 @@ log = logging.getLogger(__name__)
 E = event_pb2
 S = session_pb2
 
-#: Revisions the change feed reads per query while catching up.
-CATCH_UP_REVISIONS = 1000
-
-
-class PostgresStore(StoreLogic):
+class PostgresStore(ReplicaFeed):
     """The SessionStore on a PostgreSQL database shared by any number of replicas."""
 
     dialect = POSTGRES
+    feed_errors = (*DATABASE_ERRORS, Unavailable)
 
     def __init__(
         self,
@@ -91,19 +80,11 @@ class PostgresStore(StoreLogic):
         self._pool_max = max(self._pool_min, pool_max_size)
         self._statement_timeout = statement_timeout_seconds
         self._connect_timeout = connect_timeout_seconds
-        self._poll_interval = poll_interval_seconds
         self._pool: asyncpg.Pool | None = None
         self._writer: Writer | None = None
-        self._deliver_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._listen_conn: asyncpg.Connection | None = None
-        self._follower: asyncio.Task[None] | None = None
-        self._closing = False
-        self._feed_failing = False
+        self._init_feed(ListenNotifier(url, connect_timeout_seconds), poll_interval_seconds)
         # The app asks every store this; PostgreSQL recovers on its own.
         self.recovered_wal = False
-        self.notifications = 0
-        self.catch_ups = 0
 
     # Life cycle.
     def _server_settings(self) -> dict[str, str]:
@@ -128,15 +109,15 @@ class PostgresStore(StoreLogic):
             self._revision = int(meta["revision"][0])
             self._compacted_revision = int(meta["compacted_revision"][0])
             self.page_token_key = bytes(meta["page_token_key"][1])
-            await self._listen()
+            await self._open_feed()
         except BaseException:
+            await self._close_feed()
             await self._pool.close()
             self._pool = None
             raise
         self._writer = Writer(self._pool, self._clock, self._max_batch, self._publish,
                               self._connect_timeout)
         self._writer.start()
-        self._follower = asyncio.create_task(self._follow(), name="sessiond-pg-feed")
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         async def version() -> int:
@@ -175,133 +156,15 @@ class PostgresStore(StoreLogic):
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
     async def close(self) -> None:
-        self._closing = True
         if self._writer is not None:
             await self._writer.close()
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
-            self._follower = None
-        if self._listen_conn is not None:
-            conn, self._listen_conn = self._listen_conn, None
-            with contextlib.suppress(*DATABASE_ERRORS):
-                await conn.close(timeout=2.0)
+        await self._close_feed()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), 5.0)
             except DATABASE_ERRORS:
                 pool.terminate()
-
-    # The change feed.
-    async def _listen(self) -> None:
-        """Open the LISTEN connection; a notification wakes the follower."""
-        conn = await asyncpg.connect(self.url, timeout=self._connect_timeout,
-                                     server_settings={"application_name": "sessiond-listen"})
-        try:
-            await conn.add_listener(CHANGES_CHANNEL, self._notified)
-        except BaseException:
-            await conn.close()
-            raise
-        conn.add_termination_listener(self._listen_lost)
-        self._listen_conn = conn
-        # Whatever was committed while nobody listened is read now.
-        self._wake.set()
-
-    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self.notifications += 1
-        try:
-            announced = int(str(payload))
-        except ValueError:
-            announced = self._revision + 1
-        if announced > self._revision:
-            self._wake.set()
-
-    def _listen_lost(self, conn: object) -> None:
-        if not self._closing:
-            log.warning("the LISTEN connection to PostgreSQL closed; polling until it is back")
-        self._listen_conn = None
-        self._wake.set()
-
-    async def _follow(self) -> None:
-        """Deliver what other replicas commit: on notification, and every poll interval."""
-        while not self._closing:
-            if self._listen_conn is None:
-                try:
-                    await self._listen()
-                    if self._feed_failing:
-                        log.info("change feed reconnected at revision %d", self._revision)
-                    self._feed_failing = False
-                except DATABASE_ERRORS as exc:
-                    self._feed_trouble(exc)
-            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a
-            # cancellation that arrives as the event is set, and close() would hang.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                async with self._deliver_lock:
-                    await self._catch_up_locked(None)
-            except DATABASE_ERRORS as exc:
-                self._feed_trouble(exc)
-            except Exception:
-                log.exception("change feed failed; retrying")
-
-    def _feed_trouble(self, exc: BaseException) -> None:
-        if not self._feed_failing:
-            log.warning("change feed cannot read from PostgreSQL (%s); retrying every %.1fs",
-                        type(exc).__name__, self._poll_interval)
-        self._feed_failing = True
-
-    async def _catch_up_locked(self, until: int | None) -> None:
-        """Deliver every committed revision after ``revision`` (up to ``until``), in order."""
-        assert self._pool is not None
-        while True:
-            async with self._pool.acquire(timeout=self._connect_timeout) as conn, \
-                    conn.transaction(isolation="repeatable_read", readonly=True):
-                head, compacted = await conn.fetchrow(
-                    f"SELECT {REVISION}, (SELECT value FROM meta"
-                    f" WHERE key = 'compacted_revision')")
-                lower = max(self._revision, int(compacted))
-                upper = int(head) if until is None else min(int(head), until)
-                upper = min(upper, lower + CATCH_UP_REVISIONS)
-                found = [] if upper <= lower else await conn.fetch(
-                    "SELECT revision, tenant, owner_id, dataset_id, event FROM changes"
-                    " WHERE revision > $1 AND revision <= $2 ORDER BY revision, idx",
-                    lower, upper)
-            self._compacted_revision = max(self._compacted_revision, int(compacted))
-            if upper <= self._revision:
-                return
-            if lower > self._revision:
-                log.warning("revisions %d to %d were compacted before this replica delivered "
-                            "them; watchers there must list again", self._revision + 1, lower)
-            self.catch_ups += 1
-            changes = [Change(r[0], r[1], r[2], r[3], E.SessionEvent.FromString(r[4]))
-                       for r in found]
-            self._revision = upper
-            for listener in self._listeners:
-                listener(changes)
-            if until is not None and upper >= until:
-                return
-
-    async def _publish(self, last: int, changes: list[Change]) -> None:
-        """Deliver a local commit, after whatever lower revisions other replicas made."""
-        async with self._deliver_lock:
-            if last <= self._revision:
-                return  # the feed was quicker
-            first = changes[0].revision
-            if first - 1 > self._revision:
-                await self._catch_up_locked(first - 1)
-            if first - 1 < self._revision:
-                changes = [c for c in changes if c.revision > self._revision]
-            elif first - 1 > self._revision:
-                self._wake.set()  # could not fill the gap now; the feed will
-                return
-            self._revision = last
-            for listener in self._listeners:
-                listener(changes)
 
     # Plumbing.
     @contextlib.asynccontextmanager
@@ -318,7 +181,8 @@ class PostgresStore(StoreLogic):
             raise unavailable(exc) from exc
 
     # Change log.
-    async def compact(self, keep_revisions: int, max_age_seconds: float) -> int:
+    async def compact(self, keep_revisions: int, max_age_seconds: float,
+                      max_bytes: int = 0) -> int:
         """Drop old change log rows: one replica at a time (advisory lock), beside the writers.
 
         Compaction takes no revision and touches only ``changes`` and the
@@ -343,7 +207,9 @@ class PostgresStore(StoreLogic):
                     aged = int(await conn.fetchval(
                         "SELECT coalesce(max(revision), 0) FROM changes WHERE created_at < $1",
                         cutoff))
-                target = compaction_target(int(head), keep_revisions, aged)
+                over_bytes = int(await conn.fetchval(
+                    NEWEST_OVER_BYTES_SQL.format(budget="$1"), max_bytes)) if max_bytes else None
+                target = compaction_target(int(head), keep_revisions, aged, over_bytes)
                 compacted = int(current)
                 if target > compacted:
                     await conn.execute("DELETE FROM changes WHERE revision <= $1", target)
@@ -375,3 +241,56 @@ class PostgresStore(StoreLogic):
             problems.append(f"revision counter {revision} but the change log is empty above "
                             f"compacted revision {compacted}")
         return problems
+
+
+class ListenNotifier:
+    """PostgreSQL's notifications: a LISTEN connection on ``sessiond_changes``.
+
+    Announcing needs nothing here: every write transaction notifies the
+    channel itself, and PostgreSQL delivers that only if it commits.
+    """
+
+    def __init__(self, url: str, connect_timeout: float) -> None:
+        self._url = url
+        self._connect_timeout = connect_timeout
+        self._conn: asyncpg.Connection | None = None
+        self._closing = False
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    async def open(self, heard: Heard, lost: Callable[[], None]) -> None:
+        self._closing = False
+
+        def notified(conn: object, pid: int, channel: str, payload: object) -> None:
+            try:
+                heard(int(str(payload)))
+            except ValueError:
+                heard(None)
+
+        def dropped(conn: object) -> None:
+            self._conn = None
+            if not self._closing:
+                log.warning("the LISTEN connection to PostgreSQL closed")
+                lost()
+
+        conn = await asyncpg.connect(self._url, timeout=self._connect_timeout,
+                                     server_settings={"application_name": "sessiond-listen"})
+        try:
+            await conn.add_listener(CHANGES_CHANNEL, notified)
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(dropped)
+        self._conn = conn
+
+    def announce(self, revision: int) -> None:
+        pass
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await conn.close(timeout=2.0)

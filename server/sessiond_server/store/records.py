@@ -168,9 +168,13 @@ def labels_json(labels: Any) -> str:
 CREATE_FIELDS = ("kind", "channel", "room_id", "sender_id", "agent", "model", "display_name",
                  "goal", "owner_id", "dataset_id", "runtime_instance", "budget_micros")
 
-# Bounds on what a watch event carries for message events.
+# Bounds on what a watch event carries for message events (event.proto states
+# them, and the worst case of a whole event under the default limits).
 EVENT_MAX_MESSAGES = 16
 EVENT_MAX_TEXT = 4096
+EVENT_MAX_TOOL_CALLS = 16
+EVENT_MAX_TOOL_ARGUMENTS = 512
+EVENT_MAX_TOOL_ID = 256
 
 
 def same_content(existing: session_pb2.Session, wanted: session_pb2.Session) -> bool:
@@ -203,16 +207,28 @@ def event_messages(messages: Sequence[message_pb2.Message]
         copy = message_pb2.Message()
         copy.CopyFrom(message)
         for name in ("content", "reasoning"):
-            encoded = getattr(copy, name).encode()
-            if len(encoded) > EVENT_MAX_TEXT:
-                # Cut at a byte bound, dropping a character split in two.
-                setattr(copy, name, encoded[:EVENT_MAX_TEXT].decode("utf-8", "ignore"))
-                truncated = True
+            truncated |= _cut(copy, name, EVENT_MAX_TEXT)
+        if len(copy.tool_calls) > EVENT_MAX_TOOL_CALLS:
+            del copy.tool_calls[EVENT_MAX_TOOL_CALLS:]
+            truncated = True
+        for call in copy.tool_calls:
+            truncated |= _cut(call, "id", EVENT_MAX_TOOL_ID)
+            truncated |= _cut(call, "name", EVENT_MAX_TOOL_ID)
+            truncated |= _cut(call, "arguments_json", EVENT_MAX_TOOL_ARGUMENTS)
         if copy.content_blocks and copy.ByteSize() > 2 * EVENT_MAX_TEXT:
             copy.ClearField("content_blocks")
             truncated = True
         out.append(copy)
     return out, truncated
+
+
+def _cut(holder: Any, name: str, max_bytes: int) -> bool:
+    """Cut a text field to ``max_bytes`` (a character split in two is dropped); True if cut."""
+    encoded = getattr(holder, name).encode()
+    if len(encoded) <= max_bytes:
+        return False
+    setattr(holder, name, encoded[:max_bytes].decode("utf-8", "ignore"))
+    return True
 
 
 def stored_message(message: message_pb2.Message, session_id: str, seq: int,

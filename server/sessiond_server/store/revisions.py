@@ -17,17 +17,35 @@ from sessiond.v1 import event_pb2, message_pb2, session_pb2
 from .interface import Change
 
 
-def compaction_target(head: int, keep_revisions: int, newest_aged: int | None) -> int:
+def compaction_target(head: int, keep_revisions: int, newest_aged: int | None,
+                      newest_over_bytes: int | None = None) -> int:
     """The highest revision compaction may drop.
 
-    The newest ``keep_revisions`` revisions are always kept, so a subscriber
-    can fall that far behind; older ones go once they are older than the age
+    The newest ``keep_revisions`` revisions are kept, so a subscriber can
+    fall that far behind; older ones go once they are older than the age
     bound (``newest_aged`` is the newest revision older than it, None when the
-    age bound is off). With both bounds off nothing is dropped.
+    age bound is off). With both bounds off nothing is dropped by them.
+
+    Beside count and age, the byte budget: ``newest_over_bytes`` is the newest
+    revision at which the log, summed from the head down, holds more bytes of
+    events than the budget (None when the budget is off or not reached). It
+    and everything older go whatever count and age say, since the budget is
+    what keeps the disk bounded; the head revision itself always stays.
     """
     by_count = head - keep_revisions if keep_revisions > 0 else None
     candidates = [t for t in (by_count, newest_aged) if t is not None]
-    return max(0, min(candidates)) if candidates else 0
+    target = max(0, min(candidates)) if candidates else 0
+    if newest_over_bytes:
+        target = max(target, min(newest_over_bytes, head - 1))
+    return target
+
+
+# The newest revision at which the change log, summed from the newest revision
+# down, holds more than the byte budget (one parameter); 0 when within it.
+# Every backend runs it as written, with its own placeholder.
+NEWEST_OVER_BYTES_SQL = (
+    "SELECT coalesce(max(revision), 0) FROM (SELECT revision, sum(length(event))"
+    " OVER (ORDER BY revision DESC) AS newer FROM changes) AS log WHERE newer > {budget}")
 
 
 class ChangeRecorder:

@@ -6,6 +6,15 @@ through :class:`~.sqlite_writer.Writer` (group commit, one revision per
 write, change log in the same transaction). Reads run on a small pool of
 read-only aiosqlite connections, each read in its own transaction (one
 snapshot); WAL lets them proceed while the writer commits.
+
+Several processes may serve one file (``sessiond serve --workers N``), each a
+replica exactly as PostgreSQL replicas are: writers take the cross-process
+write lock (:class:`~.sqlite_writer.WriteLock`, ``<database>.write-lock``)
+and read the revision inside it, and each replica's listeners are fed by the
+change feed every backend shares (``feed.py``). What SQLite adds is how a
+replica is notified (:class:`DatagramNotifier`): after each commit a
+datagram to every other replica of the file, which may be lost (the poll
+and the change log make up for it).
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import socket
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -24,9 +35,9 @@ from sessiond.v1 import event_pb2, session_pb2
 
 from .dialect import SQLITE
 from .errors import Unavailable
-from .interface import Change
-from .logic import ORDER_COLUMNS, StoreLogic
-from .revisions import compaction_target
+from .feed import Heard, ReplicaFeed
+from .logic import ORDER_COLUMNS
+from .revisions import NEWEST_OVER_BYTES_SQL, compaction_target
 from .sqlite_schema import (
     MIGRATIONS,
     ROLLUP_KEY,
@@ -38,7 +49,7 @@ from .sqlite_schema import (
     USAGE_SUMS,
     register_search_functions,
 )
-from .sqlite_writer import WriteContext, Writer
+from .sqlite_writer import WriteContext, WriteLock, Writer
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +83,20 @@ class AioSQLiteStatements:
         raise sqlite3.OperationalError("a read transaction does not write")
 
 
-class SQLiteStore(StoreLogic):
-    """The SessionStore on one SQLite file."""
+def replicas_directory(database: Path) -> Path:
+    """Where each replica of ``database`` registers to be notified of commits."""
+    return Path(f"{database}.replicas")
+
+
+def write_lock_path(database: Path) -> Path:
+    return Path(f"{database}.write-lock")
+
+
+class SQLiteStore(ReplicaFeed):
+    """The SessionStore on one SQLite file (shared by any number of local replicas)."""
 
     dialect = SQLITE
+    feed_errors = (OSError, sqlite3.Error, Unavailable)
 
     def __init__(
         self,
@@ -86,9 +107,12 @@ class SQLiteStore(StoreLogic):
         durability: str = "full",
         readers: int = 4,
         max_batch: int = 256,
+        poll_interval_seconds: float = 1.0,
     ) -> None:
         super().__init__(clock, abandoned_after_seconds, max_batch)
         self.path = Path(path)
+        self._init_feed(DatagramNotifier(replicas_directory(self.path)), poll_interval_seconds)
+        self._lock: WriteLock | None = None
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
         self._durability = durability
@@ -98,6 +122,11 @@ class SQLiteStore(StoreLogic):
         self._writer: Writer | None = None
         self.recovered_wal = False
         self._recycling: set[asyncio.Task[None]] = set()
+
+    @property
+    def write_lock(self) -> WriteLock | None:
+        """The cross-process write lock, with the seconds spent waiting for and holding it."""
+        return self._lock
 
     # Life cycle.
     def _connect_writer(self) -> sqlite3.Connection:
@@ -111,18 +140,33 @@ class SQLiteStore(StoreLogic):
         return conn
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._migrate)
-        for _ in range(self._reader_count):
-            conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
-            await conn.execute("PRAGMA query_only = 1")
-            self._all_readers.append(conn)
-            self._readers.put_nowait(conn)
-        self._writer = Writer(self._connect_writer, self._clock, self._max_batch,
-                              self._committed)
-        await self._writer.start()
-
-    def _migrate(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = WriteLock(str(write_lock_path(self.path)))
+        try:
+            await asyncio.to_thread(self._migrate, self._lock)
+            for _ in range(self._reader_count):
+                conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
+                await conn.execute("PRAGMA query_only = 1")
+                self._all_readers.append(conn)
+                self._readers.put_nowait(conn)
+            await self._open_feed()
+            self._writer = Writer(self._connect_writer, self._clock, self._max_batch,
+                                  self._publish_now, self._lock)
+            await self._writer.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    def _migrate(self, lock: WriteLock) -> None:
+        # Under the write lock: replicas starting together migrate one at a time.
+        lock.acquire()
+        try:
+            self._migrate_locked()
+        finally:
+            lock.release()
+        # What this replica delivers starts here; the feed reads on from it.
+
+    def _migrate_locked(self) -> None:
         wal = Path(f"{self.path}-wal")
         self.recovered_wal = wal.exists() and wal.stat().st_size > 0
         conn = sqlite3.connect(self.path, isolation_level=None)
@@ -159,21 +203,23 @@ class SQLiteStore(StoreLogic):
             conn.close()
 
     async def close(self) -> None:
-        # Readers first: the last connection to close checkpoints and removes the
-        # write-ahead log, and a read-only one cannot, which would leave a WAL that
-        # the next start mistakes for the trace of a crash.
+        # The writer first (its last commits may need the readers to be published),
+        # then the feed and the readers.
+        if self._writer is not None:
+            await self._writer.close()
+        await self._close_feed()
         for conn in self._all_readers:
             await conn.close()
         self._all_readers.clear()
+        if self._lock is not None:
+            self._lock.close()
+        # The last connection to close checkpoints and removes the write-ahead log;
+        # a read-only one cannot, which would leave a WAL that the next start
+        # mistakes for the trace of a crash. So one writable connection closes last
+        # (it removes the log only if no other replica still has the file open).
         if self._writer is not None:
-            await self._writer.close()
-
-    def _committed(self, revision: int, changes: list[Change]) -> None:
-        self._revision = revision
-        if changes:
-            for listener in self._listeners:
-                listener(changes)
-
+            with contextlib.suppress(sqlite3.Error):
+                await asyncio.to_thread(_close_last, self.path)
 
     @contextlib.asynccontextmanager
     async def _snapshot(self) -> AsyncIterator[AioSQLiteStatements]:
@@ -207,7 +253,8 @@ class SQLiteStore(StoreLogic):
 
 
     # Change log.
-    async def compact(self, keep_revisions: int, max_age_seconds: float) -> int:
+    async def compact(self, keep_revisions: int, max_age_seconds: float,
+                      max_bytes: int = 0) -> int:
         def write(ctx: WriteContext) -> int:
             aged: int | None = None
             if max_age_seconds > 0:
@@ -215,7 +262,9 @@ class SQLiteStore(StoreLogic):
                 aged = int(ctx.conn.execute(
                     "SELECT coalesce(max(revision), 0) FROM changes WHERE created_at < ?",
                     (cutoff,)).fetchone()[0])
-            target = compaction_target(ctx.revision, keep_revisions, aged)
+            over_bytes = int(ctx.conn.execute(NEWEST_OVER_BYTES_SQL.format(budget="?"),
+                                              (max_bytes,)).fetchone()[0]) if max_bytes else None
+            target = compaction_target(ctx.revision, keep_revisions, aged, over_bytes)
             current = int(ctx.conn.execute(
                 "SELECT value FROM meta WHERE key = 'compacted_revision'").fetchone()[0])
             if target <= current:
@@ -262,6 +311,105 @@ class SQLiteStore(StoreLogic):
                 for key in sorted(expected.keys() | actual.keys())
                 if expected.get(key) != actual.get(key))
         return problems
+
+
+def _close_last(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("SELECT count(*) FROM meta").fetchone()  # opens the file and its log
+    finally:
+        conn.close()
+
+
+class DatagramNotifier:
+    """How SQLite replicas of one file tell each other of commits: datagrams.
+
+    Each replica binds a datagram socket in Linux's abstract namespace and
+    registers it by an empty file in ``<database>.replicas/`` (so no socket
+    path length limit applies, and no socket file outlives its process).
+    After each commit it sends the revision to every registered replica but
+    itself; a name nobody is bound to any more (a replica that died) is
+    removed. A datagram that cannot be sent (a full buffer) is lost: the
+    receiver's poll reads the change log anyway.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._sock: socket.socket | None = None
+        self._name = ""
+        self._prefix = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def _address(self, name: str) -> str:
+        return f"\0{self._prefix}{name}"
+
+    async def open(self, heard: Heard, lost: Callable[[], None]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        found = self.directory.stat()
+        self._prefix = f"sessiond-{found.st_dev:x}-{found.st_ino:x}-"
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(self._address(name))
+            (self.directory / name).touch()
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self._name = sock, name
+        self._loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            newest: int | None = 0
+            while True:
+                try:
+                    data = sock.recv(64)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    lost()
+                    return
+                try:
+                    announced = int(data)
+                    newest = None if newest is None else max(newest, announced)
+                except ValueError:
+                    newest = None
+            if newest != 0:
+                heard(newest)
+
+        self._loop.add_reader(sock.fileno(), readable)
+
+    def announce(self, revision: int) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        payload = str(revision).encode()
+        try:
+            names = [e.name for e in os.scandir(self.directory) if e.name != self._name]
+        except OSError:
+            return
+        for name in names:
+            try:
+                sock.sendto(payload, self._address(name))
+            except ConnectionRefusedError:  # nobody bound: that replica is gone
+                with contextlib.suppress(OSError):
+                    (self.directory / name).unlink()
+            except OSError:
+                pass  # a full buffer: that replica's poll reads the log anyway
+
+    async def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(sock.fileno())
+        sock.close()
+        with contextlib.suppress(OSError):
+            (self.directory / self._name).unlink()
 
 
 def _split_sql(script: str) -> list[str]:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from . import group_commit
@@ -37,7 +39,11 @@ T = TypeVar("T")
 #: What this backend's write functions get.
 WriteContext = group_commit.WriteContext[sqlite3.Connection]
 
-__all__ = ["SQLiteStatements", "WriteContext", "Writer"]
+__all__ = ["SQLiteStatements", "WriteContext", "WriteLock", "Writer"]
+
+#: Told on the event loop after each commit that changed something: (last
+#: revision, changes); an awaitable when the callers must wait for it.
+OnCommit = Callable[[int, list[Change]], "Awaitable[None] | None"]
 
 CHANGES_SQL = ("INSERT INTO changes (revision, idx, tenant, owner_id, dataset_id, created_at,"
                " event) VALUES (?, ?, ?, ?, ?, ?, ?)")
@@ -62,16 +68,60 @@ class SQLiteStatements:
         self.conn.executemany(sql, rows)
 
 
+class WriteLock:
+    """The cross-process write lock: a blocking ``flock`` on a file beside the database.
+
+    Every process that writes the file (each ``--workers`` replica) takes it
+    on its writer thread before ``BEGIN IMMEDIATE`` and gives it back after
+    COMMIT or ROLLBACK, so the kernel wakes the next writer at once instead of
+    SQLite's busy handler sleeping and retrying. It also counts the seconds
+    spent waiting for it and holding it (what serialises the replicas' writes).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._taken = 0.0
+        self.held = False
+        self.wait_seconds = 0.0
+        self.held_seconds = 0.0
+
+    def acquire(self) -> None:
+        """Wait for the lock (at once if this writer holds it already)."""
+        if self.held:
+            return
+        began = time.perf_counter()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._taken = time.perf_counter()
+        self.wait_seconds += self._taken - began
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self.held = False
+            self.held_seconds += time.perf_counter() - self._taken
+
+    def close(self) -> None:
+        self.release()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class SQLiteBatch:
     """The group-commit hooks on the writer's connection."""
 
     changes_sql = CHANGES_SQL
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, lock: WriteLock) -> None:
         self.conn = conn
         self.tx = SQLiteStatements(conn)
+        self.lock = lock
 
     async def begin(self) -> int:
+        # The revision is read inside the lock: another replica may have moved it.
+        self.lock.acquire()
         self.conn.execute("BEGIN IMMEDIATE")
         return int(self.conn.execute("SELECT value FROM meta WHERE key = 'revision'")
                    .fetchone()[0])
@@ -94,10 +144,14 @@ class SQLiteBatch:
 
     async def commit(self) -> None:
         self.conn.execute("COMMIT")
+        self.lock.release()
 
     async def rollback(self) -> None:
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        finally:
+            self.lock.release()
 
     def is_database_error(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.Error)
@@ -114,9 +168,11 @@ class Writer:
         connect: Callable[[], sqlite3.Connection],
         clock: Callable[[], int],
         max_batch: int,
-        on_commit: Callable[[int, list[Change]], None],
+        on_commit: OnCommit,
+        lock: WriteLock,
     ) -> None:
         self._connect = connect
+        self.lock = lock
         self._clock = clock
         self._max_batch = max(1, max_batch)
         self._on_commit = on_commit
@@ -124,6 +180,7 @@ class Writer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._publishing: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.writes = 0
         # Called on the writer thread after each commit with (writes in the
@@ -166,13 +223,17 @@ class Writer:
             self._loop.call_soon_threadsafe(opened.set_exception, exc)
             return
         self._loop.call_soon_threadsafe(opened.set_result, None)
-        hooks = SQLiteBatch(conn)
+        hooks = SQLiteBatch(conn, self.lock)
         try:
             stopping = False
             while not stopping:
                 job = self._queue.get()
                 if job is None:
                     break
+                # The lock first, then the batch: writes that queue while another
+                # replica holds the lock join this batch (the commit releases it).
+                with contextlib.suppress(OSError):  # begin tries again, fails cleanly
+                    self.lock.acquire()
                 batch, stopping = take_batch(job, self._queue.get_nowait, self._max_batch)
                 began = time.perf_counter()
                 try:
@@ -184,6 +245,7 @@ class Writer:
                             conn.execute("ROLLBACK")
                     failure = Unavailable("the write batch failed")
                     result = BatchResult([(job, None, failure) for job in batch], 0, [], False)
+                self.lock.release()  # whatever ended the batch (commit and rollback already do)
                 if result.committed:
                     self._observe(len(batch), time.perf_counter() - began)
                 self._answer(result)
@@ -208,6 +270,20 @@ class Writer:
     def _deliver(self, result: BatchResult) -> None:
         # Listeners first, so that a caller who watches from its write's
         # revision + 1 right after the answer finds the hub already there.
+        assert self._loop is not None
         if result.last_revision:
-            self._on_commit(result.last_revision, result.changes)
+            pending = self._on_commit(result.last_revision, result.changes)
+            if pending is not None:  # revisions of other replicas to deliver first
+                task = self._loop.create_task(self._settle_after(pending, result))
+                self._publishing.add(task)
+                task.add_done_callback(self._publishing.discard)
+                return
+        settle(result.outcomes)
+
+    async def _settle_after(self, pending: Awaitable[None], result: BatchResult) -> None:
+        try:
+            await pending
+        except Exception:
+            log.exception("publishing revision %d failed; the change feed will catch up",
+                          result.last_revision)
         settle(result.outcomes)

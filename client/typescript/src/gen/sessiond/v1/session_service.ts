@@ -498,7 +498,11 @@ export interface PurgeSessionsRequest {
    * the most recently active.
    */
   keepNewest: bigint;
-  /** statuses limits the purge to these effective statuses; empty means any. */
+  /**
+   * statuses limits the purge to these effective statuses; empty means any.
+   * At most 100 values (the max_filter_values limit); more is
+   * INVALID_ARGUMENT naming the field and the limit.
+   */
   statuses: SessionStatus[];
   /** dry_run counts what would be removed without removing it. */
   dryRun: boolean;
@@ -521,7 +525,12 @@ export interface PurgeSessionsResponse {
  * WatchFilter selects the events of WatchSessions. Every set field must
  * match; a repeated field matches any of its values. Session fields are
  * matched against the session as it is after the change; deletion events
- * match on session_ids only (and pass when session_ids is empty).
+ * match on session_ids only (and pass when session_ids is empty). Each
+ * repeated field holds at most 100 values (the server's max_filter_values
+ * limit) and labels at most 64 pairs (max_labels, as many as a session may
+ * carry); more is INVALID_ARGUMENT naming the field and the limit, checked
+ * before anything else. The filter is compiled once per call, so its cost
+ * per event does not grow with the number of values.
  */
 export interface WatchFilter {
   /** session_ids matches these sessions. */
@@ -594,8 +603,11 @@ export interface WatchSessionsResponse {
     | undefined;
   /**
    * fragment is true when this EVENTS response carries only part of one
-   * revision, because the whole revision would exceed the response bound
-   * (1 MiB of events; one event is always smaller, see SessionEvent). The
+   * revision, because the whole revision would exceed the response bound:
+   * every response carries at most 1 MiB of events (the server setting
+   * watch_response_bytes; one event is always smaller under the default
+   * limits, see SessionEvent, and is sent alone if raised limits make it
+   * larger). A response otherwise holds as many whole revisions as fit. The
    * parts of a revision follow one another with no other response between
    * them: every part but the last has fragment = true, the last has
    * fragment = false, and all carry the same revision. A client joins them
@@ -4124,7 +4136,11 @@ export const SessionServiceService = {
    * (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
    * is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
    * watches are open; UNAVAILABLE when the server shuts down (after a
-   * PROGRESS response with the last revision examined).
+   * PROGRESS response with the last revision examined). Responses are
+   * bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+   * server reads the next part of the change log for a stream only once the
+   * client has taken what it sent, so a client that stops reading holds only
+   * a small, bounded amount of server memory and delays no one else.
    */
   watchSessions: {
     path: "/sessiond.v1.SessionService/WatchSessions" as const,
@@ -4249,7 +4265,11 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
    * (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
    * is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
    * watches are open; UNAVAILABLE when the server shuts down (after a
-   * PROGRESS response with the last revision examined).
+   * PROGRESS response with the last revision examined). Responses are
+   * bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+   * server reads the next part of the change log for a stream only once the
+   * client has taken what it sent, so a client that stops reading holds only
+   * a small, bounded amount of server memory and delays no one else.
    */
   watchSessions: handleServerStreamingCall<WatchSessionsRequest, WatchSessionsResponse>;
   /**
@@ -4499,7 +4519,11 @@ export interface SessionServiceClient extends Client {
    * (REVISION_COMPACTED, metadata "compacted_revision") when start_revision
    * is older than the oldest revision kept; RESOURCE_EXHAUSTED when too many
    * watches are open; UNAVAILABLE when the server shuts down (after a
-   * PROGRESS response with the last revision examined).
+   * PROGRESS response with the last revision examined). Responses are
+   * bounded in bytes (see WatchSessionsResponse.fragment). Flow control: the
+   * server reads the next part of the change log for a stream only once the
+   * client has taken what it sent, so a client that stops reading holds only
+   * a small, bounded amount of server memory and delays no one else.
    */
   watchSessions(
     request: WatchSessionsRequest,
