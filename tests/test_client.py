@@ -310,6 +310,12 @@ def test_retry_rule_covers_usage_and_runtime_calls() -> None:
     assert errors.retry_is_safe(session_service_pb2.TouchSessionRequest())
     assert errors.retry_is_safe(session_service_pb2.ForkSessionRequest(new_session_id="f"))
     assert not errors.retry_is_safe(session_service_pb2.ForkSessionRequest())
+    assert errors.retry_is_safe(message_service_pb2.DeleteMessagesRequest(up_to_seq=3))
+    assert errors.retry_is_safe(message_service_pb2.ReplaceMessagesRequest(
+        messages=[message_pb2.Message(id="m1")]))
+    assert errors.retry_is_safe(message_service_pb2.ReplaceMessagesRequest())
+    assert not errors.retry_is_safe(message_service_pb2.ReplaceMessagesRequest(
+        messages=[message_pb2.Message(id="m1"), message_pb2.Message()]))
     assert not errors.retry_is_safe(message_service_pb2.PopMessageRequest())
     assert not errors.retry_is_safe(message_service_pb2.ClearMessagesRequest())
     assert not errors.retry_is_safe(session_service_pb2.PurgeSessionsRequest())

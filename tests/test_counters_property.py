@@ -124,6 +124,11 @@ operations = hs.lists(
             hs.sampled_from(["none", "new", "repeat"]),
         ),
         hs.tuples(hs.just("fork"), hs.integers(0, 9), hs.integers(0, 50)),
+        hs.tuples(
+            hs.just("replace"), hs.integers(0, 9), hs.integers(0, 50),
+            hs.lists(new_message, max_size=3),
+        ),
+        hs.tuples(hs.just("delete"), hs.integers(0, 9), hs.integers(0, 50)),
     ),
     min_size=1,
     max_size=18,
@@ -250,6 +255,48 @@ class Run:
         assert answer.removed_count == len(model.messages)
         assert (answer.revision == 0) == (not model.messages)
         model.messages.clear()
+        self.check_session(model, answer.session)
+
+    async def replace(self, target: int, keep: int, items) -> None:
+        """ReplaceMessages after the first ``keep`` messages (all of them at most)."""
+        model = self.pick(target)
+        keep = keep % (len(model.messages) + 1)
+        after_seq = model.messages[keep - 1].seq if keep else 0
+        request: list[mp.Message] = []
+        staged: list[ModelMessage] = []
+        for _, role, content, calls, has_id in items:
+            calls = calls if role == mp.ROLE_ASSISTANT else 0
+            message = ModelMessage(seq=model.highest_seq + len(staged) + 1,
+                                   id=self.fresh_id("m") if has_id else "", role=role,
+                                   content=content, tool_calls=calls)
+            request.append(mp.Message(
+                id=message.id, role=role, content=content,
+                tool_calls=[mp.ToolCall(id=f"c{i}", name="t") for i in range(calls)]))
+            staged.append(message)
+        answer = await self.server.messages.ReplaceMessages(ms.ReplaceMessagesRequest(
+            session_id=model.id, after_seq=after_seq, messages=request,
+            expected_last_seq=model.highest_seq))
+        removed = len(model.messages) - keep
+        assert answer.removed_count == removed
+        assert (answer.revision == 0) == (not removed and not staged)
+        model.messages[keep:] = staged
+        model.highest_seq += len(staged)
+        assert [(m.seq, m.id) for m in answer.messages] == [(m.seq, m.id) for m in staged]
+        self.check_session(model, answer.session)
+
+    async def delete(self, target: int, upto: int) -> None:
+        """DeleteMessages up to the seq of one of the messages (or last_seq when none)."""
+        model = self.pick(target)
+        if not model.highest_seq:
+            return
+        kept = model.messages
+        up_to_seq = kept[upto % len(kept)].seq if kept else model.highest_seq
+        answer = await self.server.messages.DeleteMessages(
+            ms.DeleteMessagesRequest(session_id=model.id, up_to_seq=up_to_seq))
+        removed = sum(1 for m in kept if m.seq <= up_to_seq)
+        assert answer.removed_count == removed
+        assert (answer.revision == 0) == (not removed)
+        model.messages = [m for m in kept if m.seq > up_to_seq]
         self.check_session(model, answer.session)
 
     async def usage(self, target, model_name, counters, share, errored, request_kind) -> None:

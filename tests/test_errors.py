@@ -58,6 +58,12 @@ def calls_on_a_session(sid: str):
         "ClearMessages": lambda s: s.messages.ClearMessages(
             ms.ClearMessagesRequest(session_id=sid)
         ),
+        "ReplaceMessages": lambda s: s.messages.ReplaceMessages(
+            ms.ReplaceMessagesRequest(session_id=sid, expected_last_seq=0)
+        ),
+        "DeleteMessages": lambda s: s.messages.DeleteMessages(
+            ms.DeleteMessagesRequest(session_id=sid, up_to_seq=1)
+        ),
         "RecordUsage": lambda s: s.stats.RecordUsage(
             st.RecordUsageRequest(session_id=sid, model="m", usage=sp.Usage(prompt_tokens=1))
         ),
@@ -76,6 +82,8 @@ REQUIRED_ID_FIELD = {
     "PopMessage": "session_id",
     "UpdateLastMessage": "session_id",
     "ClearMessages": "session_id",
+    "ReplaceMessages": "session_id",
+    "DeleteMessages": "session_id",
     "RecordUsage": "session_id",
 }
 

@@ -978,6 +978,46 @@ class ChangeLogWriter:
         self._seen(response.revision, response.session)
         return response
 
+    async def replace(
+        self, session_id: str, after_seq: int, *contents: str, expected_last_seq: int
+    ) -> message_service_pb2.ReplaceMessagesResponse:
+        revives = self._revives(session_id)
+        response = await self.messages.ReplaceMessages(
+            message_service_pb2.ReplaceMessagesRequest(
+                session_id=session_id, after_seq=after_seq, expected_last_seq=expected_last_seq,
+                messages=[message_pb2.Message(role=message_pb2.ROLE_ASSISTANT, content=c)
+                          for c in contents],
+            )
+        )
+        if response.revision:
+            self.log.expect(
+                response.revision,
+                session_id,
+                event_pb2.EVENT_TYPE_MESSAGES_REPLACED,
+                response.session,
+                exact=not revives,
+            )
+        self._seen(response.revision, response.session)
+        return response
+
+    async def delete_up_to(
+        self, session_id: str, up_to_seq: int
+    ) -> message_service_pb2.DeleteMessagesResponse:
+        revives = self._revives(session_id)
+        response = await self.messages.DeleteMessages(
+            message_service_pb2.DeleteMessagesRequest(session_id=session_id, up_to_seq=up_to_seq)
+        )
+        if response.revision:
+            self.log.expect(
+                response.revision,
+                session_id,
+                event_pb2.EVENT_TYPE_MESSAGES_DELETED,
+                response.session,
+                exact=not revives,
+            )
+        self._seen(response.revision, response.session)
+        return response
+
     async def record_usage(
         self,
         session_id: str,

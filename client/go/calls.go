@@ -66,6 +66,16 @@ func (c *Client) PurgeSessions(ctx context.Context, req *v1.PurgeSessionsRequest
 	return invoke(ctx, c, req, c.sessions.PurgeSessions)
 }
 
+// GetSharedState reads the state shared by an application or one of its users; retried on UNAVAILABLE.
+func (c *Client) GetSharedState(ctx context.Context, req *v1.GetSharedStateRequest) (*v1.GetSharedStateResponse, error) {
+	return invoke(ctx, c, req, c.sessions.GetSharedState)
+}
+
+// UpdateSharedState changes shared state (compare-and-set with etag); retried on UNAVAILABLE.
+func (c *Client) UpdateSharedState(ctx context.Context, req *v1.UpdateSharedStateRequest) (*v1.UpdateSharedStateResponse, error) {
+	return invoke(ctx, c, req, c.sessions.UpdateSharedState)
+}
+
 // AppendMessages appends messages (idempotent by message id); retried on UNAVAILABLE when every message has an id.
 func (c *Client) AppendMessages(ctx context.Context, req *v1.AppendMessagesRequest) (*v1.AppendMessagesResponse, error) {
 	return invoke(ctx, c, req, c.messages.AppendMessages)
@@ -94,6 +104,16 @@ func (c *Client) ClearMessages(ctx context.Context, req *v1.ClearMessagesRequest
 // SearchMessages searches message text; retried on UNAVAILABLE.
 func (c *Client) SearchMessages(ctx context.Context, req *v1.SearchMessagesRequest) (*v1.SearchMessagesResponse, error) {
 	return invoke(ctx, c, req, c.messages.SearchMessages)
+}
+
+// ReplaceMessages replaces every message after a seq (compaction); retried on UNAVAILABLE when every message has an id.
+func (c *Client) ReplaceMessages(ctx context.Context, req *v1.ReplaceMessagesRequest) (*v1.ReplaceMessagesResponse, error) {
+	return invoke(ctx, c, req, c.messages.ReplaceMessages)
+}
+
+// DeleteMessages removes every message up to a seq; retried on UNAVAILABLE.
+func (c *Client) DeleteMessages(ctx context.Context, req *v1.DeleteMessagesRequest) (*v1.DeleteMessagesResponse, error) {
+	return invoke(ctx, c, req, c.messages.DeleteMessages)
 }
 
 // RecordUsage adds token and cost usage (idempotent on request_id); retried on UNAVAILABLE when request_id is set.

@@ -54,7 +54,8 @@ func RetryIsSafe(req proto.Message) bool {
 	switch r := req.(type) {
 	case *v1.GetSessionRequest, *v1.ListSessionsRequest, *v1.ListMessagesRequest,
 		*v1.SearchMessagesRequest, *v1.GetStatsRequest, *v1.CostByModelRequest,
-		*v1.TouchSessionRequest, *v1.EndSessionRequest, *v1.SetRuntimeStateRequest:
+		*v1.TouchSessionRequest, *v1.EndSessionRequest, *v1.SetRuntimeStateRequest,
+		*v1.GetSharedStateRequest, *v1.UpdateSharedStateRequest, *v1.DeleteMessagesRequest:
 		return true
 	case *v1.CreateSessionRequest:
 		return r.GetSession().GetId() != ""
@@ -74,6 +75,13 @@ func RetryIsSafe(req proto.Message) bool {
 		return true
 	case *v1.RecordUsageRequest:
 		return r.GetRequestId() != ""
+	case *v1.ReplaceMessagesRequest:
+		for _, m := range r.GetMessages() {
+			if m.GetId() == "" {
+				return false
+			}
+		}
+		return true
 	}
 	return false
 }

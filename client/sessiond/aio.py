@@ -24,7 +24,8 @@ The request-building helpers live in ``sessiond.requests``, shared with the sync
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -34,7 +35,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from sessiond.channel import channel_options
-from sessiond.errors import Unavailable, error_from_rpc_error, retry_is_safe
+from sessiond.errors import DeadlineExceeded, Unavailable, error_from_rpc_error, retry_is_safe
 from sessiond.requests import (
     FieldMaskLike,
     TimestampLike,
@@ -66,6 +67,44 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
 
+class _LoopChannel:
+    """One event loop's channel and the stubs over it."""
+
+    def __init__(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None,
+        options: Sequence[tuple[str, Any]],
+    ) -> None:
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self.sessions = session_service_pb2_grpc.SessionServiceStub(self.channel)
+        self.messages = message_service_pb2_grpc.MessageServiceStub(self.channel)
+        self.stats = stats_service_pb2_grpc.StatsServiceStub(self.channel)
+
+
+async def _within(seconds: float, call: grpc.aio.UnaryUnaryCall[Any, ResponseT]) -> ResponseT:
+    """Await a unary call for at most ``seconds`` of the event loop's clock.
+
+    gRPC turns a ``timeout=`` into a deadline on ``time.time()``, so a
+    process whose wall clock is frozen or stepped (tests that patch
+    ``time.time``, a clock adjusted by NTP) sees calls expire at once or
+    never. The client keeps its deadline on the loop's monotonic clock
+    instead and cancels the call when it passes; the server sees the
+    cancellation and stops the call's work.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            return await call
+    except TimeoutError:
+        call.cancel()
+        raise DeadlineExceeded(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {seconds:.3f} s"
+        ) from None
+
+
 class AsyncClient:
     """A sessiond client for asyncio code.
 
@@ -89,20 +128,44 @@ class AsyncClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=channel_options(options))
-        else:
-            self._channel = grpc.aio.secure_channel(target, credentials,
-                                                 options=channel_options(options))
         self.target = target
+        self._credentials = credentials
+        self._options = channel_options(options)
         self._metadata = auth_metadata(token)
         self._timeout = timeout
         self._max_retries = max_retries
         self._backoff = retry_backoff if retry_backoff is not None else Backoff()
         self._sleep = sleep
-        self._sessions = session_service_pb2_grpc.SessionServiceStub(self._channel)
-        self._messages = message_service_pb2_grpc.MessageServiceStub(self._channel)
-        self._stats = stats_service_pb2_grpc.StatsServiceStub(self._channel)
+        # A grpc.aio channel belongs to the event loop it was made on; the
+        # client makes one per loop on first use, so one client serves
+        # several threads that each run their own loop (and a loop that is
+        # closed takes its channel with it).
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopChannel] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._per_loop_lock = threading.Lock()
+
+    def _loop_channel(self) -> _LoopChannel:
+        """The channel and stubs of the running event loop, made on first use."""
+        loop = asyncio.get_running_loop()
+        with self._per_loop_lock:
+            bound = self._per_loop.get(loop)
+            if bound is None:
+                bound = _LoopChannel(self.target, self._credentials, self._options)
+                self._per_loop[loop] = bound
+            return bound
+
+    @property
+    def _sessions(self) -> session_service_pb2_grpc.SessionServiceAsyncStub:
+        return self._loop_channel().sessions
+
+    @property
+    def _messages(self) -> message_service_pb2_grpc.MessageServiceAsyncStub:
+        return self._loop_channel().messages
+
+    @property
+    def _stats(self) -> stats_service_pb2_grpc.StatsServiceAsyncStub:
+        return self._loop_channel().stats
 
     async def __aenter__(self) -> Self:
         return self
@@ -116,8 +179,15 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
-        await self._channel.close(None)
+        """Close the running loop's channel; calls in flight on it are cancelled.
+
+        Channels the client made on other event loops are closed with their
+        loops (call ``close()`` on each loop to close them sooner).
+        """
+        with self._per_loop_lock:
+            bound = self._per_loop.pop(asyncio.get_running_loop(), None)
+        if bound is not None:
+            await bound.channel.close(None)
 
     async def _call(
         self,
@@ -127,19 +197,20 @@ class AsyncClient:
     ) -> ResponseT:
         """Send one unary call with deadline, retries and error conversion."""
         budget = self._timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
         may_retry = retry_is_safe(request)
         attempt = 0
         while True:
-            remaining = max(deadline - time.monotonic(), 0.0)
+            remaining = max(deadline - loop.time(), 0.0)
             try:
-                return await method(request, timeout=remaining, metadata=self._metadata)
+                return await _within(remaining, method(request, metadata=self._metadata))
             except grpc.RpcError as rpc_error:
                 error = error_from_rpc_error(rpc_error)
                 if not (may_retry and isinstance(error, Unavailable)):
                     raise error from rpc_error
                 delay = self._backoff.delay(attempt)
-                if attempt >= self._max_retries or time.monotonic() + delay >= deadline:
+                if attempt >= self._max_retries or loop.time() + delay >= deadline:
                     raise error from rpc_error
             attempt += 1
             await self._sleep(delay)
@@ -423,6 +494,41 @@ class AsyncClient:
         finally:
             call.cancel()
 
+    async def get_shared_state(
+        self,
+        request: session_service_pb2.GetSharedStateRequest | None = None,
+        *,
+        app: str | None = None,
+        user_id: str | None = None,
+        timeout: float | None = None,
+    ) -> session_service_pb2.GetSharedStateResponse:
+        """GetSharedState."""
+        request = build_request(
+            session_service_pb2.GetSharedStateRequest, request, app=app, user_id=user_id
+        )
+        return await self._call(self._sessions.GetSharedState, request, timeout)
+
+    async def update_shared_state(
+        self,
+        request: session_service_pb2.UpdateSharedStateRequest | None = None,
+        *,
+        app: str | None = None,
+        user_id: str | None = None,
+        delta: session_pb2.StateDelta | None = None,
+        etag: str | None = None,
+        timeout: float | None = None,
+    ) -> session_service_pb2.UpdateSharedStateResponse:
+        """UpdateSharedState; retried on UNAVAILABLE (a delta applied twice is applied once)."""
+        request = build_request(
+            session_service_pb2.UpdateSharedStateRequest,
+            request,
+            app=app,
+            user_id=user_id,
+            delta=delta,
+            etag=etag,
+        )
+        return await self._call(self._sessions.UpdateSharedState, request, timeout)
+
     # MessageService
 
     async def append_messages(
@@ -432,6 +538,8 @@ class AsyncClient:
         session_id: str | None = None,
         messages: Sequence[message_pb2.Message] | None = None,
         expected_last_seq: int | None = None,
+        state_delta: session_pb2.StateDelta | None = None,
+        shared_state_deltas: Sequence[session_pb2.SharedStateDelta] | None = None,
         timeout: float | None = None,
     ) -> message_service_pb2.AppendMessagesResponse:
         """AppendMessages; retried on UNAVAILABLE when every message has an id."""
@@ -441,6 +549,8 @@ class AsyncClient:
             session_id=session_id,
             messages=messages,
             expected_last_seq=expected_last_seq,
+            state_delta=state_delta,
+            shared_state_deltas=shared_state_deltas,
         )
         return await self._call(self._messages.AppendMessages, request, timeout)
 
@@ -576,6 +686,48 @@ class AsyncClient:
             page_token=page_token,
         )
         return await self._call(self._messages.SearchMessages, request, timeout)
+
+    async def replace_messages(
+        self,
+        request: message_service_pb2.ReplaceMessagesRequest | None = None,
+        *,
+        session_id: str | None = None,
+        after_seq: int | None = None,
+        messages: Sequence[message_pb2.Message] | None = None,
+        expected_last_seq: int | None = None,
+        etag: str | None = None,
+        timeout: float | None = None,
+    ) -> message_service_pb2.ReplaceMessagesResponse:
+        """ReplaceMessages; retried on UNAVAILABLE when every new message has an id."""
+        request = build_request(
+            message_service_pb2.ReplaceMessagesRequest,
+            request,
+            session_id=session_id,
+            after_seq=after_seq,
+            messages=messages,
+            expected_last_seq=expected_last_seq,
+            etag=etag,
+        )
+        return await self._call(self._messages.ReplaceMessages, request, timeout)
+
+    async def delete_messages(
+        self,
+        request: message_service_pb2.DeleteMessagesRequest | None = None,
+        *,
+        session_id: str | None = None,
+        up_to_seq: int | None = None,
+        expected_last_seq: int | None = None,
+        timeout: float | None = None,
+    ) -> message_service_pb2.DeleteMessagesResponse:
+        """DeleteMessages; retried on UNAVAILABLE (a repeat finds nothing left to delete)."""
+        request = build_request(
+            message_service_pb2.DeleteMessagesRequest,
+            request,
+            session_id=session_id,
+            up_to_seq=up_to_seq,
+            expected_last_seq=expected_last_seq,
+        )
+        return await self._call(self._messages.DeleteMessages, request, timeout)
 
     # StatsService
 

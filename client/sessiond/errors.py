@@ -193,7 +193,8 @@ def retry_is_safe(request: Message) -> bool:
     Reads are always safe. Writes are safe when the server recognises a
     repeat: a client-chosen id (session, fork, message ids, usage
     request_id), a target state that is the same on every attempt (end,
-    runtime state), or an etag that a first success would have made stale.
+    runtime state, a state delta, a history deleted up to a seq or replaced
+    by messages that all carry ids), or an etag that a first success would have made stale.
     Anything else (appends without ids, pops, clears, deletes, purges)
     could act twice, so it is never retried.
     """
@@ -208,6 +209,9 @@ def retry_is_safe(request: Message) -> bool:
             | session_service_pb2.TouchSessionRequest()
             | session_service_pb2.EndSessionRequest()
             | session_service_pb2.SetRuntimeStateRequest()
+            | message_service_pb2.DeleteMessagesRequest()
+            | session_service_pb2.GetSharedStateRequest()
+            | session_service_pb2.UpdateSharedStateRequest()
         ):
             return True
         case session_service_pb2.CreateSessionRequest():
@@ -218,6 +222,8 @@ def retry_is_safe(request: Message) -> bool:
             return bool(request.etag)
         case message_service_pb2.AppendMessagesRequest():
             return bool(request.messages) and all(message.id for message in request.messages)
+        case message_service_pb2.ReplaceMessagesRequest():
+            return all(message.id for message in request.messages)
         case stats_service_pb2.RecordUsageRequest():
             return bool(request.request_id)
         case _:

@@ -9,6 +9,7 @@ two in step: a method added to one belongs in the other.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from types import TracebackType
@@ -18,7 +19,7 @@ import grpc
 
 from sessiond.aio import DEFAULT_TARGET, RequestT, ResponseT
 from sessiond.channel import channel_options
-from sessiond.errors import Unavailable, error_from_rpc_error, retry_is_safe
+from sessiond.errors import DeadlineExceeded, Unavailable, error_from_rpc_error, retry_is_safe
 from sessiond.requests import (
     FieldMaskLike,
     TimestampLike,
@@ -44,6 +45,24 @@ from sessiond.watching import (
     WatchResponse,
     watch_sync,
 )
+
+
+def _within(seconds: float, call: grpc.Future[ResponseT]) -> ResponseT:
+    """Wait for a unary call for at most ``seconds`` of the monotonic clock.
+
+    The rule of ``sessiond.aio._within``: gRPC's own ``timeout=`` and
+    ``Future.result(timeout)`` count on ``time.time()``, which tests freeze
+    and NTP steps; the client waits on a monotonic event instead and cancels
+    the call when the time is up.
+    """
+    done = threading.Event()
+    call.add_done_callback(lambda _: done.set())
+    if not done.wait(seconds):
+        call.cancel()
+        raise DeadlineExceeded(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {seconds:.3f} s"
+        )
+    return call.result()
 
 
 class Client:
@@ -113,7 +132,7 @@ class Client:
         while True:
             remaining = max(deadline - time.monotonic(), 0.0)
             try:
-                return method(request, timeout=remaining, metadata=self._metadata)
+                return _within(remaining, method.future(request, metadata=self._metadata))
             except grpc.RpcError as rpc_error:
                 error = error_from_rpc_error(rpc_error)
                 if not (may_retry and isinstance(error, Unavailable)):
@@ -401,6 +420,41 @@ class Client:
         finally:
             call.cancel()  # type: ignore[no-untyped-call]  # grpc-stubs leaves it untyped
 
+    def get_shared_state(
+        self,
+        request: session_service_pb2.GetSharedStateRequest | None = None,
+        *,
+        app: str | None = None,
+        user_id: str | None = None,
+        timeout: float | None = None,
+    ) -> session_service_pb2.GetSharedStateResponse:
+        """GetSharedState."""
+        request = build_request(
+            session_service_pb2.GetSharedStateRequest, request, app=app, user_id=user_id
+        )
+        return self._call(self._sessions.GetSharedState, request, timeout)
+
+    def update_shared_state(
+        self,
+        request: session_service_pb2.UpdateSharedStateRequest | None = None,
+        *,
+        app: str | None = None,
+        user_id: str | None = None,
+        delta: session_pb2.StateDelta | None = None,
+        etag: str | None = None,
+        timeout: float | None = None,
+    ) -> session_service_pb2.UpdateSharedStateResponse:
+        """UpdateSharedState; retried on UNAVAILABLE (a delta applied twice is applied once)."""
+        request = build_request(
+            session_service_pb2.UpdateSharedStateRequest,
+            request,
+            app=app,
+            user_id=user_id,
+            delta=delta,
+            etag=etag,
+        )
+        return self._call(self._sessions.UpdateSharedState, request, timeout)
+
     # MessageService
 
     def append_messages(
@@ -410,6 +464,8 @@ class Client:
         session_id: str | None = None,
         messages: Sequence[message_pb2.Message] | None = None,
         expected_last_seq: int | None = None,
+        state_delta: session_pb2.StateDelta | None = None,
+        shared_state_deltas: Sequence[session_pb2.SharedStateDelta] | None = None,
         timeout: float | None = None,
     ) -> message_service_pb2.AppendMessagesResponse:
         """AppendMessages; retried on UNAVAILABLE when every message has an id."""
@@ -419,6 +475,8 @@ class Client:
             session_id=session_id,
             messages=messages,
             expected_last_seq=expected_last_seq,
+            state_delta=state_delta,
+            shared_state_deltas=shared_state_deltas,
         )
         return self._call(self._messages.AppendMessages, request, timeout)
 
@@ -553,6 +611,48 @@ class Client:
             page_token=page_token,
         )
         return self._call(self._messages.SearchMessages, request, timeout)
+
+    def replace_messages(
+        self,
+        request: message_service_pb2.ReplaceMessagesRequest | None = None,
+        *,
+        session_id: str | None = None,
+        after_seq: int | None = None,
+        messages: Sequence[message_pb2.Message] | None = None,
+        expected_last_seq: int | None = None,
+        etag: str | None = None,
+        timeout: float | None = None,
+    ) -> message_service_pb2.ReplaceMessagesResponse:
+        """ReplaceMessages; retried on UNAVAILABLE when every new message has an id."""
+        request = build_request(
+            message_service_pb2.ReplaceMessagesRequest,
+            request,
+            session_id=session_id,
+            after_seq=after_seq,
+            messages=messages,
+            expected_last_seq=expected_last_seq,
+            etag=etag,
+        )
+        return self._call(self._messages.ReplaceMessages, request, timeout)
+
+    def delete_messages(
+        self,
+        request: message_service_pb2.DeleteMessagesRequest | None = None,
+        *,
+        session_id: str | None = None,
+        up_to_seq: int | None = None,
+        expected_last_seq: int | None = None,
+        timeout: float | None = None,
+    ) -> message_service_pb2.DeleteMessagesResponse:
+        """DeleteMessages; retried on UNAVAILABLE (a repeat finds nothing left to delete)."""
+        request = build_request(
+            message_service_pb2.DeleteMessagesRequest,
+            request,
+            session_id=session_id,
+            up_to_seq=up_to_seq,
+            expected_last_seq=expected_last_seq,
+        )
+        return self._call(self._messages.DeleteMessages, request, timeout)
 
     # StatsService
 

@@ -79,10 +79,12 @@ METHOD_ROLES: dict[str, str] = {
             "EndSession": "writer", "SetRuntimeState": "writer", "ForkSession": "writer",
             "ReconcileSessions": "admin", "PurgeSessions": "admin",
             "WatchSessions": "reader",
+            "GetSharedState": "reader", "UpdateSharedState": "writer",
         },
         "MessageService": {
             "AppendMessages": "writer", "ListMessages": "reader", "PopMessage": "writer",
             "UpdateLastMessage": "writer", "ClearMessages": "writer",
+            "ReplaceMessages": "writer", "DeleteMessages": "writer",
             "SearchMessages": "reader",
         },
         "StatsService": {

@@ -57,6 +57,12 @@ const (
 	// EVENT_TYPE_INITIAL: synthetic, the current state of a session sent
 	// because WatchSessionsRequest.include_initial was set.
 	EventType_EVENT_TYPE_INITIAL EventType = 13
+	// EVENT_TYPE_MESSAGES_REPLACED: ReplaceMessages removed the messages after
+	// after_seq (removed_count of them) and appended the new ones (messages).
+	EventType_EVENT_TYPE_MESSAGES_REPLACED EventType = 14
+	// EVENT_TYPE_MESSAGES_DELETED: DeleteMessages removed the messages up to
+	// up_to_seq (removed_count of them).
+	EventType_EVENT_TYPE_MESSAGES_DELETED EventType = 15
 )
 
 // Enum value maps for EventType.
@@ -76,6 +82,8 @@ var (
 		11: "EVENT_TYPE_MESSAGES_CLEARED",
 		12: "EVENT_TYPE_USAGE_RECORDED",
 		13: "EVENT_TYPE_INITIAL",
+		14: "EVENT_TYPE_MESSAGES_REPLACED",
+		15: "EVENT_TYPE_MESSAGES_DELETED",
 	}
 	EventType_value = map[string]int32{
 		"EVENT_TYPE_UNSPECIFIED":           0,
@@ -92,6 +100,8 @@ var (
 		"EVENT_TYPE_MESSAGES_CLEARED":      11,
 		"EVENT_TYPE_USAGE_RECORDED":        12,
 		"EVENT_TYPE_INITIAL":               13,
+		"EVENT_TYPE_MESSAGES_REPLACED":     14,
+		"EVENT_TYPE_MESSAGES_DELETED":      15,
 	}
 )
 
@@ -124,10 +134,11 @@ func (EventType) EnumDescriptor() ([]byte, []int) {
 
 // SessionEvent is one change to one session. It is bounded in bytes: the
 // session snapshot by the limits on session fields (with the server's default
-// limits at most about 95 KB: a 64 KiB goal, 64 labels, the ids and names),
-// the messages by the cuts below (at most about 50 KB each, most of it 64
-// metadata pairs), so an event is at most about 900 KB and always fits in
-// one WatchSessions response of the default 1 MiB bound.
+// limits at most about 160 KB: a 64 KiB goal, a 64 KiB state_json, 64
+// labels, the ids and names), the messages by the cuts below (at most about
+// 50 KB each, most of it 64 metadata pairs), so an event is at most about
+// 965 KB and always fits in one WatchSessions response of the default 1 MiB
+// bound.
 type SessionEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// type is the kind of change.
@@ -144,19 +155,26 @@ type SessionEvent struct {
 	// session is the session as it is after the change; unset for deletions.
 	Session *Session `protobuf:"bytes,5,opt,name=session,proto3" json:"session,omitempty"`
 	// messages are the messages concerned by a message event: appended, the
-	// popped one, the updated one. At most 16 per event (the last 16), each cut
-	// short: content and reasoning to at most 4 KiB each; tool_calls to the
-	// first 16, each with id and name cut to at most 256 bytes and
-	// arguments_json to at most 512 bytes (so cut arguments are not valid JSON);
-	// content_blocks left out when the message is still larger than 8 KiB.
-	// Cuts fall on a byte bound and drop a character split in two. See
-	// messages_truncated.
+	// new ones of a replacement, the popped one, the updated one. At most 16
+	// per event (the last 16), each cut short: content and reasoning to at
+	// most 4 KiB each; tool_calls to the first 16, each with id and name cut
+	// to at most 256 bytes and arguments_json to at most 512 bytes (so cut
+	// arguments are not valid JSON); content_blocks left out when the message
+	// is still larger than 8 KiB. Cuts fall on a byte bound and drop a
+	// character split in two. See messages_truncated.
 	Messages []*Message `protobuf:"bytes,6,rep,name=messages,proto3" json:"messages,omitempty"`
 	// messages_truncated is true when messages were left out or cut short;
 	// read them whole with ListMessages.
 	MessagesTruncated bool `protobuf:"varint,7,opt,name=messages_truncated,json=messagesTruncated,proto3" json:"messages_truncated,omitempty"`
-	// removed_count is, for POPPED and CLEARED, how many messages were removed.
-	RemovedCount  int64 `protobuf:"varint,8,opt,name=removed_count,json=removedCount,proto3" json:"removed_count,omitempty"`
+	// removed_count is, for POPPED, CLEARED, REPLACED and DELETED, how many
+	// messages were removed.
+	RemovedCount int64 `protobuf:"varint,8,opt,name=removed_count,json=removedCount,proto3" json:"removed_count,omitempty"`
+	// after_seq is, for MESSAGES_REPLACED, the sequence number after which
+	// every message was removed; 0 otherwise.
+	AfterSeq int64 `protobuf:"varint,9,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// up_to_seq is, for MESSAGES_DELETED, the sequence number up to which
+	// (inclusive) every message was removed; 0 otherwise.
+	UpToSeq       int64 `protobuf:"varint,10,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -247,11 +265,25 @@ func (x *SessionEvent) GetRemovedCount() int64 {
 	return 0
 }
 
+func (x *SessionEvent) GetAfterSeq() int64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *SessionEvent) GetUpToSeq() int64 {
+	if x != nil {
+		return x.UpToSeq
+	}
+	return 0
+}
+
 var File_sessiond_v1_event_proto protoreflect.FileDescriptor
 
 const file_sessiond_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x17sessiond/v1/event.proto\x12\vsessiond.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\xdb\x02\n" +
+	"\x17sessiond/v1/event.proto\x12\vsessiond.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\x94\x03\n" +
 	"\fSessionEvent\x12*\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x16.sessiond.v1.EventTypeR\x04type\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12.\n" +
@@ -261,7 +293,10 @@ const file_sessiond_v1_event_proto_rawDesc = "" +
 	"\asession\x18\x05 \x01(\v2\x14.sessiond.v1.SessionR\asession\x120\n" +
 	"\bmessages\x18\x06 \x03(\v2\x14.sessiond.v1.MessageR\bmessages\x12-\n" +
 	"\x12messages_truncated\x18\a \x01(\bR\x11messagesTruncated\x12#\n" +
-	"\rremoved_count\x18\b \x01(\x03R\fremovedCount*\xc2\x03\n" +
+	"\rremoved_count\x18\b \x01(\x03R\fremovedCount\x12\x1b\n" +
+	"\tafter_seq\x18\t \x01(\x03R\bafterSeq\x12\x1a\n" +
+	"\tup_to_seq\x18\n" +
+	" \x01(\x03R\aupToSeq*\x85\x04\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aEVENT_TYPE_SESSION_CREATED\x10\x01\x12\x1e\n" +
@@ -277,7 +312,9 @@ const file_sessiond_v1_event_proto_rawDesc = "" +
 	"\x12\x1f\n" +
 	"\x1bEVENT_TYPE_MESSAGES_CLEARED\x10\v\x12\x1d\n" +
 	"\x19EVENT_TYPE_USAGE_RECORDED\x10\f\x12\x16\n" +
-	"\x12EVENT_TYPE_INITIAL\x10\rB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\x12EVENT_TYPE_INITIAL\x10\r\x12 \n" +
+	"\x1cEVENT_TYPE_MESSAGES_REPLACED\x10\x0e\x12\x1f\n" +
+	"\x1bEVENT_TYPE_MESSAGES_DELETED\x10\x0fB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_event_proto_rawDescOnce sync.Once

@@ -341,7 +341,14 @@ type Message struct {
 	// created_at is when the message was appended (server time). Output only.
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// updated_at is when the message was last changed. Output only.
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// event_time is when the message happened in the runtime, set by the
+	// client (an agent framework's event time); unset means "when it was
+	// appended" (created_at), and reads return it unset. ListMessages
+	// after_time compares event_time where it is set, created_at elsewhere;
+	// messages are still returned in seq order, so equal times keep append
+	// order. Must lie between years 1 and 9999 (a valid Timestamp).
+	EventTime     *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=event_time,json=eventTime,proto3" json:"event_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -481,6 +488,13 @@ func (x *Message) GetUpdatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Message) GetEventTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EventTime
+	}
+	return nil
+}
+
 var File_sessiond_v1_message_proto protoreflect.FileDescriptor
 
 const file_sessiond_v1_message_proto_rawDesc = "" +
@@ -494,7 +508,7 @@ const file_sessiond_v1_message_proto_rawDesc = "" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
 	"\x04json\x18\x02 \x01(\tH\x00R\x04json\x12\x12\n" +
 	"\x03raw\x18\x03 \x01(\fH\x00R\x03rawB\x06\n" +
-	"\x04data\"\xb0\x05\n" +
+	"\x04data\"\xeb\x05\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x10\n" +
@@ -516,7 +530,9 @@ const file_sessiond_v1_message_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x1a;\n" +
+	"updated_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x129\n" +
+	"\n" +
+	"event_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\teventTime\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*_\n" +
@@ -564,11 +580,12 @@ var file_sessiond_v1_message_proto_depIdxs = []int32{
 	5, // 4: sessiond.v1.Message.metadata:type_name -> sessiond.v1.Message.MetadataEntry
 	6, // 5: sessiond.v1.Message.created_at:type_name -> google.protobuf.Timestamp
 	6, // 6: sessiond.v1.Message.updated_at:type_name -> google.protobuf.Timestamp
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	6, // 7: sessiond.v1.Message.event_time:type_name -> google.protobuf.Timestamp
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_sessiond_v1_message_proto_init() }

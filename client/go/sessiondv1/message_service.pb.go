@@ -36,8 +36,17 @@ type AppendMessagesRequest struct {
 	// ABORTED (LAST_SEQ_MISMATCH): a guard against two writers interleaving.
 	// Not checked when every message is a stored retry (see AppendMessages).
 	ExpectedLastSeq *int64 `protobuf:"varint,3,opt,name=expected_last_seq,json=expectedLastSeq,proto3,oneof" json:"expected_last_seq,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// state_delta changes the session's state_json in the same transaction as
+	// the messages: both commit or neither does. It is applied once: a retry
+	// whose messages are all stored already applies nothing again. The
+	// resulting state must stay within max_state_bytes, else INVALID_ARGUMENT
+	// (field state_delta).
+	StateDelta *StateDelta `protobuf:"bytes,4,opt,name=state_delta,json=stateDelta,proto3" json:"state_delta,omitempty"`
+	// shared_state_deltas change shared states (SessionService.GetSharedState)
+	// in the same transaction, under the same rules (at most 16 of them).
+	SharedStateDeltas []*SharedStateDelta `protobuf:"bytes,5,rep,name=shared_state_deltas,json=sharedStateDeltas,proto3" json:"shared_state_deltas,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *AppendMessagesRequest) Reset() {
@@ -89,6 +98,20 @@ func (x *AppendMessagesRequest) GetExpectedLastSeq() int64 {
 		return *x.ExpectedLastSeq
 	}
 	return 0
+}
+
+func (x *AppendMessagesRequest) GetStateDelta() *StateDelta {
+	if x != nil {
+		return x.StateDelta
+	}
+	return nil
+}
+
+func (x *AppendMessagesRequest) GetSharedStateDeltas() []*SharedStateDelta {
+	if x != nil {
+		return x.SharedStateDeltas
+	}
+	return nil
 }
 
 // AppendMessagesResponse is the output of AppendMessages.
@@ -177,7 +200,8 @@ type ListMessagesRequest struct {
 	Descending bool `protobuf:"varint,4,opt,name=descending,proto3" json:"descending,omitempty"`
 	// after_seq returns only messages with seq > after_seq.
 	AfterSeq int64 `protobuf:"varint,5,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
-	// after_time returns only messages created at or after this time.
+	// after_time returns only messages whose time is at or after this one:
+	// Message.event_time where the client set it, created_at otherwise.
 	AfterTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=after_time,json=afterTime,proto3" json:"after_time,omitempty"`
 	// last_n returns the last N messages (1 to 1,000), oldest first. 0 means
 	// this mode is off and the request pages as usual (a first page of
@@ -886,16 +910,317 @@ func (x *SearchMessagesResponse) GetRevision() int64 {
 	return 0
 }
 
+// ReplaceMessagesRequest is the input of ReplaceMessages.
+type ReplaceMessagesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// session_id is the session; required.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// after_seq is the sequence number after which every stored message is
+	// replaced: 0 replaces the whole history. At most the session's last_seq,
+	// else INVALID_ARGUMENT.
+	AfterSeq int64 `protobuf:"varint,2,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// messages are the new messages, 0 to 100 of them, checked as in
+	// AppendMessages (ids unique within the request and not used by a
+	// message that stays). None removes the messages after after_seq.
+	Messages []*Message `protobuf:"bytes,3,rep,name=messages,proto3" json:"messages,omitempty"`
+	// expected_last_seq is required: it must equal the session's last_seq,
+	// else ABORTED (LAST_SEQ_MISMATCH), so a message appended since the
+	// caller read the history is never lost. last_seq does not move on
+	// PopMessage or UpdateLastMessage; set etag as well to guard against those.
+	ExpectedLastSeq *int64 `protobuf:"varint,4,opt,name=expected_last_seq,json=expectedLastSeq,proto3,oneof" json:"expected_last_seq,omitempty"`
+	// etag, when set, must equal the session's current etag (any change of
+	// the session changes it), else ABORTED (ETAG_MISMATCH).
+	Etag          string `protobuf:"bytes,5,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplaceMessagesRequest) Reset() {
+	*x = ReplaceMessagesRequest{}
+	mi := &file_sessiond_v1_message_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplaceMessagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplaceMessagesRequest) ProtoMessage() {}
+
+func (x *ReplaceMessagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sessiond_v1_message_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplaceMessagesRequest.ProtoReflect.Descriptor instead.
+func (*ReplaceMessagesRequest) Descriptor() ([]byte, []int) {
+	return file_sessiond_v1_message_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReplaceMessagesRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *ReplaceMessagesRequest) GetAfterSeq() int64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *ReplaceMessagesRequest) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *ReplaceMessagesRequest) GetExpectedLastSeq() int64 {
+	if x != nil && x.ExpectedLastSeq != nil {
+		return *x.ExpectedLastSeq
+	}
+	return 0
+}
+
+func (x *ReplaceMessagesRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+// ReplaceMessagesResponse is the output of ReplaceMessages.
+type ReplaceMessagesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// messages are the new messages as stored, with their sequence numbers.
+	Messages []*Message `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	// removed_count is how many stored messages were removed.
+	RemovedCount int64 `protobuf:"varint,2,opt,name=removed_count,json=removedCount,proto3" json:"removed_count,omitempty"`
+	// session is the session after the replacement.
+	Session *Session `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"`
+	// revision is the store revision of the write; 0 when the call was a
+	// retry of one already applied: every message carries an id and the
+	// messages after after_seq are already exactly those ids, in order. That
+	// check comes before the guards, so a retry after a lost answer succeeds.
+	Revision      int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplaceMessagesResponse) Reset() {
+	*x = ReplaceMessagesResponse{}
+	mi := &file_sessiond_v1_message_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplaceMessagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplaceMessagesResponse) ProtoMessage() {}
+
+func (x *ReplaceMessagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sessiond_v1_message_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplaceMessagesResponse.ProtoReflect.Descriptor instead.
+func (*ReplaceMessagesResponse) Descriptor() ([]byte, []int) {
+	return file_sessiond_v1_message_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReplaceMessagesResponse) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *ReplaceMessagesResponse) GetRemovedCount() int64 {
+	if x != nil {
+		return x.RemovedCount
+	}
+	return 0
+}
+
+func (x *ReplaceMessagesResponse) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+func (x *ReplaceMessagesResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// DeleteMessagesRequest is the input of DeleteMessages.
+type DeleteMessagesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// session_id is the session; required.
+	SessionId string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// up_to_seq removes every message with seq <= up_to_seq; 1 to the
+	// session's last_seq, else INVALID_ARGUMENT. Deleting up to a point with
+	// nothing left before it changes nothing (revision 0), so retries are
+	// safe.
+	UpToSeq int64 `protobuf:"varint,2,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
+	// expected_last_seq, when set, must equal the session's last_seq, else
+	// ABORTED (LAST_SEQ_MISMATCH).
+	ExpectedLastSeq *int64 `protobuf:"varint,3,opt,name=expected_last_seq,json=expectedLastSeq,proto3,oneof" json:"expected_last_seq,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DeleteMessagesRequest) Reset() {
+	*x = DeleteMessagesRequest{}
+	mi := &file_sessiond_v1_message_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMessagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMessagesRequest) ProtoMessage() {}
+
+func (x *DeleteMessagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sessiond_v1_message_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMessagesRequest.ProtoReflect.Descriptor instead.
+func (*DeleteMessagesRequest) Descriptor() ([]byte, []int) {
+	return file_sessiond_v1_message_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DeleteMessagesRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *DeleteMessagesRequest) GetUpToSeq() int64 {
+	if x != nil {
+		return x.UpToSeq
+	}
+	return 0
+}
+
+func (x *DeleteMessagesRequest) GetExpectedLastSeq() int64 {
+	if x != nil && x.ExpectedLastSeq != nil {
+		return *x.ExpectedLastSeq
+	}
+	return 0
+}
+
+// DeleteMessagesResponse is the output of DeleteMessages.
+type DeleteMessagesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// removed_count is how many messages were removed.
+	RemovedCount int64 `protobuf:"varint,1,opt,name=removed_count,json=removedCount,proto3" json:"removed_count,omitempty"`
+	// session is the session after the deletion.
+	Session *Session `protobuf:"bytes,2,opt,name=session,proto3" json:"session,omitempty"`
+	// revision is the store revision of the write (0 when nothing was removed).
+	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteMessagesResponse) Reset() {
+	*x = DeleteMessagesResponse{}
+	mi := &file_sessiond_v1_message_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMessagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMessagesResponse) ProtoMessage() {}
+
+func (x *DeleteMessagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sessiond_v1_message_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMessagesResponse.ProtoReflect.Descriptor instead.
+func (*DeleteMessagesResponse) Descriptor() ([]byte, []int) {
+	return file_sessiond_v1_message_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteMessagesResponse) GetRemovedCount() int64 {
+	if x != nil {
+		return x.RemovedCount
+	}
+	return 0
+}
+
+func (x *DeleteMessagesResponse) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+func (x *DeleteMessagesResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 var File_sessiond_v1_message_service_proto protoreflect.FileDescriptor
 
 const file_sessiond_v1_message_service_proto_rawDesc = "" +
 	"\n" +
-	"!sessiond/v1/message_service.proto\x12\vsessiond.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\xaf\x01\n" +
+	"!sessiond/v1/message_service.proto\x12\vsessiond.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\xb8\x02\n" +
 	"\x15AppendMessagesRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x120\n" +
 	"\bmessages\x18\x02 \x03(\v2\x14.sessiond.v1.MessageR\bmessages\x12/\n" +
-	"\x11expected_last_seq\x18\x03 \x01(\x03H\x00R\x0fexpectedLastSeq\x88\x01\x01B\x14\n" +
+	"\x11expected_last_seq\x18\x03 \x01(\x03H\x00R\x0fexpectedLastSeq\x88\x01\x01\x128\n" +
+	"\vstate_delta\x18\x04 \x01(\v2\x17.sessiond.v1.StateDeltaR\n" +
+	"stateDelta\x12M\n" +
+	"\x13shared_state_deltas\x18\x05 \x03(\v2\x1d.sessiond.v1.SharedStateDeltaR\x11sharedStateDeltasB\x14\n" +
 	"\x12_expected_last_seq\"\x96\x01\n" +
 	"\x16AppendMessagesResponse\x120\n" +
 	"\bmessages\x18\x01 \x03(\v2\x14.sessiond.v1.MessageR\bmessages\x12.\n" +
@@ -960,7 +1285,30 @@ const file_sessiond_v1_message_service_proto_rawDesc = "" +
 	"\x16SearchMessagesResponse\x120\n" +
 	"\bmessages\x18\x01 \x03(\v2\x14.sessiond.v1.MessageR\bmessages\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision2\xa6\x04\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\xe1\x01\n" +
+	"\x16ReplaceMessagesRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1b\n" +
+	"\tafter_seq\x18\x02 \x01(\x03R\bafterSeq\x120\n" +
+	"\bmessages\x18\x03 \x03(\v2\x14.sessiond.v1.MessageR\bmessages\x12/\n" +
+	"\x11expected_last_seq\x18\x04 \x01(\x03H\x00R\x0fexpectedLastSeq\x88\x01\x01\x12\x12\n" +
+	"\x04etag\x18\x05 \x01(\tR\x04etagB\x14\n" +
+	"\x12_expected_last_seq\"\xbc\x01\n" +
+	"\x17ReplaceMessagesResponse\x120\n" +
+	"\bmessages\x18\x01 \x03(\v2\x14.sessiond.v1.MessageR\bmessages\x12#\n" +
+	"\rremoved_count\x18\x02 \x01(\x03R\fremovedCount\x12.\n" +
+	"\asession\x18\x03 \x01(\v2\x14.sessiond.v1.SessionR\asession\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\"\x99\x01\n" +
+	"\x15DeleteMessagesRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1a\n" +
+	"\tup_to_seq\x18\x02 \x01(\x03R\aupToSeq\x12/\n" +
+	"\x11expected_last_seq\x18\x03 \x01(\x03H\x00R\x0fexpectedLastSeq\x88\x01\x01B\x14\n" +
+	"\x12_expected_last_seq\"\x89\x01\n" +
+	"\x16DeleteMessagesResponse\x12#\n" +
+	"\rremoved_count\x18\x01 \x01(\x03R\fremovedCount\x12.\n" +
+	"\asession\x18\x02 \x01(\v2\x14.sessiond.v1.SessionR\asession\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision2\xdf\x05\n" +
 	"\x0eMessageService\x12Y\n" +
 	"\x0eAppendMessages\x12\".sessiond.v1.AppendMessagesRequest\x1a#.sessiond.v1.AppendMessagesResponse\x12S\n" +
 	"\fListMessages\x12 .sessiond.v1.ListMessagesRequest\x1a!.sessiond.v1.ListMessagesResponse\x12M\n" +
@@ -968,7 +1316,9 @@ const file_sessiond_v1_message_service_proto_rawDesc = "" +
 	"PopMessage\x12\x1e.sessiond.v1.PopMessageRequest\x1a\x1f.sessiond.v1.PopMessageResponse\x12b\n" +
 	"\x11UpdateLastMessage\x12%.sessiond.v1.UpdateLastMessageRequest\x1a&.sessiond.v1.UpdateLastMessageResponse\x12V\n" +
 	"\rClearMessages\x12!.sessiond.v1.ClearMessagesRequest\x1a\".sessiond.v1.ClearMessagesResponse\x12Y\n" +
-	"\x0eSearchMessages\x12\".sessiond.v1.SearchMessagesRequest\x1a#.sessiond.v1.SearchMessagesResponseB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\x0eSearchMessages\x12\".sessiond.v1.SearchMessagesRequest\x1a#.sessiond.v1.SearchMessagesResponse\x12\\\n" +
+	"\x0fReplaceMessages\x12#.sessiond.v1.ReplaceMessagesRequest\x1a$.sessiond.v1.ReplaceMessagesResponse\x12Y\n" +
+	"\x0eDeleteMessages\x12\".sessiond.v1.DeleteMessagesRequest\x1a#.sessiond.v1.DeleteMessagesResponseB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_message_service_proto_rawDescOnce sync.Once
@@ -982,7 +1332,7 @@ func file_sessiond_v1_message_service_proto_rawDescGZIP() []byte {
 	return file_sessiond_v1_message_service_proto_rawDescData
 }
 
-var file_sessiond_v1_message_service_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_sessiond_v1_message_service_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_sessiond_v1_message_service_proto_goTypes = []any{
 	(*AppendMessagesRequest)(nil),     // 0: sessiond.v1.AppendMessagesRequest
 	(*AppendMessagesResponse)(nil),    // 1: sessiond.v1.AppendMessagesResponse
@@ -996,42 +1346,58 @@ var file_sessiond_v1_message_service_proto_goTypes = []any{
 	(*ClearMessagesResponse)(nil),     // 9: sessiond.v1.ClearMessagesResponse
 	(*SearchMessagesRequest)(nil),     // 10: sessiond.v1.SearchMessagesRequest
 	(*SearchMessagesResponse)(nil),    // 11: sessiond.v1.SearchMessagesResponse
-	(*Message)(nil),                   // 12: sessiond.v1.Message
-	(*Session)(nil),                   // 13: sessiond.v1.Session
-	(*timestamppb.Timestamp)(nil),     // 14: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),     // 15: google.protobuf.FieldMask
+	(*ReplaceMessagesRequest)(nil),    // 12: sessiond.v1.ReplaceMessagesRequest
+	(*ReplaceMessagesResponse)(nil),   // 13: sessiond.v1.ReplaceMessagesResponse
+	(*DeleteMessagesRequest)(nil),     // 14: sessiond.v1.DeleteMessagesRequest
+	(*DeleteMessagesResponse)(nil),    // 15: sessiond.v1.DeleteMessagesResponse
+	(*Message)(nil),                   // 16: sessiond.v1.Message
+	(*StateDelta)(nil),                // 17: sessiond.v1.StateDelta
+	(*SharedStateDelta)(nil),          // 18: sessiond.v1.SharedStateDelta
+	(*Session)(nil),                   // 19: sessiond.v1.Session
+	(*timestamppb.Timestamp)(nil),     // 20: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),     // 21: google.protobuf.FieldMask
 }
 var file_sessiond_v1_message_service_proto_depIdxs = []int32{
-	12, // 0: sessiond.v1.AppendMessagesRequest.messages:type_name -> sessiond.v1.Message
-	12, // 1: sessiond.v1.AppendMessagesResponse.messages:type_name -> sessiond.v1.Message
-	13, // 2: sessiond.v1.AppendMessagesResponse.session:type_name -> sessiond.v1.Session
-	14, // 3: sessiond.v1.ListMessagesRequest.after_time:type_name -> google.protobuf.Timestamp
-	12, // 4: sessiond.v1.ListMessagesResponse.messages:type_name -> sessiond.v1.Message
-	12, // 5: sessiond.v1.PopMessageResponse.message:type_name -> sessiond.v1.Message
-	13, // 6: sessiond.v1.PopMessageResponse.session:type_name -> sessiond.v1.Session
-	12, // 7: sessiond.v1.UpdateLastMessageRequest.message:type_name -> sessiond.v1.Message
-	15, // 8: sessiond.v1.UpdateLastMessageRequest.update_mask:type_name -> google.protobuf.FieldMask
-	12, // 9: sessiond.v1.UpdateLastMessageResponse.message:type_name -> sessiond.v1.Message
-	13, // 10: sessiond.v1.UpdateLastMessageResponse.session:type_name -> sessiond.v1.Session
-	13, // 11: sessiond.v1.ClearMessagesResponse.session:type_name -> sessiond.v1.Session
-	12, // 12: sessiond.v1.SearchMessagesResponse.messages:type_name -> sessiond.v1.Message
-	0,  // 13: sessiond.v1.MessageService.AppendMessages:input_type -> sessiond.v1.AppendMessagesRequest
-	2,  // 14: sessiond.v1.MessageService.ListMessages:input_type -> sessiond.v1.ListMessagesRequest
-	4,  // 15: sessiond.v1.MessageService.PopMessage:input_type -> sessiond.v1.PopMessageRequest
-	6,  // 16: sessiond.v1.MessageService.UpdateLastMessage:input_type -> sessiond.v1.UpdateLastMessageRequest
-	8,  // 17: sessiond.v1.MessageService.ClearMessages:input_type -> sessiond.v1.ClearMessagesRequest
-	10, // 18: sessiond.v1.MessageService.SearchMessages:input_type -> sessiond.v1.SearchMessagesRequest
-	1,  // 19: sessiond.v1.MessageService.AppendMessages:output_type -> sessiond.v1.AppendMessagesResponse
-	3,  // 20: sessiond.v1.MessageService.ListMessages:output_type -> sessiond.v1.ListMessagesResponse
-	5,  // 21: sessiond.v1.MessageService.PopMessage:output_type -> sessiond.v1.PopMessageResponse
-	7,  // 22: sessiond.v1.MessageService.UpdateLastMessage:output_type -> sessiond.v1.UpdateLastMessageResponse
-	9,  // 23: sessiond.v1.MessageService.ClearMessages:output_type -> sessiond.v1.ClearMessagesResponse
-	11, // 24: sessiond.v1.MessageService.SearchMessages:output_type -> sessiond.v1.SearchMessagesResponse
-	19, // [19:25] is the sub-list for method output_type
-	13, // [13:19] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	16, // 0: sessiond.v1.AppendMessagesRequest.messages:type_name -> sessiond.v1.Message
+	17, // 1: sessiond.v1.AppendMessagesRequest.state_delta:type_name -> sessiond.v1.StateDelta
+	18, // 2: sessiond.v1.AppendMessagesRequest.shared_state_deltas:type_name -> sessiond.v1.SharedStateDelta
+	16, // 3: sessiond.v1.AppendMessagesResponse.messages:type_name -> sessiond.v1.Message
+	19, // 4: sessiond.v1.AppendMessagesResponse.session:type_name -> sessiond.v1.Session
+	20, // 5: sessiond.v1.ListMessagesRequest.after_time:type_name -> google.protobuf.Timestamp
+	16, // 6: sessiond.v1.ListMessagesResponse.messages:type_name -> sessiond.v1.Message
+	16, // 7: sessiond.v1.PopMessageResponse.message:type_name -> sessiond.v1.Message
+	19, // 8: sessiond.v1.PopMessageResponse.session:type_name -> sessiond.v1.Session
+	16, // 9: sessiond.v1.UpdateLastMessageRequest.message:type_name -> sessiond.v1.Message
+	21, // 10: sessiond.v1.UpdateLastMessageRequest.update_mask:type_name -> google.protobuf.FieldMask
+	16, // 11: sessiond.v1.UpdateLastMessageResponse.message:type_name -> sessiond.v1.Message
+	19, // 12: sessiond.v1.UpdateLastMessageResponse.session:type_name -> sessiond.v1.Session
+	19, // 13: sessiond.v1.ClearMessagesResponse.session:type_name -> sessiond.v1.Session
+	16, // 14: sessiond.v1.SearchMessagesResponse.messages:type_name -> sessiond.v1.Message
+	16, // 15: sessiond.v1.ReplaceMessagesRequest.messages:type_name -> sessiond.v1.Message
+	16, // 16: sessiond.v1.ReplaceMessagesResponse.messages:type_name -> sessiond.v1.Message
+	19, // 17: sessiond.v1.ReplaceMessagesResponse.session:type_name -> sessiond.v1.Session
+	19, // 18: sessiond.v1.DeleteMessagesResponse.session:type_name -> sessiond.v1.Session
+	0,  // 19: sessiond.v1.MessageService.AppendMessages:input_type -> sessiond.v1.AppendMessagesRequest
+	2,  // 20: sessiond.v1.MessageService.ListMessages:input_type -> sessiond.v1.ListMessagesRequest
+	4,  // 21: sessiond.v1.MessageService.PopMessage:input_type -> sessiond.v1.PopMessageRequest
+	6,  // 22: sessiond.v1.MessageService.UpdateLastMessage:input_type -> sessiond.v1.UpdateLastMessageRequest
+	8,  // 23: sessiond.v1.MessageService.ClearMessages:input_type -> sessiond.v1.ClearMessagesRequest
+	10, // 24: sessiond.v1.MessageService.SearchMessages:input_type -> sessiond.v1.SearchMessagesRequest
+	12, // 25: sessiond.v1.MessageService.ReplaceMessages:input_type -> sessiond.v1.ReplaceMessagesRequest
+	14, // 26: sessiond.v1.MessageService.DeleteMessages:input_type -> sessiond.v1.DeleteMessagesRequest
+	1,  // 27: sessiond.v1.MessageService.AppendMessages:output_type -> sessiond.v1.AppendMessagesResponse
+	3,  // 28: sessiond.v1.MessageService.ListMessages:output_type -> sessiond.v1.ListMessagesResponse
+	5,  // 29: sessiond.v1.MessageService.PopMessage:output_type -> sessiond.v1.PopMessageResponse
+	7,  // 30: sessiond.v1.MessageService.UpdateLastMessage:output_type -> sessiond.v1.UpdateLastMessageResponse
+	9,  // 31: sessiond.v1.MessageService.ClearMessages:output_type -> sessiond.v1.ClearMessagesResponse
+	11, // 32: sessiond.v1.MessageService.SearchMessages:output_type -> sessiond.v1.SearchMessagesResponse
+	13, // 33: sessiond.v1.MessageService.ReplaceMessages:output_type -> sessiond.v1.ReplaceMessagesResponse
+	15, // 34: sessiond.v1.MessageService.DeleteMessages:output_type -> sessiond.v1.DeleteMessagesResponse
+	27, // [27:35] is the sub-list for method output_type
+	19, // [19:27] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_sessiond_v1_message_service_proto_init() }
@@ -1044,13 +1410,15 @@ func file_sessiond_v1_message_service_proto_init() {
 	file_sessiond_v1_message_service_proto_msgTypes[0].OneofWrappers = []any{}
 	file_sessiond_v1_message_service_proto_msgTypes[4].OneofWrappers = []any{}
 	file_sessiond_v1_message_service_proto_msgTypes[6].OneofWrappers = []any{}
+	file_sessiond_v1_message_service_proto_msgTypes[12].OneofWrappers = []any{}
+	file_sessiond_v1_message_service_proto_msgTypes[14].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sessiond_v1_message_service_proto_rawDesc), len(file_sessiond_v1_message_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,8 @@ const (
 	MessageService_UpdateLastMessage_FullMethodName = "/sessiond.v1.MessageService/UpdateLastMessage"
 	MessageService_ClearMessages_FullMethodName     = "/sessiond.v1.MessageService/ClearMessages"
 	MessageService_SearchMessages_FullMethodName    = "/sessiond.v1.MessageService/SearchMessages"
+	MessageService_ReplaceMessages_FullMethodName   = "/sessiond.v1.MessageService/ReplaceMessages"
+	MessageService_DeleteMessages_FullMethodName    = "/sessiond.v1.MessageService/DeleteMessages"
 )
 
 // MessageServiceClient is the client API for MessageService service.
@@ -79,6 +81,22 @@ type MessageServiceClient interface {
 	// query, newest first, among the sessions the caller may see. The
 	// messages and the revision are read in one snapshot.
 	SearchMessages(ctx context.Context, in *SearchMessagesRequest, opts ...grpc.CallOption) (*SearchMessagesResponse, error)
+	// ReplaceMessages atomically replaces every message after a sequence
+	// number with new ones (history compaction: the newest messages become a
+	// summary). The removed messages go, the new ones get fresh sequence
+	// numbers after last_seq (never reused ones), and the counters, the
+	// search index and the rollups follow in the same transaction; watchers
+	// see one MESSAGES_REPLACED event. Errors: ABORTED (LAST_SEQ_MISMATCH or
+	// ETAG_MISMATCH) when a guard is stale; INVALID_ARGUMENT for after_seq
+	// beyond last_seq or bad messages; FAILED_PRECONDITION (SESSION_ENDED).
+	ReplaceMessages(ctx context.Context, in *ReplaceMessagesRequest, opts ...grpc.CallOption) (*ReplaceMessagesResponse, error)
+	// DeleteMessages removes every message up to and including a sequence
+	// number (drops the oldest part of a history) and keeps the rest as they
+	// are. Counters, search index and rollups follow; the session's usage is
+	// kept, as with ClearMessages. Errors: ABORTED (LAST_SEQ_MISMATCH) when
+	// expected_last_seq is stale; INVALID_ARGUMENT for up_to_seq beyond
+	// last_seq; FAILED_PRECONDITION (SESSION_ENDED).
+	DeleteMessages(ctx context.Context, in *DeleteMessagesRequest, opts ...grpc.CallOption) (*DeleteMessagesResponse, error)
 }
 
 type messageServiceClient struct {
@@ -149,6 +167,26 @@ func (c *messageServiceClient) SearchMessages(ctx context.Context, in *SearchMes
 	return out, nil
 }
 
+func (c *messageServiceClient) ReplaceMessages(ctx context.Context, in *ReplaceMessagesRequest, opts ...grpc.CallOption) (*ReplaceMessagesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplaceMessagesResponse)
+	err := c.cc.Invoke(ctx, MessageService_ReplaceMessages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *messageServiceClient) DeleteMessages(ctx context.Context, in *DeleteMessagesRequest, opts ...grpc.CallOption) (*DeleteMessagesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteMessagesResponse)
+	err := c.cc.Invoke(ctx, MessageService_DeleteMessages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MessageServiceServer is the server API for MessageService service.
 // All implementations must embed UnimplementedMessageServiceServer
 // for forward compatibility.
@@ -201,6 +239,22 @@ type MessageServiceServer interface {
 	// query, newest first, among the sessions the caller may see. The
 	// messages and the revision are read in one snapshot.
 	SearchMessages(context.Context, *SearchMessagesRequest) (*SearchMessagesResponse, error)
+	// ReplaceMessages atomically replaces every message after a sequence
+	// number with new ones (history compaction: the newest messages become a
+	// summary). The removed messages go, the new ones get fresh sequence
+	// numbers after last_seq (never reused ones), and the counters, the
+	// search index and the rollups follow in the same transaction; watchers
+	// see one MESSAGES_REPLACED event. Errors: ABORTED (LAST_SEQ_MISMATCH or
+	// ETAG_MISMATCH) when a guard is stale; INVALID_ARGUMENT for after_seq
+	// beyond last_seq or bad messages; FAILED_PRECONDITION (SESSION_ENDED).
+	ReplaceMessages(context.Context, *ReplaceMessagesRequest) (*ReplaceMessagesResponse, error)
+	// DeleteMessages removes every message up to and including a sequence
+	// number (drops the oldest part of a history) and keeps the rest as they
+	// are. Counters, search index and rollups follow; the session's usage is
+	// kept, as with ClearMessages. Errors: ABORTED (LAST_SEQ_MISMATCH) when
+	// expected_last_seq is stale; INVALID_ARGUMENT for up_to_seq beyond
+	// last_seq; FAILED_PRECONDITION (SESSION_ENDED).
+	DeleteMessages(context.Context, *DeleteMessagesRequest) (*DeleteMessagesResponse, error)
 	mustEmbedUnimplementedMessageServiceServer()
 }
 
@@ -228,6 +282,12 @@ func (UnimplementedMessageServiceServer) ClearMessages(context.Context, *ClearMe
 }
 func (UnimplementedMessageServiceServer) SearchMessages(context.Context, *SearchMessagesRequest) (*SearchMessagesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SearchMessages not implemented")
+}
+func (UnimplementedMessageServiceServer) ReplaceMessages(context.Context, *ReplaceMessagesRequest) (*ReplaceMessagesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplaceMessages not implemented")
+}
+func (UnimplementedMessageServiceServer) DeleteMessages(context.Context, *DeleteMessagesRequest) (*DeleteMessagesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteMessages not implemented")
 }
 func (UnimplementedMessageServiceServer) mustEmbedUnimplementedMessageServiceServer() {}
 func (UnimplementedMessageServiceServer) testEmbeddedByValue()                        {}
@@ -358,6 +418,42 @@ func _MessageService_SearchMessages_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MessageService_ReplaceMessages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplaceMessagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MessageServiceServer).ReplaceMessages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MessageService_ReplaceMessages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MessageServiceServer).ReplaceMessages(ctx, req.(*ReplaceMessagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MessageService_DeleteMessages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteMessagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MessageServiceServer).DeleteMessages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MessageService_DeleteMessages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MessageServiceServer).DeleteMessages(ctx, req.(*DeleteMessagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MessageService_ServiceDesc is the grpc.ServiceDesc for MessageService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -388,6 +484,14 @@ var MessageService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SearchMessages",
 			Handler:    _MessageService_SearchMessages_Handler,
+		},
+		{
+			MethodName: "ReplaceMessages",
+			Handler:    _MessageService_ReplaceMessages_Handler,
+		},
+		{
+			MethodName: "DeleteMessages",
+			Handler:    _MessageService_DeleteMessages_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -478,7 +478,18 @@ type Session struct {
 	Revision int64 `protobuf:"varint,32,opt,name=revision,proto3" json:"revision,omitempty"`
 	// etag is an opaque version tag; pass it back to UpdateSession for
 	// optimistic concurrency.
-	Etag          string `protobuf:"bytes,33,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,33,opt,name=etag,proto3" json:"etag,omitempty"`
+	// state_json is the session's state: a JSON object, as text. Empty at
+	// creation means "{}"; anything but an object is INVALID_ARGUMENT. At most
+	// 64 KiB (server limit max_state_bytes) as stored, checked on the result
+	// of every change. Set at creation (CreateSession, TouchSession; a fork
+	// starts with its parent's), replaced whole by UpdateSession (path
+	// "state_json"), changed key by key by AppendMessagesRequest.state_delta
+	// in the same transaction as the messages. Returned by every read and
+	// carried in watch events. Values are kept exactly as given (a number is
+	// never turned into floating point); keys keep the order they were first
+	// set in.
+	StateJson     string `protobuf:"bytes,34,opt,name=state_json,json=stateJson,proto3" json:"state_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -744,6 +755,223 @@ func (x *Session) GetEtag() string {
 	return ""
 }
 
+func (x *Session) GetStateJson() string {
+	if x != nil {
+		return x.StateJson
+	}
+	return ""
+}
+
+// StateDelta changes a JSON object key by key (top-level keys only).
+type StateDelta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// set maps each key to its new value: a JSON value as text ("1",
+	// "\"text\"", "null", "[1,2]", "{...}"). A null value is stored as null,
+	// not removed. New keys are added in key order. Keys are 1 to 256 bytes.
+	Set map[string]string `protobuf:"bytes,1,rep,name=set,proto3" json:"set,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// remove lists keys to remove; a missing key is ignored. A key in both
+	// set and remove is INVALID_ARGUMENT.
+	Remove        []string `protobuf:"bytes,2,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateDelta) Reset() {
+	*x = StateDelta{}
+	mi := &file_sessiond_v1_session_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateDelta) ProtoMessage() {}
+
+func (x *StateDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_sessiond_v1_session_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateDelta.ProtoReflect.Descriptor instead.
+func (*StateDelta) Descriptor() ([]byte, []int) {
+	return file_sessiond_v1_session_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StateDelta) GetSet() map[string]string {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *StateDelta) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+// SharedState is state shared by the sessions of one application (user_id
+// empty), or of one user of one application, within the caller's tenant:
+// Google ADK's "app:" and "user:" state.
+type SharedState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// app names the application; 1 to 256 bytes.
+	App string `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	// user_id names the user within the application; empty for the
+	// application's own state.
+	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// state_json is the state: a JSON object as text ("{}" when never
+	// written), bounded like Session.state_json.
+	StateJson string `protobuf:"bytes,3,opt,name=state_json,json=stateJson,proto3" json:"state_json,omitempty"`
+	// etag is the state's version: "0" before the first change, then a new
+	// value with every change. Pass it to UpdateSharedState for
+	// compare-and-set.
+	Etag string `protobuf:"bytes,4,opt,name=etag,proto3" json:"etag,omitempty"`
+	// updated_at is the time of the last change (unset before the first).
+	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SharedState) Reset() {
+	*x = SharedState{}
+	mi := &file_sessiond_v1_session_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SharedState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SharedState) ProtoMessage() {}
+
+func (x *SharedState) ProtoReflect() protoreflect.Message {
+	mi := &file_sessiond_v1_session_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SharedState.ProtoReflect.Descriptor instead.
+func (*SharedState) Descriptor() ([]byte, []int) {
+	return file_sessiond_v1_session_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SharedState) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *SharedState) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *SharedState) GetStateJson() string {
+	if x != nil {
+		return x.StateJson
+	}
+	return ""
+}
+
+func (x *SharedState) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *SharedState) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+// SharedStateDelta is a change of one shared state.
+type SharedStateDelta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// app names the application; required.
+	App string `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	// user_id names the user; empty for the application's state.
+	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// delta is the change.
+	Delta         *StateDelta `protobuf:"bytes,3,opt,name=delta,proto3" json:"delta,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SharedStateDelta) Reset() {
+	*x = SharedStateDelta{}
+	mi := &file_sessiond_v1_session_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SharedStateDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SharedStateDelta) ProtoMessage() {}
+
+func (x *SharedStateDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_sessiond_v1_session_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SharedStateDelta.ProtoReflect.Descriptor instead.
+func (*SharedStateDelta) Descriptor() ([]byte, []int) {
+	return file_sessiond_v1_session_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SharedStateDelta) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *SharedStateDelta) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *SharedStateDelta) GetDelta() *StateDelta {
+	if x != nil {
+		return x.Delta
+	}
+	return nil
+}
+
 // TimeRange is a half-open interval [start, end). An unset bound is open.
 type TimeRange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -757,7 +985,7 @@ type TimeRange struct {
 
 func (x *TimeRange) Reset() {
 	*x = TimeRange{}
-	mi := &file_sessiond_v1_session_proto_msgTypes[3]
+	mi := &file_sessiond_v1_session_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +997,7 @@ func (x *TimeRange) String() string {
 func (*TimeRange) ProtoMessage() {}
 
 func (x *TimeRange) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_proto_msgTypes[3]
+	mi := &file_sessiond_v1_session_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +1010,7 @@ func (x *TimeRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TimeRange.ProtoReflect.Descriptor instead.
 func (*TimeRange) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_proto_rawDescGZIP(), []int{3}
+	return file_sessiond_v1_session_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TimeRange) GetStart() *timestamppb.Timestamp {
@@ -850,7 +1078,7 @@ type SessionFilter struct {
 
 func (x *SessionFilter) Reset() {
 	*x = SessionFilter{}
-	mi := &file_sessiond_v1_session_proto_msgTypes[4]
+	mi := &file_sessiond_v1_session_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1090,7 @@ func (x *SessionFilter) String() string {
 func (*SessionFilter) ProtoMessage() {}
 
 func (x *SessionFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_proto_msgTypes[4]
+	mi := &file_sessiond_v1_session_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1103,7 @@ func (x *SessionFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionFilter.ProtoReflect.Descriptor instead.
 func (*SessionFilter) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_proto_rawDescGZIP(), []int{4}
+	return file_sessiond_v1_session_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SessionFilter) GetSessionIds() []string {
@@ -1003,7 +1231,7 @@ const file_sessiond_v1_session_proto_rawDesc = "" +
 	"\n" +
 	"ModelUsage\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12(\n" +
-	"\x05usage\x18\x02 \x01(\v2\x12.sessiond.v1.UsageR\x05usage\"\x9c\n" +
+	"\x05usage\x18\x02 \x01(\v2\x12.sessiond.v1.UsageR\x05usage\"\xbb\n" +
 	"\n" +
 	"\aSession\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
@@ -1044,10 +1272,31 @@ const file_sessiond_v1_session_proto_rawDesc = "" +
 	"\x05usage\x18\x1e \x01(\v2\x12.sessiond.v1.UsageR\x05usage\x12#\n" +
 	"\rbudget_micros\x18\x1f \x01(\x03R\fbudgetMicros\x12\x1a\n" +
 	"\brevision\x18  \x01(\x03R\brevision\x12\x12\n" +
-	"\x04etag\x18! \x01(\tR\x04etag\x1a9\n" +
+	"\x04etag\x18! \x01(\tR\x04etag\x12\x1d\n" +
+	"\n" +
+	"state_json\x18\" \x01(\tR\tstateJson\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"k\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
+	"\n" +
+	"StateDelta\x122\n" +
+	"\x03set\x18\x01 \x03(\v2 .sessiond.v1.StateDelta.SetEntryR\x03set\x12\x16\n" +
+	"\x06remove\x18\x02 \x03(\tR\x06remove\x1a6\n" +
+	"\bSetEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa6\x01\n" +
+	"\vSharedState\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1d\n" +
+	"\n" +
+	"state_json\x18\x03 \x01(\tR\tstateJson\x12\x12\n" +
+	"\x04etag\x18\x04 \x01(\tR\x04etag\x129\n" +
+	"\n" +
+	"updated_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"l\n" +
+	"\x10SharedStateDelta\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12-\n" +
+	"\x05delta\x18\x03 \x01(\v2\x17.sessiond.v1.StateDeltaR\x05delta\"k\n" +
 	"\tTimeRange\x120\n" +
 	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12,\n" +
 	"\x03end\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03end\"\xb4\x05\n" +
@@ -1106,7 +1355,7 @@ func file_sessiond_v1_session_proto_rawDescGZIP() []byte {
 }
 
 var file_sessiond_v1_session_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_sessiond_v1_session_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_sessiond_v1_session_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_sessiond_v1_session_proto_goTypes = []any{
 	(SessionKind)(0),              // 0: sessiond.v1.SessionKind
 	(SessionStatus)(0),            // 1: sessiond.v1.SessionStatus
@@ -1114,36 +1363,43 @@ var file_sessiond_v1_session_proto_goTypes = []any{
 	(*Usage)(nil),                 // 3: sessiond.v1.Usage
 	(*ModelUsage)(nil),            // 4: sessiond.v1.ModelUsage
 	(*Session)(nil),               // 5: sessiond.v1.Session
-	(*TimeRange)(nil),             // 6: sessiond.v1.TimeRange
-	(*SessionFilter)(nil),         // 7: sessiond.v1.SessionFilter
-	nil,                           // 8: sessiond.v1.Session.LabelsEntry
-	nil,                           // 9: sessiond.v1.SessionFilter.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*StateDelta)(nil),            // 6: sessiond.v1.StateDelta
+	(*SharedState)(nil),           // 7: sessiond.v1.SharedState
+	(*SharedStateDelta)(nil),      // 8: sessiond.v1.SharedStateDelta
+	(*TimeRange)(nil),             // 9: sessiond.v1.TimeRange
+	(*SessionFilter)(nil),         // 10: sessiond.v1.SessionFilter
+	nil,                           // 11: sessiond.v1.Session.LabelsEntry
+	nil,                           // 12: sessiond.v1.StateDelta.SetEntry
+	nil,                           // 13: sessiond.v1.SessionFilter.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_sessiond_v1_session_proto_depIdxs = []int32{
 	3,  // 0: sessiond.v1.ModelUsage.usage:type_name -> sessiond.v1.Usage
 	0,  // 1: sessiond.v1.Session.kind:type_name -> sessiond.v1.SessionKind
-	8,  // 2: sessiond.v1.Session.labels:type_name -> sessiond.v1.Session.LabelsEntry
+	11, // 2: sessiond.v1.Session.labels:type_name -> sessiond.v1.Session.LabelsEntry
 	1,  // 3: sessiond.v1.Session.status:type_name -> sessiond.v1.SessionStatus
 	2,  // 4: sessiond.v1.Session.runtime_state:type_name -> sessiond.v1.RuntimeState
-	10, // 5: sessiond.v1.Session.turn_started_at:type_name -> google.protobuf.Timestamp
-	10, // 6: sessiond.v1.Session.started_at:type_name -> google.protobuf.Timestamp
-	10, // 7: sessiond.v1.Session.last_activity_at:type_name -> google.protobuf.Timestamp
-	10, // 8: sessiond.v1.Session.ended_at:type_name -> google.protobuf.Timestamp
-	10, // 9: sessiond.v1.Session.updated_at:type_name -> google.protobuf.Timestamp
+	14, // 5: sessiond.v1.Session.turn_started_at:type_name -> google.protobuf.Timestamp
+	14, // 6: sessiond.v1.Session.started_at:type_name -> google.protobuf.Timestamp
+	14, // 7: sessiond.v1.Session.last_activity_at:type_name -> google.protobuf.Timestamp
+	14, // 8: sessiond.v1.Session.ended_at:type_name -> google.protobuf.Timestamp
+	14, // 9: sessiond.v1.Session.updated_at:type_name -> google.protobuf.Timestamp
 	3,  // 10: sessiond.v1.Session.usage:type_name -> sessiond.v1.Usage
-	10, // 11: sessiond.v1.TimeRange.start:type_name -> google.protobuf.Timestamp
-	10, // 12: sessiond.v1.TimeRange.end:type_name -> google.protobuf.Timestamp
-	1,  // 13: sessiond.v1.SessionFilter.statuses:type_name -> sessiond.v1.SessionStatus
-	0,  // 14: sessiond.v1.SessionFilter.kinds:type_name -> sessiond.v1.SessionKind
-	9,  // 15: sessiond.v1.SessionFilter.labels:type_name -> sessiond.v1.SessionFilter.LabelsEntry
-	6,  // 16: sessiond.v1.SessionFilter.started:type_name -> sessiond.v1.TimeRange
-	6,  // 17: sessiond.v1.SessionFilter.last_activity:type_name -> sessiond.v1.TimeRange
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	12, // 11: sessiond.v1.StateDelta.set:type_name -> sessiond.v1.StateDelta.SetEntry
+	14, // 12: sessiond.v1.SharedState.updated_at:type_name -> google.protobuf.Timestamp
+	6,  // 13: sessiond.v1.SharedStateDelta.delta:type_name -> sessiond.v1.StateDelta
+	14, // 14: sessiond.v1.TimeRange.start:type_name -> google.protobuf.Timestamp
+	14, // 15: sessiond.v1.TimeRange.end:type_name -> google.protobuf.Timestamp
+	1,  // 16: sessiond.v1.SessionFilter.statuses:type_name -> sessiond.v1.SessionStatus
+	0,  // 17: sessiond.v1.SessionFilter.kinds:type_name -> sessiond.v1.SessionKind
+	13, // 18: sessiond.v1.SessionFilter.labels:type_name -> sessiond.v1.SessionFilter.LabelsEntry
+	9,  // 19: sessiond.v1.SessionFilter.started:type_name -> sessiond.v1.TimeRange
+	9,  // 20: sessiond.v1.SessionFilter.last_activity:type_name -> sessiond.v1.TimeRange
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_sessiond_v1_session_proto_init() }
@@ -1157,7 +1413,7 @@ func file_sessiond_v1_session_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sessiond_v1_session_proto_rawDesc), len(file_sessiond_v1_session_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   7,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -161,6 +161,227 @@ func (WatchResponseType) EnumDescriptor() ([]byte, []int) {
 	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{1}
 }
 
+// GetSharedStateRequest is the input of GetSharedState.
+type GetSharedStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// app names the application; required.
+	App string `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	// user_id names the user; empty for the application's state.
+	UserId        string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSharedStateRequest) Reset() {
+	*x = GetSharedStateRequest{}
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSharedStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSharedStateRequest) ProtoMessage() {}
+
+func (x *GetSharedStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSharedStateRequest.ProtoReflect.Descriptor instead.
+func (*GetSharedStateRequest) Descriptor() ([]byte, []int) {
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GetSharedStateRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *GetSharedStateRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// GetSharedStateResponse is the output of GetSharedState.
+type GetSharedStateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// state is the shared state.
+	State         *SharedState `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSharedStateResponse) Reset() {
+	*x = GetSharedStateResponse{}
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSharedStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSharedStateResponse) ProtoMessage() {}
+
+func (x *GetSharedStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSharedStateResponse.ProtoReflect.Descriptor instead.
+func (*GetSharedStateResponse) Descriptor() ([]byte, []int) {
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetSharedStateResponse) GetState() *SharedState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+// UpdateSharedStateRequest is the input of UpdateSharedState.
+type UpdateSharedStateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// app names the application; required.
+	App string `protobuf:"bytes,1,opt,name=app,proto3" json:"app,omitempty"`
+	// user_id names the user; empty for the application's state.
+	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// delta is the change; required.
+	Delta *StateDelta `protobuf:"bytes,3,opt,name=delta,proto3" json:"delta,omitempty"`
+	// etag, when set, must equal the state's current etag ("0" for a state
+	// never written), else ABORTED (ETAG_MISMATCH).
+	Etag          string `protobuf:"bytes,4,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSharedStateRequest) Reset() {
+	*x = UpdateSharedStateRequest{}
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSharedStateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSharedStateRequest) ProtoMessage() {}
+
+func (x *UpdateSharedStateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSharedStateRequest.ProtoReflect.Descriptor instead.
+func (*UpdateSharedStateRequest) Descriptor() ([]byte, []int) {
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *UpdateSharedStateRequest) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *UpdateSharedStateRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UpdateSharedStateRequest) GetDelta() *StateDelta {
+	if x != nil {
+		return x.Delta
+	}
+	return nil
+}
+
+func (x *UpdateSharedStateRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+// UpdateSharedStateResponse is the output of UpdateSharedState.
+type UpdateSharedStateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// state is the shared state after the change.
+	State         *SharedState `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSharedStateResponse) Reset() {
+	*x = UpdateSharedStateResponse{}
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSharedStateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSharedStateResponse) ProtoMessage() {}
+
+func (x *UpdateSharedStateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSharedStateResponse.ProtoReflect.Descriptor instead.
+func (*UpdateSharedStateResponse) Descriptor() ([]byte, []int) {
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *UpdateSharedStateResponse) GetState() *SharedState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
 // CreateSessionRequest is the input of CreateSession.
 type CreateSessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -175,7 +396,7 @@ type CreateSessionRequest struct {
 
 func (x *CreateSessionRequest) Reset() {
 	*x = CreateSessionRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[0]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -187,7 +408,7 @@ func (x *CreateSessionRequest) String() string {
 func (*CreateSessionRequest) ProtoMessage() {}
 
 func (x *CreateSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[0]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -200,7 +421,7 @@ func (x *CreateSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSessionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSessionRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{0}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateSessionRequest) GetSession() *Session {
@@ -225,7 +446,7 @@ type CreateSessionResponse struct {
 
 func (x *CreateSessionResponse) Reset() {
 	*x = CreateSessionResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[1]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +458,7 @@ func (x *CreateSessionResponse) String() string {
 func (*CreateSessionResponse) ProtoMessage() {}
 
 func (x *CreateSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[1]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +471,7 @@ func (x *CreateSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSessionResponse.ProtoReflect.Descriptor instead.
 func (*CreateSessionResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{1}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateSessionResponse) GetSession() *Session {
@@ -285,7 +506,7 @@ type GetSessionRequest struct {
 
 func (x *GetSessionRequest) Reset() {
 	*x = GetSessionRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[2]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +518,7 @@ func (x *GetSessionRequest) String() string {
 func (*GetSessionRequest) ProtoMessage() {}
 
 func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[2]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +531,7 @@ func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
 func (*GetSessionRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{2}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetSessionRequest) GetSessionId() string {
@@ -333,7 +554,7 @@ type GetSessionResponse struct {
 
 func (x *GetSessionResponse) Reset() {
 	*x = GetSessionResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[3]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -345,7 +566,7 @@ func (x *GetSessionResponse) String() string {
 func (*GetSessionResponse) ProtoMessage() {}
 
 func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[3]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -358,7 +579,7 @@ func (x *GetSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSessionResponse.ProtoReflect.Descriptor instead.
 func (*GetSessionResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{3}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetSessionResponse) GetSession() *Session {
@@ -383,7 +604,8 @@ type UpdateSessionRequest struct {
 	// update_mask names the fields to change; required (an empty mask is
 	// INVALID_ARGUMENT, never "everything"). Allowed paths: kind, channel,
 	// room_id, sender_id, agent, model, display_name, goal, owner_id,
-	// dataset_id, labels, runtime_instance, budget_micros.
+	// dataset_id, labels, runtime_instance, budget_micros, state_json
+	// (replaced whole).
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	// etag, when set, must equal the session's current etag, else ABORTED;
 	// not checked when the update would change nothing (see UpdateSession).
@@ -394,7 +616,7 @@ type UpdateSessionRequest struct {
 
 func (x *UpdateSessionRequest) Reset() {
 	*x = UpdateSessionRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[4]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +628,7 @@ func (x *UpdateSessionRequest) String() string {
 func (*UpdateSessionRequest) ProtoMessage() {}
 
 func (x *UpdateSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[4]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +641,7 @@ func (x *UpdateSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSessionRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSessionRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{4}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UpdateSessionRequest) GetSession() *Session {
@@ -456,7 +678,7 @@ type UpdateSessionResponse struct {
 
 func (x *UpdateSessionResponse) Reset() {
 	*x = UpdateSessionResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[5]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +690,7 @@ func (x *UpdateSessionResponse) String() string {
 func (*UpdateSessionResponse) ProtoMessage() {}
 
 func (x *UpdateSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[5]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +703,7 @@ func (x *UpdateSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSessionResponse.ProtoReflect.Descriptor instead.
 func (*UpdateSessionResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{5}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UpdateSessionResponse) GetSession() *Session {
@@ -511,7 +733,7 @@ type DeleteSessionRequest struct {
 
 func (x *DeleteSessionRequest) Reset() {
 	*x = DeleteSessionRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[6]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +745,7 @@ func (x *DeleteSessionRequest) String() string {
 func (*DeleteSessionRequest) ProtoMessage() {}
 
 func (x *DeleteSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[6]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +758,7 @@ func (x *DeleteSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSessionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSessionRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{6}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteSessionRequest) GetSessionId() string {
@@ -566,7 +788,7 @@ type DeleteSessionResponse struct {
 
 func (x *DeleteSessionResponse) Reset() {
 	*x = DeleteSessionResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[7]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +800,7 @@ func (x *DeleteSessionResponse) String() string {
 func (*DeleteSessionResponse) ProtoMessage() {}
 
 func (x *DeleteSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[7]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +813,7 @@ func (x *DeleteSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSessionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSessionResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{7}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteSessionResponse) GetRevision() int64 {
@@ -632,7 +854,7 @@ type ListSessionsRequest struct {
 
 func (x *ListSessionsRequest) Reset() {
 	*x = ListSessionsRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[8]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +866,7 @@ func (x *ListSessionsRequest) String() string {
 func (*ListSessionsRequest) ProtoMessage() {}
 
 func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[8]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +879,7 @@ func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{8}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListSessionsRequest) GetFilter() *SessionFilter {
@@ -712,7 +934,7 @@ type ListSessionsResponse struct {
 
 func (x *ListSessionsResponse) Reset() {
 	*x = ListSessionsResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[9]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +946,7 @@ func (x *ListSessionsResponse) String() string {
 func (*ListSessionsResponse) ProtoMessage() {}
 
 func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[9]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +959,7 @@ func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{9}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListSessionsResponse) GetSessions() []*Session {
@@ -780,7 +1002,7 @@ type TouchSessionRequest struct {
 
 func (x *TouchSessionRequest) Reset() {
 	*x = TouchSessionRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[10]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +1014,7 @@ func (x *TouchSessionRequest) String() string {
 func (*TouchSessionRequest) ProtoMessage() {}
 
 func (x *TouchSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[10]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +1027,7 @@ func (x *TouchSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TouchSessionRequest.ProtoReflect.Descriptor instead.
 func (*TouchSessionRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{10}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TouchSessionRequest) GetSession() *Session {
@@ -830,7 +1052,7 @@ type TouchSessionResponse struct {
 
 func (x *TouchSessionResponse) Reset() {
 	*x = TouchSessionResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[11]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +1064,7 @@ func (x *TouchSessionResponse) String() string {
 func (*TouchSessionResponse) ProtoMessage() {}
 
 func (x *TouchSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[11]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +1077,7 @@ func (x *TouchSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TouchSessionResponse.ProtoReflect.Descriptor instead.
 func (*TouchSessionResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{11}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TouchSessionResponse) GetSession() *Session {
@@ -898,7 +1120,7 @@ type EndSessionRequest struct {
 
 func (x *EndSessionRequest) Reset() {
 	*x = EndSessionRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[12]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1132,7 @@ func (x *EndSessionRequest) String() string {
 func (*EndSessionRequest) ProtoMessage() {}
 
 func (x *EndSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[12]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1145,7 @@ func (x *EndSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndSessionRequest.ProtoReflect.Descriptor instead.
 func (*EndSessionRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{12}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *EndSessionRequest) GetSessionId() string {
@@ -968,7 +1190,7 @@ type EndSessionResponse struct {
 
 func (x *EndSessionResponse) Reset() {
 	*x = EndSessionResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[13]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1202,7 @@ func (x *EndSessionResponse) String() string {
 func (*EndSessionResponse) ProtoMessage() {}
 
 func (x *EndSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[13]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1215,7 @@ func (x *EndSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndSessionResponse.ProtoReflect.Descriptor instead.
 func (*EndSessionResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{13}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EndSessionResponse) GetSession() *Session {
@@ -1032,7 +1254,7 @@ type SetRuntimeStateRequest struct {
 
 func (x *SetRuntimeStateRequest) Reset() {
 	*x = SetRuntimeStateRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[14]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1266,7 @@ func (x *SetRuntimeStateRequest) String() string {
 func (*SetRuntimeStateRequest) ProtoMessage() {}
 
 func (x *SetRuntimeStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[14]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1279,7 @@ func (x *SetRuntimeStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRuntimeStateRequest.ProtoReflect.Descriptor instead.
 func (*SetRuntimeStateRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{14}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SetRuntimeStateRequest) GetSessionId() string {
@@ -1108,7 +1330,7 @@ type SetRuntimeStateResponse struct {
 
 func (x *SetRuntimeStateResponse) Reset() {
 	*x = SetRuntimeStateResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[15]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1342,7 @@ func (x *SetRuntimeStateResponse) String() string {
 func (*SetRuntimeStateResponse) ProtoMessage() {}
 
 func (x *SetRuntimeStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[15]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1355,7 @@ func (x *SetRuntimeStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRuntimeStateResponse.ProtoReflect.Descriptor instead.
 func (*SetRuntimeStateResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{15}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SetRuntimeStateResponse) GetSession() *Session {
@@ -1170,7 +1392,7 @@ type ForkSessionRequest struct {
 
 func (x *ForkSessionRequest) Reset() {
 	*x = ForkSessionRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[16]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1404,7 @@ func (x *ForkSessionRequest) String() string {
 func (*ForkSessionRequest) ProtoMessage() {}
 
 func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[16]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1417,7 @@ func (x *ForkSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSessionRequest.ProtoReflect.Descriptor instead.
 func (*ForkSessionRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{16}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ForkSessionRequest) GetSourceSessionId() string {
@@ -1241,7 +1463,7 @@ type ForkSessionResponse struct {
 
 func (x *ForkSessionResponse) Reset() {
 	*x = ForkSessionResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[17]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1475,7 @@ func (x *ForkSessionResponse) String() string {
 func (*ForkSessionResponse) ProtoMessage() {}
 
 func (x *ForkSessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[17]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1488,7 @@ func (x *ForkSessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForkSessionResponse.ProtoReflect.Descriptor instead.
 func (*ForkSessionResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{17}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ForkSessionResponse) GetSession() *Session {
@@ -1305,7 +1527,7 @@ type ReconcileSessionsRequest struct {
 
 func (x *ReconcileSessionsRequest) Reset() {
 	*x = ReconcileSessionsRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[18]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1539,7 @@ func (x *ReconcileSessionsRequest) String() string {
 func (*ReconcileSessionsRequest) ProtoMessage() {}
 
 func (x *ReconcileSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[18]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1552,7 @@ func (x *ReconcileSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileSessionsRequest.ProtoReflect.Descriptor instead.
 func (*ReconcileSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{18}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ReconcileSessionsRequest) GetRuntimeInstance() string {
@@ -1367,7 +1589,7 @@ type ReconcileSessionsResponse struct {
 
 func (x *ReconcileSessionsResponse) Reset() {
 	*x = ReconcileSessionsResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[19]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1379,7 +1601,7 @@ func (x *ReconcileSessionsResponse) String() string {
 func (*ReconcileSessionsResponse) ProtoMessage() {}
 
 func (x *ReconcileSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[19]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1392,7 +1614,7 @@ func (x *ReconcileSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReconcileSessionsResponse.ProtoReflect.Descriptor instead.
 func (*ReconcileSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{19}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ReconcileSessionsResponse) GetMarkedSessionIds() []string {
@@ -1430,7 +1652,7 @@ type PurgeSessionsRequest struct {
 
 func (x *PurgeSessionsRequest) Reset() {
 	*x = PurgeSessionsRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[20]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1442,7 +1664,7 @@ func (x *PurgeSessionsRequest) String() string {
 func (*PurgeSessionsRequest) ProtoMessage() {}
 
 func (x *PurgeSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[20]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1455,7 +1677,7 @@ func (x *PurgeSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeSessionsRequest.ProtoReflect.Descriptor instead.
 func (*PurgeSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{20}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PurgeSessionsRequest) GetLastActivityBefore() *timestamppb.Timestamp {
@@ -1502,7 +1724,7 @@ type PurgeSessionsResponse struct {
 
 func (x *PurgeSessionsResponse) Reset() {
 	*x = PurgeSessionsResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[21]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1736,7 @@ func (x *PurgeSessionsResponse) String() string {
 func (*PurgeSessionsResponse) ProtoMessage() {}
 
 func (x *PurgeSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[21]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1749,7 @@ func (x *PurgeSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeSessionsResponse.ProtoReflect.Descriptor instead.
 func (*PurgeSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{21}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PurgeSessionsResponse) GetPurgedCount() int64 {
@@ -1583,7 +1805,7 @@ type WatchFilter struct {
 
 func (x *WatchFilter) Reset() {
 	*x = WatchFilter{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[22]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1817,7 @@ func (x *WatchFilter) String() string {
 func (*WatchFilter) ProtoMessage() {}
 
 func (x *WatchFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[22]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1830,7 @@ func (x *WatchFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFilter.ProtoReflect.Descriptor instead.
 func (*WatchFilter) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{22}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchFilter) GetSessionIds() []string {
@@ -1684,7 +1906,7 @@ type WatchSessionsRequest struct {
 
 func (x *WatchSessionsRequest) Reset() {
 	*x = WatchSessionsRequest{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[23]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1918,7 @@ func (x *WatchSessionsRequest) String() string {
 func (*WatchSessionsRequest) ProtoMessage() {}
 
 func (x *WatchSessionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[23]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1931,7 @@ func (x *WatchSessionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSessionsRequest.ProtoReflect.Descriptor instead.
 func (*WatchSessionsRequest) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{23}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchSessionsRequest) GetStartRevision() int64 {
@@ -1775,7 +1997,7 @@ type WatchSessionsResponse struct {
 
 func (x *WatchSessionsResponse) Reset() {
 	*x = WatchSessionsResponse{}
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[24]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +2009,7 @@ func (x *WatchSessionsResponse) String() string {
 func (*WatchSessionsResponse) ProtoMessage() {}
 
 func (x *WatchSessionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sessiond_v1_session_service_proto_msgTypes[24]
+	mi := &file_sessiond_v1_session_service_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +2022,7 @@ func (x *WatchSessionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSessionsResponse.ProtoReflect.Descriptor instead.
 func (*WatchSessionsResponse) Descriptor() ([]byte, []int) {
-	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{24}
+	return file_sessiond_v1_session_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchSessionsResponse) GetType() WatchResponseType {
@@ -1849,7 +2071,19 @@ var File_sessiond_v1_session_service_proto protoreflect.FileDescriptor
 
 const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\n" +
-	"!sessiond/v1/session_service.proto\x12\vsessiond.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sessiond/v1/event.proto\x1a\x19sessiond/v1/session.proto\"F\n" +
+	"!sessiond/v1/session_service.proto\x12\vsessiond.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sessiond/v1/event.proto\x1a\x19sessiond/v1/session.proto\"B\n" +
+	"\x15GetSharedStateRequest\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\"H\n" +
+	"\x16GetSharedStateResponse\x12.\n" +
+	"\x05state\x18\x01 \x01(\v2\x18.sessiond.v1.SharedStateR\x05state\"\x88\x01\n" +
+	"\x18UpdateSharedStateRequest\x12\x10\n" +
+	"\x03app\x18\x01 \x01(\tR\x03app\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12-\n" +
+	"\x05delta\x18\x03 \x01(\v2\x17.sessiond.v1.StateDeltaR\x05delta\x12\x12\n" +
+	"\x04etag\x18\x04 \x01(\tR\x04etag\"K\n" +
+	"\x19UpdateSharedStateResponse\x12.\n" +
+	"\x05state\x18\x01 \x01(\v2\x18.sessiond.v1.SharedStateR\x05state\"F\n" +
 	"\x14CreateSessionRequest\x12.\n" +
 	"\asession\x18\x01 \x01(\v2\x14.sessiond.v1.SessionR\asession\"}\n" +
 	"\x15CreateSessionResponse\x12.\n" +
@@ -1979,7 +2213,7 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\x1aWATCH_RESPONSE_TYPE_EVENTS\x10\x02\x12\x1f\n" +
 	"\x1bWATCH_RESPONSE_TYPE_INITIAL\x10\x03\x12(\n" +
 	"$WATCH_RESPONSE_TYPE_INITIAL_COMPLETE\x10\x04\x12 \n" +
-	"\x1cWATCH_RESPONSE_TYPE_PROGRESS\x10\x052\xa6\b\n" +
+	"\x1cWATCH_RESPONSE_TYPE_PROGRESS\x10\x052\xe5\t\n" +
 	"\x0eSessionService\x12V\n" +
 	"\rCreateSession\x12!.sessiond.v1.CreateSessionRequest\x1a\".sessiond.v1.CreateSessionResponse\x12M\n" +
 	"\n" +
@@ -1994,7 +2228,9 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\vForkSession\x12\x1f.sessiond.v1.ForkSessionRequest\x1a .sessiond.v1.ForkSessionResponse\x12b\n" +
 	"\x11ReconcileSessions\x12%.sessiond.v1.ReconcileSessionsRequest\x1a&.sessiond.v1.ReconcileSessionsResponse\x12V\n" +
 	"\rPurgeSessions\x12!.sessiond.v1.PurgeSessionsRequest\x1a\".sessiond.v1.PurgeSessionsResponse\x12X\n" +
-	"\rWatchSessions\x12!.sessiond.v1.WatchSessionsRequest\x1a\".sessiond.v1.WatchSessionsResponse0\x01B>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
+	"\rWatchSessions\x12!.sessiond.v1.WatchSessionsRequest\x1a\".sessiond.v1.WatchSessionsResponse0\x01\x12Y\n" +
+	"\x0eGetSharedState\x12\".sessiond.v1.GetSharedStateRequest\x1a#.sessiond.v1.GetSharedStateResponse\x12b\n" +
+	"\x11UpdateSharedState\x12%.sessiond.v1.UpdateSharedStateRequest\x1a&.sessiond.v1.UpdateSharedStateResponseB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3"
 
 var (
 	file_sessiond_v1_session_service_proto_rawDescOnce sync.Once
@@ -2009,102 +2245,115 @@ func file_sessiond_v1_session_service_proto_rawDescGZIP() []byte {
 }
 
 var file_sessiond_v1_session_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sessiond_v1_session_service_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_sessiond_v1_session_service_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_sessiond_v1_session_service_proto_goTypes = []any{
 	(SessionOrderField)(0),            // 0: sessiond.v1.SessionOrderField
 	(WatchResponseType)(0),            // 1: sessiond.v1.WatchResponseType
-	(*CreateSessionRequest)(nil),      // 2: sessiond.v1.CreateSessionRequest
-	(*CreateSessionResponse)(nil),     // 3: sessiond.v1.CreateSessionResponse
-	(*GetSessionRequest)(nil),         // 4: sessiond.v1.GetSessionRequest
-	(*GetSessionResponse)(nil),        // 5: sessiond.v1.GetSessionResponse
-	(*UpdateSessionRequest)(nil),      // 6: sessiond.v1.UpdateSessionRequest
-	(*UpdateSessionResponse)(nil),     // 7: sessiond.v1.UpdateSessionResponse
-	(*DeleteSessionRequest)(nil),      // 8: sessiond.v1.DeleteSessionRequest
-	(*DeleteSessionResponse)(nil),     // 9: sessiond.v1.DeleteSessionResponse
-	(*ListSessionsRequest)(nil),       // 10: sessiond.v1.ListSessionsRequest
-	(*ListSessionsResponse)(nil),      // 11: sessiond.v1.ListSessionsResponse
-	(*TouchSessionRequest)(nil),       // 12: sessiond.v1.TouchSessionRequest
-	(*TouchSessionResponse)(nil),      // 13: sessiond.v1.TouchSessionResponse
-	(*EndSessionRequest)(nil),         // 14: sessiond.v1.EndSessionRequest
-	(*EndSessionResponse)(nil),        // 15: sessiond.v1.EndSessionResponse
-	(*SetRuntimeStateRequest)(nil),    // 16: sessiond.v1.SetRuntimeStateRequest
-	(*SetRuntimeStateResponse)(nil),   // 17: sessiond.v1.SetRuntimeStateResponse
-	(*ForkSessionRequest)(nil),        // 18: sessiond.v1.ForkSessionRequest
-	(*ForkSessionResponse)(nil),       // 19: sessiond.v1.ForkSessionResponse
-	(*ReconcileSessionsRequest)(nil),  // 20: sessiond.v1.ReconcileSessionsRequest
-	(*ReconcileSessionsResponse)(nil), // 21: sessiond.v1.ReconcileSessionsResponse
-	(*PurgeSessionsRequest)(nil),      // 22: sessiond.v1.PurgeSessionsRequest
-	(*PurgeSessionsResponse)(nil),     // 23: sessiond.v1.PurgeSessionsResponse
-	(*WatchFilter)(nil),               // 24: sessiond.v1.WatchFilter
-	(*WatchSessionsRequest)(nil),      // 25: sessiond.v1.WatchSessionsRequest
-	(*WatchSessionsResponse)(nil),     // 26: sessiond.v1.WatchSessionsResponse
-	nil,                               // 27: sessiond.v1.WatchFilter.LabelsEntry
-	(*Session)(nil),                   // 28: sessiond.v1.Session
-	(*fieldmaskpb.FieldMask)(nil),     // 29: google.protobuf.FieldMask
-	(*SessionFilter)(nil),             // 30: sessiond.v1.SessionFilter
-	(SessionStatus)(0),                // 31: sessiond.v1.SessionStatus
-	(*timestamppb.Timestamp)(nil),     // 32: google.protobuf.Timestamp
-	(RuntimeState)(0),                 // 33: sessiond.v1.RuntimeState
-	(EventType)(0),                    // 34: sessiond.v1.EventType
-	(*SessionEvent)(nil),              // 35: sessiond.v1.SessionEvent
+	(*GetSharedStateRequest)(nil),     // 2: sessiond.v1.GetSharedStateRequest
+	(*GetSharedStateResponse)(nil),    // 3: sessiond.v1.GetSharedStateResponse
+	(*UpdateSharedStateRequest)(nil),  // 4: sessiond.v1.UpdateSharedStateRequest
+	(*UpdateSharedStateResponse)(nil), // 5: sessiond.v1.UpdateSharedStateResponse
+	(*CreateSessionRequest)(nil),      // 6: sessiond.v1.CreateSessionRequest
+	(*CreateSessionResponse)(nil),     // 7: sessiond.v1.CreateSessionResponse
+	(*GetSessionRequest)(nil),         // 8: sessiond.v1.GetSessionRequest
+	(*GetSessionResponse)(nil),        // 9: sessiond.v1.GetSessionResponse
+	(*UpdateSessionRequest)(nil),      // 10: sessiond.v1.UpdateSessionRequest
+	(*UpdateSessionResponse)(nil),     // 11: sessiond.v1.UpdateSessionResponse
+	(*DeleteSessionRequest)(nil),      // 12: sessiond.v1.DeleteSessionRequest
+	(*DeleteSessionResponse)(nil),     // 13: sessiond.v1.DeleteSessionResponse
+	(*ListSessionsRequest)(nil),       // 14: sessiond.v1.ListSessionsRequest
+	(*ListSessionsResponse)(nil),      // 15: sessiond.v1.ListSessionsResponse
+	(*TouchSessionRequest)(nil),       // 16: sessiond.v1.TouchSessionRequest
+	(*TouchSessionResponse)(nil),      // 17: sessiond.v1.TouchSessionResponse
+	(*EndSessionRequest)(nil),         // 18: sessiond.v1.EndSessionRequest
+	(*EndSessionResponse)(nil),        // 19: sessiond.v1.EndSessionResponse
+	(*SetRuntimeStateRequest)(nil),    // 20: sessiond.v1.SetRuntimeStateRequest
+	(*SetRuntimeStateResponse)(nil),   // 21: sessiond.v1.SetRuntimeStateResponse
+	(*ForkSessionRequest)(nil),        // 22: sessiond.v1.ForkSessionRequest
+	(*ForkSessionResponse)(nil),       // 23: sessiond.v1.ForkSessionResponse
+	(*ReconcileSessionsRequest)(nil),  // 24: sessiond.v1.ReconcileSessionsRequest
+	(*ReconcileSessionsResponse)(nil), // 25: sessiond.v1.ReconcileSessionsResponse
+	(*PurgeSessionsRequest)(nil),      // 26: sessiond.v1.PurgeSessionsRequest
+	(*PurgeSessionsResponse)(nil),     // 27: sessiond.v1.PurgeSessionsResponse
+	(*WatchFilter)(nil),               // 28: sessiond.v1.WatchFilter
+	(*WatchSessionsRequest)(nil),      // 29: sessiond.v1.WatchSessionsRequest
+	(*WatchSessionsResponse)(nil),     // 30: sessiond.v1.WatchSessionsResponse
+	nil,                               // 31: sessiond.v1.WatchFilter.LabelsEntry
+	(*SharedState)(nil),               // 32: sessiond.v1.SharedState
+	(*StateDelta)(nil),                // 33: sessiond.v1.StateDelta
+	(*Session)(nil),                   // 34: sessiond.v1.Session
+	(*fieldmaskpb.FieldMask)(nil),     // 35: google.protobuf.FieldMask
+	(*SessionFilter)(nil),             // 36: sessiond.v1.SessionFilter
+	(SessionStatus)(0),                // 37: sessiond.v1.SessionStatus
+	(*timestamppb.Timestamp)(nil),     // 38: google.protobuf.Timestamp
+	(RuntimeState)(0),                 // 39: sessiond.v1.RuntimeState
+	(EventType)(0),                    // 40: sessiond.v1.EventType
+	(*SessionEvent)(nil),              // 41: sessiond.v1.SessionEvent
 }
 var file_sessiond_v1_session_service_proto_depIdxs = []int32{
-	28, // 0: sessiond.v1.CreateSessionRequest.session:type_name -> sessiond.v1.Session
-	28, // 1: sessiond.v1.CreateSessionResponse.session:type_name -> sessiond.v1.Session
-	28, // 2: sessiond.v1.GetSessionResponse.session:type_name -> sessiond.v1.Session
-	28, // 3: sessiond.v1.UpdateSessionRequest.session:type_name -> sessiond.v1.Session
-	29, // 4: sessiond.v1.UpdateSessionRequest.update_mask:type_name -> google.protobuf.FieldMask
-	28, // 5: sessiond.v1.UpdateSessionResponse.session:type_name -> sessiond.v1.Session
-	30, // 6: sessiond.v1.ListSessionsRequest.filter:type_name -> sessiond.v1.SessionFilter
-	0,  // 7: sessiond.v1.ListSessionsRequest.order_by:type_name -> sessiond.v1.SessionOrderField
-	28, // 8: sessiond.v1.ListSessionsResponse.sessions:type_name -> sessiond.v1.Session
-	28, // 9: sessiond.v1.TouchSessionRequest.session:type_name -> sessiond.v1.Session
-	28, // 10: sessiond.v1.TouchSessionResponse.session:type_name -> sessiond.v1.Session
-	31, // 11: sessiond.v1.EndSessionRequest.status:type_name -> sessiond.v1.SessionStatus
-	32, // 12: sessiond.v1.EndSessionRequest.ended_at:type_name -> google.protobuf.Timestamp
-	28, // 13: sessiond.v1.EndSessionResponse.session:type_name -> sessiond.v1.Session
-	33, // 14: sessiond.v1.SetRuntimeStateRequest.state:type_name -> sessiond.v1.RuntimeState
-	32, // 15: sessiond.v1.SetRuntimeStateRequest.turn_started_at:type_name -> google.protobuf.Timestamp
-	28, // 16: sessiond.v1.SetRuntimeStateResponse.session:type_name -> sessiond.v1.Session
-	28, // 17: sessiond.v1.ForkSessionResponse.session:type_name -> sessiond.v1.Session
-	32, // 18: sessiond.v1.PurgeSessionsRequest.last_activity_before:type_name -> google.protobuf.Timestamp
-	31, // 19: sessiond.v1.PurgeSessionsRequest.statuses:type_name -> sessiond.v1.SessionStatus
-	31, // 20: sessiond.v1.WatchFilter.statuses:type_name -> sessiond.v1.SessionStatus
-	27, // 21: sessiond.v1.WatchFilter.labels:type_name -> sessiond.v1.WatchFilter.LabelsEntry
-	34, // 22: sessiond.v1.WatchFilter.event_types:type_name -> sessiond.v1.EventType
-	24, // 23: sessiond.v1.WatchSessionsRequest.filter:type_name -> sessiond.v1.WatchFilter
-	1,  // 24: sessiond.v1.WatchSessionsResponse.type:type_name -> sessiond.v1.WatchResponseType
-	35, // 25: sessiond.v1.WatchSessionsResponse.events:type_name -> sessiond.v1.SessionEvent
-	32, // 26: sessiond.v1.WatchSessionsResponse.time:type_name -> google.protobuf.Timestamp
-	2,  // 27: sessiond.v1.SessionService.CreateSession:input_type -> sessiond.v1.CreateSessionRequest
-	4,  // 28: sessiond.v1.SessionService.GetSession:input_type -> sessiond.v1.GetSessionRequest
-	6,  // 29: sessiond.v1.SessionService.UpdateSession:input_type -> sessiond.v1.UpdateSessionRequest
-	8,  // 30: sessiond.v1.SessionService.DeleteSession:input_type -> sessiond.v1.DeleteSessionRequest
-	10, // 31: sessiond.v1.SessionService.ListSessions:input_type -> sessiond.v1.ListSessionsRequest
-	12, // 32: sessiond.v1.SessionService.TouchSession:input_type -> sessiond.v1.TouchSessionRequest
-	14, // 33: sessiond.v1.SessionService.EndSession:input_type -> sessiond.v1.EndSessionRequest
-	16, // 34: sessiond.v1.SessionService.SetRuntimeState:input_type -> sessiond.v1.SetRuntimeStateRequest
-	18, // 35: sessiond.v1.SessionService.ForkSession:input_type -> sessiond.v1.ForkSessionRequest
-	20, // 36: sessiond.v1.SessionService.ReconcileSessions:input_type -> sessiond.v1.ReconcileSessionsRequest
-	22, // 37: sessiond.v1.SessionService.PurgeSessions:input_type -> sessiond.v1.PurgeSessionsRequest
-	25, // 38: sessiond.v1.SessionService.WatchSessions:input_type -> sessiond.v1.WatchSessionsRequest
-	3,  // 39: sessiond.v1.SessionService.CreateSession:output_type -> sessiond.v1.CreateSessionResponse
-	5,  // 40: sessiond.v1.SessionService.GetSession:output_type -> sessiond.v1.GetSessionResponse
-	7,  // 41: sessiond.v1.SessionService.UpdateSession:output_type -> sessiond.v1.UpdateSessionResponse
-	9,  // 42: sessiond.v1.SessionService.DeleteSession:output_type -> sessiond.v1.DeleteSessionResponse
-	11, // 43: sessiond.v1.SessionService.ListSessions:output_type -> sessiond.v1.ListSessionsResponse
-	13, // 44: sessiond.v1.SessionService.TouchSession:output_type -> sessiond.v1.TouchSessionResponse
-	15, // 45: sessiond.v1.SessionService.EndSession:output_type -> sessiond.v1.EndSessionResponse
-	17, // 46: sessiond.v1.SessionService.SetRuntimeState:output_type -> sessiond.v1.SetRuntimeStateResponse
-	19, // 47: sessiond.v1.SessionService.ForkSession:output_type -> sessiond.v1.ForkSessionResponse
-	21, // 48: sessiond.v1.SessionService.ReconcileSessions:output_type -> sessiond.v1.ReconcileSessionsResponse
-	23, // 49: sessiond.v1.SessionService.PurgeSessions:output_type -> sessiond.v1.PurgeSessionsResponse
-	26, // 50: sessiond.v1.SessionService.WatchSessions:output_type -> sessiond.v1.WatchSessionsResponse
-	39, // [39:51] is the sub-list for method output_type
-	27, // [27:39] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	32, // 0: sessiond.v1.GetSharedStateResponse.state:type_name -> sessiond.v1.SharedState
+	33, // 1: sessiond.v1.UpdateSharedStateRequest.delta:type_name -> sessiond.v1.StateDelta
+	32, // 2: sessiond.v1.UpdateSharedStateResponse.state:type_name -> sessiond.v1.SharedState
+	34, // 3: sessiond.v1.CreateSessionRequest.session:type_name -> sessiond.v1.Session
+	34, // 4: sessiond.v1.CreateSessionResponse.session:type_name -> sessiond.v1.Session
+	34, // 5: sessiond.v1.GetSessionResponse.session:type_name -> sessiond.v1.Session
+	34, // 6: sessiond.v1.UpdateSessionRequest.session:type_name -> sessiond.v1.Session
+	35, // 7: sessiond.v1.UpdateSessionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	34, // 8: sessiond.v1.UpdateSessionResponse.session:type_name -> sessiond.v1.Session
+	36, // 9: sessiond.v1.ListSessionsRequest.filter:type_name -> sessiond.v1.SessionFilter
+	0,  // 10: sessiond.v1.ListSessionsRequest.order_by:type_name -> sessiond.v1.SessionOrderField
+	34, // 11: sessiond.v1.ListSessionsResponse.sessions:type_name -> sessiond.v1.Session
+	34, // 12: sessiond.v1.TouchSessionRequest.session:type_name -> sessiond.v1.Session
+	34, // 13: sessiond.v1.TouchSessionResponse.session:type_name -> sessiond.v1.Session
+	37, // 14: sessiond.v1.EndSessionRequest.status:type_name -> sessiond.v1.SessionStatus
+	38, // 15: sessiond.v1.EndSessionRequest.ended_at:type_name -> google.protobuf.Timestamp
+	34, // 16: sessiond.v1.EndSessionResponse.session:type_name -> sessiond.v1.Session
+	39, // 17: sessiond.v1.SetRuntimeStateRequest.state:type_name -> sessiond.v1.RuntimeState
+	38, // 18: sessiond.v1.SetRuntimeStateRequest.turn_started_at:type_name -> google.protobuf.Timestamp
+	34, // 19: sessiond.v1.SetRuntimeStateResponse.session:type_name -> sessiond.v1.Session
+	34, // 20: sessiond.v1.ForkSessionResponse.session:type_name -> sessiond.v1.Session
+	38, // 21: sessiond.v1.PurgeSessionsRequest.last_activity_before:type_name -> google.protobuf.Timestamp
+	37, // 22: sessiond.v1.PurgeSessionsRequest.statuses:type_name -> sessiond.v1.SessionStatus
+	37, // 23: sessiond.v1.WatchFilter.statuses:type_name -> sessiond.v1.SessionStatus
+	31, // 24: sessiond.v1.WatchFilter.labels:type_name -> sessiond.v1.WatchFilter.LabelsEntry
+	40, // 25: sessiond.v1.WatchFilter.event_types:type_name -> sessiond.v1.EventType
+	28, // 26: sessiond.v1.WatchSessionsRequest.filter:type_name -> sessiond.v1.WatchFilter
+	1,  // 27: sessiond.v1.WatchSessionsResponse.type:type_name -> sessiond.v1.WatchResponseType
+	41, // 28: sessiond.v1.WatchSessionsResponse.events:type_name -> sessiond.v1.SessionEvent
+	38, // 29: sessiond.v1.WatchSessionsResponse.time:type_name -> google.protobuf.Timestamp
+	6,  // 30: sessiond.v1.SessionService.CreateSession:input_type -> sessiond.v1.CreateSessionRequest
+	8,  // 31: sessiond.v1.SessionService.GetSession:input_type -> sessiond.v1.GetSessionRequest
+	10, // 32: sessiond.v1.SessionService.UpdateSession:input_type -> sessiond.v1.UpdateSessionRequest
+	12, // 33: sessiond.v1.SessionService.DeleteSession:input_type -> sessiond.v1.DeleteSessionRequest
+	14, // 34: sessiond.v1.SessionService.ListSessions:input_type -> sessiond.v1.ListSessionsRequest
+	16, // 35: sessiond.v1.SessionService.TouchSession:input_type -> sessiond.v1.TouchSessionRequest
+	18, // 36: sessiond.v1.SessionService.EndSession:input_type -> sessiond.v1.EndSessionRequest
+	20, // 37: sessiond.v1.SessionService.SetRuntimeState:input_type -> sessiond.v1.SetRuntimeStateRequest
+	22, // 38: sessiond.v1.SessionService.ForkSession:input_type -> sessiond.v1.ForkSessionRequest
+	24, // 39: sessiond.v1.SessionService.ReconcileSessions:input_type -> sessiond.v1.ReconcileSessionsRequest
+	26, // 40: sessiond.v1.SessionService.PurgeSessions:input_type -> sessiond.v1.PurgeSessionsRequest
+	29, // 41: sessiond.v1.SessionService.WatchSessions:input_type -> sessiond.v1.WatchSessionsRequest
+	2,  // 42: sessiond.v1.SessionService.GetSharedState:input_type -> sessiond.v1.GetSharedStateRequest
+	4,  // 43: sessiond.v1.SessionService.UpdateSharedState:input_type -> sessiond.v1.UpdateSharedStateRequest
+	7,  // 44: sessiond.v1.SessionService.CreateSession:output_type -> sessiond.v1.CreateSessionResponse
+	9,  // 45: sessiond.v1.SessionService.GetSession:output_type -> sessiond.v1.GetSessionResponse
+	11, // 46: sessiond.v1.SessionService.UpdateSession:output_type -> sessiond.v1.UpdateSessionResponse
+	13, // 47: sessiond.v1.SessionService.DeleteSession:output_type -> sessiond.v1.DeleteSessionResponse
+	15, // 48: sessiond.v1.SessionService.ListSessions:output_type -> sessiond.v1.ListSessionsResponse
+	17, // 49: sessiond.v1.SessionService.TouchSession:output_type -> sessiond.v1.TouchSessionResponse
+	19, // 50: sessiond.v1.SessionService.EndSession:output_type -> sessiond.v1.EndSessionResponse
+	21, // 51: sessiond.v1.SessionService.SetRuntimeState:output_type -> sessiond.v1.SetRuntimeStateResponse
+	23, // 52: sessiond.v1.SessionService.ForkSession:output_type -> sessiond.v1.ForkSessionResponse
+	25, // 53: sessiond.v1.SessionService.ReconcileSessions:output_type -> sessiond.v1.ReconcileSessionsResponse
+	27, // 54: sessiond.v1.SessionService.PurgeSessions:output_type -> sessiond.v1.PurgeSessionsResponse
+	30, // 55: sessiond.v1.SessionService.WatchSessions:output_type -> sessiond.v1.WatchSessionsResponse
+	3,  // 56: sessiond.v1.SessionService.GetSharedState:output_type -> sessiond.v1.GetSharedStateResponse
+	5,  // 57: sessiond.v1.SessionService.UpdateSharedState:output_type -> sessiond.v1.UpdateSharedStateResponse
+	44, // [44:58] is the sub-list for method output_type
+	30, // [30:44] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_sessiond_v1_session_service_proto_init() }
@@ -2120,7 +2369,7 @@ func file_sessiond_v1_session_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sessiond_v1_session_service_proto_rawDesc), len(file_sessiond_v1_session_service_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   26,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

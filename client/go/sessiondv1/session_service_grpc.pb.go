@@ -31,6 +31,8 @@ const (
 	SessionService_ReconcileSessions_FullMethodName = "/sessiond.v1.SessionService/ReconcileSessions"
 	SessionService_PurgeSessions_FullMethodName     = "/sessiond.v1.SessionService/PurgeSessions"
 	SessionService_WatchSessions_FullMethodName     = "/sessiond.v1.SessionService/WatchSessions"
+	SessionService_GetSharedState_FullMethodName    = "/sessiond.v1.SessionService/GetSharedState"
+	SessionService_UpdateSharedState_FullMethodName = "/sessiond.v1.SessionService/UpdateSharedState"
 )
 
 // SessionServiceClient is the client API for SessionService service.
@@ -123,6 +125,16 @@ type SessionServiceClient interface {
 	// client has taken what it sent, so a client that stops reading holds only
 	// a small, bounded amount of server memory and delays no one else.
 	WatchSessions(ctx context.Context, in *WatchSessionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchSessionsResponse], error)
+	// GetSharedState reads the state shared by an application's sessions, or
+	// by one user's sessions of it. A state never written reads as "{}" with
+	// etag "0". Errors: INVALID_ARGUMENT for a missing app.
+	GetSharedState(ctx context.Context, in *GetSharedStateRequest, opts ...grpc.CallOption) (*GetSharedStateResponse, error)
+	// UpdateSharedState changes a shared state key by key. With etag set, it
+	// is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
+	// that changes nothing (a retry of one applied) answers the state as it
+	// is, whatever the etag. Shared state changes are not WatchSessions
+	// events. Errors: INVALID_ARGUMENT (delta, state too large).
+	UpdateSharedState(ctx context.Context, in *UpdateSharedStateRequest, opts ...grpc.CallOption) (*UpdateSharedStateResponse, error)
 }
 
 type sessionServiceClient struct {
@@ -262,6 +274,26 @@ func (c *sessionServiceClient) WatchSessions(ctx context.Context, in *WatchSessi
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SessionService_WatchSessionsClient = grpc.ServerStreamingClient[WatchSessionsResponse]
 
+func (c *sessionServiceClient) GetSharedState(ctx context.Context, in *GetSharedStateRequest, opts ...grpc.CallOption) (*GetSharedStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSharedStateResponse)
+	err := c.cc.Invoke(ctx, SessionService_GetSharedState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionServiceClient) UpdateSharedState(ctx context.Context, in *UpdateSharedStateRequest, opts ...grpc.CallOption) (*UpdateSharedStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateSharedStateResponse)
+	err := c.cc.Invoke(ctx, SessionService_UpdateSharedState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SessionServiceServer is the server API for SessionService service.
 // All implementations must embed UnimplementedSessionServiceServer
 // for forward compatibility.
@@ -352,6 +384,16 @@ type SessionServiceServer interface {
 	// client has taken what it sent, so a client that stops reading holds only
 	// a small, bounded amount of server memory and delays no one else.
 	WatchSessions(*WatchSessionsRequest, grpc.ServerStreamingServer[WatchSessionsResponse]) error
+	// GetSharedState reads the state shared by an application's sessions, or
+	// by one user's sessions of it. A state never written reads as "{}" with
+	// etag "0". Errors: INVALID_ARGUMENT for a missing app.
+	GetSharedState(context.Context, *GetSharedStateRequest) (*GetSharedStateResponse, error)
+	// UpdateSharedState changes a shared state key by key. With etag set, it
+	// is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
+	// that changes nothing (a retry of one applied) answers the state as it
+	// is, whatever the etag. Shared state changes are not WatchSessions
+	// events. Errors: INVALID_ARGUMENT (delta, state too large).
+	UpdateSharedState(context.Context, *UpdateSharedStateRequest) (*UpdateSharedStateResponse, error)
 	mustEmbedUnimplementedSessionServiceServer()
 }
 
@@ -397,6 +439,12 @@ func (UnimplementedSessionServiceServer) PurgeSessions(context.Context, *PurgeSe
 }
 func (UnimplementedSessionServiceServer) WatchSessions(*WatchSessionsRequest, grpc.ServerStreamingServer[WatchSessionsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchSessions not implemented")
+}
+func (UnimplementedSessionServiceServer) GetSharedState(context.Context, *GetSharedStateRequest) (*GetSharedStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSharedState not implemented")
+}
+func (UnimplementedSessionServiceServer) UpdateSharedState(context.Context, *UpdateSharedStateRequest) (*UpdateSharedStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateSharedState not implemented")
 }
 func (UnimplementedSessionServiceServer) mustEmbedUnimplementedSessionServiceServer() {}
 func (UnimplementedSessionServiceServer) testEmbeddedByValue()                        {}
@@ -628,6 +676,42 @@ func _SessionService_WatchSessions_Handler(srv interface{}, stream grpc.ServerSt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SessionService_WatchSessionsServer = grpc.ServerStreamingServer[WatchSessionsResponse]
 
+func _SessionService_GetSharedState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSharedStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).GetSharedState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_GetSharedState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).GetSharedState(ctx, req.(*GetSharedStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionService_UpdateSharedState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateSharedStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionServiceServer).UpdateSharedState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionService_UpdateSharedState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionServiceServer).UpdateSharedState(ctx, req.(*UpdateSharedStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SessionService_ServiceDesc is the grpc.ServiceDesc for SessionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -678,6 +762,14 @@ var SessionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PurgeSessions",
 			Handler:    _SessionService_PurgeSessions_Handler,
+		},
+		{
+			MethodName: "GetSharedState",
+			Handler:    _SessionService_GetSharedState_Handler,
+		},
+		{
+			MethodName: "UpdateSharedState",
+			Handler:    _SessionService_UpdateSharedState_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

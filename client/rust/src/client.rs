@@ -400,6 +400,10 @@ unary_rpcs! {
     reconcile_sessions: session_stub(ReconcileSessionsRequest) -> ReconcileSessionsResponse;
     /// PurgeSessions; never retried.
     purge_sessions: session_stub(PurgeSessionsRequest) -> PurgeSessionsResponse;
+    /// GetSharedState; retried.
+    get_shared_state: session_stub(GetSharedStateRequest) -> GetSharedStateResponse;
+    /// UpdateSharedState; retried (a delta applied twice is applied once).
+    update_shared_state: session_stub(UpdateSharedStateRequest) -> UpdateSharedStateResponse;
     /// AppendMessages; retried when every message has an id.
     append_messages: message_stub(AppendMessagesRequest) -> AppendMessagesResponse;
     /// ListMessages: one page, or the last N messages or turns;
@@ -413,6 +417,10 @@ unary_rpcs! {
     clear_messages: message_stub(ClearMessagesRequest) -> ClearMessagesResponse;
     /// SearchMessages: one page of matches, newest first.
     search_messages: message_stub(SearchMessagesRequest) -> SearchMessagesResponse;
+    /// ReplaceMessages; retried when every new message has an id.
+    replace_messages: message_stub(ReplaceMessagesRequest) -> ReplaceMessagesResponse;
+    /// DeleteMessages; retried (a repeat finds nothing left to delete).
+    delete_messages: message_stub(DeleteMessagesRequest) -> DeleteMessagesResponse;
     /// RecordUsage; retried when `request_id` is set.
     record_usage: stats_stub(RecordUsageRequest) -> RecordUsageResponse;
     /// GetStats.

@@ -111,11 +111,15 @@ retry_safe! {
     TouchSessionRequest => |_r| true;
     EndSessionRequest => |_r| true;
     SetRuntimeStateRequest => |_r| true;
+    GetSharedStateRequest => |_r| true;
+    UpdateSharedStateRequest => |_r| true;
+    DeleteMessagesRequest => |_r| true;
     CreateSessionRequest => |r| r.session.as_ref().is_some_and(|s| !s.id.is_empty());
     ForkSessionRequest => |r| !r.new_session_id.is_empty();
     UpdateSessionRequest => |r| !r.etag.is_empty();
     AppendMessagesRequest => |r| !r.messages.is_empty() && r.messages.iter().all(|m| !m.id.is_empty());
     RecordUsageRequest => |r| !r.request_id.is_empty();
+    ReplaceMessagesRequest => |r| r.messages.iter().all(|m| !m.id.is_empty());
     DeleteSessionRequest => |_r| false;
     ReconcileSessionsRequest => |_r| false;
     PurgeSessionsRequest => |_r| false;

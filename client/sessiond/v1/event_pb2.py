@@ -27,7 +27,7 @@ from sessiond.v1 import message_pb2 as sessiond_dot_v1_dot_message__pb2
 from sessiond.v1 import session_pb2 as sessiond_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sessiond/v1/event.proto\x12\x0bsessiond.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\x86\x02\n\x0cSessionEvent\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.sessiond.v1.EventType\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12%\n\x07session\x18\x05 \x01(\x0b\x32\x14.sessiond.v1.Session\x12&\n\x08messages\x18\x06 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x1a\n\x12messages_truncated\x18\x07 \x01(\x08\x12\x15\n\rremoved_count\x18\x08 \x01(\x03*\xc2\x03\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45VENT_TYPE_SESSION_CREATED\x10\x01\x12\x1e\n\x1a\x45VENT_TYPE_SESSION_UPDATED\x10\x02\x12\x1c\n\x18\x45VENT_TYPE_SESSION_ENDED\x10\x03\x12\x1e\n\x1a\x45VENT_TYPE_SESSION_DELETED\x10\x04\x12\x1d\n\x19\x45VENT_TYPE_SESSION_PURGED\x10\x05\x12$\n EVENT_TYPE_RUNTIME_STATE_CHANGED\x10\x06\x12\x1d\n\x19\x45VENT_TYPE_STATUS_CHANGED\x10\x07\x12 \n\x1c\x45VENT_TYPE_MESSAGES_APPENDED\x10\x08\x12\x1d\n\x19\x45VENT_TYPE_MESSAGE_POPPED\x10\t\x12\x1e\n\x1a\x45VENT_TYPE_MESSAGE_UPDATED\x10\n\x12\x1f\n\x1b\x45VENT_TYPE_MESSAGES_CLEARED\x10\x0b\x12\x1d\n\x19\x45VENT_TYPE_USAGE_RECORDED\x10\x0c\x12\x16\n\x12\x45VENT_TYPE_INITIAL\x10\rB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17sessiond/v1/event.proto\x12\x0bsessiond.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\xac\x02\n\x0cSessionEvent\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.sessiond.v1.EventType\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12%\n\x07session\x18\x05 \x01(\x0b\x32\x14.sessiond.v1.Session\x12&\n\x08messages\x18\x06 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x1a\n\x12messages_truncated\x18\x07 \x01(\x08\x12\x15\n\rremoved_count\x18\x08 \x01(\x03\x12\x11\n\tafter_seq\x18\t \x01(\x03\x12\x11\n\tup_to_seq\x18\n \x01(\x03*\x85\x04\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45VENT_TYPE_SESSION_CREATED\x10\x01\x12\x1e\n\x1a\x45VENT_TYPE_SESSION_UPDATED\x10\x02\x12\x1c\n\x18\x45VENT_TYPE_SESSION_ENDED\x10\x03\x12\x1e\n\x1a\x45VENT_TYPE_SESSION_DELETED\x10\x04\x12\x1d\n\x19\x45VENT_TYPE_SESSION_PURGED\x10\x05\x12$\n EVENT_TYPE_RUNTIME_STATE_CHANGED\x10\x06\x12\x1d\n\x19\x45VENT_TYPE_STATUS_CHANGED\x10\x07\x12 \n\x1c\x45VENT_TYPE_MESSAGES_APPENDED\x10\x08\x12\x1d\n\x19\x45VENT_TYPE_MESSAGE_POPPED\x10\t\x12\x1e\n\x1a\x45VENT_TYPE_MESSAGE_UPDATED\x10\n\x12\x1f\n\x1b\x45VENT_TYPE_MESSAGES_CLEARED\x10\x0b\x12\x1d\n\x19\x45VENT_TYPE_USAGE_RECORDED\x10\x0c\x12\x16\n\x12\x45VENT_TYPE_INITIAL\x10\r\x12 \n\x1c\x45VENT_TYPE_MESSAGES_REPLACED\x10\x0e\x12\x1f\n\x1b\x45VENT_TYPE_MESSAGES_DELETED\x10\x0f\x42>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sessiond.v1.event_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1'
-  _globals['_EVENTTYPE']._serialized_start=393
-  _globals['_EVENTTYPE']._serialized_end=843
+  _globals['_EVENTTYPE']._serialized_start=431
+  _globals['_EVENTTYPE']._serialized_end=948
   _globals['_SESSIONEVENT']._serialized_start=128
-  _globals['_SESSIONEVENT']._serialized_end=390
+  _globals['_SESSIONEVENT']._serialized_end=428
 # @@protoc_insertion_point(module_scope)

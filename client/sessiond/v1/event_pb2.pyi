@@ -62,6 +62,14 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """EVENT_TYPE_INITIAL: synthetic, the current state of a session sent
     because WatchSessionsRequest.include_initial was set.
     """
+    EVENT_TYPE_MESSAGES_REPLACED: _EventType.ValueType  # 14
+    """EVENT_TYPE_MESSAGES_REPLACED: ReplaceMessages removed the messages after
+    after_seq (removed_count of them) and appended the new ones (messages).
+    """
+    EVENT_TYPE_MESSAGES_DELETED: _EventType.ValueType  # 15
+    """EVENT_TYPE_MESSAGES_DELETED: DeleteMessages removed the messages up to
+    up_to_seq (removed_count of them).
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """EventType is the kind of change an event records."""
@@ -100,16 +108,25 @@ EVENT_TYPE_INITIAL: EventType.ValueType  # 13
 """EVENT_TYPE_INITIAL: synthetic, the current state of a session sent
 because WatchSessionsRequest.include_initial was set.
 """
+EVENT_TYPE_MESSAGES_REPLACED: EventType.ValueType  # 14
+"""EVENT_TYPE_MESSAGES_REPLACED: ReplaceMessages removed the messages after
+after_seq (removed_count of them) and appended the new ones (messages).
+"""
+EVENT_TYPE_MESSAGES_DELETED: EventType.ValueType  # 15
+"""EVENT_TYPE_MESSAGES_DELETED: DeleteMessages removed the messages up to
+up_to_seq (removed_count of them).
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
 class SessionEvent(_message.Message):
     """SessionEvent is one change to one session. It is bounded in bytes: the
     session snapshot by the limits on session fields (with the server's default
-    limits at most about 95 KB: a 64 KiB goal, 64 labels, the ids and names),
-    the messages by the cuts below (at most about 50 KB each, most of it 64
-    metadata pairs), so an event is at most about 900 KB and always fits in
-    one WatchSessions response of the default 1 MiB bound.
+    limits at most about 160 KB: a 64 KiB goal, a 64 KiB state_json, 64
+    labels, the ids and names), the messages by the cuts below (at most about
+    50 KB each, most of it 64 metadata pairs), so an event is at most about
+    965 KB and always fits in one WatchSessions response of the default 1 MiB
+    bound.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -122,6 +139,8 @@ class SessionEvent(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     MESSAGES_TRUNCATED_FIELD_NUMBER: _builtins.int
     REMOVED_COUNT_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    UP_TO_SEQ_FIELD_NUMBER: _builtins.int
     type: Global___EventType.ValueType
     """type is the kind of change."""
     revision: _builtins.int
@@ -137,7 +156,17 @@ class SessionEvent(_message.Message):
     read them whole with ListMessages.
     """
     removed_count: _builtins.int
-    """removed_count is, for POPPED and CLEARED, how many messages were removed."""
+    """removed_count is, for POPPED, CLEARED, REPLACED and DELETED, how many
+    messages were removed.
+    """
+    after_seq: _builtins.int
+    """after_seq is, for MESSAGES_REPLACED, the sequence number after which
+    every message was removed; 0 otherwise.
+    """
+    up_to_seq: _builtins.int
+    """up_to_seq is, for MESSAGES_DELETED, the sequence number up to which
+    (inclusive) every message was removed; 0 otherwise.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """time is the server time of the write."""
@@ -149,13 +178,13 @@ class SessionEvent(_message.Message):
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
         """messages are the messages concerned by a message event: appended, the
-        popped one, the updated one. At most 16 per event (the last 16), each cut
-        short: content and reasoning to at most 4 KiB each; tool_calls to the
-        first 16, each with id and name cut to at most 256 bytes and
-        arguments_json to at most 512 bytes (so cut arguments are not valid JSON);
-        content_blocks left out when the message is still larger than 8 KiB.
-        Cuts fall on a byte bound and drop a character split in two. See
-        messages_truncated.
+        new ones of a replacement, the popped one, the updated one. At most 16
+        per event (the last 16), each cut short: content and reasoning to at
+        most 4 KiB each; tool_calls to the first 16, each with id and name cut
+        to at most 256 bytes and arguments_json to at most 512 bytes (so cut
+        arguments are not valid JSON); content_blocks left out when the message
+        is still larger than 8 KiB. Cuts fall on a byte bound and drop a
+        character split in two. See messages_truncated.
         """
 
     def __init__(
@@ -169,10 +198,12 @@ class SessionEvent(_message.Message):
         messages: _abc.Iterable[_message_pb2.Message] | None = ...,
         messages_truncated: _builtins.bool = ...,
         removed_count: _builtins.int = ...,
+        after_seq: _builtins.int = ...,
+        up_to_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "messages_truncated", b"messages_truncated", "removed_count", b"removed_count", "revision", b"revision", "session", b"session", "session_id", b"session_id", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "messages", b"messages", "messages_truncated", b"messages_truncated", "removed_count", b"removed_count", "revision", b"revision", "session", b"session", "session_id", b"session_id", "time", b"time", "type", b"type", "up_to_seq", b"up_to_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sessiond/v1/message.proto\x12\x0bsessiond.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"C\n\x0c\x43ontentBlock\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x04json\x18\x02 \x01(\tH\x00\x12\r\n\x03raw\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"\x8e\x04\n\x07Message\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\n\n\x02id\x18\x03 \x01(\t\x12\x1f\n\x04role\x18\x04 \x01(\x0e\x32\x11.sessiond.v1.Role\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x07 \x01(\t\x12)\n\ntool_calls\x18\x08 \x03(\x0b\x32\x15.sessiond.v1.ToolCall\x12\x11\n\treasoning\x18\t \x01(\t\x12\x31\n\x0e\x63ontent_blocks\x18\n \x03(\x0b\x32\x19.sessiond.v1.ContentBlock\x12\x1c\n\x14provider_response_id\x18\x0b \x01(\t\x12*\n\x06status\x18\x0c \x01(\x0e\x32\x1a.sessiond.v1.MessageStatus\x12\x34\n\x08metadata\x18\r \x03(\x0b\x32\".sessiond.v1.Message.MetadataEntry\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\xa5\x01\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MESSAGE_STATUS_COMPLETE\x10\x01\x12\x1e\n\x1aMESSAGE_STATUS_IN_PROGRESS\x10\x02\x12\x1d\n\x19MESSAGE_STATUS_INCOMPLETE\x10\x03\x12\x18\n\x14MESSAGE_STATUS_ERROR\x10\x04\x42>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sessiond/v1/message.proto\x12\x0bsessiond.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"C\n\x0c\x43ontentBlock\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x04json\x18\x02 \x01(\tH\x00\x12\r\n\x03raw\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04\x64\x61ta\"\xbe\x04\n\x07Message\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\n\n\x02id\x18\x03 \x01(\t\x12\x1f\n\x04role\x18\x04 \x01(\x0e\x32\x11.sessiond.v1.Role\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x07 \x01(\t\x12)\n\ntool_calls\x18\x08 \x03(\x0b\x32\x15.sessiond.v1.ToolCall\x12\x11\n\treasoning\x18\t \x01(\t\x12\x31\n\x0e\x63ontent_blocks\x18\n \x03(\x0b\x32\x19.sessiond.v1.ContentBlock\x12\x1c\n\x14provider_response_id\x18\x0b \x01(\t\x12*\n\x06status\x18\x0c \x01(\x0e\x32\x1a.sessiond.v1.MessageStatus\x12\x34\n\x08metadata\x18\r \x03(\x0b\x32\".sessiond.v1.Message.MetadataEntry\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nevent_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\xa5\x01\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MESSAGE_STATUS_COMPLETE\x10\x01\x12\x1e\n\x1aMESSAGE_STATUS_IN_PROGRESS\x10\x02\x12\x1d\n\x19MESSAGE_STATUS_INCOMPLETE\x10\x03\x12\x18\n\x14MESSAGE_STATUS_ERROR\x10\x04\x42>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1'
   _globals['_MESSAGE_METADATAENTRY']._loaded_options = None
   _globals['_MESSAGE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=735
-  _globals['_ROLE']._serialized_end=830
-  _globals['_MESSAGESTATUS']._serialized_start=833
-  _globals['_MESSAGESTATUS']._serialized_end=998
+  _globals['_ROLE']._serialized_start=783
+  _globals['_ROLE']._serialized_end=878
+  _globals['_MESSAGESTATUS']._serialized_start=881
+  _globals['_MESSAGESTATUS']._serialized_end=1046
   _globals['_TOOLCALL']._serialized_start=75
   _globals['_TOOLCALL']._serialized_end=135
   _globals['_CONTENTBLOCK']._serialized_start=137
   _globals['_CONTENTBLOCK']._serialized_end=204
   _globals['_MESSAGE']._serialized_start=207
-  _globals['_MESSAGE']._serialized_end=733
-  _globals['_MESSAGE_METADATAENTRY']._serialized_start=686
-  _globals['_MESSAGE_METADATAENTRY']._serialized_end=733
+  _globals['_MESSAGE']._serialized_end=781
+  _globals['_MESSAGE_METADATAENTRY']._serialized_start=734
+  _globals['_MESSAGE_METADATAENTRY']._serialized_end=781
 # @@protoc_insertion_point(module_scope)

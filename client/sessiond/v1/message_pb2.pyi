@@ -193,6 +193,7 @@ class Message(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id is the session the message belongs to. Output only."""
     seq: _builtins.int
@@ -238,6 +239,16 @@ class Message(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """updated_at is when the message was last changed. Output only."""
 
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """event_time is when the message happened in the runtime, set by the
+        client (an agent framework's event time); unset means "when it was
+        appended" (created_at), and reads return it unset. ListMessages
+        after_time compares event_time where it is set, created_at elsewhere;
+        messages are still returned in seq order, so equal times keep append
+        order. Must lie between years 1 and 9999 (a valid Timestamp).
+        """
+
     def __init__(
         self,
         *,
@@ -256,10 +267,11 @@ class Message(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "event_time", b"event_time", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_blocks", b"content_blocks", "created_at", b"created_at", "id", b"id", "metadata", b"metadata", "name", b"name", "provider_response_id", b"provider_response_id", "reasoning", b"reasoning", "role", b"role", "seq", b"seq", "session_id", b"session_id", "status", b"status", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_blocks", b"content_blocks", "created_at", b"created_at", "event_time", b"event_time", "id", b"id", "metadata", b"metadata", "name", b"name", "provider_response_id", b"provider_response_id", "reasoning", b"reasoning", "role", b"role", "seq", b"seq", "session_id", b"session_id", "status", b"status", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

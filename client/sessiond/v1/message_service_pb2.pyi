@@ -31,6 +31,8 @@ class AppendMessagesRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     EXPECTED_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    STATE_DELTA_FIELD_NUMBER: _builtins.int
+    SHARED_STATE_DELTAS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id is the session; required."""
     expected_last_seq: _builtins.int
@@ -45,16 +47,33 @@ class AppendMessagesRequest(_message.Message):
         limit). role is required; seq, session_id and timestamps are ignored.
         """
 
+    @_builtins.property
+    def state_delta(self) -> _session_pb2.StateDelta:
+        """state_delta changes the session's state_json in the same transaction as
+        the messages: both commit or neither does. It is applied once: a retry
+        whose messages are all stored already applies nothing again. The
+        resulting state must stay within max_state_bytes, else INVALID_ARGUMENT
+        (field state_delta).
+        """
+
+    @_builtins.property
+    def shared_state_deltas(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.SharedStateDelta]:
+        """shared_state_deltas change shared states (SessionService.GetSharedState)
+        in the same transaction, under the same rules (at most 16 of them).
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         messages: _abc.Iterable[_message_pb2.Message] | None = ...,
         expected_last_seq: _builtins.int | None = ...,
+        state_delta: _session_pb2.StateDelta | None = ...,
+        shared_state_deltas: _abc.Iterable[_session_pb2.SharedStateDelta] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "state_delta", b"state_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "messages", b"messages", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "messages", b"messages", "session_id", b"session_id", "shared_state_deltas", b"shared_state_deltas", "state_delta", b"state_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_last_seq: _TypeAlias = _typing.Literal["expected_last_seq"]  # noqa: Y015
     _WhichOneofArgType__expected_last_seq: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq"]  # noqa: Y015
@@ -150,7 +169,9 @@ class ListMessagesRequest(_message.Message):
     """
     @_builtins.property
     def after_time(self) -> _timestamp_pb2.Timestamp:
-        """after_time returns only messages created at or after this time."""
+        """after_time returns only messages whose time is at or after this one:
+        Message.event_time where the client set it, created_at otherwise.
+        """
 
     def __init__(
         self,
@@ -494,3 +515,169 @@ class SearchMessagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchMessagesResponse: _TypeAlias = SearchMessagesResponse  # noqa: Y015
+
+@_typing.final
+class ReplaceMessagesRequest(_message.Message):
+    """ReplaceMessagesRequest is the input of ReplaceMessages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    EXPECTED_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id is the session; required."""
+    after_seq: _builtins.int
+    """after_seq is the sequence number after which every stored message is
+    replaced: 0 replaces the whole history. At most the session's last_seq,
+    else INVALID_ARGUMENT.
+    """
+    expected_last_seq: _builtins.int
+    """expected_last_seq is required: it must equal the session's last_seq,
+    else ABORTED (LAST_SEQ_MISMATCH), so a message appended since the
+    caller read the history is never lost. last_seq does not move on
+    PopMessage or UpdateLastMessage; set etag as well to guard against those.
+    """
+    etag: _builtins.str
+    """etag, when set, must equal the session's current etag (any change of
+    the session changes it), else ABORTED (ETAG_MISMATCH).
+    """
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
+        """messages are the new messages, 0 to 100 of them, checked as in
+        AppendMessages (ids unique within the request and not used by a
+        message that stays). None removes the messages after after_seq.
+        """
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+        messages: _abc.Iterable[_message_pb2.Message] | None = ...,
+        expected_last_seq: _builtins.int | None = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "after_seq", b"after_seq", "etag", b"etag", "expected_last_seq", b"expected_last_seq", "messages", b"messages", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_last_seq: _TypeAlias = _typing.Literal["expected_last_seq"]  # noqa: Y015
+    _WhichOneofArgType__expected_last_seq: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_last_seq) -> _WhichOneofReturnType__expected_last_seq | None: ...
+
+Global___ReplaceMessagesRequest: _TypeAlias = ReplaceMessagesRequest  # noqa: Y015
+
+@_typing.final
+class ReplaceMessagesResponse(_message.Message):
+    """ReplaceMessagesResponse is the output of ReplaceMessages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    REMOVED_COUNT_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    removed_count: _builtins.int
+    """removed_count is how many stored messages were removed."""
+    revision: _builtins.int
+    """revision is the store revision of the write; 0 when the call was a
+    retry of one already applied: every message carries an id and the
+    messages after after_seq are already exactly those ids, in order. That
+    check comes before the guards, so a retry after a lost answer succeeds.
+    """
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
+        """messages are the new messages as stored, with their sequence numbers."""
+
+    @_builtins.property
+    def session(self) -> _session_pb2.Session:
+        """session is the session after the replacement."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_message_pb2.Message] | None = ...,
+        removed_count: _builtins.int = ...,
+        session: _session_pb2.Session | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "removed_count", b"removed_count", "revision", b"revision", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplaceMessagesResponse: _TypeAlias = ReplaceMessagesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteMessagesRequest(_message.Message):
+    """DeleteMessagesRequest is the input of DeleteMessages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    UP_TO_SEQ_FIELD_NUMBER: _builtins.int
+    EXPECTED_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """session_id is the session; required."""
+    up_to_seq: _builtins.int
+    """up_to_seq removes every message with seq <= up_to_seq; 1 to the
+    session's last_seq, else INVALID_ARGUMENT. Deleting up to a point with
+    nothing left before it changes nothing (revision 0), so retries are
+    safe.
+    """
+    expected_last_seq: _builtins.int
+    """expected_last_seq, when set, must equal the session's last_seq, else
+    ABORTED (LAST_SEQ_MISMATCH).
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        up_to_seq: _builtins.int = ...,
+        expected_last_seq: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "session_id", b"session_id", "up_to_seq", b"up_to_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_last_seq: _TypeAlias = _typing.Literal["expected_last_seq"]  # noqa: Y015
+    _WhichOneofArgType__expected_last_seq: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_last_seq) -> _WhichOneofReturnType__expected_last_seq | None: ...
+
+Global___DeleteMessagesRequest: _TypeAlias = DeleteMessagesRequest  # noqa: Y015
+
+@_typing.final
+class DeleteMessagesResponse(_message.Message):
+    """DeleteMessagesResponse is the output of DeleteMessages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_COUNT_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    removed_count: _builtins.int
+    """removed_count is how many messages were removed."""
+    revision: _builtins.int
+    """revision is the store revision of the write (0 when nothing was removed)."""
+    @_builtins.property
+    def session(self) -> _session_pb2.Session:
+        """session is the session after the deletion."""
+
+    def __init__(
+        self,
+        *,
+        removed_count: _builtins.int = ...,
+        session: _session_pb2.Session | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed_count", b"removed_count", "revision", b"revision", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteMessagesResponse: _TypeAlias = DeleteMessagesResponse  # noqa: Y015

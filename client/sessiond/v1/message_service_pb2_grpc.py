@@ -73,6 +73,16 @@ class MessageServiceStub:
                 request_serializer=sessiond_dot_v1_dot_message__service__pb2.SearchMessagesRequest.SerializeToString,
                 response_deserializer=sessiond_dot_v1_dot_message__service__pb2.SearchMessagesResponse.FromString,
                 _registered_method=True)
+        self.ReplaceMessages = channel.unary_unary(
+                '/sessiond.v1.MessageService/ReplaceMessages',
+                request_serializer=sessiond_dot_v1_dot_message__service__pb2.ReplaceMessagesRequest.SerializeToString,
+                response_deserializer=sessiond_dot_v1_dot_message__service__pb2.ReplaceMessagesResponse.FromString,
+                _registered_method=True)
+        self.DeleteMessages = channel.unary_unary(
+                '/sessiond.v1.MessageService/DeleteMessages',
+                request_serializer=sessiond_dot_v1_dot_message__service__pb2.DeleteMessagesRequest.SerializeToString,
+                response_deserializer=sessiond_dot_v1_dot_message__service__pb2.DeleteMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class MessageServiceServicer:
@@ -155,6 +165,32 @@ class MessageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplaceMessages(self, request, context):
+        """ReplaceMessages atomically replaces every message after a sequence
+        number with new ones (history compaction: the newest messages become a
+        summary). The removed messages go, the new ones get fresh sequence
+        numbers after last_seq (never reused ones), and the counters, the
+        search index and the rollups follow in the same transaction; watchers
+        see one MESSAGES_REPLACED event. Errors: ABORTED (LAST_SEQ_MISMATCH or
+        ETAG_MISMATCH) when a guard is stale; INVALID_ARGUMENT for after_seq
+        beyond last_seq or bad messages; FAILED_PRECONDITION (SESSION_ENDED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMessages(self, request, context):
+        """DeleteMessages removes every message up to and including a sequence
+        number (drops the oldest part of a history) and keeps the rest as they
+        are. Counters, search index and rollups follow; the session's usage is
+        kept, as with ClearMessages. Errors: ABORTED (LAST_SEQ_MISMATCH) when
+        expected_last_seq is stale; INVALID_ARGUMENT for up_to_seq beyond
+        last_seq; FAILED_PRECONDITION (SESSION_ENDED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +223,16 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     servicer.SearchMessages,
                     request_deserializer=sessiond_dot_v1_dot_message__service__pb2.SearchMessagesRequest.FromString,
                     response_serializer=sessiond_dot_v1_dot_message__service__pb2.SearchMessagesResponse.SerializeToString,
+            ),
+            'ReplaceMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaceMessages,
+                    request_deserializer=sessiond_dot_v1_dot_message__service__pb2.ReplaceMessagesRequest.FromString,
+                    response_serializer=sessiond_dot_v1_dot_message__service__pb2.ReplaceMessagesResponse.SerializeToString,
+            ),
+            'DeleteMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMessages,
+                    request_deserializer=sessiond_dot_v1_dot_message__service__pb2.DeleteMessagesRequest.FromString,
+                    response_serializer=sessiond_dot_v1_dot_message__service__pb2.DeleteMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +406,60 @@ class MessageService:
             '/sessiond.v1.MessageService/SearchMessages',
             sessiond_dot_v1_dot_message__service__pb2.SearchMessagesRequest.SerializeToString,
             sessiond_dot_v1_dot_message__service__pb2.SearchMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessiond.v1.MessageService/ReplaceMessages',
+            sessiond_dot_v1_dot_message__service__pb2.ReplaceMessagesRequest.SerializeToString,
+            sessiond_dot_v1_dot_message__service__pb2.ReplaceMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessiond.v1.MessageService/DeleteMessages',
+            sessiond_dot_v1_dot_message__service__pb2.DeleteMessagesRequest.SerializeToString,
+            sessiond_dot_v1_dot_message__service__pb2.DeleteMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

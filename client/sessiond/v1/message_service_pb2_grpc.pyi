@@ -86,6 +86,24 @@ class MessageServiceStub:
     query, newest first, among the sessions the caller may see. The
     messages and the revision are read in one snapshot.
     """
+    ReplaceMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.ReplaceMessagesRequest, _message_service_pb2.ReplaceMessagesResponse]
+    """ReplaceMessages atomically replaces every message after a sequence
+    number with new ones (history compaction: the newest messages become a
+    summary). The removed messages go, the new ones get fresh sequence
+    numbers after last_seq (never reused ones), and the counters, the
+    search index and the rollups follow in the same transaction; watchers
+    see one MESSAGES_REPLACED event. Errors: ABORTED (LAST_SEQ_MISMATCH or
+    ETAG_MISMATCH) when a guard is stale; INVALID_ARGUMENT for after_seq
+    beyond last_seq or bad messages; FAILED_PRECONDITION (SESSION_ENDED).
+    """
+    DeleteMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.DeleteMessagesRequest, _message_service_pb2.DeleteMessagesResponse]
+    """DeleteMessages removes every message up to and including a sequence
+    number (drops the oldest part of a history) and keeps the rest as they
+    are. Counters, search index and rollups follow; the session's usage is
+    kept, as with ClearMessages. Errors: ABORTED (LAST_SEQ_MISMATCH) when
+    expected_last_seq is stale; INVALID_ARGUMENT for up_to_seq beyond
+    last_seq; FAILED_PRECONDITION (SESSION_ENDED).
+    """
 
 @_typing.type_check_only
 class MessageServiceAsyncStub(MessageServiceStub):
@@ -144,6 +162,24 @@ class MessageServiceAsyncStub(MessageServiceStub):
     """SearchMessages finds messages whose content contains every word of a
     query, newest first, among the sessions the caller may see. The
     messages and the revision are read in one snapshot.
+    """
+    ReplaceMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.ReplaceMessagesRequest, _message_service_pb2.ReplaceMessagesResponse]  # type: ignore[assignment]
+    """ReplaceMessages atomically replaces every message after a sequence
+    number with new ones (history compaction: the newest messages become a
+    summary). The removed messages go, the new ones get fresh sequence
+    numbers after last_seq (never reused ones), and the counters, the
+    search index and the rollups follow in the same transaction; watchers
+    see one MESSAGES_REPLACED event. Errors: ABORTED (LAST_SEQ_MISMATCH or
+    ETAG_MISMATCH) when a guard is stale; INVALID_ARGUMENT for after_seq
+    beyond last_seq or bad messages; FAILED_PRECONDITION (SESSION_ENDED).
+    """
+    DeleteMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.DeleteMessagesRequest, _message_service_pb2.DeleteMessagesResponse]  # type: ignore[assignment]
+    """DeleteMessages removes every message up to and including a sequence
+    number (drops the oldest part of a history) and keeps the rest as they
+    are. Counters, search index and rollups follow; the session's usage is
+    kept, as with ClearMessages. Errors: ABORTED (LAST_SEQ_MISMATCH) when
+    expected_last_seq is stale; INVALID_ARGUMENT for up_to_seq beyond
+    last_seq; FAILED_PRECONDITION (SESSION_ENDED).
     """
 
 class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -236,6 +272,36 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         """SearchMessages finds messages whose content contains every word of a
         query, newest first, among the sessions the caller may see. The
         messages and the revision are read in one snapshot.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplaceMessages(
+        self,
+        request: _message_service_pb2.ReplaceMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_message_service_pb2.ReplaceMessagesResponse, _abc.Awaitable[_message_service_pb2.ReplaceMessagesResponse]]:
+        """ReplaceMessages atomically replaces every message after a sequence
+        number with new ones (history compaction: the newest messages become a
+        summary). The removed messages go, the new ones get fresh sequence
+        numbers after last_seq (never reused ones), and the counters, the
+        search index and the rollups follow in the same transaction; watchers
+        see one MESSAGES_REPLACED event. Errors: ABORTED (LAST_SEQ_MISMATCH or
+        ETAG_MISMATCH) when a guard is stale; INVALID_ARGUMENT for after_seq
+        beyond last_seq or bad messages; FAILED_PRECONDITION (SESSION_ENDED).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteMessages(
+        self,
+        request: _message_service_pb2.DeleteMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_message_service_pb2.DeleteMessagesResponse, _abc.Awaitable[_message_service_pb2.DeleteMessagesResponse]]:
+        """DeleteMessages removes every message up to and including a sequence
+        number (drops the oldest part of a history) and keeps the rest as they
+        are. Counters, search index and rollups follow; the session's usage is
+        kept, as with ClearMessages. Errors: ABORTED (LAST_SEQ_MISMATCH) when
+        expected_last_seq is stale; INVALID_ARGUMENT for up_to_seq beyond
+        last_seq; FAILED_PRECONDITION (SESSION_ENDED).
         """
 
 def add_MessageServiceServicer_to_server(servicer: MessageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -289,6 +289,7 @@ class Session(_message.Message):
     BUDGET_MICROS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    STATE_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """id is unique within a tenant: 1 to 256 bytes of UTF-8 without control
     characters. Chosen by the client, or a UUID when left empty at creation.
@@ -365,6 +366,18 @@ class Session(_message.Message):
     """etag is an opaque version tag; pass it back to UpdateSession for
     optimistic concurrency.
     """
+    state_json: _builtins.str
+    """state_json is the session's state: a JSON object, as text. Empty at
+    creation means "{}"; anything but an object is INVALID_ARGUMENT. At most
+    64 KiB (server limit max_state_bytes) as stored, checked on the result
+    of every change. Set at creation (CreateSession, TouchSession; a fork
+    starts with its parent's), replaced whole by UpdateSession (path
+    "state_json"), changed key by key by AppendMessagesRequest.state_delta
+    in the same transaction as the messages. Returned by every read and
+    carried in watch events. Values are kept exactly as given (a number is
+    never turned into floating point); keys keep the order they were first
+    set in.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """labels are free-form key/value pairs: at most 64, keys 1 to 63 bytes,
@@ -435,14 +448,152 @@ class Session(_message.Message):
         budget_micros: _builtins.int = ...,
         revision: _builtins.int = ...,
         etag: _builtins.str = ...,
+        state_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "last_activity_at", b"last_activity_at", "started_at", b"started_at", "turn_started_at", b"turn_started_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "budget_micros", b"budget_micros", "channel", b"channel", "current_turn_id", b"current_turn_id", "dataset_id", b"dataset_id", "display_name", b"display_name", "end_reason", b"end_reason", "ended_at", b"ended_at", "etag", b"etag", "fork_seq", b"fork_seq", "goal", b"goal", "id", b"id", "kind", b"kind", "labels", b"labels", "last_activity_at", b"last_activity_at", "last_seq", b"last_seq", "message_count", b"message_count", "model", b"model", "owner_id", b"owner_id", "parent_id", b"parent_id", "revision", b"revision", "room_id", b"room_id", "runtime_instance", b"runtime_instance", "runtime_state", b"runtime_state", "sender_id", b"sender_id", "started_at", b"started_at", "status", b"status", "tenant", b"tenant", "tool_call_count", b"tool_call_count", "turn_count", b"turn_count", "turn_started_at", b"turn_started_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "budget_micros", b"budget_micros", "channel", b"channel", "current_turn_id", b"current_turn_id", "dataset_id", b"dataset_id", "display_name", b"display_name", "end_reason", b"end_reason", "ended_at", b"ended_at", "etag", b"etag", "fork_seq", b"fork_seq", "goal", b"goal", "id", b"id", "kind", b"kind", "labels", b"labels", "last_activity_at", b"last_activity_at", "last_seq", b"last_seq", "message_count", b"message_count", "model", b"model", "owner_id", b"owner_id", "parent_id", b"parent_id", "revision", b"revision", "room_id", b"room_id", "runtime_instance", b"runtime_instance", "runtime_state", b"runtime_state", "sender_id", b"sender_id", "started_at", b"started_at", "state_json", b"state_json", "status", b"status", "tenant", b"tenant", "tool_call_count", b"tool_call_count", "turn_count", b"turn_count", "turn_started_at", b"turn_started_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class StateDelta(_message.Message):
+    """StateDelta changes a JSON object key by key (top-level keys only)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SetEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SET_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def set(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """set maps each key to its new value: a JSON value as text ("1",
+        "\\"text\\"", "null", "[1,2]", "{...}"). A null value is stored as null,
+        not removed. New keys are added in key order. Keys are 1 to 256 bytes.
+        """
+
+    @_builtins.property
+    def remove(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """remove lists keys to remove; a missing key is ignored. A key in both
+        set and remove is INVALID_ARGUMENT.
+        """
+
+    def __init__(
+        self,
+        *,
+        set: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        remove: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["remove", b"remove", "set", b"set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateDelta: _TypeAlias = StateDelta  # noqa: Y015
+
+@_typing.final
+class SharedState(_message.Message):
+    """SharedState is state shared by the sessions of one application (user_id
+    empty), or of one user of one application, within the caller's tenant:
+    Google ADK's "app:" and "user:" state.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    STATE_JSON_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    """app names the application; 1 to 256 bytes."""
+    user_id: _builtins.str
+    """user_id names the user within the application; empty for the
+    application's own state.
+    """
+    state_json: _builtins.str
+    """state_json is the state: a JSON object as text ("{}" when never
+    written), bounded like Session.state_json.
+    """
+    etag: _builtins.str
+    """etag is the state's version: "0" before the first change, then a new
+    value with every change. Pass it to UpdateSharedState for
+    compare-and-set.
+    """
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """updated_at is the time of the last change (unset before the first)."""
+
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        state_json: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "etag", b"etag", "state_json", b"state_json", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SharedState: _TypeAlias = SharedState  # noqa: Y015
+
+@_typing.final
+class SharedStateDelta(_message.Message):
+    """SharedStateDelta is a change of one shared state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    """app names the application; required."""
+    user_id: _builtins.str
+    """user_id names the user; empty for the application's state."""
+    @_builtins.property
+    def delta(self) -> Global___StateDelta:
+        """delta is the change."""
+
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        delta: Global___StateDelta | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "delta", b"delta", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SharedStateDelta: _TypeAlias = SharedStateDelta  # noqa: Y015
 
 @_typing.final
 class TimeRange(_message.Message):

@@ -122,6 +122,118 @@ revision + 1.
 Global___WatchResponseType: _TypeAlias = WatchResponseType  # noqa: Y015
 
 @_typing.final
+class GetSharedStateRequest(_message.Message):
+    """GetSharedStateRequest is the input of GetSharedState."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    """app names the application; required."""
+    user_id: _builtins.str
+    """user_id names the user; empty for the application's state."""
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSharedStateRequest: _TypeAlias = GetSharedStateRequest  # noqa: Y015
+
+@_typing.final
+class GetSharedStateResponse(_message.Message):
+    """GetSharedStateResponse is the output of GetSharedState."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> _session_pb2.SharedState:
+        """state is the shared state."""
+
+    def __init__(
+        self,
+        *,
+        state: _session_pb2.SharedState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSharedStateResponse: _TypeAlias = GetSharedStateResponse  # noqa: Y015
+
+@_typing.final
+class UpdateSharedStateRequest(_message.Message):
+    """UpdateSharedStateRequest is the input of UpdateSharedState."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    """app names the application; required."""
+    user_id: _builtins.str
+    """user_id names the user; empty for the application's state."""
+    etag: _builtins.str
+    """etag, when set, must equal the state's current etag ("0" for a state
+    never written), else ABORTED (ETAG_MISMATCH).
+    """
+    @_builtins.property
+    def delta(self) -> _session_pb2.StateDelta:
+        """delta is the change; required."""
+
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        delta: _session_pb2.StateDelta | None = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "delta", b"delta", "etag", b"etag", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSharedStateRequest: _TypeAlias = UpdateSharedStateRequest  # noqa: Y015
+
+@_typing.final
+class UpdateSharedStateResponse(_message.Message):
+    """UpdateSharedStateResponse is the output of UpdateSharedState."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> _session_pb2.SharedState:
+        """state is the shared state after the change."""
+
+    def __init__(
+        self,
+        *,
+        state: _session_pb2.SharedState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSharedStateResponse: _TypeAlias = UpdateSharedStateResponse  # noqa: Y015
+
+@_typing.final
 class CreateSessionRequest(_message.Message):
     """CreateSessionRequest is the input of CreateSession."""
 
@@ -253,7 +365,8 @@ class UpdateSessionRequest(_message.Message):
         """update_mask names the fields to change; required (an empty mask is
         INVALID_ARGUMENT, never "everything"). Allowed paths: kind, channel,
         room_id, sender_id, agent, model, display_name, goal, owner_id,
-        dataset_id, labels, runtime_instance, budget_micros.
+        dataset_id, labels, runtime_instance, budget_micros, state_json
+        (replaced whole).
         """
 
     def __init__(

@@ -118,6 +118,16 @@ class SessionServiceStub:
                 request_serializer=sessiond_dot_v1_dot_session__service__pb2.WatchSessionsRequest.SerializeToString,
                 response_deserializer=sessiond_dot_v1_dot_session__service__pb2.WatchSessionsResponse.FromString,
                 _registered_method=True)
+        self.GetSharedState = channel.unary_unary(
+                '/sessiond.v1.SessionService/GetSharedState',
+                request_serializer=sessiond_dot_v1_dot_session__service__pb2.GetSharedStateRequest.SerializeToString,
+                response_deserializer=sessiond_dot_v1_dot_session__service__pb2.GetSharedStateResponse.FromString,
+                _registered_method=True)
+        self.UpdateSharedState = channel.unary_unary(
+                '/sessiond.v1.SessionService/UpdateSharedState',
+                request_serializer=sessiond_dot_v1_dot_session__service__pb2.UpdateSharedStateRequest.SerializeToString,
+                response_deserializer=sessiond_dot_v1_dot_session__service__pb2.UpdateSharedStateResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -268,6 +278,26 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSharedState(self, request, context):
+        """GetSharedState reads the state shared by an application's sessions, or
+        by one user's sessions of it. A state never written reads as "{}" with
+        etag "0". Errors: INVALID_ARGUMENT for a missing app.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSharedState(self, request, context):
+        """UpdateSharedState changes a shared state key by key. With etag set, it
+        is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
+        that changes nothing (a retry of one applied) answers the state as it
+        is, whatever the etag. Shared state changes are not WatchSessions
+        events. Errors: INVALID_ARGUMENT (delta, state too large).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -330,6 +360,16 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.WatchSessions,
                     request_deserializer=sessiond_dot_v1_dot_session__service__pb2.WatchSessionsRequest.FromString,
                     response_serializer=sessiond_dot_v1_dot_session__service__pb2.WatchSessionsResponse.SerializeToString,
+            ),
+            'GetSharedState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSharedState,
+                    request_deserializer=sessiond_dot_v1_dot_session__service__pb2.GetSharedStateRequest.FromString,
+                    response_serializer=sessiond_dot_v1_dot_session__service__pb2.GetSharedStateResponse.SerializeToString,
+            ),
+            'UpdateSharedState': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSharedState,
+                    request_deserializer=sessiond_dot_v1_dot_session__service__pb2.UpdateSharedStateRequest.FromString,
+                    response_serializer=sessiond_dot_v1_dot_session__service__pb2.UpdateSharedStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -680,6 +720,60 @@ class SessionService:
             '/sessiond.v1.SessionService/WatchSessions',
             sessiond_dot_v1_dot_session__service__pb2.WatchSessionsRequest.SerializeToString,
             sessiond_dot_v1_dot_session__service__pb2.WatchSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSharedState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessiond.v1.SessionService/GetSharedState',
+            sessiond_dot_v1_dot_session__service__pb2.GetSharedStateRequest.SerializeToString,
+            sessiond_dot_v1_dot_session__service__pb2.GetSharedStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSharedState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessiond.v1.SessionService/UpdateSharedState',
+            sessiond_dot_v1_dot_session__service__pb2.UpdateSharedStateRequest.SerializeToString,
+            sessiond_dot_v1_dot_session__service__pb2.UpdateSharedStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -129,6 +129,18 @@ class SessionServiceStub:
     client has taken what it sent, so a client that stops reading holds only
     a small, bounded amount of server memory and delays no one else.
     """
+    GetSharedState: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.GetSharedStateRequest, _session_service_pb2.GetSharedStateResponse]
+    """GetSharedState reads the state shared by an application's sessions, or
+    by one user's sessions of it. A state never written reads as "{}" with
+    etag "0". Errors: INVALID_ARGUMENT for a missing app.
+    """
+    UpdateSharedState: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSharedStateRequest, _session_service_pb2.UpdateSharedStateResponse]
+    """UpdateSharedState changes a shared state key by key. With etag set, it
+    is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
+    that changes nothing (a retry of one applied) answers the state as it
+    is, whatever the etag. Shared state changes are not WatchSessions
+    events. Errors: INVALID_ARGUMENT (delta, state too large).
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -230,6 +242,18 @@ class SessionServiceAsyncStub(SessionServiceStub):
     server reads the next part of the change log for a stream only once the
     client has taken what it sent, so a client that stops reading holds only
     a small, bounded amount of server memory and delays no one else.
+    """
+    GetSharedState: _aio.UnaryUnaryMultiCallable[_session_service_pb2.GetSharedStateRequest, _session_service_pb2.GetSharedStateResponse]  # type: ignore[assignment]
+    """GetSharedState reads the state shared by an application's sessions, or
+    by one user's sessions of it. A state never written reads as "{}" with
+    etag "0". Errors: INVALID_ARGUMENT for a missing app.
+    """
+    UpdateSharedState: _aio.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSharedStateRequest, _session_service_pb2.UpdateSharedStateResponse]  # type: ignore[assignment]
+    """UpdateSharedState changes a shared state key by key. With etag set, it
+    is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
+    that changes nothing (a retry of one applied) answers the state as it
+    is, whatever the etag. Shared state changes are not WatchSessions
+    events. Errors: INVALID_ARGUMENT (delta, state too large).
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -401,6 +425,30 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         server reads the next part of the change log for a stream only once the
         client has taken what it sent, so a client that stops reading holds only
         a small, bounded amount of server memory and delays no one else.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSharedState(
+        self,
+        request: _session_service_pb2.GetSharedStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.GetSharedStateResponse, _abc.Awaitable[_session_service_pb2.GetSharedStateResponse]]:
+        """GetSharedState reads the state shared by an application's sessions, or
+        by one user's sessions of it. A state never written reads as "{}" with
+        etag "0". Errors: INVALID_ARGUMENT for a missing app.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateSharedState(
+        self,
+        request: _session_service_pb2.UpdateSharedStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_service_pb2.UpdateSharedStateResponse, _abc.Awaitable[_session_service_pb2.UpdateSharedStateResponse]]:
+        """UpdateSharedState changes a shared state key by key. With etag set, it
+        is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
+        that changes nothing (a retry of one applied) answers the state as it
+        is, whatever the etag. Shared state changes are not WatchSessions
+        events. Errors: INVALID_ARGUMENT (delta, state too large).
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -21,7 +21,9 @@ import * as grpc from "@grpc/grpc-js";
 
 import {
   AppendMessagesRequest, AppendMessagesResponse, ClearMessagesRequest, ClearMessagesResponse,
+  DeleteMessagesRequest, DeleteMessagesResponse,
   ListMessagesRequest, ListMessagesResponse, MessageServiceService, PopMessageRequest, PopMessageResponse,
+  ReplaceMessagesRequest, ReplaceMessagesResponse,
   SearchMessagesRequest, SearchMessagesResponse, UpdateLastMessageRequest, UpdateLastMessageResponse,
 } from "./gen/sessiond/v1/message_service";
 import { Message } from "./gen/sessiond/v1/message";
@@ -33,6 +35,7 @@ import {
   ReconcileSessionsRequest, ReconcileSessionsResponse, SessionServiceService, SetRuntimeStateRequest,
   SetRuntimeStateResponse, TouchSessionRequest, TouchSessionResponse, UpdateSessionRequest, UpdateSessionResponse,
   WatchSessionsRequest, WatchSessionsResponse,
+  GetSharedStateRequest, GetSharedStateResponse, UpdateSharedStateRequest, UpdateSharedStateResponse,
 } from "./gen/sessiond/v1/session_service";
 import {
   CostByModelRequest, CostByModelResponse, GetStatsRequest, GetStatsResponse, RecordUsageRequest,
@@ -358,6 +361,21 @@ export class SessiondClient {
     };
   }
 
+  /** GetSharedState. */
+  getSharedState(request: DeepPartial<GetSharedStateRequest>, options?: CallOptions): Promise<GetSharedStateResponse> {
+    return this.unary("GetSharedState", SessionServiceService.getSharedState, GetSharedStateRequest, request, options);
+  }
+
+  /** UpdateSharedState; retried on UNAVAILABLE (a delta applied twice is applied once). */
+  updateSharedState(
+    request: DeepPartial<UpdateSharedStateRequest>,
+    options?: CallOptions,
+  ): Promise<UpdateSharedStateResponse> {
+    return this.unary(
+      "UpdateSharedState", SessionServiceService.updateSharedState, UpdateSharedStateRequest, request, options,
+    );
+  }
+
   // MessageService
 
   /** AppendMessages; retried on UNAVAILABLE when every message has an id. */
@@ -418,6 +436,21 @@ export class SessiondClient {
     options?: CallOptions,
   ): Promise<SearchMessagesResponse> {
     return this.unary("SearchMessages", MessageServiceService.searchMessages, SearchMessagesRequest, request, options);
+  }
+
+  /** ReplaceMessages; retried on UNAVAILABLE when every new message has an id. */
+  replaceMessages(
+    request: DeepPartial<ReplaceMessagesRequest>,
+    options?: CallOptions,
+  ): Promise<ReplaceMessagesResponse> {
+    return this.unary(
+      "ReplaceMessages", MessageServiceService.replaceMessages, ReplaceMessagesRequest, request, options,
+    );
+  }
+
+  /** DeleteMessages; retried on UNAVAILABLE (a repeat finds nothing left to delete). */
+  deleteMessages(request: DeepPartial<DeleteMessagesRequest>, options?: CallOptions): Promise<DeleteMessagesResponse> {
+    return this.unary("DeleteMessages", MessageServiceService.deleteMessages, DeleteMessagesRequest, request, options);
   }
 
   // StatsService

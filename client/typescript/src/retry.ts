@@ -10,7 +10,7 @@
  * source is injectable so tests see fixed delays.
  */
 import type { CreateSessionRequest, ForkSessionRequest, UpdateSessionRequest } from "./gen/sessiond/v1/session_service";
-import type { AppendMessagesRequest } from "./gen/sessiond/v1/message_service";
+import type { AppendMessagesRequest, ReplaceMessagesRequest } from "./gen/sessiond/v1/message_service";
 import type { RecordUsageRequest } from "./gen/sessiond/v1/stats_service";
 
 /** The settings of a Backoff; every field has a default. */
@@ -70,9 +70,9 @@ export class Backoff {
 export type UnaryRpcName =
   | "CreateSession" | "GetSession" | "UpdateSession" | "DeleteSession" | "ListSessions"
   | "TouchSession" | "EndSession" | "SetRuntimeState" | "ForkSession" | "ReconcileSessions"
-  | "PurgeSessions"
+  | "PurgeSessions" | "GetSharedState" | "UpdateSharedState"
   | "AppendMessages" | "ListMessages" | "PopMessage" | "UpdateLastMessage" | "ClearMessages"
-  | "SearchMessages"
+  | "SearchMessages" | "ReplaceMessages" | "DeleteMessages"
   | "RecordUsage" | "GetStats" | "CostByModel";
 
 const always = (): boolean => true;
@@ -81,7 +81,9 @@ const never = (): boolean => false;
 // The rule per RPC. Reads are always safe. Writes are safe when the server
 // recognises a repeat: a client-chosen id (session, fork, message ids, usage
 // request_id), a target state that is the same on every attempt (touch, end,
-// runtime state), or an etag that a first success would have made stale.
+// runtime state, a state delta, a history deleted up to a seq or replaced by
+// messages that all carry ids), or an etag that a first success would have
+// made stale.
 // Anything else (appends without ids, pops, clears, deletes, purges,
 // reconciles, updates without etag) could act twice, so it is never retried.
 const RETRY_RULES: { readonly [K in UnaryRpcName]: (request: never) => boolean } = {
@@ -94,11 +96,15 @@ const RETRY_RULES: { readonly [K in UnaryRpcName]: (request: never) => boolean }
   TouchSession: always,
   EndSession: always,
   SetRuntimeState: always,
+  GetSharedState: always,
+  UpdateSharedState: always,
+  DeleteMessages: always,
   CreateSession: (r: CreateSessionRequest) => (r.session?.id ?? "") !== "",
   ForkSession: (r: ForkSessionRequest) => r.newSessionId !== "",
   UpdateSession: (r: UpdateSessionRequest) => r.etag !== "",
   AppendMessages: (r: AppendMessagesRequest) => r.messages.length > 0 && r.messages.every((m) => m.id !== ""),
   RecordUsage: (r: RecordUsageRequest) => r.requestId !== "",
+  ReplaceMessages: (r: ReplaceMessagesRequest) => r.messages.every((m) => m.id !== ""),
   DeleteSession: never,
   ReconcileSessions: never,
   PurgeSessions: never,

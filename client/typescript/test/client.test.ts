@@ -197,7 +197,11 @@ describe("against a real server", () => {
 
     // The caller's own setting wins: with gRPC's usual limit the same answer is refused.
     const small = connect({ channelOptions: { "grpc.max_receive_message_length": 4 * 1024 * 1024 } });
-    const error = await rejection(small.listMessages({ sessionId: id }));
+    // (An append answer: a ListMessages page is bounded far below 4 MiB by the server.)
+    const error = await rejection(small.appendMessages({
+      sessionId: id,
+      messages: Array.from({ length: 6 }, (_, i) => ({ id: `n${i}`, role: Role.ROLE_USER, content })),
+    }));
     assert.equal(error.codeName, "RESOURCE_EXHAUSTED");
   });
 

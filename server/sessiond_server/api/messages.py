@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ from ..store.records import message_bytes
 from .context import ApiContext
 from .errors import unary
 from .page_tokens import request_digest
+from .sessions import check_delta
 from .validation import Checker
 
 ms = message_service_pb2
@@ -21,6 +23,9 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 UPDATE_PATHS = frozenset({"content", "reasoning", "status", "name", "tool_calls",
                           "content_blocks", "provider_response_id", "metadata"})
 STREAMING_PATHS = ("content", "reasoning", "status")
+MAX_SHARED_STATE_DELTAS = 16
+# The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+TIMESTAMP_MIN_SECONDS, TIMESTAMP_MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
 def check_message(c: Checker, prefix: str, m: M.Message, *, role_required: bool = True) -> None:
@@ -38,6 +43,22 @@ def check_message(c: Checker, prefix: str, m: M.Message, *, role_required: bool 
     if len(m.tool_calls) > 1024:
         c.fail(f"{prefix}.tool_calls", "has more than 1024 calls")
     c.string_map(f"{prefix}.metadata", m.metadata)
+    if m.HasField("event_time") and not (
+            TIMESTAMP_MIN_SECONDS <= m.event_time.seconds <= TIMESTAMP_MAX_SECONDS
+            and 0 <= m.event_time.nanos < 1_000_000_000):
+        c.fail(f"{prefix}.event_time", "must lie between years 1 and 9999")
+
+
+def check_messages(c: Checker, messages: Sequence[M.Message], *, required: bool) -> None:
+    """The messages of an append or a replacement: how many, and each one."""
+    n = len(messages)
+    if n == 0 and required:
+        c.fail("messages", "must hold at least one message")
+    elif n > c.limits.max_messages_per_append:
+        c.fail("messages", f"holds {n} messages; the limit is {c.limits.max_messages_per_append}")
+    else:
+        for i, message in enumerate(messages):
+            check_message(c, f"messages[{i}]", message)
 
 
 class MessageService(message_service_pb2_grpc.MessageServiceServicer):
@@ -50,22 +71,22 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
     @unary
     async def AppendMessages(self, request: ms.AppendMessagesRequest, context: Ctx
                              ) -> ms.AppendMessagesResponse:
-        lim = self.api.config.limits
         c = self._checker()
         c.identifier("session_id", request.session_id)
-        n = len(request.messages)
-        if n == 0:
-            c.fail("messages", "must hold at least one message")
-        elif n > lim.max_messages_per_append:
-            c.fail("messages", f"holds {n} messages; the limit is {lim.max_messages_per_append}")
-        else:
-            for i, message in enumerate(request.messages):
-                check_message(c, f"messages[{i}]", message)
+        check_messages(c, request.messages, required=True)
+        check_delta(c, "state_delta", request.state_delta)
+        if len(request.shared_state_deltas) > MAX_SHARED_STATE_DELTAS:
+            c.fail("shared_state_deltas", f"holds more than {MAX_SHARED_STATE_DELTAS}")
+        for i, shared in enumerate(request.shared_state_deltas):
+            c.identifier(f"shared_state_deltas[{i}].app", shared.app)
+            c.identifier(f"shared_state_deltas[{i}].user_id", shared.user_id, required=False)
+            check_delta(c, f"shared_state_deltas[{i}].delta", shared.delta)
         c.done()
         expected = (request.expected_last_seq if request.HasField("expected_last_seq")
                     else None)
         result = await self.api.store.append_messages(
-            self.api.scope(context), request.session_id, request.messages, expected)
+            self.api.scope(context), request.session_id, request.messages, expected,
+            request.state_delta, request.shared_state_deltas)
         return ms.AppendMessagesResponse(messages=result.messages, session=result.session,
                                          revision=result.revision)
 
@@ -172,4 +193,35 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
         token = "" if next_cursor is None else self.api.tokens.encode("search", digest,
                                                                       next_cursor)
         return ms.SearchMessagesResponse(messages=found, next_page_token=token,
+                                         revision=revision)
+
+    @unary
+    async def ReplaceMessages(self, request: ms.ReplaceMessagesRequest, context: Ctx
+                              ) -> ms.ReplaceMessagesResponse:
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        c.non_negative("after_seq", request.after_seq)
+        check_messages(c, request.messages, required=False)
+        if not request.HasField("expected_last_seq"):
+            c.fail("expected_last_seq", "is required: the session's last_seq as last read")
+        c.done()
+        result, removed = await self.api.store.replace_messages(
+            self.api.scope(context), request.session_id, request.after_seq, request.messages,
+            request.expected_last_seq, request.etag)
+        return ms.ReplaceMessagesResponse(messages=result.messages, removed_count=removed,
+                                          session=result.session, revision=result.revision)
+
+    @unary
+    async def DeleteMessages(self, request: ms.DeleteMessagesRequest, context: Ctx
+                             ) -> ms.DeleteMessagesResponse:
+        c = self._checker()
+        c.identifier("session_id", request.session_id)
+        if request.up_to_seq < 1:
+            c.fail("up_to_seq", "must be at least 1")
+        c.done()
+        expected = (request.expected_last_seq if request.HasField("expected_last_seq")
+                    else None)
+        removed, session, revision = await self.api.store.delete_messages(
+            self.api.scope(context), request.session_id, request.up_to_seq, expected)
+        return ms.DeleteMessagesResponse(removed_count=removed, session=session,
                                          revision=revision)

@@ -13,6 +13,7 @@ from sessiond.v1 import event_pb2, session_pb2, session_service_pb2, session_ser
 
 from ..auth import peer_host
 from ..store.records import TERMINAL_STATUSES
+from ..store.state import MAX_STATE_BYTES, canonical_state, delta_problems
 from ..watch import HubClosed, LogReader
 from .context import ApiContext
 from .errors import RpcError, streaming, unary
@@ -26,7 +27,7 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 
 UPDATE_PATHS = frozenset({"kind", "channel", "room_id", "sender_id", "agent", "model",
                           "display_name", "goal", "owner_id", "dataset_id", "labels",
-                          "runtime_instance", "budget_micros"})
+                          "runtime_instance", "budget_micros", "state_json"})
 PURGE_LIMIT = 10_000
 
 
@@ -40,6 +41,27 @@ def check_session_fields(c: Checker, prefix: str, s: S.Session) -> None:
     c.text(f"{prefix}.goal", s.goal)
     c.string_map(f"{prefix}.labels", s.labels)
     c.non_negative(f"{prefix}.budget_micros", s.budget_micros)
+    s.state_json = check_state(c, f"{prefix}.state_json", s.state_json)
+
+
+def check_state(c: Checker, field: str, text: str) -> str:
+    """A given state's stored (canonical) form; "" (and a violation) when it is not valid."""
+    if not text:
+        return ""
+    try:
+        canonical = canonical_state(text)
+    except ValueError as error:
+        c.fail(field, f"must be a JSON object: {error}")
+        return ""
+    if len(canonical.encode()) > MAX_STATE_BYTES:
+        c.fail(field, f"is {len(canonical.encode())} bytes; the limit is {MAX_STATE_BYTES}")
+        return ""
+    return canonical
+
+
+def check_delta(c: Checker, field: str, delta: S.StateDelta) -> None:
+    for problem in delta_problems(delta):
+        c.fail(field, problem)
 
 
 def check_filter(c: Checker, prefix: str, f: S.SessionFilter) -> None:
@@ -386,6 +408,32 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             raise RpcError(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN",
                            "the server is shutting down; resume from the last revision + 1"
                            ) from None
+
+    @unary
+    async def GetSharedState(self, request: ss.GetSharedStateRequest, context: Ctx
+                             ) -> ss.GetSharedStateResponse:
+        c = self._checker()
+        c.identifier("app", request.app)
+        c.identifier("user_id", request.user_id, required=False)
+        c.done()
+        state = await self.api.store.get_shared_state(self.api.scope(context), request.app,
+                                                      request.user_id)
+        return ss.GetSharedStateResponse(state=state)
+
+    @unary
+    async def UpdateSharedState(self, request: ss.UpdateSharedStateRequest, context: Ctx
+                                ) -> ss.UpdateSharedStateResponse:
+        c = self._checker()
+        c.identifier("app", request.app)
+        c.identifier("user_id", request.user_id, required=False)
+        if not request.HasField("delta"):
+            c.fail("delta", "is required")
+        check_delta(c, "delta", request.delta)
+        c.text("etag", request.etag, 64)
+        c.done()
+        state = await self.api.store.update_shared_state(
+            self.api.scope(context), request.app, request.user_id, request.delta, request.etag)
+        return ss.UpdateSharedStateResponse(state=state)
 
 
 def _response(kind: ss.WatchResponseType.ValueType, revision: int, now_micros: int,

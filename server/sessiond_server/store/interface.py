@@ -200,6 +200,8 @@ class SessionStore(Protocol):
         session_id: str,
         messages: Sequence[message_pb2.Message],
         expected_last_seq: int | None,
+        state_delta: session_pb2.StateDelta | None = None,
+        shared_state_deltas: Sequence[session_pb2.SharedStateDelta] = (),
     ) -> MessagesResult: ...
     async def list_messages(
         self, scope: Scope, session_id: str, query: MessageQuery
@@ -218,6 +220,24 @@ class SessionStore(Protocol):
     ) -> MessagesResult: ...
     async def clear_messages(
         self, scope: Scope, session_id: str
+    ) -> tuple[int, session_pb2.Session, int]: ...
+    async def replace_messages(
+        self,
+        scope: Scope,
+        session_id: str,
+        after_seq: int,
+        messages: Sequence[message_pb2.Message],
+        expected_last_seq: int,
+        etag: str,
+    ) -> tuple[MessagesResult, int]: ...
+    async def get_shared_state(
+        self, scope: Scope, app: str, user_id: str
+    ) -> session_pb2.SharedState: ...
+    async def update_shared_state(
+        self, scope: Scope, app: str, user_id: str, delta: session_pb2.StateDelta, etag: str
+    ) -> session_pb2.SharedState: ...
+    async def delete_messages(
+        self, scope: Scope, session_id: str, up_to_seq: int, expected_last_seq: int | None
     ) -> tuple[int, session_pb2.Session, int]: ...
     async def search_messages(
         self,

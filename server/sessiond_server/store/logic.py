@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sessiond.v1 import event_pb2, message_pb2, session_pb2, session_service_pb2, stats_service_pb2
 
@@ -51,6 +51,7 @@ from .interface import (
 from .records import COL, SESSION_COLUMNS, USAGE_FIELDS
 from .search import search_terms
 from .sqlite_schema import DAY_MICROS
+from .state import EMPTY_STATE, apply_delta, is_empty
 
 E = event_pb2
 S = session_pb2
@@ -84,9 +85,9 @@ SESSION_INSERT_COLUMNS = (
     "tenant", "id", "kind", "channel", "room_id", "sender_id", "agent", "model", "display_name",
     "goal", "owner_id", "dataset_id", "labels", "runtime_instance", "parent_id", "fork_seq",
     "status", "runtime_state", "started_at", "last_activity_at", "updated_at", "budget_micros",
-    "revision")
+    "revision", "state")
 MESSAGE_INSERT_COLUMNS = ("session_pk, seq, message_id, role, content, is_turn, tool_calls,"
-                          " created_at, updated_at, body")
+                          " created_at, updated_at, body, event_at")
 
 # GetStats sums, in the order of _scan_stats_sql's columns.
 STATS_SUMS = 19
@@ -400,7 +401,7 @@ class StoreLogic:
             session.display_name, session.goal, session.owner_id, session.dataset_id,
             rows.labels_json(session.labels), session.runtime_instance, parent_id, fork_seq,
             rows.ACTIVE, S.RUNTIME_STATE_IDLE, started, max(started, ctx.now), ctx.now,
-            session.budget_micros, ctx.take_revision())
+            session.budget_micros, ctx.take_revision(), session.state_json or EMPTY_STATE)
         p = self.dialect.params()
         placeholders = [self.dialect.json_value(p, str(v)) if column == "labels" else p(v)
                         for column, v in zip(SESSION_INSERT_COLUMNS, values, strict=True)]
@@ -455,11 +456,14 @@ class StoreLogic:
                                 f"{self.dialect.json_value(p, rows.labels_json(session.labels))}")
                     continue
                 value = getattr(session, path)
+                column = "state" if path == "state_json" else path
                 if path == "kind":
                     value = value or S.SESSION_KIND_INTERACTIVE
-                if value == row[COL[path]]:
+                elif path == "state_json":
+                    value = value or EMPTY_STATE
+                if value == row[COL[column]]:
                     continue
-                sets.append(f"{path} = {p(value)}")
+                sets.append(f"{column} = {p(value)}")
             # An update that changes nothing is answered with the session as it is,
             # whatever its etag: the retry of an applied update returns its result.
             if not sets:
@@ -661,7 +665,7 @@ class StoreLogic:
             await ctx.tx.execute(
                 f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS})"
                 f" SELECT {p(pk)}, row_number() OVER (ORDER BY seq), message_id, role, content,"
-                f" is_turn, tool_calls, created_at, updated_at, body FROM messages"
+                f" is_turn, tool_calls, created_at, updated_at, body, event_at FROM messages"
                 f" WHERE session_pk = {p(row[0])} AND seq <= {p(upto)} ORDER BY seq", p.values)
             key = self.dialect.placeholders(1)
             await ctx.tx.execute(
@@ -758,9 +762,32 @@ class StoreLogic:
             f"SELECT {self.dialect.message_columns} FROM messages m WHERE m.session_pk = {p(pk)}"
             f" AND {self.dialect.any_of('m.message_id', ids, p)}", p.values)}
 
+    async def _insert_messages(self, ctx: Ctx, pk: int, last_seq: int,
+                               prepared: Sequence[tuple[M.Message, Any, int, int]]
+                               ) -> tuple[list[tuple[Any, ...]], int, int]:
+        """Store messages numbered after ``last_seq``: their rows, turns and tool calls."""
+        new_rows: list[tuple[Any, ...]] = []
+        turns = tool_calls = 0
+        for message, body, turn, calls in prepared:
+            last_seq += 1
+            new_rows.append((pk, last_seq, message.id or None, int(message.role),
+                             message.content, turn, calls, ctx.now, ctx.now, body,
+                             message.event_time.ToMicroseconds()
+                             if message.HasField("event_time") else None))
+            turns += turn
+            tool_calls += calls
+        if new_rows:
+            await ctx.tx.executemany(
+                f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS})"
+                f" VALUES ({self.dialect.placeholders(11)})", new_rows)
+        return new_rows, turns, tool_calls
+
     async def append_messages(self, scope: Scope, session_id: str,
                               messages: Sequence[M.Message],
-                              expected_last_seq: int | None) -> MessagesResult:
+                              expected_last_seq: int | None,
+                              state_delta: S.StateDelta | None = None,
+                              shared_state_deltas: Sequence[S.SharedStateDelta] = (),
+                              ) -> MessagesResult:
         prepared = [(m, rows.message_body(m), *message_delta(m)) for m in messages]
 
         async def write(ctx: Ctx) -> MessagesResult:
@@ -793,23 +820,22 @@ class StoreLogic:
             if expected_last_seq is not None and expected_last_seq != last_seq:
                 raise Aborted(f"expected last_seq {expected_last_seq}, the session is at "
                               f"{last_seq}", reason="LAST_SEQ_MISMATCH")
-            new_rows: list[tuple[Any, ...]] = []
-            turns = tool_calls = 0
-            for kept, (message, body, turn, calls) in zip(out, prepared, strict=True):
-                if kept is not None:
-                    continue
-                last_seq += 1
-                new_rows.append((pk, last_seq, message.id or None, int(message.role),
-                                 message.content, turn, calls, ctx.now, ctx.now, body))
-                turns += turn
-                tool_calls += calls
-            await ctx.tx.executemany(
-                f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS})"
-                f" VALUES ({self.dialect.placeholders(10)})", new_rows)
+            # The state deltas commit with the messages, or nothing does.
+            state_sql, state_values = "", cast(tuple[str, ...], ())
+            if state_delta is not None and not is_empty(state_delta):
+                state_sql = ", state = {}"
+                state_values = (apply_delta(row[COL["state"]], state_delta, "state_delta"),)
+            for i, shared in enumerate(shared_state_deltas):
+                await self._change_shared_state(ctx, scope.tenant, shared.app, shared.user_id,
+                                                shared.delta, f"shared_state_deltas[{i}].delta")
+            new_rows, turns, tool_calls = await self._insert_messages(
+                ctx, pk, last_seq, [fresh for kept, fresh in zip(out, prepared, strict=True)
+                                    if kept is None])
+            last_seq = new_rows[-1][1]
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
-                " tool_call_count = tool_call_count + {}, last_seq = {}",
-                (len(new_rows), turns, tool_calls, last_seq))
+                " tool_call_count = tool_call_count + {}, last_seq = {}" + state_sql,
+                (len(new_rows), turns, tool_calls, last_seq, *state_values))
             first_new = new_rows[0][1]
             inserted = iter(new_rows)
             result = [m if m is not None else rows.stored_message(message, session_id,
@@ -891,7 +917,8 @@ class StoreLogic:
                 def matching(p: Params) -> str:
                     clauses = [f"m.session_pk = {p(pk)}", f"m.seq > {p(query.after_seq)}"]
                     if query.after_time_micros:
-                        clauses.append(f"m.created_at >= {p(query.after_time_micros)}")
+                        clauses.append(f"COALESCE(m.event_at, m.created_at)"
+                                       f" >= {p(query.after_time_micros)}")
                     if query.cursor_seq is not None:
                         clauses.append(
                             f"m.seq {'<' if query.descending else '>'} {p(query.cursor_seq)}")
@@ -1022,6 +1049,172 @@ class StoreLogic:
             return removed, session, ctx.write_revision
 
         result: tuple[int, S.Session, int] = await self._write(write)
+        return result
+
+    async def _range_counts(self, ctx: Ctx, pk: int, condition: str, seq: int
+                            ) -> tuple[int, int, int]:
+        """Messages, turns and tool calls of the session's messages whose seq meets
+        ``condition`` (an operator) against ``seq``, summed in SQL."""
+        p = self.dialect.params()
+        found = await ctx.tx.fetchrow(
+            f"SELECT COUNT(*), COALESCE(SUM(is_turn), 0), COALESCE(SUM(tool_calls), 0)"
+            f" FROM messages WHERE session_pk = {p(pk)} AND seq {condition} {p(seq)}", p.values)
+        return int(found[0]), int(found[1]), int(found[2])
+
+    async def replace_messages(self, scope: Scope, session_id: str, after_seq: int,
+                               messages: Sequence[M.Message], expected_last_seq: int,
+                               etag: str) -> tuple[MessagesResult, int]:
+        prepared = [(m, rows.message_body(m), *message_delta(m)) for m in messages]
+
+        async def write(ctx: Ctx) -> tuple[MessagesResult, int]:
+            row = await self._load(ctx, scope, session_id)
+            pk, last_seq = row[0], row[COL["last_seq"]]
+            if after_seq > last_seq:
+                raise InvalidArgument("after_seq", f"after_seq {after_seq} is beyond the "
+                                      f"session's last_seq {last_seq}")
+            removed, removed_turns, removed_calls = await self._range_counts(
+                ctx, pk, ">", after_seq)
+            p = self.dialect.params()
+            if removed == len(messages) and all(m.id for m in messages):
+                # A retry of an applied replacement: the tail is already these
+                # messages. Answered before the guards, which the first attempt moved.
+                tail = await ctx.tx.fetch(
+                    f"SELECT {self.dialect.message_columns} FROM messages m"
+                    f" WHERE m.session_pk = {p(pk)} AND m.seq > {p(after_seq)}"
+                    f" ORDER BY m.seq", p.values)
+                stored = [rows.message_from_row(r, session_id) for r in tail]
+                if all((s.id, s.role, s.content) == (m.id, m.role, m.content)
+                       for s, m in zip(stored, messages, strict=True)):
+                    return MessagesResult(stored, self._session(row, ctx.now), 0), 0
+            rows.require_writable(row)
+            if expected_last_seq != last_seq:
+                raise Aborted(f"expected last_seq {expected_last_seq}, the session is at "
+                              f"{last_seq}", reason="LAST_SEQ_MISMATCH")
+            if etag and etag != self._session(row, ctx.now).etag:
+                raise Aborted(f"etag {etag!r} is stale")
+            seen: set[str] = set()
+            kept = await self._stored_by_id(ctx, pk, messages)
+            for i, message in enumerate(messages):
+                old = kept.get(message.id)
+                if message.id in seen or (old is not None and old[2] <= after_seq):
+                    raise AlreadyExists(f"messages[{i}].id {message.id!r} is used by another "
+                                        f"message", reason="MESSAGE_ID_CONFLICT")
+                if message.id:
+                    seen.add(message.id)
+            p = self.dialect.params()
+            await ctx.tx.execute(f"DELETE FROM messages WHERE session_pk = {p(pk)}"
+                                 f" AND seq > {p(after_seq)}", p.values)
+            new_rows, turns, tool_calls = await self._insert_messages(ctx, pk, last_seq,
+                                                                      prepared)
+            new_last = new_rows[-1][1] if new_rows else last_seq
+            session, revived = await self._bump(
+                ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
+                " tool_call_count = tool_call_count + {}, last_seq = {}",
+                (len(new_rows) - removed, turns - removed_turns, tool_calls - removed_calls,
+                 new_last))
+            result = [rows.stored_message(message, session_id, new_row[1], ctx.now)
+                      for message, new_row in zip(messages, new_rows, strict=True)]
+            if revived:
+                self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
+            carried, truncated = rows.event_messages(result)
+            ctx.emit(E.EVENT_TYPE_MESSAGES_REPLACED, session.id, session.tenant,
+                     session.owner_id, session.dataset_id, session=session, messages=carried,
+                     messages_truncated=truncated, removed_count=removed, after_seq=after_seq)
+            return MessagesResult(result, session, ctx.write_revision), removed
+
+        result: tuple[MessagesResult, int] = await self._write(write)
+        return result
+
+    async def delete_messages(self, scope: Scope, session_id: str, up_to_seq: int,
+                              expected_last_seq: int | None) -> tuple[int, S.Session, int]:
+        async def write(ctx: Ctx) -> tuple[int, S.Session, int]:
+            row = await self._load(ctx, scope, session_id)
+            last_seq = row[COL["last_seq"]]
+            if up_to_seq > last_seq:
+                raise InvalidArgument("up_to_seq", f"up_to_seq {up_to_seq} is beyond the "
+                                      f"session's last_seq {last_seq}")
+            removed, turns, tool_calls = await self._range_counts(ctx, row[0], "<=", up_to_seq)
+            if not removed:
+                # Nothing left up to there (a retry, or deleted already): no change,
+                # answered before the guards.
+                return 0, self._session(row, ctx.now), 0
+            rows.require_writable(row)
+            if expected_last_seq is not None and expected_last_seq != last_seq:
+                raise Aborted(f"expected last_seq {expected_last_seq}, the session is at "
+                              f"{last_seq}", reason="LAST_SEQ_MISMATCH")
+            p = self.dialect.params()
+            await ctx.tx.execute(f"DELETE FROM messages WHERE session_pk = {p(row[0])}"
+                                 f" AND seq <= {p(up_to_seq)}", p.values)
+            session, revived = await self._bump(
+                ctx, row, ", message_count = message_count - {}, turn_count = turn_count - {},"
+                " tool_call_count = tool_call_count - {}", (removed, turns, tool_calls))
+            if revived:
+                self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
+            ctx.emit(E.EVENT_TYPE_MESSAGES_DELETED, session.id, session.tenant,
+                     session.owner_id, session.dataset_id, session=session,
+                     removed_count=removed, up_to_seq=up_to_seq)
+            return removed, session, ctx.write_revision
+
+        result: tuple[int, S.Session, int] = await self._write(write)
+        return result
+
+    # Shared state (per tenant, application and user).
+    @staticmethod
+    def _shared_state(app: str, user_id: str, found: Sequence[Any] | None) -> S.SharedState:
+        shared = S.SharedState(app=app, user_id=user_id, state_json=EMPTY_STATE, etag="0")
+        if found is not None:
+            shared.state_json, shared.etag = found[0], str(found[1])
+            shared.updated_at.FromMicroseconds(int(found[2]))
+        return shared
+
+    def _shared_select(self, tenant: str, app: str, user_id: str, lock: str = ""
+                       ) -> tuple[str, list[Any]]:
+        p = self.dialect.params()
+        return (f"SELECT state, version, updated_at FROM shared_state WHERE tenant = {p(tenant)}"
+                f" AND app = {p(app)} AND user_id = {p(user_id)}{lock}", p.values)
+
+    async def _change_shared_state(self, ctx: Ctx, tenant: str, app: str, user_id: str,
+                                   delta: S.StateDelta, field: str, etag: str = ""
+                                   ) -> S.SharedState:
+        """Apply a delta to a shared state inside the current write."""
+        # Locked like the session rows a write relies on, so a replica's concurrent change
+        # waits instead of being overwritten (a concurrent first insert loses on the key
+        # and the write runs again).
+        found = await ctx.tx.fetchrow(*self._shared_select(tenant, app, user_id,
+                                                           self.dialect.lock_rows))
+        current = self._shared_state(app, user_id, found)
+        changed = apply_delta(current.state_json, delta, field)
+        # A delta that changes nothing (a retry of an applied one) is answered
+        # with the state as it is, before the etag guard.
+        if changed == current.state_json:
+            return current
+        if etag and etag != current.etag:
+            raise Aborted(f"etag {etag!r} is stale; the state is at {current.etag!r}")
+        version = int(current.etag) + 1
+        p = self.dialect.params()
+        if found is None:
+            await ctx.tx.execute(
+                f"INSERT INTO shared_state (tenant, app, user_id, state, version, updated_at)"
+                f" VALUES ({p(tenant)}, {p(app)}, {p(user_id)}, {p(changed)}, {p(version)},"
+                f" {p(ctx.now)})", p.values)
+        else:
+            await ctx.tx.execute(
+                f"UPDATE shared_state SET state = {p(changed)}, version = {p(version)},"
+                f" updated_at = {p(ctx.now)} WHERE tenant = {p(tenant)} AND app = {p(app)}"
+                f" AND user_id = {p(user_id)}", p.values)
+        return self._shared_state(app, user_id, (changed, version, ctx.now))
+
+    async def get_shared_state(self, scope: Scope, app: str, user_id: str) -> S.SharedState:
+        found = await self._read(*self._shared_select(scope.tenant, app, user_id))
+        return self._shared_state(app, user_id, found[0] if found else None)
+
+    async def update_shared_state(self, scope: Scope, app: str, user_id: str,
+                                  delta: S.StateDelta, etag: str) -> S.SharedState:
+        async def write(ctx: Ctx) -> S.SharedState:
+            return await self._change_shared_state(ctx, scope.tenant, app, user_id, delta,
+                                                   "delta", etag)
+
+        result: S.SharedState = await self._write(write)
         return result
 
     async def search_messages(self, scope: Scope, query: str, session_ids: Sequence[str],

@@ -180,6 +180,25 @@ CREATE INDEX sessions_provisional ON sessions (pk) WHERE revision > {PROVISIONAL
 """,
 ))
 
+# Version 4: state and event time (see the SQLite schema's version 5). TEXT, not JSONB: the
+# stored text is returned exactly (key order, number forms).
+MIGRATIONS.append((
+    4,
+    """
+ALTER TABLE sessions ADD COLUMN state TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE messages ADD COLUMN event_at BIGINT;
+CREATE TABLE shared_state (
+    tenant     TEXT   NOT NULL,
+    app        TEXT   NOT NULL,
+    user_id    TEXT   NOT NULL,
+    state      TEXT   NOT NULL,
+    version    BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant, app, user_id)
+);
+""",
+))
+
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 #: pg_advisory_xact_lock keys: one replica migrates at a time, one compacts.

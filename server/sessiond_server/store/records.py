@@ -25,6 +25,7 @@ SESSION_FIELDS = (
     "message_count", "turn_count", "tool_call_count", "last_seq", "prompt_tokens",
     "completion_tokens", "reasoning_tokens", "cache_read_tokens", "cache_write_tokens",
     "cost_micros", "request_count", "error_count", "total_tokens", "budget_micros", "revision",
+    "state",
 )
 SESSION_COLUMNS = ", ".join(f"s.{name}" for name in SESSION_FIELDS)
 COL = {name: i for i, name in enumerate(SESSION_FIELDS)}
@@ -124,7 +125,7 @@ def session_from_row(row: Sequence[Any], abandoned_before: int) -> session_pb2.S
         last_activity_at=timestamp(row[23]), ended_at=timestamp(row[24]),
         updated_at=timestamp(row[25]), message_count=row[26], turn_count=row[27],
         tool_call_count=row[28], last_seq=row[29], usage=usage_from(row[u:u + 9]),
-        budget_micros=row[39], revision=row[40], etag=str(row[40]),
+        budget_micros=row[39], revision=row[40], etag=str(row[40]), state_json=row[41],
     )
 
 
@@ -185,6 +186,8 @@ def same_content(existing: session_pb2.Session, wanted: session_pb2.Session) -> 
         if a != b:
             return False
     if dict(existing.labels) != dict(wanted.labels):
+        return False
+    if existing.state_json != (wanted.state_json or "{}"):
         return False
     return not (wanted.HasField("started_at") and wanted.started_at != existing.started_at)
 

@@ -153,12 +153,14 @@ class ChangeRecorder:
         messages: Sequence[message_pb2.Message] = (),
         messages_truncated: bool = False,
         removed_count: int = 0,
+        after_seq: int = 0,
+        up_to_seq: int = 0,
     ) -> None:
         revision = self.take_revision()
         event = event_pb2.SessionEvent(
             type=event_type, revision=revision, session_id=session_id, session=session,
             messages=messages, messages_truncated=messages_truncated,
-            removed_count=removed_count,
+            removed_count=removed_count, after_seq=after_seq, up_to_seq=up_to_seq,
         )
         event.time.FromMicroseconds(self.now)
         self._changes.append(Change(revision, tenant, owner_id, dataset_id, event))

@@ -375,6 +375,29 @@ INSERT INTO messages_runs(rowid, content)
 ))
 
 
+# Version 5: state and event time. Each session's state (a JSON object as canonical
+# text, see store/state.py); each message's client-set event time (NULL when the client
+# set none: after_time reads compare created_at then); and the state shared by an
+# application's sessions or by one user's (tenant, app, user_id; user_id '' for the
+# application's own), whose version is its etag.
+MIGRATIONS.append((
+    5,
+    """
+ALTER TABLE sessions ADD COLUMN state TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE messages ADD COLUMN event_at INTEGER;
+CREATE TABLE shared_state (
+    tenant     TEXT    NOT NULL,
+    app        TEXT    NOT NULL,
+    user_id    TEXT    NOT NULL,
+    state      TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, app, user_id)
+) WITHOUT ROWID;
+""",
+))
+
+
 def register_search_functions(conn: sqlite3.Connection) -> None:
     """The functions the run index's triggers call; every connection that writes needs them."""
     conn.create_function("sessiond_has_runs", 1, has_runs, deterministic=True)

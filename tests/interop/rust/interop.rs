@@ -292,6 +292,7 @@ impl Scenario {
                     },
                 ],
                 expected_last_seq: None,
+                ..Default::default()
             })
             .await
             .expect("AppendMessages");
@@ -314,6 +315,7 @@ impl Scenario {
                 session_id: a.clone(),
                 messages: vec![user("m1", "hello")],
                 expected_last_seq: None,
+                ..Default::default()
             })
             .await
             .expect("AppendMessages again");
@@ -621,6 +623,7 @@ impl Scenario {
                 session_id: a.clone(),
                 messages: vec![user("m4", "after restart")],
                 expected_last_seq: None,
+                ..Default::default()
             })
             .await
             .expect("AppendMessages m4");
@@ -691,6 +694,7 @@ impl Scenario {
                     },
                 ],
                 expected_last_seq: None,
+                ..Default::default()
             })
             .await
             .expect("AppendMessages through the lossy proxy");

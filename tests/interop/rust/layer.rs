@@ -486,6 +486,7 @@ async fn an_append_without_ids_is_not_retried_after_a_lost_response() {
             ..Default::default()
         }],
         expected_last_seq: None,
+        ..Default::default()
     };
     let lost = lossy.append_messages(append).await.unwrap_err();
     assert_eq!(lost.code(), Code::Unavailable, "{lost}");

@@ -71,6 +71,7 @@ async fn main() -> Result<(), Error> {
                 ..Default::default()
             }],
             expected_last_seq: None,
+            ..Default::default()
         })
         .await?;
 
@@ -117,6 +118,7 @@ async fn main() -> Result<(), Error> {
                 },
             ],
             expected_last_seq: None,
+            ..Default::default()
         })
         .await?;
 

@@ -49,6 +49,16 @@ export enum EventType {
    * because WatchSessionsRequest.include_initial was set.
    */
   EVENT_TYPE_INITIAL = 13,
+  /**
+   * EVENT_TYPE_MESSAGES_REPLACED - EVENT_TYPE_MESSAGES_REPLACED: ReplaceMessages removed the messages after
+   * after_seq (removed_count of them) and appended the new ones (messages).
+   */
+  EVENT_TYPE_MESSAGES_REPLACED = 14,
+  /**
+   * EVENT_TYPE_MESSAGES_DELETED - EVENT_TYPE_MESSAGES_DELETED: DeleteMessages removed the messages up to
+   * up_to_seq (removed_count of them).
+   */
+  EVENT_TYPE_MESSAGES_DELETED = 15,
   UNRECOGNIZED = -1,
 }
 
@@ -96,6 +106,12 @@ export function eventTypeFromJSON(object: any): EventType {
     case 13:
     case "EVENT_TYPE_INITIAL":
       return EventType.EVENT_TYPE_INITIAL;
+    case 14:
+    case "EVENT_TYPE_MESSAGES_REPLACED":
+      return EventType.EVENT_TYPE_MESSAGES_REPLACED;
+    case 15:
+    case "EVENT_TYPE_MESSAGES_DELETED":
+      return EventType.EVENT_TYPE_MESSAGES_DELETED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -133,6 +149,10 @@ export function eventTypeToJSON(object: EventType): string {
       return "EVENT_TYPE_USAGE_RECORDED";
     case EventType.EVENT_TYPE_INITIAL:
       return "EVENT_TYPE_INITIAL";
+    case EventType.EVENT_TYPE_MESSAGES_REPLACED:
+      return "EVENT_TYPE_MESSAGES_REPLACED";
+    case EventType.EVENT_TYPE_MESSAGES_DELETED:
+      return "EVENT_TYPE_MESSAGES_DELETED";
     case EventType.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -142,10 +162,11 @@ export function eventTypeToJSON(object: EventType): string {
 /**
  * SessionEvent is one change to one session. It is bounded in bytes: the
  * session snapshot by the limits on session fields (with the server's default
- * limits at most about 95 KB: a 64 KiB goal, 64 labels, the ids and names),
- * the messages by the cuts below (at most about 50 KB each, most of it 64
- * metadata pairs), so an event is at most about 900 KB and always fits in
- * one WatchSessions response of the default 1 MiB bound.
+ * limits at most about 160 KB: a 64 KiB goal, a 64 KiB state_json, 64
+ * labels, the ids and names), the messages by the cuts below (at most about
+ * 50 KB each, most of it 64 metadata pairs), so an event is at most about
+ * 965 KB and always fits in one WatchSessions response of the default 1 MiB
+ * bound.
  */
 export interface SessionEvent {
   /** type is the kind of change. */
@@ -169,13 +190,13 @@ export interface SessionEvent {
     | undefined;
   /**
    * messages are the messages concerned by a message event: appended, the
-   * popped one, the updated one. At most 16 per event (the last 16), each cut
-   * short: content and reasoning to at most 4 KiB each; tool_calls to the
-   * first 16, each with id and name cut to at most 256 bytes and
-   * arguments_json to at most 512 bytes (so cut arguments are not valid JSON);
-   * content_blocks left out when the message is still larger than 8 KiB.
-   * Cuts fall on a byte bound and drop a character split in two. See
-   * messages_truncated.
+   * new ones of a replacement, the popped one, the updated one. At most 16
+   * per event (the last 16), each cut short: content and reasoning to at
+   * most 4 KiB each; tool_calls to the first 16, each with id and name cut
+   * to at most 256 bytes and arguments_json to at most 512 bytes (so cut
+   * arguments are not valid JSON); content_blocks left out when the message
+   * is still larger than 8 KiB. Cuts fall on a byte bound and drop a
+   * character split in two. See messages_truncated.
    */
   messages: Message[];
   /**
@@ -183,8 +204,21 @@ export interface SessionEvent {
    * read them whole with ListMessages.
    */
   messagesTruncated: boolean;
-  /** removed_count is, for POPPED and CLEARED, how many messages were removed. */
+  /**
+   * removed_count is, for POPPED, CLEARED, REPLACED and DELETED, how many
+   * messages were removed.
+   */
   removedCount: bigint;
+  /**
+   * after_seq is, for MESSAGES_REPLACED, the sequence number after which
+   * every message was removed; 0 otherwise.
+   */
+  afterSeq: bigint;
+  /**
+   * up_to_seq is, for MESSAGES_DELETED, the sequence number up to which
+   * (inclusive) every message was removed; 0 otherwise.
+   */
+  upToSeq: bigint;
 }
 
 function createBaseSessionEvent(): SessionEvent {
@@ -197,6 +231,8 @@ function createBaseSessionEvent(): SessionEvent {
     messages: [],
     messagesTruncated: false,
     removedCount: 0n,
+    afterSeq: 0n,
+    upToSeq: 0n,
   };
 }
 
@@ -231,6 +267,18 @@ export const SessionEvent: MessageFns<SessionEvent> = {
         throw new globalThis.Error("value provided for field message.removedCount of type int64 too large");
       }
       writer.uint32(64).int64(message.removedCount);
+    }
+    if (message.afterSeq !== 0n) {
+      if (BigInt.asIntN(64, message.afterSeq) !== message.afterSeq) {
+        throw new globalThis.Error("value provided for field message.afterSeq of type int64 too large");
+      }
+      writer.uint32(72).int64(message.afterSeq);
+    }
+    if (message.upToSeq !== 0n) {
+      if (BigInt.asIntN(64, message.upToSeq) !== message.upToSeq) {
+        throw new globalThis.Error("value provided for field message.upToSeq of type int64 too large");
+      }
+      writer.uint32(80).int64(message.upToSeq);
     }
     return writer;
   },
@@ -312,6 +360,22 @@ export const SessionEvent: MessageFns<SessionEvent> = {
             message.removedCount = reader.int64() as bigint;
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.afterSeq = reader.int64() as bigint;
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.upToSeq = reader.int64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -346,6 +410,12 @@ export const SessionEvent: MessageFns<SessionEvent> = {
         : isSet(object.removed_count)
         ? BigInt(object.removed_count)
         : 0n,
+      afterSeq: isSet(object.afterSeq)
+        ? BigInt(object.afterSeq)
+        : isSet(object.after_seq)
+        ? BigInt(object.after_seq)
+        : 0n,
+      upToSeq: isSet(object.upToSeq) ? BigInt(object.upToSeq) : isSet(object.up_to_seq) ? BigInt(object.up_to_seq) : 0n,
     };
   },
 
@@ -375,6 +445,12 @@ export const SessionEvent: MessageFns<SessionEvent> = {
     if (message.removedCount !== 0n) {
       obj.removedCount = message.removedCount.toString();
     }
+    if (message.afterSeq !== 0n) {
+      obj.afterSeq = message.afterSeq.toString();
+    }
+    if (message.upToSeq !== 0n) {
+      obj.upToSeq = message.upToSeq.toString();
+    }
     return obj;
   },
 
@@ -395,6 +471,8 @@ export const SessionEvent: MessageFns<SessionEvent> = {
     message.removedCount = (object.removedCount !== undefined && object.removedCount !== null)
       ? BigInt(object.removedCount)
       : 0n;
+    message.afterSeq = (object.afterSeq !== undefined && object.afterSeq !== null) ? BigInt(object.afterSeq) : 0n;
+    message.upToSeq = (object.upToSeq !== undefined && object.upToSeq !== null) ? BigInt(object.upToSeq) : 0n;
     return message;
   },
 };

@@ -193,7 +193,18 @@ export interface Message {
     | Timestamp
     | undefined;
   /** updated_at is when the message was last changed. Output only. */
-  updatedAt: Timestamp | undefined;
+  updatedAt:
+    | Timestamp
+    | undefined;
+  /**
+   * event_time is when the message happened in the runtime, set by the
+   * client (an agent framework's event time); unset means "when it was
+   * appended" (created_at), and reads return it unset. ListMessages
+   * after_time compares event_time where it is set, created_at elsewhere;
+   * messages are still returned in seq order, so equal times keep append
+   * order. Must lie between years 1 and 9999 (a valid Timestamp).
+   */
+  eventTime: Timestamp | undefined;
 }
 
 export interface Message_MetadataEntry {
@@ -440,6 +451,7 @@ function createBaseMessage(): Message {
     metadata: {},
     createdAt: undefined,
     updatedAt: undefined,
+    eventTime: undefined,
   };
 }
 
@@ -492,6 +504,9 @@ export const Message: MessageFns<Message> = {
     }
     if (message.updatedAt !== undefined) {
       Timestamp.encode(message.updatedAt, writer.uint32(122).fork()).join();
+    }
+    if (message.eventTime !== undefined) {
+      Timestamp.encode(message.eventTime, writer.uint32(130).fork()).join();
     }
     return writer;
   },
@@ -632,6 +647,14 @@ export const Message: MessageFns<Message> = {
             message.updatedAt = Timestamp.decode(reader, reader.uint32());
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.eventTime = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -702,6 +725,11 @@ export const Message: MessageFns<Message> = {
         : isSet(object.updated_at)
         ? fromJsonTimestamp(object.updated_at)
         : undefined,
+      eventTime: isSet(object.eventTime)
+        ? fromJsonTimestamp(object.eventTime)
+        : isSet(object.event_time)
+        ? fromJsonTimestamp(object.event_time)
+        : undefined,
     };
   },
 
@@ -758,6 +786,9 @@ export const Message: MessageFns<Message> = {
     if (message.updatedAt !== undefined) {
       obj.updatedAt = fromTimestamp(message.updatedAt).toISOString();
     }
+    if (message.eventTime !== undefined) {
+      obj.eventTime = fromTimestamp(message.eventTime).toISOString();
+    }
     return obj;
   },
 
@@ -792,6 +823,9 @@ export const Message: MessageFns<Message> = {
       : undefined;
     message.updatedAt = (object.updatedAt !== undefined && object.updatedAt !== null)
       ? Timestamp.fromPartial(object.updatedAt)
+      : undefined;
+    message.eventTime = (object.eventTime !== undefined && object.eventTime !== null)
+      ? Timestamp.fromPartial(object.eventTime)
       : undefined;
     return message;
   },

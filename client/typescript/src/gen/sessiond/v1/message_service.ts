@@ -21,7 +21,7 @@ import {
 import { FieldMask } from "../../google/protobuf/field_mask";
 import { Timestamp } from "../../google/protobuf/timestamp";
 import { Message } from "./message";
-import { Session } from "./session";
+import { Session, SharedStateDelta, StateDelta } from "./session";
 
 /** AppendMessagesRequest is the input of AppendMessages. */
 export interface AppendMessagesRequest {
@@ -38,7 +38,24 @@ export interface AppendMessagesRequest {
    * ABORTED (LAST_SEQ_MISMATCH): a guard against two writers interleaving.
    * Not checked when every message is a stored retry (see AppendMessages).
    */
-  expectedLastSeq?: bigint | undefined;
+  expectedLastSeq?:
+    | bigint
+    | undefined;
+  /**
+   * state_delta changes the session's state_json in the same transaction as
+   * the messages: both commit or neither does. It is applied once: a retry
+   * whose messages are all stored already applies nothing again. The
+   * resulting state must stay within max_state_bytes, else INVALID_ARGUMENT
+   * (field state_delta).
+   */
+  stateDelta:
+    | StateDelta
+    | undefined;
+  /**
+   * shared_state_deltas change shared states (SessionService.GetSharedState)
+   * in the same transaction, under the same rules (at most 16 of them).
+   */
+  sharedStateDeltas: SharedStateDelta[];
 }
 
 /** AppendMessagesResponse is the output of AppendMessages. */
@@ -82,7 +99,10 @@ export interface ListMessagesRequest {
   descending: boolean;
   /** after_seq returns only messages with seq > after_seq. */
   afterSeq: bigint;
-  /** after_time returns only messages created at or after this time. */
+  /**
+   * after_time returns only messages whose time is at or after this one:
+   * Message.event_time where the client set it, created_at otherwise.
+   */
   afterTime:
     | Timestamp
     | undefined;
@@ -242,8 +262,89 @@ export interface SearchMessagesResponse {
   revision: bigint;
 }
 
+/** ReplaceMessagesRequest is the input of ReplaceMessages. */
+export interface ReplaceMessagesRequest {
+  /** session_id is the session; required. */
+  sessionId: string;
+  /**
+   * after_seq is the sequence number after which every stored message is
+   * replaced: 0 replaces the whole history. At most the session's last_seq,
+   * else INVALID_ARGUMENT.
+   */
+  afterSeq: bigint;
+  /**
+   * messages are the new messages, 0 to 100 of them, checked as in
+   * AppendMessages (ids unique within the request and not used by a
+   * message that stays). None removes the messages after after_seq.
+   */
+  messages: Message[];
+  /**
+   * expected_last_seq is required: it must equal the session's last_seq,
+   * else ABORTED (LAST_SEQ_MISMATCH), so a message appended since the
+   * caller read the history is never lost. last_seq does not move on
+   * PopMessage or UpdateLastMessage; set etag as well to guard against those.
+   */
+  expectedLastSeq?:
+    | bigint
+    | undefined;
+  /**
+   * etag, when set, must equal the session's current etag (any change of
+   * the session changes it), else ABORTED (ETAG_MISMATCH).
+   */
+  etag: string;
+}
+
+/** ReplaceMessagesResponse is the output of ReplaceMessages. */
+export interface ReplaceMessagesResponse {
+  /** messages are the new messages as stored, with their sequence numbers. */
+  messages: Message[];
+  /** removed_count is how many stored messages were removed. */
+  removedCount: bigint;
+  /** session is the session after the replacement. */
+  session:
+    | Session
+    | undefined;
+  /**
+   * revision is the store revision of the write; 0 when the call was a
+   * retry of one already applied: every message carries an id and the
+   * messages after after_seq are already exactly those ids, in order. That
+   * check comes before the guards, so a retry after a lost answer succeeds.
+   */
+  revision: bigint;
+}
+
+/** DeleteMessagesRequest is the input of DeleteMessages. */
+export interface DeleteMessagesRequest {
+  /** session_id is the session; required. */
+  sessionId: string;
+  /**
+   * up_to_seq removes every message with seq <= up_to_seq; 1 to the
+   * session's last_seq, else INVALID_ARGUMENT. Deleting up to a point with
+   * nothing left before it changes nothing (revision 0), so retries are
+   * safe.
+   */
+  upToSeq: bigint;
+  /**
+   * expected_last_seq, when set, must equal the session's last_seq, else
+   * ABORTED (LAST_SEQ_MISMATCH).
+   */
+  expectedLastSeq?: bigint | undefined;
+}
+
+/** DeleteMessagesResponse is the output of DeleteMessages. */
+export interface DeleteMessagesResponse {
+  /** removed_count is how many messages were removed. */
+  removedCount: bigint;
+  /** session is the session after the deletion. */
+  session:
+    | Session
+    | undefined;
+  /** revision is the store revision of the write (0 when nothing was removed). */
+  revision: bigint;
+}
+
 function createBaseAppendMessagesRequest(): AppendMessagesRequest {
-  return { sessionId: "", messages: [], expectedLastSeq: undefined };
+  return { sessionId: "", messages: [], expectedLastSeq: undefined, stateDelta: undefined, sharedStateDeltas: [] };
 }
 
 export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
@@ -259,6 +360,12 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
         throw new globalThis.Error("value provided for field message.expectedLastSeq of type int64 too large");
       }
       writer.uint32(24).int64(message.expectedLastSeq);
+    }
+    if (message.stateDelta !== undefined) {
+      StateDelta.encode(message.stateDelta, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.sharedStateDeltas) {
+      SharedStateDelta.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -300,6 +407,22 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
             message.expectedLastSeq = reader.int64() as bigint;
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.stateDelta = StateDelta.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.sharedStateDeltas.push(SharedStateDelta.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -325,6 +448,16 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
         : isSet(object.expected_last_seq)
         ? BigInt(object.expected_last_seq)
         : undefined,
+      stateDelta: isSet(object.stateDelta)
+        ? StateDelta.fromJSON(object.stateDelta)
+        : isSet(object.state_delta)
+        ? StateDelta.fromJSON(object.state_delta)
+        : undefined,
+      sharedStateDeltas: globalThis.Array.isArray(object?.sharedStateDeltas)
+        ? object.sharedStateDeltas.map((e: any) => SharedStateDelta.fromJSON(e))
+        : globalThis.Array.isArray(object?.shared_state_deltas)
+        ? object.shared_state_deltas.map((e: any) => SharedStateDelta.fromJSON(e))
+        : [],
     };
   },
 
@@ -339,6 +472,12 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
     if (message.expectedLastSeq !== undefined) {
       obj.expectedLastSeq = message.expectedLastSeq.toString();
     }
+    if (message.stateDelta !== undefined) {
+      obj.stateDelta = StateDelta.toJSON(message.stateDelta);
+    }
+    if (message.sharedStateDeltas?.length) {
+      obj.sharedStateDeltas = message.sharedStateDeltas.map((e) => SharedStateDelta.toJSON(e));
+    }
     return obj;
   },
 
@@ -352,6 +491,10 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
     message.expectedLastSeq = (object.expectedLastSeq !== undefined && object.expectedLastSeq !== null)
       ? BigInt(object.expectedLastSeq)
       : undefined;
+    message.stateDelta = (object.stateDelta !== undefined && object.stateDelta !== null)
+      ? StateDelta.fromPartial(object.stateDelta)
+      : undefined;
+    message.sharedStateDeltas = object.sharedStateDeltas?.map((e) => SharedStateDelta.fromPartial(e)) || [];
     return message;
   },
 };
@@ -1704,6 +1847,522 @@ export const SearchMessagesResponse: MessageFns<SearchMessagesResponse> = {
   },
 };
 
+function createBaseReplaceMessagesRequest(): ReplaceMessagesRequest {
+  return { sessionId: "", afterSeq: 0n, messages: [], expectedLastSeq: undefined, etag: "" };
+}
+
+export const ReplaceMessagesRequest: MessageFns<ReplaceMessagesRequest> = {
+  encode(message: ReplaceMessagesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sessionId !== "") {
+      writer.uint32(10).string(message.sessionId);
+    }
+    if (message.afterSeq !== 0n) {
+      if (BigInt.asIntN(64, message.afterSeq) !== message.afterSeq) {
+        throw new globalThis.Error("value provided for field message.afterSeq of type int64 too large");
+      }
+      writer.uint32(16).int64(message.afterSeq);
+    }
+    for (const v of message.messages) {
+      Message.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.expectedLastSeq !== undefined) {
+      if (BigInt.asIntN(64, message.expectedLastSeq) !== message.expectedLastSeq) {
+        throw new globalThis.Error("value provided for field message.expectedLastSeq of type int64 too large");
+      }
+      writer.uint32(32).int64(message.expectedLastSeq);
+    }
+    if (message.etag !== "") {
+      writer.uint32(42).string(message.etag);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplaceMessagesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplaceMessagesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.afterSeq = reader.int64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.messages.push(Message.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.expectedLastSeq = reader.int64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.etag = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplaceMessagesRequest {
+    return {
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
+      afterSeq: isSet(object.afterSeq)
+        ? BigInt(object.afterSeq)
+        : isSet(object.after_seq)
+        ? BigInt(object.after_seq)
+        : 0n,
+      messages: globalThis.Array.isArray(object?.messages) ? object.messages.map((e: any) => Message.fromJSON(e)) : [],
+      expectedLastSeq: isSet(object.expectedLastSeq)
+        ? BigInt(object.expectedLastSeq)
+        : isSet(object.expected_last_seq)
+        ? BigInt(object.expected_last_seq)
+        : undefined,
+      etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
+    };
+  },
+
+  toJSON(message: ReplaceMessagesRequest): unknown {
+    const obj: any = {};
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
+    if (message.afterSeq !== 0n) {
+      obj.afterSeq = message.afterSeq.toString();
+    }
+    if (message.messages?.length) {
+      obj.messages = message.messages.map((e) => Message.toJSON(e));
+    }
+    if (message.expectedLastSeq !== undefined) {
+      obj.expectedLastSeq = message.expectedLastSeq.toString();
+    }
+    if (message.etag !== "") {
+      obj.etag = message.etag;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplaceMessagesRequest>, I>>(base?: I): ReplaceMessagesRequest {
+    return ReplaceMessagesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplaceMessagesRequest>, I>>(object: I): ReplaceMessagesRequest {
+    const message = createBaseReplaceMessagesRequest();
+    message.sessionId = object.sessionId ?? "";
+    message.afterSeq = (object.afterSeq !== undefined && object.afterSeq !== null) ? BigInt(object.afterSeq) : 0n;
+    message.messages = object.messages?.map((e) => Message.fromPartial(e)) || [];
+    message.expectedLastSeq = (object.expectedLastSeq !== undefined && object.expectedLastSeq !== null)
+      ? BigInt(object.expectedLastSeq)
+      : undefined;
+    message.etag = object.etag ?? "";
+    return message;
+  },
+};
+
+function createBaseReplaceMessagesResponse(): ReplaceMessagesResponse {
+  return { messages: [], removedCount: 0n, session: undefined, revision: 0n };
+}
+
+export const ReplaceMessagesResponse: MessageFns<ReplaceMessagesResponse> = {
+  encode(message: ReplaceMessagesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.messages) {
+      Message.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.removedCount !== 0n) {
+      if (BigInt.asIntN(64, message.removedCount) !== message.removedCount) {
+        throw new globalThis.Error("value provided for field message.removedCount of type int64 too large");
+      }
+      writer.uint32(16).int64(message.removedCount);
+    }
+    if (message.session !== undefined) {
+      Session.encode(message.session, writer.uint32(26).fork()).join();
+    }
+    if (message.revision !== 0n) {
+      if (BigInt.asIntN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type int64 too large");
+      }
+      writer.uint32(32).int64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplaceMessagesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplaceMessagesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.messages.push(Message.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.removedCount = reader.int64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.session = Session.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.revision = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplaceMessagesResponse {
+    return {
+      messages: globalThis.Array.isArray(object?.messages) ? object.messages.map((e: any) => Message.fromJSON(e)) : [],
+      removedCount: isSet(object.removedCount)
+        ? BigInt(object.removedCount)
+        : isSet(object.removed_count)
+        ? BigInt(object.removed_count)
+        : 0n,
+      session: isSet(object.session) ? Session.fromJSON(object.session) : undefined,
+      revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+    };
+  },
+
+  toJSON(message: ReplaceMessagesResponse): unknown {
+    const obj: any = {};
+    if (message.messages?.length) {
+      obj.messages = message.messages.map((e) => Message.toJSON(e));
+    }
+    if (message.removedCount !== 0n) {
+      obj.removedCount = message.removedCount.toString();
+    }
+    if (message.session !== undefined) {
+      obj.session = Session.toJSON(message.session);
+    }
+    if (message.revision !== 0n) {
+      obj.revision = message.revision.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplaceMessagesResponse>, I>>(base?: I): ReplaceMessagesResponse {
+    return ReplaceMessagesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplaceMessagesResponse>, I>>(object: I): ReplaceMessagesResponse {
+    const message = createBaseReplaceMessagesResponse();
+    message.messages = object.messages?.map((e) => Message.fromPartial(e)) || [];
+    message.removedCount = (object.removedCount !== undefined && object.removedCount !== null)
+      ? BigInt(object.removedCount)
+      : 0n;
+    message.session = (object.session !== undefined && object.session !== null)
+      ? Session.fromPartial(object.session)
+      : undefined;
+    message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    return message;
+  },
+};
+
+function createBaseDeleteMessagesRequest(): DeleteMessagesRequest {
+  return { sessionId: "", upToSeq: 0n, expectedLastSeq: undefined };
+}
+
+export const DeleteMessagesRequest: MessageFns<DeleteMessagesRequest> = {
+  encode(message: DeleteMessagesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sessionId !== "") {
+      writer.uint32(10).string(message.sessionId);
+    }
+    if (message.upToSeq !== 0n) {
+      if (BigInt.asIntN(64, message.upToSeq) !== message.upToSeq) {
+        throw new globalThis.Error("value provided for field message.upToSeq of type int64 too large");
+      }
+      writer.uint32(16).int64(message.upToSeq);
+    }
+    if (message.expectedLastSeq !== undefined) {
+      if (BigInt.asIntN(64, message.expectedLastSeq) !== message.expectedLastSeq) {
+        throw new globalThis.Error("value provided for field message.expectedLastSeq of type int64 too large");
+      }
+      writer.uint32(24).int64(message.expectedLastSeq);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteMessagesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteMessagesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.upToSeq = reader.int64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.expectedLastSeq = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteMessagesRequest {
+    return {
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
+      upToSeq: isSet(object.upToSeq) ? BigInt(object.upToSeq) : isSet(object.up_to_seq) ? BigInt(object.up_to_seq) : 0n,
+      expectedLastSeq: isSet(object.expectedLastSeq)
+        ? BigInt(object.expectedLastSeq)
+        : isSet(object.expected_last_seq)
+        ? BigInt(object.expected_last_seq)
+        : undefined,
+    };
+  },
+
+  toJSON(message: DeleteMessagesRequest): unknown {
+    const obj: any = {};
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
+    if (message.upToSeq !== 0n) {
+      obj.upToSeq = message.upToSeq.toString();
+    }
+    if (message.expectedLastSeq !== undefined) {
+      obj.expectedLastSeq = message.expectedLastSeq.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteMessagesRequest>, I>>(base?: I): DeleteMessagesRequest {
+    return DeleteMessagesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteMessagesRequest>, I>>(object: I): DeleteMessagesRequest {
+    const message = createBaseDeleteMessagesRequest();
+    message.sessionId = object.sessionId ?? "";
+    message.upToSeq = (object.upToSeq !== undefined && object.upToSeq !== null) ? BigInt(object.upToSeq) : 0n;
+    message.expectedLastSeq = (object.expectedLastSeq !== undefined && object.expectedLastSeq !== null)
+      ? BigInt(object.expectedLastSeq)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDeleteMessagesResponse(): DeleteMessagesResponse {
+  return { removedCount: 0n, session: undefined, revision: 0n };
+}
+
+export const DeleteMessagesResponse: MessageFns<DeleteMessagesResponse> = {
+  encode(message: DeleteMessagesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.removedCount !== 0n) {
+      if (BigInt.asIntN(64, message.removedCount) !== message.removedCount) {
+        throw new globalThis.Error("value provided for field message.removedCount of type int64 too large");
+      }
+      writer.uint32(8).int64(message.removedCount);
+    }
+    if (message.session !== undefined) {
+      Session.encode(message.session, writer.uint32(18).fork()).join();
+    }
+    if (message.revision !== 0n) {
+      if (BigInt.asIntN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type int64 too large");
+      }
+      writer.uint32(24).int64(message.revision);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteMessagesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteMessagesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.removedCount = reader.int64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.session = Session.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.revision = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteMessagesResponse {
+    return {
+      removedCount: isSet(object.removedCount)
+        ? BigInt(object.removedCount)
+        : isSet(object.removed_count)
+        ? BigInt(object.removed_count)
+        : 0n,
+      session: isSet(object.session) ? Session.fromJSON(object.session) : undefined,
+      revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+    };
+  },
+
+  toJSON(message: DeleteMessagesResponse): unknown {
+    const obj: any = {};
+    if (message.removedCount !== 0n) {
+      obj.removedCount = message.removedCount.toString();
+    }
+    if (message.session !== undefined) {
+      obj.session = Session.toJSON(message.session);
+    }
+    if (message.revision !== 0n) {
+      obj.revision = message.revision.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteMessagesResponse>, I>>(base?: I): DeleteMessagesResponse {
+    return DeleteMessagesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteMessagesResponse>, I>>(object: I): DeleteMessagesResponse {
+    const message = createBaseDeleteMessagesResponse();
+    message.removedCount = (object.removedCount !== undefined && object.removedCount !== null)
+      ? BigInt(object.removedCount)
+      : 0n;
+    message.session = (object.session !== undefined && object.session !== null)
+      ? Session.fromPartial(object.session)
+      : undefined;
+    message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    return message;
+  },
+};
+
 /**
  * MessageService keeps each session's message history: one stored row per
  * message, numbered by a per-session sequence.
@@ -1823,6 +2482,46 @@ export const MessageServiceService = {
       Buffer.from(SearchMessagesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SearchMessagesResponse => SearchMessagesResponse.decode(value),
   },
+  /**
+   * ReplaceMessages atomically replaces every message after a sequence
+   * number with new ones (history compaction: the newest messages become a
+   * summary). The removed messages go, the new ones get fresh sequence
+   * numbers after last_seq (never reused ones), and the counters, the
+   * search index and the rollups follow in the same transaction; watchers
+   * see one MESSAGES_REPLACED event. Errors: ABORTED (LAST_SEQ_MISMATCH or
+   * ETAG_MISMATCH) when a guard is stale; INVALID_ARGUMENT for after_seq
+   * beyond last_seq or bad messages; FAILED_PRECONDITION (SESSION_ENDED).
+   */
+  replaceMessages: {
+    path: "/sessiond.v1.MessageService/ReplaceMessages" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReplaceMessagesRequest): Buffer =>
+      Buffer.from(ReplaceMessagesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReplaceMessagesRequest => ReplaceMessagesRequest.decode(value),
+    responseSerialize: (value: ReplaceMessagesResponse): Buffer =>
+      Buffer.from(ReplaceMessagesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReplaceMessagesResponse => ReplaceMessagesResponse.decode(value),
+  },
+  /**
+   * DeleteMessages removes every message up to and including a sequence
+   * number (drops the oldest part of a history) and keeps the rest as they
+   * are. Counters, search index and rollups follow; the session's usage is
+   * kept, as with ClearMessages. Errors: ABORTED (LAST_SEQ_MISMATCH) when
+   * expected_last_seq is stale; INVALID_ARGUMENT for up_to_seq beyond
+   * last_seq; FAILED_PRECONDITION (SESSION_ENDED).
+   */
+  deleteMessages: {
+    path: "/sessiond.v1.MessageService/DeleteMessages" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteMessagesRequest): Buffer =>
+      Buffer.from(DeleteMessagesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteMessagesRequest => DeleteMessagesRequest.decode(value),
+    responseSerialize: (value: DeleteMessagesResponse): Buffer =>
+      Buffer.from(DeleteMessagesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteMessagesResponse => DeleteMessagesResponse.decode(value),
+  },
 } as const;
 
 export interface MessageServiceServer extends UntypedServiceImplementation {
@@ -1876,6 +2575,26 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
    * messages and the revision are read in one snapshot.
    */
   searchMessages: handleUnaryCall<SearchMessagesRequest, SearchMessagesResponse>;
+  /**
+   * ReplaceMessages atomically replaces every message after a sequence
+   * number with new ones (history compaction: the newest messages become a
+   * summary). The removed messages go, the new ones get fresh sequence
+   * numbers after last_seq (never reused ones), and the counters, the
+   * search index and the rollups follow in the same transaction; watchers
+   * see one MESSAGES_REPLACED event. Errors: ABORTED (LAST_SEQ_MISMATCH or
+   * ETAG_MISMATCH) when a guard is stale; INVALID_ARGUMENT for after_seq
+   * beyond last_seq or bad messages; FAILED_PRECONDITION (SESSION_ENDED).
+   */
+  replaceMessages: handleUnaryCall<ReplaceMessagesRequest, ReplaceMessagesResponse>;
+  /**
+   * DeleteMessages removes every message up to and including a sequence
+   * number (drops the oldest part of a history) and keeps the rest as they
+   * are. Counters, search index and rollups follow; the session's usage is
+   * kept, as with ClearMessages. Errors: ABORTED (LAST_SEQ_MISMATCH) when
+   * expected_last_seq is stale; INVALID_ARGUMENT for up_to_seq beyond
+   * last_seq; FAILED_PRECONDITION (SESSION_ENDED).
+   */
+  deleteMessages: handleUnaryCall<DeleteMessagesRequest, DeleteMessagesResponse>;
 }
 
 export interface MessageServiceClient extends Client {
@@ -2012,6 +2731,54 @@ export interface MessageServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SearchMessagesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ReplaceMessages atomically replaces every message after a sequence
+   * number with new ones (history compaction: the newest messages become a
+   * summary). The removed messages go, the new ones get fresh sequence
+   * numbers after last_seq (never reused ones), and the counters, the
+   * search index and the rollups follow in the same transaction; watchers
+   * see one MESSAGES_REPLACED event. Errors: ABORTED (LAST_SEQ_MISMATCH or
+   * ETAG_MISMATCH) when a guard is stale; INVALID_ARGUMENT for after_seq
+   * beyond last_seq or bad messages; FAILED_PRECONDITION (SESSION_ENDED).
+   */
+  replaceMessages(
+    request: ReplaceMessagesRequest,
+    callback: (error: ServiceError | null, response: ReplaceMessagesResponse) => void,
+  ): ClientUnaryCall;
+  replaceMessages(
+    request: ReplaceMessagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReplaceMessagesResponse) => void,
+  ): ClientUnaryCall;
+  replaceMessages(
+    request: ReplaceMessagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReplaceMessagesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * DeleteMessages removes every message up to and including a sequence
+   * number (drops the oldest part of a history) and keeps the rest as they
+   * are. Counters, search index and rollups follow; the session's usage is
+   * kept, as with ClearMessages. Errors: ABORTED (LAST_SEQ_MISMATCH) when
+   * expected_last_seq is stale; INVALID_ARGUMENT for up_to_seq beyond
+   * last_seq; FAILED_PRECONDITION (SESSION_ENDED).
+   */
+  deleteMessages(
+    request: DeleteMessagesRequest,
+    callback: (error: ServiceError | null, response: DeleteMessagesResponse) => void,
+  ): ClientUnaryCall;
+  deleteMessages(
+    request: DeleteMessagesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteMessagesResponse) => void,
+  ): ClientUnaryCall;
+  deleteMessages(
+    request: DeleteMessagesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteMessagesResponse) => void,
   ): ClientUnaryCall;
 }
 

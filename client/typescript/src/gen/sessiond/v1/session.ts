@@ -359,11 +359,82 @@ export interface Session {
    * optimistic concurrency.
    */
   etag: string;
+  /**
+   * state_json is the session's state: a JSON object, as text. Empty at
+   * creation means "{}"; anything but an object is INVALID_ARGUMENT. At most
+   * 64 KiB (server limit max_state_bytes) as stored, checked on the result
+   * of every change. Set at creation (CreateSession, TouchSession; a fork
+   * starts with its parent's), replaced whole by UpdateSession (path
+   * "state_json"), changed key by key by AppendMessagesRequest.state_delta
+   * in the same transaction as the messages. Returned by every read and
+   * carried in watch events. Values are kept exactly as given (a number is
+   * never turned into floating point); keys keep the order they were first
+   * set in.
+   */
+  stateJson: string;
 }
 
 export interface Session_LabelsEntry {
   key: string;
   value: string;
+}
+
+/** StateDelta changes a JSON object key by key (top-level keys only). */
+export interface StateDelta {
+  /**
+   * set maps each key to its new value: a JSON value as text ("1",
+   * "\"text\"", "null", "[1,2]", "{...}"). A null value is stored as null,
+   * not removed. New keys are added in key order. Keys are 1 to 256 bytes.
+   */
+  set: { [key: string]: string };
+  /**
+   * remove lists keys to remove; a missing key is ignored. A key in both
+   * set and remove is INVALID_ARGUMENT.
+   */
+  remove: string[];
+}
+
+export interface StateDelta_SetEntry {
+  key: string;
+  value: string;
+}
+
+/**
+ * SharedState is state shared by the sessions of one application (user_id
+ * empty), or of one user of one application, within the caller's tenant:
+ * Google ADK's "app:" and "user:" state.
+ */
+export interface SharedState {
+  /** app names the application; 1 to 256 bytes. */
+  app: string;
+  /**
+   * user_id names the user within the application; empty for the
+   * application's own state.
+   */
+  userId: string;
+  /**
+   * state_json is the state: a JSON object as text ("{}" when never
+   * written), bounded like Session.state_json.
+   */
+  stateJson: string;
+  /**
+   * etag is the state's version: "0" before the first change, then a new
+   * value with every change. Pass it to UpdateSharedState for
+   * compare-and-set.
+   */
+  etag: string;
+  /** updated_at is the time of the last change (unset before the first). */
+  updatedAt: Timestamp | undefined;
+}
+
+/** SharedStateDelta is a change of one shared state. */
+export interface SharedStateDelta {
+  /** app names the application; required. */
+  app: string;
+  /** user_id names the user; empty for the application's state. */
+  userId: string;
+  /** delta is the change. */
+  delta: StateDelta | undefined;
 }
 
 /** TimeRange is a half-open interval [start, end). An unset bound is open. */
@@ -849,6 +920,7 @@ function createBaseSession(): Session {
     budgetMicros: 0n,
     revision: 0n,
     etag: "",
+    stateJson: "",
   };
 }
 
@@ -973,6 +1045,9 @@ export const Session: MessageFns<Session> = {
     }
     if (message.etag !== "") {
       writer.uint32(266).string(message.etag);
+    }
+    if (message.stateJson !== "") {
+      writer.uint32(274).string(message.stateJson);
     }
     return writer;
   },
@@ -1257,6 +1332,14 @@ export const Session: MessageFns<Session> = {
             message.etag = reader.string();
             continue;
           }
+          case 34: {
+            if (tag !== 274) {
+              break;
+            }
+
+            message.stateJson = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1393,6 +1476,11 @@ export const Session: MessageFns<Session> = {
         : 0n,
       revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
       etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
+      stateJson: isSet(object.stateJson)
+        ? globalThis.String(object.stateJson)
+        : isSet(object.state_json)
+        ? globalThis.String(object.state_json)
+        : "",
     };
   },
 
@@ -1503,6 +1591,9 @@ export const Session: MessageFns<Session> = {
     if (message.etag !== "") {
       obj.etag = message.etag;
     }
+    if (message.stateJson !== "") {
+      obj.stateJson = message.stateJson;
+    }
     return obj;
   },
 
@@ -1568,6 +1659,7 @@ export const Session: MessageFns<Session> = {
       : 0n;
     message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
     message.etag = object.etag ?? "";
+    message.stateJson = object.stateJson ?? "";
     return message;
   },
 };
@@ -1653,6 +1745,460 @@ export const Session_LabelsEntry: MessageFns<Session_LabelsEntry> = {
     const message = createBaseSession_LabelsEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseStateDelta(): StateDelta {
+  return { set: {}, remove: [] };
+}
+
+export const StateDelta: MessageFns<StateDelta> = {
+  encode(message: StateDelta, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    globalThis.Object.entries(message.set).forEach(([key, value]: [string, string]) => {
+      StateDelta_SetEntry.encode({ key: key as any, value }, writer.uint32(10).fork()).join();
+    });
+    for (const v of message.remove) {
+      writer.uint32(18).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StateDelta {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStateDelta();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            const entry1 = StateDelta_SetEntry.decode(reader, reader.uint32());
+            if (entry1.value !== undefined) {
+              message.set[entry1.key] = entry1.value;
+            }
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.remove.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StateDelta {
+    return {
+      set: isObject(object.set)
+        ? (globalThis.Object.entries(object.set) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      remove: globalThis.Array.isArray(object?.remove) ? object.remove.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: StateDelta): unknown {
+    const obj: any = {};
+    if (message.set) {
+      const entries = globalThis.Object.entries(message.set) as [string, string][];
+      if (entries.length > 0) {
+        obj.set = {};
+        entries.forEach(([k, v]) => {
+          obj.set[k] = v;
+        });
+      }
+    }
+    if (message.remove?.length) {
+      obj.remove = message.remove;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StateDelta>, I>>(base?: I): StateDelta {
+    return StateDelta.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StateDelta>, I>>(object: I): StateDelta {
+    const message = createBaseStateDelta();
+    message.set = (globalThis.Object.entries(object.set ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.remove = object.remove?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseStateDelta_SetEntry(): StateDelta_SetEntry {
+  return { key: "", value: "" };
+}
+
+export const StateDelta_SetEntry: MessageFns<StateDelta_SetEntry> = {
+  encode(message: StateDelta_SetEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StateDelta_SetEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStateDelta_SetEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StateDelta_SetEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: StateDelta_SetEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StateDelta_SetEntry>, I>>(base?: I): StateDelta_SetEntry {
+    return StateDelta_SetEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StateDelta_SetEntry>, I>>(object: I): StateDelta_SetEntry {
+    const message = createBaseStateDelta_SetEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseSharedState(): SharedState {
+  return { app: "", userId: "", stateJson: "", etag: "", updatedAt: undefined };
+}
+
+export const SharedState: MessageFns<SharedState> = {
+  encode(message: SharedState, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.userId !== "") {
+      writer.uint32(18).string(message.userId);
+    }
+    if (message.stateJson !== "") {
+      writer.uint32(26).string(message.stateJson);
+    }
+    if (message.etag !== "") {
+      writer.uint32(34).string(message.etag);
+    }
+    if (message.updatedAt !== undefined) {
+      Timestamp.encode(message.updatedAt, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SharedState {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSharedState();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.stateJson = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.etag = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.updatedAt = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SharedState {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+      stateJson: isSet(object.stateJson)
+        ? globalThis.String(object.stateJson)
+        : isSet(object.state_json)
+        ? globalThis.String(object.state_json)
+        : "",
+      etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
+      updatedAt: isSet(object.updatedAt)
+        ? fromJsonTimestamp(object.updatedAt)
+        : isSet(object.updated_at)
+        ? fromJsonTimestamp(object.updated_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SharedState): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    if (message.stateJson !== "") {
+      obj.stateJson = message.stateJson;
+    }
+    if (message.etag !== "") {
+      obj.etag = message.etag;
+    }
+    if (message.updatedAt !== undefined) {
+      obj.updatedAt = fromTimestamp(message.updatedAt).toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SharedState>, I>>(base?: I): SharedState {
+    return SharedState.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SharedState>, I>>(object: I): SharedState {
+    const message = createBaseSharedState();
+    message.app = object.app ?? "";
+    message.userId = object.userId ?? "";
+    message.stateJson = object.stateJson ?? "";
+    message.etag = object.etag ?? "";
+    message.updatedAt = (object.updatedAt !== undefined && object.updatedAt !== null)
+      ? Timestamp.fromPartial(object.updatedAt)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSharedStateDelta(): SharedStateDelta {
+  return { app: "", userId: "", delta: undefined };
+}
+
+export const SharedStateDelta: MessageFns<SharedStateDelta> = {
+  encode(message: SharedStateDelta, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.userId !== "") {
+      writer.uint32(18).string(message.userId);
+    }
+    if (message.delta !== undefined) {
+      StateDelta.encode(message.delta, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SharedStateDelta {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSharedStateDelta();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.delta = StateDelta.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SharedStateDelta {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+      delta: isSet(object.delta) ? StateDelta.fromJSON(object.delta) : undefined,
+    };
+  },
+
+  toJSON(message: SharedStateDelta): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    if (message.delta !== undefined) {
+      obj.delta = StateDelta.toJSON(message.delta);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SharedStateDelta>, I>>(base?: I): SharedStateDelta {
+    return SharedStateDelta.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SharedStateDelta>, I>>(object: I): SharedStateDelta {
+    const message = createBaseSharedStateDelta();
+    message.app = object.app ?? "";
+    message.userId = object.userId ?? "";
+    message.delta = (object.delta !== undefined && object.delta !== null)
+      ? StateDelta.fromPartial(object.delta)
+      : undefined;
     return message;
   },
 };

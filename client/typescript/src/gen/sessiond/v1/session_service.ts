@@ -32,6 +32,8 @@ import {
   SessionStatus,
   sessionStatusFromJSON,
   sessionStatusToJSON,
+  SharedState,
+  StateDelta,
 } from "./session";
 
 /**
@@ -182,6 +184,43 @@ export function watchResponseTypeToJSON(object: WatchResponseType): string {
   }
 }
 
+/** GetSharedStateRequest is the input of GetSharedState. */
+export interface GetSharedStateRequest {
+  /** app names the application; required. */
+  app: string;
+  /** user_id names the user; empty for the application's state. */
+  userId: string;
+}
+
+/** GetSharedStateResponse is the output of GetSharedState. */
+export interface GetSharedStateResponse {
+  /** state is the shared state. */
+  state: SharedState | undefined;
+}
+
+/** UpdateSharedStateRequest is the input of UpdateSharedState. */
+export interface UpdateSharedStateRequest {
+  /** app names the application; required. */
+  app: string;
+  /** user_id names the user; empty for the application's state. */
+  userId: string;
+  /** delta is the change; required. */
+  delta:
+    | StateDelta
+    | undefined;
+  /**
+   * etag, when set, must equal the state's current etag ("0" for a state
+   * never written), else ABORTED (ETAG_MISMATCH).
+   */
+  etag: string;
+}
+
+/** UpdateSharedStateResponse is the output of UpdateSharedState. */
+export interface UpdateSharedStateResponse {
+  /** state is the shared state after the change. */
+  state: SharedState | undefined;
+}
+
 /** CreateSessionRequest is the input of CreateSession. */
 export interface CreateSessionRequest {
   /**
@@ -231,7 +270,8 @@ export interface UpdateSessionRequest {
    * update_mask names the fields to change; required (an empty mask is
    * INVALID_ARGUMENT, never "everything"). Allowed paths: kind, channel,
    * room_id, sender_id, agent, model, display_name, goal, owner_id,
-   * dataset_id, labels, runtime_instance, budget_micros.
+   * dataset_id, labels, runtime_instance, budget_micros, state_json
+   * (replaced whole).
    */
   updateMask:
     | string[]
@@ -579,6 +619,356 @@ export interface WatchSessionsResponse {
    */
   fragment: boolean;
 }
+
+function createBaseGetSharedStateRequest(): GetSharedStateRequest {
+  return { app: "", userId: "" };
+}
+
+export const GetSharedStateRequest: MessageFns<GetSharedStateRequest> = {
+  encode(message: GetSharedStateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.userId !== "") {
+      writer.uint32(18).string(message.userId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSharedStateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSharedStateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSharedStateRequest {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetSharedStateRequest): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSharedStateRequest>, I>>(base?: I): GetSharedStateRequest {
+    return GetSharedStateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSharedStateRequest>, I>>(object: I): GetSharedStateRequest {
+    const message = createBaseGetSharedStateRequest();
+    message.app = object.app ?? "";
+    message.userId = object.userId ?? "";
+    return message;
+  },
+};
+
+function createBaseGetSharedStateResponse(): GetSharedStateResponse {
+  return { state: undefined };
+}
+
+export const GetSharedStateResponse: MessageFns<GetSharedStateResponse> = {
+  encode(message: GetSharedStateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== undefined) {
+      SharedState.encode(message.state, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSharedStateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSharedStateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = SharedState.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSharedStateResponse {
+    return { state: isSet(object.state) ? SharedState.fromJSON(object.state) : undefined };
+  },
+
+  toJSON(message: GetSharedStateResponse): unknown {
+    const obj: any = {};
+    if (message.state !== undefined) {
+      obj.state = SharedState.toJSON(message.state);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSharedStateResponse>, I>>(base?: I): GetSharedStateResponse {
+    return GetSharedStateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSharedStateResponse>, I>>(object: I): GetSharedStateResponse {
+    const message = createBaseGetSharedStateResponse();
+    message.state = (object.state !== undefined && object.state !== null)
+      ? SharedState.fromPartial(object.state)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseUpdateSharedStateRequest(): UpdateSharedStateRequest {
+  return { app: "", userId: "", delta: undefined, etag: "" };
+}
+
+export const UpdateSharedStateRequest: MessageFns<UpdateSharedStateRequest> = {
+  encode(message: UpdateSharedStateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.app !== "") {
+      writer.uint32(10).string(message.app);
+    }
+    if (message.userId !== "") {
+      writer.uint32(18).string(message.userId);
+    }
+    if (message.delta !== undefined) {
+      StateDelta.encode(message.delta, writer.uint32(26).fork()).join();
+    }
+    if (message.etag !== "") {
+      writer.uint32(34).string(message.etag);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateSharedStateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateSharedStateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.app = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.userId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.delta = StateDelta.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.etag = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateSharedStateRequest {
+    return {
+      app: isSet(object.app) ? globalThis.String(object.app) : "",
+      userId: isSet(object.userId)
+        ? globalThis.String(object.userId)
+        : isSet(object.user_id)
+        ? globalThis.String(object.user_id)
+        : "",
+      delta: isSet(object.delta) ? StateDelta.fromJSON(object.delta) : undefined,
+      etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
+    };
+  },
+
+  toJSON(message: UpdateSharedStateRequest): unknown {
+    const obj: any = {};
+    if (message.app !== "") {
+      obj.app = message.app;
+    }
+    if (message.userId !== "") {
+      obj.userId = message.userId;
+    }
+    if (message.delta !== undefined) {
+      obj.delta = StateDelta.toJSON(message.delta);
+    }
+    if (message.etag !== "") {
+      obj.etag = message.etag;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UpdateSharedStateRequest>, I>>(base?: I): UpdateSharedStateRequest {
+    return UpdateSharedStateRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UpdateSharedStateRequest>, I>>(object: I): UpdateSharedStateRequest {
+    const message = createBaseUpdateSharedStateRequest();
+    message.app = object.app ?? "";
+    message.userId = object.userId ?? "";
+    message.delta = (object.delta !== undefined && object.delta !== null)
+      ? StateDelta.fromPartial(object.delta)
+      : undefined;
+    message.etag = object.etag ?? "";
+    return message;
+  },
+};
+
+function createBaseUpdateSharedStateResponse(): UpdateSharedStateResponse {
+  return { state: undefined };
+}
+
+export const UpdateSharedStateResponse: MessageFns<UpdateSharedStateResponse> = {
+  encode(message: UpdateSharedStateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== undefined) {
+      SharedState.encode(message.state, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateSharedStateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateSharedStateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = SharedState.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateSharedStateResponse {
+    return { state: isSet(object.state) ? SharedState.fromJSON(object.state) : undefined };
+  },
+
+  toJSON(message: UpdateSharedStateResponse): unknown {
+    const obj: any = {};
+    if (message.state !== undefined) {
+      obj.state = SharedState.toJSON(message.state);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<UpdateSharedStateResponse>, I>>(base?: I): UpdateSharedStateResponse {
+    return UpdateSharedStateResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<UpdateSharedStateResponse>, I>>(object: I): UpdateSharedStateResponse {
+    const message = createBaseUpdateSharedStateResponse();
+    message.state = (object.state !== undefined && object.state !== null)
+      ? SharedState.fromPartial(object.state)
+      : undefined;
+    return message;
+  },
+};
 
 function createBaseCreateSessionRequest(): CreateSessionRequest {
   return { session: undefined };
@@ -3762,6 +4152,40 @@ export const SessionServiceService = {
       Buffer.from(WatchSessionsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WatchSessionsResponse => WatchSessionsResponse.decode(value),
   },
+  /**
+   * GetSharedState reads the state shared by an application's sessions, or
+   * by one user's sessions of it. A state never written reads as "{}" with
+   * etag "0". Errors: INVALID_ARGUMENT for a missing app.
+   */
+  getSharedState: {
+    path: "/sessiond.v1.SessionService/GetSharedState" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSharedStateRequest): Buffer =>
+      Buffer.from(GetSharedStateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSharedStateRequest => GetSharedStateRequest.decode(value),
+    responseSerialize: (value: GetSharedStateResponse): Buffer =>
+      Buffer.from(GetSharedStateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetSharedStateResponse => GetSharedStateResponse.decode(value),
+  },
+  /**
+   * UpdateSharedState changes a shared state key by key. With etag set, it
+   * is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
+   * that changes nothing (a retry of one applied) answers the state as it
+   * is, whatever the etag. Shared state changes are not WatchSessions
+   * events. Errors: INVALID_ARGUMENT (delta, state too large).
+   */
+  updateSharedState: {
+    path: "/sessiond.v1.SessionService/UpdateSharedState" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UpdateSharedStateRequest): Buffer =>
+      Buffer.from(UpdateSharedStateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UpdateSharedStateRequest => UpdateSharedStateRequest.decode(value),
+    responseSerialize: (value: UpdateSharedStateResponse): Buffer =>
+      Buffer.from(UpdateSharedStateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UpdateSharedStateResponse => UpdateSharedStateResponse.decode(value),
+  },
 } as const;
 
 export interface SessionServiceServer extends UntypedServiceImplementation {
@@ -3848,6 +4272,20 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
    * a small, bounded amount of server memory and delays no one else.
    */
   watchSessions: handleServerStreamingCall<WatchSessionsRequest, WatchSessionsResponse>;
+  /**
+   * GetSharedState reads the state shared by an application's sessions, or
+   * by one user's sessions of it. A state never written reads as "{}" with
+   * etag "0". Errors: INVALID_ARGUMENT for a missing app.
+   */
+  getSharedState: handleUnaryCall<GetSharedStateRequest, GetSharedStateResponse>;
+  /**
+   * UpdateSharedState changes a shared state key by key. With etag set, it
+   * is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
+   * that changes nothing (a retry of one applied) answers the state as it
+   * is, whatever the etag. Shared state changes are not WatchSessions
+   * events. Errors: INVALID_ARGUMENT (delta, state too large).
+   */
+  updateSharedState: handleUnaryCall<UpdateSharedStateRequest, UpdateSharedStateResponse>;
 }
 
 export interface SessionServiceClient extends Client {
@@ -4096,6 +4534,48 @@ export interface SessionServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchSessionsResponse>;
+  /**
+   * GetSharedState reads the state shared by an application's sessions, or
+   * by one user's sessions of it. A state never written reads as "{}" with
+   * etag "0". Errors: INVALID_ARGUMENT for a missing app.
+   */
+  getSharedState(
+    request: GetSharedStateRequest,
+    callback: (error: ServiceError | null, response: GetSharedStateResponse) => void,
+  ): ClientUnaryCall;
+  getSharedState(
+    request: GetSharedStateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetSharedStateResponse) => void,
+  ): ClientUnaryCall;
+  getSharedState(
+    request: GetSharedStateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetSharedStateResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * UpdateSharedState changes a shared state key by key. With etag set, it
+   * is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
+   * that changes nothing (a retry of one applied) answers the state as it
+   * is, whatever the etag. Shared state changes are not WatchSessions
+   * events. Errors: INVALID_ARGUMENT (delta, state too large).
+   */
+  updateSharedState(
+    request: UpdateSharedStateRequest,
+    callback: (error: ServiceError | null, response: UpdateSharedStateResponse) => void,
+  ): ClientUnaryCall;
+  updateSharedState(
+    request: UpdateSharedStateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UpdateSharedStateResponse) => void,
+  ): ClientUnaryCall;
+  updateSharedState(
+    request: UpdateSharedStateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UpdateSharedStateResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const SessionServiceClient = makeGenericClientConstructor(

@@ -1,0 +1,56 @@
+"""Message.event_time: a client-set time beside created_at, used by after_time reads.
+
+Through gRPC on both backends: a message's after_time comparison uses its
+event_time where the client set one and its created_at elsewhere; results stay in
+seq order (so equal times keep append order); forks keep the times; a time
+outside the Timestamp range is refused naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from harness import append, create_session, expect_bad_request, user
+from sessiond.v1 import message_service_pb2 as ms
+from sessiond.v1 import session_service_pb2 as ss
+
+
+def at(seconds: int) -> Timestamp:
+    return Timestamp(seconds=seconds)
+
+
+async def after(server: Any, session_id: str, seconds: int) -> list[str]:
+    page = await server.messages.ListMessages(ms.ListMessagesRequest(
+        session_id=session_id, after_time=at(seconds)))
+    return [m.content for m in page.messages]
+
+
+async def test_after_time_reads_the_event_time_where_the_client_set_one(server: Any) -> None:
+    now = server.clock.now_micros() // 1_000_000
+    await create_session(server.sessions, "s")
+    stored = await append(server.messages, "s",
+                          user("old event", event_time=at(now - 100)),
+                          user("no event time"),
+                          user("also old", event_time=at(now - 100)),
+                          user("future", event_time=at(now + 100)))
+    assert stored.messages[0].event_time == at(now - 100)
+    assert not stored.messages[1].HasField("event_time")
+    # Equal event times keep append (seq) order.
+    assert await after(server, "s", now - 100) == ["old event", "no event time", "also old",
+                                                   "future"]
+    assert await after(server, "s", now - 50) == ["no event time", "future"]
+    assert await after(server, "s", now + 1) == ["future"]
+    listed = await server.messages.ListMessages(ms.ListMessagesRequest(session_id="s"))
+    assert [m.event_time for m in listed.messages if m.HasField("event_time")] == [
+        at(now - 100), at(now - 100), at(now + 100)]
+    fork = await server.sessions.ForkSession(ss.ForkSessionRequest(
+        source_session_id="s", new_session_id="f"))
+    assert fork.session.message_count == 4
+    assert await after(server, "f", now - 50) == ["no event time", "future"]
+
+
+async def test_an_event_time_outside_the_timestamp_range_is_refused(server: Any) -> None:
+    await create_session(server.sessions, "s")
+    await expect_bad_request(append(server.messages, "s", user(
+        "x", event_time=Timestamp(seconds=300_000_000_000))), "messages[0].event_time")

@@ -1,0 +1,195 @@
+"""Google ADK on sessiond: SessiondSessionService driven through ADK's own API.
+
+A real server on both backends; ADK's ``Runner`` with an ``LlmAgent`` whose model
+is scripted (no network) calls a tool and writes state at every scope; the
+session service's methods are checked against the contract ADK's own services
+keep: merged app/user/session state, temp state never stored, recent-events and
+after-timestamp reads, staleness, and one commit per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+import sessiond
+from conftest import ServerHarness
+from google.adk.agents import LlmAgent
+from google.adk.errors._stale_session_error import StaleSessionError
+from google.adk.errors.already_exists_error import AlreadyExistsError
+from google.adk.events.event import Event
+from google.adk.events.event_actions import EventActions
+from google.adk.models.base_llm import BaseLlm
+from google.adk.models.llm_request import LlmRequest
+from google.adk.models.llm_response import LlmResponse
+from google.adk.runners import Runner
+from google.adk.sessions.base_session_service import GetSessionConfig
+from google.adk.tools.tool_context import ToolContext
+from google.genai import types
+from harness import assert_counters_match_recount, get_session
+from sessiond.integrations.adk import SessiondSessionService
+from sessiond.v1 import session_service_pb2
+
+
+class ScriptedLlm(BaseLlm):
+    """A model that answers from a script, one response per call."""
+
+    script: list[types.Content]
+
+    async def generate_content_async(self, llm_request: LlmRequest, stream: bool = False
+                                     ) -> AsyncGenerator[LlmResponse, None]:
+        yield LlmResponse(content=self.script.pop(0))
+
+
+def remember(city: str, tool_context: ToolContext) -> str:
+    """Remember the user's city."""
+    tool_context.state["user:city"] = city
+    tool_context.state["app:cities_seen"] = 1
+    tool_context.state["last_city"] = city
+    tool_context.state["temp:scratch"] = "never stored"
+    return f"remembered {city}"
+
+
+def event(text: str, author: str = "user", **state: Any) -> Event:
+    return Event(invocation_id="inv", author=author,
+                 content=types.Content(role="user" if author == "user" else "model",
+                                       parts=[types.Part(text=text)]),
+                 actions=EventActions(state_delta=state))
+
+
+async def test_a_runner_turn_with_a_tool_stores_events_and_state_at_every_scope(
+    server: ServerHarness,
+) -> None:
+    model = ScriptedLlm(model="scripted", script=[
+        types.Content(role="model", parts=[types.Part(function_call=types.FunctionCall(
+            id="call_1", name="remember", args={"city": "Paris"}))]),
+        types.Content(role="model", parts=[types.Part(text="Noted: Paris.")]),
+    ])
+    agent = LlmAgent(name="concierge", model=model, tools=[remember])
+    async with sessiond.AsyncClient(server.address) as client:
+        service = SessiondSessionService(client=client)
+        runner = Runner(agent=agent, app_name="travel", session_service=service)
+        await service.create_session(app_name="travel", user_id="ada", session_id="trip")
+        final = None
+        async for produced in runner.run_async(
+                user_id="ada", session_id="trip",
+                new_message=types.Content(role="user", parts=[types.Part(text="I live in Paris")])):
+            if produced.is_final_response():
+                final = produced
+        assert final is not None and final.content.parts[0].text == "Noted: Paris."
+        session = await service.get_session(app_name="travel", user_id="ada", session_id="trip")
+        assert session is not None
+        assert session.state == {"last_city": "Paris", "app:cities_seen": 1,
+                                 "user:city": "Paris"}
+        assert [e.author for e in session.events] == ["user", "concierge", "concierge",
+                                                      "concierge"]
+        assert await service.get_user_state(app_name="travel", user_id="ada") == {
+            "city": "Paris"}
+        # No header message, no state copy: one message per event, the state on the session.
+        stored = await get_session(server.sessions, "trip")
+        assert stored.message_count == len(session.events)
+        assert stored.state_json == '{"last_city":"Paris"}'
+        assert stored.tool_call_count == 1
+        await assert_counters_match_recount(server.sessions, server.messages, "trip")
+
+
+async def test_state_merges_per_scope_and_temp_state_is_never_stored(
+    server: ServerHarness,
+) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        service = SessiondSessionService(client=client)
+        s11 = await service.create_session(app_name="app", user_id="u1", session_id="s11",
+                                           state={"k": "v", "app:a": 1, "user:u": 2})
+        await service.create_session(app_name="app", user_id="u2", session_id="s2")
+        assert s11.state == {"k": "v", "app:a": 1, "user:u": 2}
+        await service.append_event(s11, event("hi", **{"app:a": 3, "user:u": 4,
+                                                        "temp:t": 5, "k": "w"}))
+        assert s11.state == {"k": "w", "app:a": 3, "user:u": 4, "temp:t": 5}
+        again = await service.get_session(app_name="app", user_id="u1", session_id="s11")
+        assert again is not None
+        assert again.state == {"k": "w", "app:a": 3, "user:u": 4}
+        other = await service.get_session(app_name="app", user_id="u2", session_id="s2")
+        assert other is not None and other.state == {"app:a": 3}
+        assert await service.get_session(app_name="app", user_id="u2",
+                                         session_id="s11") is None
+
+
+async def test_created_sessions_read_back_equal_and_list_oldest_first(
+    server: ServerHarness,
+) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        service = SessiondSessionService(client=client)
+        created = await service.create_session(app_name="app", user_id="u", state={"x": 1})
+        assert created.id
+        assert await service.get_session(app_name="app", user_id="u",
+                                         session_id=created.id) == created
+        for n in range(3):
+            server.clock.advance(1)
+            await service.create_session(app_name="app", user_id="u", session_id=f"s{n}")
+        listed = await service.list_sessions(app_name="app", user_id="u")
+        assert [s.id for s in listed.sessions] == [created.id, "s0", "s1", "s2"]
+        with pytest.raises(AlreadyExistsError):
+            await service.create_session(app_name="app", user_id="u", session_id="s0")
+        await service.delete_session(app_name="app", user_id="u", session_id="s0")
+        assert await service.get_session(app_name="app", user_id="u", session_id="s0") is None
+
+
+async def test_recent_and_after_timestamp_reads(server: ServerHarness) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        service = SessiondSessionService(client=client)
+        session = await service.create_session(app_name="app", user_id="u", session_id="s")
+        for n in range(5):
+            step = event(f"e{n}")
+            step.timestamp = 1000.0 + n
+            await service.append_event(session, step)
+
+        async def texts(**config: Any) -> list[str]:
+            read = await service.get_session(app_name="app", user_id="u", session_id="s",
+                                             config=GetSessionConfig(**config))
+            assert read is not None
+            return [e.content.parts[0].text for e in read.events]
+
+        assert await texts() == ["e0", "e1", "e2", "e3", "e4"]
+        assert await texts(num_recent_events=2) == ["e3", "e4"]
+        assert await texts(num_recent_events=0) == []
+        assert await texts(after_timestamp=1002.0) == ["e2", "e3", "e4"]
+        assert await texts(after_timestamp=1002.0, num_recent_events=1) == ["e4"]
+
+
+async def test_a_stale_session_object_cannot_append(server: ServerHarness) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        service = SessiondSessionService(client=client)
+        first = await service.create_session(app_name="app", user_id="u", session_id="s")
+        second = await service.get_session(app_name="app", user_id="u", session_id="s")
+        assert second is not None
+        await service.append_event(first, event("one", n=1))
+        with pytest.raises(StaleSessionError):
+            await service.append_event(second, event("two", n=2))
+        fresh = await service.get_session(app_name="app", user_id="u", session_id="s")
+        assert fresh is not None and fresh.state == {"n": 1} and len(fresh.events) == 1
+
+
+async def test_concurrent_events_on_separate_sessions_each_commit_once(
+    server: ServerHarness,
+) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        service = SessiondSessionService(client=client)
+        sessions = [await service.create_session(app_name="app", user_id=f"u{n}",
+                                                 session_id=f"s{n}") for n in range(4)]
+
+        async def writer(session: Any) -> None:
+            for n in range(10):
+                await service.append_event(session, event(f"e{n}", **{"app:total": n,
+                                                                      "count": n}))
+
+        await asyncio.gather(*(writer(s) for s in sessions))
+        for n, session in enumerate(sessions):
+            read = await service.get_session(app_name="app", user_id=f"u{n}",
+                                             session_id=session.id)
+            assert read is not None and len(read.events) == 10
+            assert read.state == {"count": 9, "app:total": 9}
+        shared = await server.sessions.GetSharedState(
+            session_service_pb2.GetSharedStateRequest(app="app"))
+        assert shared.state.state_json == '{"total":9}'
