@@ -153,3 +153,26 @@ async def test_a_message_at_the_size_limit_is_served_alone_on_its_page(server: A
     await append(server.messages, "one", user("z" * ((1 << 20) - 64)))
     page = await server.messages.ListMessages(ms.ListMessagesRequest(session_id="one"))
     assert len(page.messages) == 1 and page.ByteSize() < DEFAULT_CLIENT_LIMIT
+
+
+async def test_a_page_of_large_sessions_stops_at_the_byte_bound_and_paging_continues(
+        server: Any) -> None:
+    from sessiond.v1 import session_pb2, session_service_pb2
+
+    goal = "g" * 60_000  # within max_text_field_bytes; 80 sessions: about 4.8 MB in all
+    for i in range(80):
+        await create_session(server.sessions, f"wide-{i:02d}", goal=goal)
+    seen, token, pages = [], "", 0
+    while True:
+        page = await server.sessions.ListSessions(session_service_pb2.ListSessionsRequest(
+            page_size=500, page_token=token, ascending=True,
+            order_by=session_service_pb2.SESSION_ORDER_FIELD_STARTED_AT))
+        pages += 1
+        assert page.ByteSize() < DEFAULT_CLIENT_LIMIT
+        assert page.sessions and page.total_size == 80
+        seen += [s.id for s in page.sessions]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"wide-{i:02d}" for i in range(80)] and pages >= 2
+    assert isinstance(page.sessions[0], session_pb2.Session)

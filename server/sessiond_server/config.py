@@ -42,9 +42,9 @@ class Limits:
     default_page_size: int = 50
     max_message_page_size: int = 1000
     default_message_page_size: int = 100
-    # A ListMessages or SearchMessages page takes messages while the bytes of
-    # those before (content, reasoning, blocks, tool calls, metadata) stay under
-    # this, so a page holds at most this plus one message; it always holds one.
+    # A ListMessages, SearchMessages or ListSessions page takes messages (or
+    # sessions) while the bytes of those before stay under this, so a page
+    # holds at most this plus one; it always holds one.
     max_page_bytes: int = 2 << 20
     max_filter_values: int = 100
     max_query_bytes: int = 256

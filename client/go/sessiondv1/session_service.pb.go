@@ -841,7 +841,11 @@ type ListSessionsRequest struct {
 	// first.
 	Ascending bool `protobuf:"varint,3,opt,name=ascending,proto3" json:"ascending,omitempty"`
 	// page_size is the most sessions to return: 0 means 50; the maximum is
-	// 500; a negative or larger value is INVALID_ARGUMENT.
+	// 500; a negative or larger value is INVALID_ARGUMENT. A page is bounded
+	// in bytes too: sessions are taken while the bytes of those before stay
+	// under max_page_bytes (2 MiB by default), so it holds at most that plus
+	// one session (and always one); next_page_token then continues after the
+	// last session returned.
 	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// page_token continues a previous listing; it must come with the same
 	// filter and order, else INVALID_ARGUMENT. Tokens carry the sort values of

@@ -205,7 +205,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             cursor = (int(value), str(key))
         page = await self.api.store.list_sessions(self.api.scope(context), request.filter,
                                                   request.order_by, request.ascending, size,
-                                                  cursor)
+                                                  cursor, self.api.config.limits.max_page_bytes)
         token = (self.api.tokens.encode("sessions", digest, list(page.next_cursor))
                  if page.next_cursor else "")
         return ss.ListSessionsResponse(sessions=page.sessions, next_page_token=token,

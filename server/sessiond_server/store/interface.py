@@ -156,6 +156,7 @@ class SessionStore(Protocol):
         ascending: bool,
         page_size: int,
         cursor: tuple[int, str] | None,
+        max_bytes: int = 2 << 20,
     ) -> SessionPage: ...
     async def touch_session(
         self, scope: Scope, session: session_pb2.Session

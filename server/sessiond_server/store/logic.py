@@ -537,7 +537,7 @@ class StoreLogic:
     async def list_sessions(
         self, scope: Scope, filter: S.SessionFilter,
         order_by: session_service_pb2.SessionOrderField.ValueType, ascending: bool,
-        page_size: int, cursor: tuple[int, str] | None,
+        page_size: int, cursor: tuple[int, str] | None, max_bytes: int = 2 << 20,
     ) -> SessionPage:
         now = self._clock()
         page_sql, page_params = self.list_sessions_sql(scope, filter, order_by, ascending,
@@ -548,12 +548,21 @@ class StoreLogic:
             *self._count_sql(scope, filter, now),
         ])
         column = COL[ORDER_COLUMNS[order_by]]
+        # Sessions are taken while the bytes of those before stay under max_bytes (a page
+        # holds at most that plus one session, and always one); the rest follow on the
+        # next page, as when page_size is reached.
+        sessions: list[S.Session] = []
+        taken = 0
+        for row in page[:page_size]:
+            if sessions and taken >= max_bytes:
+                break
+            sessions.append(self._session(row, now))
+            taken += sessions[-1].ByteSize()
         next_cursor = None
-        if len(page) > page_size:
-            page = page[:page_size]
-            last = page[-1]
+        if len(page) > len(sessions):
+            last = page[len(sessions) - 1]
             next_cursor = (int(last[column]), str(last[2]))
-        return SessionPage([self._session(r, now) for r in page], next_cursor,
+        return SessionPage(sessions, next_cursor,
                            sum(int(found[0][0]) for found in counts), int(rev[0][0]))
 
     async def touch_session(self, scope: Scope, session: S.Session

@@ -324,7 +324,11 @@ export interface ListSessionsRequest {
   ascending: boolean;
   /**
    * page_size is the most sessions to return: 0 means 50; the maximum is
-   * 500; a negative or larger value is INVALID_ARGUMENT.
+   * 500; a negative or larger value is INVALID_ARGUMENT. A page is bounded
+   * in bytes too: sessions are taken while the bytes of those before stay
+   * under max_page_bytes (2 MiB by default), so it holds at most that plus
+   * one session (and always one); next_page_token then continues after the
+   * last session returned.
    */
   pageSize: number;
   /**
