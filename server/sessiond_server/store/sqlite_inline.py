@@ -28,26 +28,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .sqlite_writer import SQLiteStatements
+
 
 class Busy(Exception):
     """The inline connection cannot answer now; read on a reader thread instead."""
 
 
-class InlineStatements:
-    """Statements of one inline read transaction (the Statements protocol, read-only).
+class InlineStatements(SQLiteStatements):
+    """Statements of one inline read transaction (the writer's statements, read-only).
 
     ``fetch`` is a coroutine only to fit the protocol: it never suspends, so no
     other task runs between the statements of one snapshot.
     """
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return self.conn.execute(sql, params).fetchall()
-
-    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self.conn.execute(sql, params).fetchone()
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         raise sqlite3.OperationalError("a read transaction does not write")
