@@ -22,6 +22,7 @@ from sessiond_server.store.interface import Change
 from sessiond_server.store.postgres import PostgresStore
 from sessiond_server.store.postgres_schema import COMPACTION_LOCK, SCHEMA_VERSION
 from sessiond_server.store.revisions import PROVISIONAL
+from test_storage import initial_state_left_idle_lets_its_snapshot_go
 from test_workers import far_behind_replica_catches_up_in_bounded_steps
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -431,3 +432,7 @@ async def test_a_replica_far_behind_catches_up_in_steps_bounded_in_bytes(
     writer = await open_store()
     follower = await open_store(poll_interval_seconds=3600.0)
     await far_behind_replica_catches_up_in_bounded_steps(writer, follower)
+
+
+async def test_an_initial_state_left_idle_lets_its_snapshot_go(open_store: OpenStore) -> None:
+    await initial_state_left_idle_lets_its_snapshot_go(await open_store())

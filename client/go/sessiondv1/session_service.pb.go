@@ -1898,7 +1898,10 @@ type WatchSessionsRequest struct {
 	// include_initial first sends the current state of every matching session
 	// as INITIAL events, then an INITIAL_COMPLETE response at the revision
 	// they were read at; the stream then continues after that revision, and
-	// start_revision must be 0.
+	// start_revision must be 0. The server reads the sessions a page at a
+	// time, every page from one snapshot held until the last is sent. A
+	// client that stops reading for 60 seconds in the middle of it makes the
+	// server let the snapshot go, and the call ends UNAVAILABLE (watch again).
 	IncludeInitial bool `protobuf:"varint,3,opt,name=include_initial,json=includeInitial,proto3" json:"include_initial,omitempty"`
 	// progress_interval_ms, when positive, makes the server send a PROGRESS
 	// response at least this often while no event matches; between 50 and

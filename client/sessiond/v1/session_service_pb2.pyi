@@ -1072,7 +1072,10 @@ class WatchSessionsRequest(_message.Message):
     """include_initial first sends the current state of every matching session
     as INITIAL events, then an INITIAL_COMPLETE response at the revision
     they were read at; the stream then continues after that revision, and
-    start_revision must be 0.
+    start_revision must be 0. The server reads the sessions a page at a
+    time, every page from one snapshot held until the last is sent. A
+    client that stops reading for 60 seconds in the middle of it makes the
+    server let the snapshot go, and the call ends UNAVAILABLE (watch again).
     """
     progress_interval_ms: _builtins.int
     """progress_interval_ms, when positive, makes the server send a PROGRESS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -348,17 +349,20 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         yield _response(ss.WATCH_RESPONSE_TYPE_CREATED, current, now(),
                         compacted_revision=store.compacted_revision)
         if request.include_initial:
-            sessions, read_at = await store.initial_state(scope, list(request.filter.session_ids))
             initial = WatchSelector(request.filter, initial=True)
-            events = (E.SessionEvent(type=E.EVENT_TYPE_INITIAL, revision=read_at,
-                                     session_id=session.id, session=session)
-                      for session in sessions)
             packer = Packer(bound)
-            for event in events:
-                if initial.matches(event):
-                    for part in packer.add(read_at, event):
-                        yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(),
-                                        part.events)
+            read_at = current
+            # One page of sessions in memory at a time, all from one snapshot.
+            async with contextlib.aclosing(
+                    store.initial_state(scope, list(request.filter.session_ids))) as pages:
+                async for sessions, read_at in pages:
+                    for session in sessions:
+                        event = E.SessionEvent(type=E.EVENT_TYPE_INITIAL, revision=read_at,
+                                               session_id=session.id, session=session)
+                        if initial.matches(event):
+                            for part in packer.add(read_at, event):
+                                yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at,
+                                                now(), part.events)
             for part in packer.flush():
                 yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(), part.events)
             yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE, read_at, now())
