@@ -30,6 +30,8 @@ UPDATE_PATHS = frozenset({"kind", "channel", "room_id", "sender_id", "agent", "m
                           "display_name", "goal", "owner_id", "dataset_id", "labels",
                           "runtime_instance", "budget_micros", "state_json"})
 PURGE_LIMIT = 10_000
+#: Sessions one ReconcileSessions call marks at most (one revision, one response).
+RECONCILE_LIMIT = 1_000
 
 
 def check_session_fields(c: Checker, prefix: str, s: S.Session) -> None:
@@ -275,10 +277,11 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             c.fail("keep_session_ids", "has more than 10000 ids")
         c.text("reason", request.reason, 4096)
         c.done()
-        marked, revision = await self.api.store.reconcile_sessions(
+        marked, revision, more = await self.api.store.reconcile_sessions(
             self.api.scope(context), request.runtime_instance, request.keep_session_ids,
-            request.reason)
-        return ss.ReconcileSessionsResponse(marked_session_ids=marked, revision=revision)
+            request.reason, RECONCILE_LIMIT)
+        return ss.ReconcileSessionsResponse(marked_session_ids=marked, revision=revision,
+                                            has_more=more)
 
     @unary
     async def PurgeSessions(self, request: ss.PurgeSessionsRequest, context: Ctx

@@ -182,8 +182,9 @@ class SessionStore(Protocol):
         self, scope: Scope, source_id: str, up_to_seq: int, new_id: str, display_name: str
     ) -> tuple[session_pb2.Session, bool, int]: ...
     async def reconcile_sessions(
-        self, scope: Scope, runtime_instance: str, keep_ids: Sequence[str], reason: str
-    ) -> tuple[list[str], int]: ...
+        self, scope: Scope, runtime_instance: str, keep_ids: Sequence[str], reason: str,
+        limit: int
+    ) -> tuple[list[str], int, bool]: ...
     async def purge_sessions(
         self,
         scope: Scope,

@@ -706,21 +706,28 @@ class StoreLogic:
         return result
 
     async def reconcile_sessions(self, scope: Scope, runtime_instance: str,
-                                 keep_ids: Sequence[str], reason: str) -> tuple[list[str], int]:
+                                 keep_ids: Sequence[str], reason: str, limit: int
+                                 ) -> tuple[list[str], int, bool]:
+        """Mark at most ``limit`` of the instance's ACTIVE sessions, but those kept,
+        UNKNOWN in one revision (in id order); whether more remain to mark."""
         keep = set(keep_ids)
 
-        async def write(ctx: Ctx) -> tuple[list[str], int]:
+        async def write(ctx: Ctx) -> tuple[list[str], int, bool]:
             p = self.dialect.params()
             vis = self.visibility_sql(scope, p)
+            # Enough rows to find ``limit`` to mark and one more, however many are kept.
             found = await ctx.tx.fetch(
                 f"SELECT s.pk, s.id FROM sessions s"
                 f"{self.dialect.index_hint('sessions_by_runtime')} WHERE {vis}"
                 f" AND s.runtime_instance = {p(runtime_instance)} AND s.status = {p(rows.ACTIVE)}"
-                f" ORDER BY s.id{self.dialect.lock_rows}", p.values)
+                f" ORDER BY s.id LIMIT {p(limit + len(keep) + 1)}{self.dialect.lock_rows}",
+                p.values)
             marked: list[str] = []
             for pk, sid in found:
                 if sid in keep:
                     continue
+                if len(marked) == limit:
+                    return marked, ctx.write_revision, True
                 p = self.dialect.params()
                 await ctx.tx.execute(
                     f"UPDATE sessions SET status = {p(rows.UNKNOWN)},"
@@ -729,9 +736,9 @@ class StoreLogic:
                     f" WHERE pk = {p(pk)}", p.values)
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, await self._reload(ctx, pk))
                 marked.append(sid)
-            return marked, ctx.write_revision
+            return marked, ctx.write_revision, False
 
-        result: tuple[list[str], int] = await self._write(write)
+        result: tuple[list[str], int, bool] = await self._write(write)
         return result
 
     async def purge_sessions(self, scope: Scope, last_activity_before_micros: int,
