@@ -64,6 +64,21 @@ def check_delta(c: Checker, field: str, delta: S.StateDelta) -> None:
         c.fail(field, problem)
 
 
+#: The most shared state deltas one write carries (CreateSession, AppendMessages).
+MAX_SHARED_STATE_DELTAS = 16
+
+
+def check_shared_deltas(c: Checker, deltas: Sequence[S.SharedStateDelta]) -> None:
+    """The shared_state_deltas of a write: how many, and each one's names and delta."""
+    if len(deltas) > MAX_SHARED_STATE_DELTAS:
+        c.fail("shared_state_deltas", f"holds more than {MAX_SHARED_STATE_DELTAS}")
+        return
+    for i, shared in enumerate(deltas):
+        c.identifier(f"shared_state_deltas[{i}].app", shared.app)
+        c.identifier(f"shared_state_deltas[{i}].user_id", shared.user_id, required=False)
+        check_delta(c, f"shared_state_deltas[{i}].delta", shared.delta)
+
+
 def check_filter(c: Checker, prefix: str, f: S.SessionFilter) -> None:
     c.values(f"{prefix}.session_ids", f.session_ids)
     c.enums(f"{prefix}.statuses", f.statuses, S.SessionStatus)
@@ -142,9 +157,10 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         c = self._checker()
         c.identifier("session.id", request.session.id, required=False, chosen=True)
         check_session_fields(c, "session", request.session)
+        check_shared_deltas(c, request.shared_state_deltas)
         c.done()
         session, created, revision = await self.api.store.create_session(
-            self.api.scope(context), request.session)
+            self.api.scope(context), request.session, request.shared_state_deltas)
         return ss.CreateSessionResponse(session=session, created=created, revision=revision)
 
     @unary
