@@ -13,7 +13,7 @@ from sessiond.v1 import event_pb2, session_pb2, session_service_pb2, session_ser
 
 from ..auth import peer_host
 from ..store.records import TERMINAL_STATUSES
-from ..store.state import MAX_STATE_BYTES, canonical_state, delta_problems
+from ..store.state import MAX_STATE_BYTES, delta_problems, storable_state
 from ..watch import HubClosed, LogReader
 from .context import ApiContext
 from .errors import RpcError, streaming, unary
@@ -49,14 +49,10 @@ def check_state(c: Checker, field: str, text: str) -> str:
     if not text:
         return ""
     try:
-        canonical = canonical_state(text)
+        return storable_state(text)
     except ValueError as error:
-        c.fail(field, f"must be a JSON object: {error}")
+        c.fail(field, f"must be a JSON object of at most {MAX_STATE_BYTES} bytes: {error}")
         return ""
-    if len(canonical.encode()) > MAX_STATE_BYTES:
-        c.fail(field, f"is {len(canonical.encode())} bytes; the limit is {MAX_STATE_BYTES}")
-        return ""
-    return canonical
 
 
 def check_delta(c: Checker, field: str, delta: S.StateDelta) -> None:
