@@ -1596,13 +1596,18 @@ func (x *ReconcileSessionsRequest) GetReason() string {
 	return ""
 }
 
-// ReconcileSessionsResponse is the output of ReconcileSessions.
+// ReconcileSessionsResponse is the output of ReconcileSessions. One call marks
+// at most 1,000 sessions, the first by id, all in one revision; has_more says
+// that more remain, and the caller repeats the same request until it is false.
+// Repeating is safe: a session already marked is no longer ACTIVE.
 type ReconcileSessionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// marked_session_ids are the sessions that became UNKNOWN.
+	// marked_session_ids are the sessions that became UNKNOWN, in id order.
 	MarkedSessionIds []string `protobuf:"bytes,1,rep,name=marked_session_ids,json=markedSessionIds,proto3" json:"marked_session_ids,omitempty"`
 	// revision is the store revision of the write (0 when none was marked).
-	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// has_more is true when more of the instance's sessions remain to mark.
+	HasMore       bool `protobuf:"varint,3,opt,name=has_more,json=hasMore,proto3" json:"has_more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1649,6 +1654,13 @@ func (x *ReconcileSessionsResponse) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *ReconcileSessionsResponse) GetHasMore() bool {
+	if x != nil {
+		return x.HasMore
+	}
+	return false
 }
 
 // PurgeSessionsRequest is the input of PurgeSessions. At least one of
@@ -1914,7 +1926,10 @@ type WatchSessionsRequest struct {
 	// include_initial first sends the current state of every matching session
 	// as INITIAL events, then an INITIAL_COMPLETE response at the revision
 	// they were read at; the stream then continues after that revision, and
-	// start_revision must be 0.
+	// start_revision must be 0. The server reads the sessions a page at a
+	// time, every page from one snapshot held until the last is sent. A
+	// client that stops reading for 60 seconds in the middle of it makes the
+	// server let the snapshot go, and the call ends UNAVAILABLE (watch again).
 	IncludeInitial bool `protobuf:"varint,3,opt,name=include_initial,json=includeInitial,proto3" json:"include_initial,omitempty"`
 	// progress_interval_ms, when positive, makes the server send a PROGRESS
 	// response at least this often while no event matches; between 50 and
@@ -2182,10 +2197,11 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\x18ReconcileSessionsRequest\x12)\n" +
 	"\x10runtime_instance\x18\x01 \x01(\tR\x0fruntimeInstance\x12(\n" +
 	"\x10keep_session_ids\x18\x02 \x03(\tR\x0ekeepSessionIds\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"e\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x80\x01\n" +
 	"\x19ReconcileSessionsResponse\x12,\n" +
 	"\x12marked_session_ids\x18\x01 \x03(\tR\x10markedSessionIds\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xd6\x01\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x19\n" +
+	"\bhas_more\x18\x03 \x01(\bR\ahasMore\"\xd6\x01\n" +
 	"\x14PurgeSessionsRequest\x12L\n" +
 	"\x14last_activity_before\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x12lastActivityBefore\x12\x1f\n" +
 	"\vkeep_newest\x18\x02 \x01(\x03R\n" +

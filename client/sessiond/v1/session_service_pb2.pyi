@@ -873,27 +873,35 @@ Global___ReconcileSessionsRequest: _TypeAlias = ReconcileSessionsRequest  # noqa
 
 @_typing.final
 class ReconcileSessionsResponse(_message.Message):
-    """ReconcileSessionsResponse is the output of ReconcileSessions."""
+    """ReconcileSessionsResponse is the output of ReconcileSessions. One call marks
+    at most 1,000 sessions, the first by id, all in one revision; has_more says
+    that more remain, and the caller repeats the same request until it is false.
+    Repeating is safe: a session already marked is no longer ACTIVE.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MARKED_SESSION_IDS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    HAS_MORE_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """revision is the store revision of the write (0 when none was marked)."""
+    has_more: _builtins.bool
+    """has_more is true when more of the instance's sessions remain to mark."""
     @_builtins.property
     def marked_session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """marked_session_ids are the sessions that became UNKNOWN."""
+        """marked_session_ids are the sessions that became UNKNOWN, in id order."""
 
     def __init__(
         self,
         *,
         marked_session_ids: _abc.Iterable[_builtins.str] | None = ...,
         revision: _builtins.int = ...,
+        has_more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["marked_session_ids", b"marked_session_ids", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_more", b"has_more", "marked_session_ids", b"marked_session_ids", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1086,7 +1094,10 @@ class WatchSessionsRequest(_message.Message):
     """include_initial first sends the current state of every matching session
     as INITIAL events, then an INITIAL_COMPLETE response at the revision
     they were read at; the stream then continues after that revision, and
-    start_revision must be 0.
+    start_revision must be 0. The server reads the sessions a page at a
+    time, every page from one snapshot held until the last is sent. A
+    client that stops reading for 60 seconds in the middle of it makes the
+    server let the snapshot go, and the call ends UNAVAILABLE (watch again).
     """
     progress_interval_ms: _builtins.int
     """progress_interval_ms, when positive, makes the server send a PROGRESS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +30,8 @@ UPDATE_PATHS = frozenset({"kind", "channel", "room_id", "sender_id", "agent", "m
                           "display_name", "goal", "owner_id", "dataset_id", "labels",
                           "runtime_instance", "budget_micros", "state_json"})
 PURGE_LIMIT = 10_000
+#: Sessions one ReconcileSessions call marks at most (one revision, one response).
+RECONCILE_LIMIT = 1_000
 
 
 def check_session_fields(c: Checker, prefix: str, s: S.Session) -> None:
@@ -286,10 +289,11 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             c.fail("keep_session_ids", "has more than 10000 ids")
         c.text("reason", request.reason, 4096)
         c.done()
-        marked, revision = await self.api.store.reconcile_sessions(
+        marked, revision, more = await self.api.store.reconcile_sessions(
             self.api.scope(context), request.runtime_instance, request.keep_session_ids,
-            request.reason)
-        return ss.ReconcileSessionsResponse(marked_session_ids=marked, revision=revision)
+            request.reason, RECONCILE_LIMIT)
+        return ss.ReconcileSessionsResponse(marked_session_ids=marked, revision=revision,
+                                            has_more=more)
 
     @unary
     async def PurgeSessions(self, request: ss.PurgeSessionsRequest, context: Ctx
@@ -360,17 +364,20 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         yield _response(ss.WATCH_RESPONSE_TYPE_CREATED, current, now(),
                         compacted_revision=store.compacted_revision)
         if request.include_initial:
-            sessions, read_at = await store.initial_state(scope, list(request.filter.session_ids))
             initial = WatchSelector(request.filter, initial=True)
-            events = (E.SessionEvent(type=E.EVENT_TYPE_INITIAL, revision=read_at,
-                                     session_id=session.id, session=session)
-                      for session in sessions)
             packer = Packer(bound)
-            for event in events:
-                if initial.matches(event):
-                    for part in packer.add(read_at, event):
-                        yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(),
-                                        part.events)
+            read_at = current
+            # One page of sessions in memory at a time, all from one snapshot.
+            async with contextlib.aclosing(
+                    store.initial_state(scope, list(request.filter.session_ids))) as pages:
+                async for sessions, read_at in pages:
+                    for session in sessions:
+                        event = E.SessionEvent(type=E.EVENT_TYPE_INITIAL, revision=read_at,
+                                               session_id=session.id, session=session)
+                        if initial.matches(event):
+                            for part in packer.add(read_at, event):
+                                yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at,
+                                                now(), part.events)
             for part in packer.flush():
                 yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(), part.events)
             yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE, read_at, now())

@@ -12,7 +12,7 @@ so a mistake in the API layer cannot cross tenants.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
 from sessiond.v1 import (
@@ -183,8 +183,9 @@ class SessionStore(Protocol):
         self, scope: Scope, source_id: str, up_to_seq: int, new_id: str, display_name: str
     ) -> tuple[session_pb2.Session, bool, int]: ...
     async def reconcile_sessions(
-        self, scope: Scope, runtime_instance: str, keep_ids: Sequence[str], reason: str
-    ) -> tuple[list[str], int]: ...
+        self, scope: Scope, runtime_instance: str, keep_ids: Sequence[str], reason: str,
+        limit: int
+    ) -> tuple[list[str], int, bool]: ...
     async def purge_sessions(
         self,
         scope: Scope,
@@ -279,10 +280,11 @@ class SessionStore(Protocol):
         a revision of any size a bounded piece at a time).
         Raises Compacted when from_revision <= compacted_revision.
         """
-    async def initial_state(
+    def initial_state(
         self, scope: Scope, session_ids: Sequence[str]
-    ) -> tuple[list[session_pb2.Session], int]:
-        """Every visible session (or those named) and the revision read at."""
+    ) -> AsyncGenerator[tuple[list[session_pb2.Session], int], None]:
+        """Every visible session (or those named), a page at a time, all read in
+        one snapshot; each page comes with the revision it was read at."""
     async def compact(self, keep_revisions: int, max_age_seconds: float,
                       max_bytes: int = 0) -> int:
         """Drop old change log entries (``compaction_target``); returns the compacted revision."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -81,6 +81,14 @@ ORDER_INDEXES = {
 MAX_USAGE_COUNTER = 1 << 62
 RETURNING_COLUMNS = ", ".join(rows.SESSION_FIELDS)
 REVISION = "(SELECT value FROM meta WHERE key = 'revision')"
+#: How long a held snapshot (a watch's initial state) may wait for its reader to
+#: take the next page before the server lets it go: it keeps the database from
+#: reclaiming what later writes replace (SQLite's write-ahead log, PostgreSQL's
+#: old row versions), so a client that stops reading must not hold it forever.
+HELD_SNAPSHOT_IDLE_SECONDS = 60.0
+#: Sessions per page of a watch's initial state: a session is at most about
+#: 150 KB (goal, state, labels, ids at their limits), so a page is under 10 MB.
+INITIAL_PAGE_ROWS = 64
 SESSION_INSERT_COLUMNS = (
     "tenant", "id", "kind", "channel", "room_id", "sender_id", "agent", "model", "display_name",
     "goal", "owner_id", "dataset_id", "labels", "runtime_instance", "parent_id", "fork_seq",
@@ -193,6 +201,7 @@ class StoreLogic:
         self._revision = 0
         self._compacted_revision = 0
         self.page_token_key = b""
+        self.held_snapshot_idle_seconds = HELD_SNAPSHOT_IDLE_SECONDS
 
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -215,6 +224,13 @@ class StoreLogic:
         if self._writer is None:
             raise Unavailable("the store is not open")
         return await self._writer.submit(fn)
+
+    def _held_snapshot(self) -> AbstractAsyncContextManager[Statements]:
+        """A read-only transaction on a connection of its own, for a read that is
+        taken slowly, page by page (it must not hold a pooled reader meanwhile).
+        Left idle for ``held_snapshot_idle_seconds``, it ends: the next statement
+        raises Unavailable."""
+        raise NotImplementedError
 
     def _snapshot(self, small: bool = False) -> AbstractAsyncContextManager[Statements]:
         """A read-only transaction: every statement in it sees one snapshot.
@@ -693,21 +709,28 @@ class StoreLogic:
         return result
 
     async def reconcile_sessions(self, scope: Scope, runtime_instance: str,
-                                 keep_ids: Sequence[str], reason: str) -> tuple[list[str], int]:
+                                 keep_ids: Sequence[str], reason: str, limit: int
+                                 ) -> tuple[list[str], int, bool]:
+        """Mark at most ``limit`` of the instance's ACTIVE sessions, but those kept,
+        UNKNOWN in one revision (in id order); whether more remain to mark."""
         keep = set(keep_ids)
 
-        async def write(ctx: Ctx) -> tuple[list[str], int]:
+        async def write(ctx: Ctx) -> tuple[list[str], int, bool]:
             p = self.dialect.params()
             vis = self.visibility_sql(scope, p)
+            # Enough rows to find ``limit`` to mark and one more, however many are kept.
             found = await ctx.tx.fetch(
                 f"SELECT s.pk, s.id FROM sessions s"
                 f"{self.dialect.index_hint('sessions_by_runtime')} WHERE {vis}"
                 f" AND s.runtime_instance = {p(runtime_instance)} AND s.status = {p(rows.ACTIVE)}"
-                f" ORDER BY s.id{self.dialect.lock_rows}", p.values)
+                f" ORDER BY s.id LIMIT {p(limit + len(keep) + 1)}{self.dialect.lock_rows}",
+                p.values)
             marked: list[str] = []
             for pk, sid in found:
                 if sid in keep:
                     continue
+                if len(marked) == limit:
+                    return marked, ctx.write_revision, True
                 p = self.dialect.params()
                 await ctx.tx.execute(
                     f"UPDATE sessions SET status = {p(rows.UNKNOWN)},"
@@ -716,9 +739,9 @@ class StoreLogic:
                     f" WHERE pk = {p(pk)}", p.values)
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, await self._reload(ctx, pk))
                 marked.append(sid)
-            return marked, ctx.write_revision
+            return marked, ctx.write_revision, False
 
-        result: tuple[list[str], int] = await self._write(write)
+        result: tuple[list[str], int, bool] = await self._write(write)
         return result
 
     async def purge_sessions(self, scope: Scope, last_activity_before_micros: int,
@@ -1467,16 +1490,34 @@ class StoreLogic:
                 for r in found]
 
     async def initial_state(self, scope: Scope, session_ids: Sequence[str]
-                            ) -> tuple[list[S.Session], int]:
-        """Every visible session (or those named) and the revision read at."""
+                            ) -> AsyncGenerator[tuple[list[S.Session], int], None]:
+        """Every visible session (or those named), in pages of at most
+        INITIAL_PAGE_ROWS (at least one page, perhaps empty), each with the
+        revision they were all read at.
+
+        Every page comes from one snapshot, held (on a connection of its own,
+        not a pooled reader) while the caller takes the pages one at a time, so
+        the server holds one page, not every session, however slowly they go out.
+        A caller that waits longer than ``held_snapshot_idle_seconds`` before the
+        next page gets Unavailable instead.
+        """
         now = self._clock()
-        p = self.dialect.params()
-        where = self._filter_sql(scope, S.SessionFilter(session_ids=session_ids), now, p)
-        found, rev = await self._read_many([
-            (f"SELECT {SESSION_COLUMNS} FROM sessions s WHERE {where} ORDER BY s.pk", p.values),
-            (f"SELECT {REVISION}", ()),
-        ])
-        return [self._session(r, now) for r in found], int(rev[0][0])
+        async with self._held_snapshot() as tx:
+            read_at = int((await tx.fetchrow(f"SELECT {REVISION}"))[0])
+            after = 0
+            while True:
+                p = self.dialect.params()
+                where = self._filter_sql(scope, S.SessionFilter(session_ids=session_ids),
+                                         now, p)
+                found = await tx.fetch(
+                    f"SELECT {SESSION_COLUMNS}, s.pk FROM sessions s WHERE {where}"
+                    f" AND s.pk > {p(after)} ORDER BY s.pk LIMIT {p(INITIAL_PAGE_ROWS)}",
+                    p.values)
+                if found or not after:  # the first page, even empty, gives the revision
+                    yield [self._session(r, now) for r in found], read_at
+                if len(found) < INITIAL_PAGE_ROWS:
+                    return
+                after = int(found[-1][-1])
 
     # Maintenance.
     async def counter_problems(self) -> list[str]:

@@ -494,12 +494,19 @@ export interface ReconcileSessionsRequest {
   reason: string;
 }
 
-/** ReconcileSessionsResponse is the output of ReconcileSessions. */
+/**
+ * ReconcileSessionsResponse is the output of ReconcileSessions. One call marks
+ * at most 1,000 sessions, the first by id, all in one revision; has_more says
+ * that more remain, and the caller repeats the same request until it is false.
+ * Repeating is safe: a session already marked is no longer ACTIVE.
+ */
 export interface ReconcileSessionsResponse {
-  /** marked_session_ids are the sessions that became UNKNOWN. */
+  /** marked_session_ids are the sessions that became UNKNOWN, in id order. */
   markedSessionIds: string[];
   /** revision is the store revision of the write (0 when none was marked). */
   revision: bigint;
+  /** has_more is true when more of the instance's sessions remain to mark. */
+  hasMore: boolean;
 }
 
 /**
@@ -591,7 +598,10 @@ export interface WatchSessionsRequest {
    * include_initial first sends the current state of every matching session
    * as INITIAL events, then an INITIAL_COMPLETE response at the revision
    * they were read at; the stream then continues after that revision, and
-   * start_revision must be 0.
+   * start_revision must be 0. The server reads the sessions a page at a
+   * time, every page from one snapshot held until the last is sent. A
+   * client that stops reading for 60 seconds in the middle of it makes the
+   * server let the snapshot go, and the call ends UNAVAILABLE (watch again).
    */
   includeInitial: boolean;
   /**
@@ -2990,7 +3000,7 @@ export const ReconcileSessionsRequest: MessageFns<ReconcileSessionsRequest> = {
 };
 
 function createBaseReconcileSessionsResponse(): ReconcileSessionsResponse {
-  return { markedSessionIds: [], revision: 0n };
+  return { markedSessionIds: [], revision: 0n, hasMore: false };
 }
 
 export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = {
@@ -3003,6 +3013,9 @@ export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = 
         throw new globalThis.Error("value provided for field message.revision of type int64 too large");
       }
       writer.uint32(16).int64(message.revision);
+    }
+    if (message.hasMore !== false) {
+      writer.uint32(24).bool(message.hasMore);
     }
     return writer;
   },
@@ -3036,6 +3049,14 @@ export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = 
             message.revision = reader.int64() as bigint;
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hasMore = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3056,6 +3077,11 @@ export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = 
         ? object.marked_session_ids.map((e: any) => globalThis.String(e))
         : [],
       revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+      hasMore: isSet(object.hasMore)
+        ? globalThis.Boolean(object.hasMore)
+        : isSet(object.has_more)
+        ? globalThis.Boolean(object.has_more)
+        : false,
     };
   },
 
@@ -3067,6 +3093,9 @@ export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = 
     if (message.revision !== 0n) {
       obj.revision = message.revision.toString();
     }
+    if (message.hasMore !== false) {
+      obj.hasMore = message.hasMore;
+    }
     return obj;
   },
 
@@ -3077,6 +3106,7 @@ export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = 
     const message = createBaseReconcileSessionsResponse();
     message.markedSessionIds = object.markedSessionIds?.map((e) => e) || [];
     message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    message.hasMore = object.hasMore ?? false;
     return message;
   },
 };
