@@ -158,6 +158,8 @@ class PostgresStore(ReplicaFeed):
     async def close(self) -> None:
         if self._writer is not None:
             await self._writer.close()
+            # What the write path cost, for docs/scaling.md's figures (bench/replicas.py).
+            log.info("postgres writer stopped: %s", self._writer.stats.line())
         await self._close_feed()
         if self._pool is not None:
             pool, self._pool = self._pool, None
@@ -165,6 +167,13 @@ class PostgresStore(ReplicaFeed):
                 await asyncio.wait_for(pool.close(), 5.0)
             except DATABASE_ERRORS:
                 pool.terminate()
+
+    @property
+    def writer(self) -> Writer:
+        """The open store's writer (its ``stats`` are what the write path cost)."""
+        if self._writer is None:
+            raise Unavailable("the store is not open")
+        return self._writer
 
     # Plumbing.
     @contextlib.asynccontextmanager

@@ -35,7 +35,9 @@ listeners have been told. The transaction awaits nothing but the database.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -55,7 +57,8 @@ T = TypeVar("T")
 #: What this backend's write functions get.
 WriteContext = group_commit.WriteContext[asyncpg.Connection]
 
-__all__ = ["DATABASE_ERRORS", "PostgresStatements", "WriteContext", "Writer", "unavailable"]
+__all__ = ["DATABASE_ERRORS", "PostgresStatements", "WriteContext", "Writer", "WriterStats",
+           "unavailable"]
 
 #: What the database driver raises when the database cannot serve a request.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
@@ -87,18 +90,24 @@ def count_of(status: str) -> int:
 
 
 class PostgresStatements:
-    """Statements on an asyncpg connection."""
+    """Statements on an asyncpg connection; ``round_trips`` counts them (each call is one
+    exchange with the server: asyncpg sends a cached prepared statement's Bind, Execute
+    and Sync together, and ``executemany`` pipelines its rows)."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
+        self.round_trips = 0
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        self.round_trips += 1
         return list(await self.conn.fetch(sql, *params))
 
     async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self.round_trips += 1
         return await self.conn.fetchrow(sql, *params)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self.round_trips += 1
         status = await self.conn.execute(sql, *params)
         try:
             return count_of(status)
@@ -106,34 +115,85 @@ class PostgresStatements:
             return 0
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.round_trips += 1
         await self.conn.executemany(sql, rows)
 
 
+@dataclasses.dataclass
+class WriterStats:
+    """What one replica's writer did since it started: the figures docs/scaling.md
+    reasons with, logged when the store closes (``bench/replicas.py`` reads them)."""
+
+    batches: int = 0
+    writes: int = 0
+    #: Exchanges with the server made by write transactions (the feed's reads are apart).
+    round_trips: int = 0
+    #: Seconds this replica held the revision counter's row lock, summed over batches:
+    #: from the moment the counter's UPDATE got the lock (the database's clock, read in
+    #: that statement) to COMMIT's answer (this process's clock; the two agree when both
+    #: run on one host, as in the bench). It includes half a round trip at the end.
+    counter_held_seconds: float = 0.0
+    #: Seconds from sending the counter's UPDATE to getting its lock (another replica's
+    #: batch held it), plus half a round trip.
+    counter_wait_seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"writes={self.writes} batches={self.batches} round_trips={self.round_trips}"
+                f" counter_held={self.counter_held_seconds:.3f}s"
+                f" counter_wait={self.counter_wait_seconds:.3f}s")
+
+
 class PostgresBatch:
-    """The group-commit hooks on one pooled connection."""
+    """The group-commit hooks on one pooled connection.
+
+    BEGIN is not sent on its own: it goes with the first write's SAVEPOINT (one
+    simple-protocol message, one round trip), or, for a batch of one write (which
+    has no savepoint), just before that write's first statement.
+    """
 
     changes_sql = CHANGES_SQL
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
-        self.tx = PostgresStatements(conn)
-        self._transaction = conn.transaction()
+        self.tx = _BeginFirst(self)
+        self._begun = False
+        self._locked_at = 0.0
+        self.counter_held = 0.0
+        self.counter_wait = 0.0
+
+    @property
+    def round_trips(self) -> int:
+        return self.tx.round_trips
+
+    async def _send(self, sql: str) -> None:
+        """A statement without parameters (simple protocol: several in one message)."""
+        self.tx.round_trips += 1
+        await self.conn.execute(sql)
+
+    async def ensure_begun(self, then: str = "") -> bool:
+        """Send BEGIN if it was not sent yet, with ``then`` in the same message; whether
+        it was (False: nothing was sent)."""
+        if self._begun:
+            return False
+        self._begun = True
+        await self._send("BEGIN" + (f"; {then}" if then else ""))
+        return True
 
     async def begin(self) -> int:
         # No counter yet: the batch's revisions are provisional until store_revision.
-        self._transaction = self.conn.transaction()
-        await self._transaction.start()
+        self._begun = False
         return PROVISIONAL
 
     async def savepoint(self) -> None:
-        await self.conn.execute("SAVEPOINT write")
+        if not await self.ensure_begun("SAVEPOINT write"):
+            await self._send("SAVEPOINT write")
 
     async def renew_savepoint(self) -> None:
         # No parameters: one simple-protocol message, so both statements in one round trip.
-        await self.conn.execute("RELEASE SAVEPOINT write; SAVEPOINT write")
+        await self._send("RELEASE SAVEPOINT write; SAVEPOINT write")
 
     async def rollback_to(self) -> None:
-        await self.conn.execute("ROLLBACK TO SAVEPOINT write")
+        await self._send("ROLLBACK TO SAVEPOINT write")
 
     def in_transaction(self) -> bool:
         return not self.conn.is_closed() and self.conn.is_in_transaction()
@@ -143,21 +203,39 @@ class PostgresBatch:
         # transaction wrote get their final revision (only they match: committed rows
         # are never provisional, other transactions' rows are not visible). The other
         # replicas hear of it at commit (NOTIFY is delivered only if this commits).
-        base = await self.conn.fetchval(
+        sent = time.time()
+        self.tx.round_trips += 1
+        base, locked_at, _ = await self.conn.fetchrow(
             "WITH counter AS (UPDATE meta SET value = value + $1 WHERE key = 'revision'"
             " RETURNING value - $1 AS base),"
             " stamped AS (UPDATE sessions SET revision = revision - $3 + counter.base"
             f" FROM counter WHERE sessions.revision > {PROVISIONAL})"
-            " SELECT base, pg_notify($2, (base + $1)::text) FROM counter",
+            " SELECT base, extract(epoch FROM clock_timestamp())::float8,"
+            " pg_notify($2, (base + $1)::text) FROM counter",
             last - start, CHANGES_CHANNEL, start)
+        self._locked_at = min(max(sent, float(locked_at)), time.time())
+        self.counter_wait += self._locked_at - sent
         return int(base) - start
 
+    def _counter_released(self) -> None:
+        if self._locked_at:
+            self.counter_held += time.time() - self._locked_at
+            self._locked_at = 0.0
+
     async def commit(self) -> None:
-        await self._transaction.commit()
+        if not self._begun:
+            return  # a lone write that failed before its first statement
+        try:
+            await self._send("COMMIT")
+        finally:
+            self._counter_released()
 
     async def rollback(self) -> None:
-        if self.in_transaction():
-            await self._transaction.rollback()
+        try:
+            if self.in_transaction():
+                await self._send("ROLLBACK")
+        finally:
+            self._counter_released()
 
     def is_database_error(self, exc: BaseException) -> bool:
         return isinstance(exc, DATABASE_ERRORS)
@@ -168,6 +246,31 @@ class PostgresBatch:
 
     def unavailable(self, exc: BaseException) -> Unavailable:
         return unavailable(exc)
+
+
+class _BeginFirst(PostgresStatements):
+    """The batch's statements: the first one of a batch without savepoints sends the
+    deferred BEGIN first."""
+
+    def __init__(self, batch: PostgresBatch) -> None:
+        super().__init__(batch.conn)
+        self._batch = batch
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        await self._batch.ensure_begun()
+        return await super().fetch(sql, params)
+
+    async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        await self._batch.ensure_begun()
+        return await super().fetchrow(sql, params)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        await self._batch.ensure_begun()
+        return await super().execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._batch.ensure_begun()
+        await super().executemany(sql, rows)
 
 
 #: Told after each commit that changed something: (last revision, changes).
@@ -188,8 +291,15 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._alone: Job[Any] | None = None  # taken from the queue, runs in the next batch
         self._closed = False
-        self.batches = 0
-        self.writes = 0
+        self.stats = WriterStats()
+
+    @property
+    def batches(self) -> int:
+        return self.stats.batches
+
+    @property
+    def writes(self) -> int:
+        return self.stats.writes
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sessiond-pg-writer")
@@ -249,10 +359,16 @@ class Writer:
 
     async def _commit(self, batch: list[Job[Any]]) -> None:
         async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-            result = await run_batch(PostgresBatch(conn), batch, self._clock)
+            hooks = PostgresBatch(conn)
+            try:
+                result = await run_batch(hooks, batch, self._clock)
+            finally:
+                self.stats.round_trips += hooks.round_trips
+                self.stats.counter_held_seconds += hooks.counter_held
+                self.stats.counter_wait_seconds += hooks.counter_wait
         if result.committed:
-            self.batches += 1
-            self.writes += len(batch)
+            self.stats.batches += 1
+            self.stats.writes += len(batch)
         if result.last_revision:
             # Listeners first, so that a caller who watches from its write's
             # revision + 1 right after the answer finds the hub already there.
