@@ -25,6 +25,15 @@ The rules, for every backend:
   UNAVAILABLE, no revision is taken, nothing is told to watchers, and the next
   batch starts afresh (the revision is read from the database at BEGIN).
 * Callers are answered only after COMMIT.
+* Where a savepoint costs a round trip (PostgreSQL: the backend's hooks are
+  :class:`Optimistic`), a batch first runs without savepoints. A write that
+  fails with a store error having sent only reads (its guards: not found, a stale etag, a
+  conflicting message id) changed nothing, so its neighbours go on. A write
+  that fails after it sent a statement that may change rows, or that fails
+  in the database (which aborts the transaction), rolls the whole batch back,
+  and the batch runs again at once with a savepoint per write, as above.
+  Nothing was answered or committed, so every write's outcome is the one
+  the second run gives.
 
 The writes are coroutines even on SQLite, where the writer thread drives
 them with :func:`run_sync`: every await inside a write is a statement on the
@@ -40,7 +49,7 @@ import inspect
 import logging
 import queue
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from .errors import StoreError, Unavailable
 from .interface import Change
@@ -136,6 +145,16 @@ class BatchHooks(Protocol):
         """What a caller hears of a database failure (the detail goes to the log only)."""
 
 
+@runtime_checkable
+class Optimistic(Protocol):
+    """Hooks of a backend whose savepoints cost a round trip: its batches run without
+    them until a write fails after changing something (see the module docstring)."""
+
+    def changes_sent(self) -> int:
+        """How many statements that may change rows the batch has sent (all but plain
+        SELECTs, counted by the statement text)."""
+
+
 @dataclasses.dataclass
 class BatchResult:
     """Each job's outcome, and what was committed (last revision 0: nothing new)."""
@@ -171,8 +190,13 @@ CONFLICT_RETRIES = 3
 
 
 async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
-                    clock: Callable[[], int], attempt: int = 0) -> BatchResult:
-    """Run ``jobs`` in one transaction; see the module docstring for the rules."""
+                    clock: Callable[[], int], attempt: int = 0,
+                    savepoints: bool = False) -> BatchResult:
+    """Run ``jobs`` in one transaction; see the module docstring for the rules.
+
+    ``savepoints``: each write in its own savepoint even where the hooks are
+    :class:`Optimistic` (the second run of a batch a write failed in).
+    """
 
     async def fail_all(exc: BaseException) -> BatchResult:
         await _rollback_quietly(hooks)
@@ -188,6 +212,7 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
         return await fail_all(exc)
     ctx: WriteContext[Any] = WriteContext(hooks.tx, hooks.conn, start, clock)
     alone = len(jobs) == 1
+    optimistic = not alone and not savepoints and isinstance(hooks, Optimistic)
     outcomes: list[tuple[Job[Any], Any, BaseException | None]] = []
     changes: list[Change] = []
     responses: list[StoredResponse] = []
@@ -199,8 +224,10 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
         tries = 0
         while True:
             ctx.begin_write()
+            sent = hooks.changes_sent() if isinstance(hooks, Optimistic) else 0
             try:
-                if not alone and not tries:  # a retry keeps the savepoint it rolled back to
+                if not alone and not optimistic and not tries:
+                    # (a retry keeps the savepoint it rolled back to)
                     await (hooks.renew_savepoint() if held else hooks.savepoint())
                     held = True
                 result = job.fn(ctx)
@@ -214,6 +241,15 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
                     if retry and attempt < CONFLICT_RETRIES:
                         return await run_batch(hooks, jobs, clock, attempt + 1)
                     return BatchResult([(job, None, failure_of(hooks, exc))], 0, [], False)
+                if optimistic:
+                    if isinstance(hooks, Optimistic) and hooks.changes_sent() == sent \
+                            and isinstance(exc, StoreError):
+                        # A guard refused it after reads alone: nothing to undo, the
+                        # neighbours go on.
+                        outcomes.append((job, None, failure_of(hooks, exc)))
+                        break
+                    await _rollback_quietly(hooks)
+                    return await run_batch(hooks, jobs, clock, attempt, savepoints=True)
                 if not hooks.in_transaction():
                     # The database ended the transaction (and its savepoints) itself.
                     log.error("the database rolled back a batch of %d writes: %s",

@@ -97,17 +97,24 @@ class PostgresStatements:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
         self.round_trips = 0
+        #: Statements sent that may change rows: every one but a plain SELECT.
+        self.changes_sent = 0
+
+    def _count(self, sql: str, changes: bool = True) -> None:
+        self.round_trips += 1
+        if changes or sql.lstrip()[:6].upper() != "SELECT":
+            self.changes_sent += 1
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        self.round_trips += 1
+        self._count(sql, False)
         return list(await self.conn.fetch(sql, *params))
 
     async def fetchrow(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        self.round_trips += 1
+        self._count(sql, False)
         return await self.conn.fetchrow(sql, *params)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        self.round_trips += 1
+        self._count(sql, False)
         status = await self.conn.execute(sql, *params)
         try:
             return count_of(status)
@@ -115,7 +122,7 @@ class PostgresStatements:
             return 0
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.round_trips += 1
+        self._count(sql)
         await self.conn.executemany(sql, rows)
 
 
@@ -133,6 +140,9 @@ class WriterStats:
     #: that statement) to COMMIT's answer (this process's clock; the two agree when both
     #: run on one host, as in the bench). It includes half a round trip at the end.
     counter_held_seconds: float = 0.0
+    #: Transactions rolled back whole: a batch run again with savepoints after a write
+    #: failed in it (group_commit's optimistic first run), a lost transaction.
+    rollbacks: int = 0
     #: Seconds from sending the counter's UPDATE to getting its lock (another replica's
     #: batch held it), plus half a round trip.
     counter_wait_seconds: float = 0.0
@@ -140,12 +150,14 @@ class WriterStats:
     def line(self) -> str:
         return (f"writes={self.writes} batches={self.batches} round_trips={self.round_trips}"
                 f" counter_held={self.counter_held_seconds:.3f}s"
-                f" counter_wait={self.counter_wait_seconds:.3f}s")
+                f" counter_wait={self.counter_wait_seconds:.3f}s rollbacks={self.rollbacks}")
 
 
 class PostgresBatch:
     """The group-commit hooks on one pooled connection.
 
+    A batch runs without savepoints until a write fails after changing
+    something (``group_commit.Optimistic``): each would cost a round trip.
     BEGIN is not sent on its own: it goes with the first write's SAVEPOINT (one
     simple-protocol message, one round trip), or, for a batch of one write (which
     has no savepoint), just before that write's first statement.
@@ -160,10 +172,15 @@ class PostgresBatch:
         self._locked_at = 0.0
         self.counter_held = 0.0
         self.counter_wait = 0.0
+        self.rollbacks = 0
 
     @property
     def round_trips(self) -> int:
         return self.tx.round_trips
+
+    def changes_sent(self) -> int:
+        # Optimistic (group_commit): savepoints cost a round trip here.
+        return self.tx.changes_sent
 
     async def _send(self, sql: str) -> None:
         """A statement without parameters (simple protocol: several in one message)."""
@@ -233,6 +250,7 @@ class PostgresBatch:
     async def rollback(self) -> None:
         try:
             if self.in_transaction():
+                self.rollbacks += 1
                 await self._send("ROLLBACK")
         finally:
             self._counter_released()
@@ -366,6 +384,7 @@ class Writer:
                 self.stats.round_trips += hooks.round_trips
                 self.stats.counter_held_seconds += hooks.counter_held
                 self.stats.counter_wait_seconds += hooks.counter_wait
+                self.stats.rollbacks += hooks.rollbacks
         if result.committed:
             self.stats.batches += 1
             self.stats.writes += len(batch)
