@@ -25,6 +25,9 @@ The rules, for every backend:
   UNAVAILABLE, no revision is taken, nothing is told to watchers, and the next
   batch starts afresh (the revision is read from the database at BEGIN).
 * Callers are answered only after COMMIT.
+* Where the backend can (PostgreSQL, :class:`LogsWithCounter`), the change-log
+  rows go in the counter's own statement, serialised before the revisions are
+  final; the log's readers map them (``revisions.logged_event``).
 * Where a savepoint costs a round trip (PostgreSQL: the backend's hooks are
   :class:`Optimistic`), a batch first runs without savepoints. A write that
   fails with a store error having sent only reads (its guards: not found, a stale etag, a
@@ -155,6 +158,18 @@ class Optimistic(Protocol):
         SELECTs, counted by the statement text)."""
 
 
+@runtime_checkable
+class LogsWithCounter(Protocol):
+    """Hooks of a backend that takes the counter with the change-log INSERT, in one
+    statement: its events are stored with provisional revisions, which the readers of
+    the log map (``revisions.logged_event``)."""
+
+    async def store_revision_and_log(self, start: int, last: int,
+                                     rows: Sequence[tuple[Any, ...]]) -> int:
+        """Move the counter by ``last - start``, store ``rows`` (change-log rows with
+        provisional revisions) at their final ones; the shift (base - ``start``)."""
+
+
 @dataclasses.dataclass
 class BatchResult:
     """Each job's outcome, and what was committed (last revision 0: nothing new)."""
@@ -271,8 +286,14 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
             break
     try:
         shift = 0
+        logged = False
         if ctx.revision != start:
-            shift = await hooks.store_revision(start, ctx.revision) or 0
+            if changes and isinstance(hooks, LogsWithCounter):
+                shift = await hooks.store_revision_and_log(start, ctx.revision,
+                                                           change_rows(changes))
+                logged = True
+            else:
+                shift = await hooks.store_revision(start, ctx.revision) or 0
         if shift:
             changes = final(changes, shift)
             rewrites: dict[str, list[tuple[Any, ...]]] = {}
@@ -281,7 +302,7 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
                     (*key, final(response, shift).SerializeToString()))
             for sql, rows in rewrites.items():
                 await hooks.tx.executemany(sql, rows)
-        if changes:
+        if changes and not logged:
             await hooks.tx.executemany(hooks.changes_sql, change_rows(changes))
         await hooks.commit()
     except Exception as exc:

@@ -49,6 +49,7 @@ from .interface import (
     UsageResult,
 )
 from .records import COL, SESSION_COLUMNS, USAGE_FIELDS
+from .revisions import logged_event
 from .search import search_terms
 from .sqlite_schema import DAY_MICROS
 from .state import EMPTY_STATE, apply_delta, is_empty
@@ -1467,7 +1468,7 @@ class StoreLogic:
         self._compacted_revision = max(self._compacted_revision, compacted_revision)
         if from_revision <= compacted_revision:
             raise Compacted(compacted_revision)
-        return [Change(r[0], r[1], r[2], r[3], E.SessionEvent.FromString(bytes(r[4])))
+        return [Change(r[0], r[1], r[2], r[3], logged_event(r[0], bytes(r[4])))
                 for r in found]
 
     async def initial_state(self, scope: Scope, session_ids: Sequence[str]

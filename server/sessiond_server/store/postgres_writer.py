@@ -215,21 +215,41 @@ class PostgresBatch:
     def in_transaction(self) -> bool:
         return not self.conn.is_closed() and self.conn.is_in_transaction()
 
+    #: The counter's statement: moves the counter by $1 (its lock is taken here and held
+    #: to COMMIT), gives the session rows this transaction wrote their final revision
+    #: (only they match: committed rows are never provisional, other transactions' rows
+    #: are not visible) and tells the other replicas at commit (NOTIFY is delivered
+    #: only if this commits). $3 is the batch's first provisional revision. Answers the
+    #: base and the database's clock once the lock is held.
+    STAMP_SQL = (
+        "WITH counter AS (UPDATE meta SET value = value + $1 WHERE key = 'revision'"
+        " RETURNING value - $1 AS base),"
+        " stamped AS (UPDATE sessions SET revision = revision - $3 + counter.base"
+        f" FROM counter WHERE sessions.revision > {PROVISIONAL}){{log}}"
+        " SELECT base, extract(epoch FROM clock_timestamp())::float8,"
+        " pg_notify($2, (base + $1)::text) FROM counter")
+    #: ... and stores the batch's change-log rows ($4.. one array per column) at their
+    #: final revisions, their events as serialised (provisional).
+    LOG_SQL = (
+        ", logged AS (INSERT INTO changes (revision, idx, tenant, owner_id, dataset_id,"
+        " created_at, event) SELECT x.revision - $3 + counter.base, x.idx, x.tenant,"
+        " x.owner_id, x.dataset_id, x.created_at, x.event FROM counter, unnest($4::bigint[],"
+        " $5::integer[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::bytea[])"
+        " AS x (revision, idx, tenant, owner_id, dataset_id, created_at, event))")
+
     async def store_revision(self, start: int, last: int) -> int:
-        # The counter's lock is taken here and held to COMMIT; the session rows this
-        # transaction wrote get their final revision (only they match: committed rows
-        # are never provisional, other transactions' rows are not visible). The other
-        # replicas hear of it at commit (NOTIFY is delivered only if this commits).
+        return await self._stamp(self.STAMP_SQL.format(log=""), last - start, start)
+
+    async def store_revision_and_log(self, start: int, last: int,
+                                     rows: Sequence[tuple[Any, ...]]) -> int:
+        # LogsWithCounter (group_commit): one round trip less, and one less under the lock.
+        return await self._stamp(self.STAMP_SQL.format(log=self.LOG_SQL), last - start,
+                                 start, *(list(column) for column in zip(*rows, strict=True)))
+
+    async def _stamp(self, sql: str, taken: int, start: int, *log: list[Any]) -> int:
         sent = time.time()
         self.tx.round_trips += 1
-        base, locked_at, _ = await self.conn.fetchrow(
-            "WITH counter AS (UPDATE meta SET value = value + $1 WHERE key = 'revision'"
-            " RETURNING value - $1 AS base),"
-            " stamped AS (UPDATE sessions SET revision = revision - $3 + counter.base"
-            f" FROM counter WHERE sessions.revision > {PROVISIONAL})"
-            " SELECT base, extract(epoch FROM clock_timestamp())::float8,"
-            " pg_notify($2, (base + $1)::text) FROM counter",
-            last - start, CHANGES_CHANNEL, start)
+        base, locked_at, _ = await self.conn.fetchrow(sql, taken, CHANGES_CHANNEL, start, *log)
         self._locked_at = min(max(sent, float(locked_at)), time.time())
         self.counter_wait += self._locked_at - sent
         return int(base) - start

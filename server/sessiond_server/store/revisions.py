@@ -74,6 +74,17 @@ def _final_message(message: ProtoMessage, shift: int) -> None:
                 _final_message(item, shift)
 
 
+def logged_event(revision: int, event: bytes) -> event_pb2.SessionEvent:
+    """A change-log row's event, with final revisions. Where the counter is taken with
+    the change-log INSERT (PostgreSQL), the event was serialised before its batch's
+    revisions were final: its revisions are provisional, and the row's ``revision``
+    (final) says by how much they move."""
+    parsed = event_pb2.SessionEvent.FromString(event)
+    if parsed.revision > PROVISIONAL:
+        _final_message(parsed, revision - parsed.revision)
+    return parsed
+
+
 def change_rows(changes: Sequence[Change]) -> list[tuple[Any, ...]]:
     """The change-log rows of ``changes`` (in revision order), serialised now."""
     rows: list[tuple[Any, ...]] = []
