@@ -8,28 +8,35 @@ revisions it took in one statement just before COMMIT:
 ``UPDATE ... SET value = value + n RETURNING value``. That statement takes
 the row's lock and holds it to COMMIT, so a second transaction's UPDATE waits
 for the first to commit and then reads its value: revision order is commit
-order across every replica, and the lock is held for two statements and the
+order across every replica, and the lock is held for one statement and the
 COMMIT, not for the batch (docs/scaling.md has the proof).
 
 Until then the batch's revisions are provisional (``revisions.PROVISIONAL`` +
 k): the same statement stamps the session rows the batch wrote with their
-final revision (a partial index holds only provisional rows), then the
-batch's events, serialised with their final revisions, go into the change
-log in one statement, the stored responses are rewritten, and the results
-are mapped before the callers hear of them. A write locks the session rows
-it relies on (``SELECT ... FOR UPDATE``, the dialect's ``lock_rows``), so
-what it read is still true at COMMIT; a write that loses a race for a new
-unique key, or is chosen to break a deadlock, runs again from its savepoint.
-The counter is the last lock a transaction takes, so it is never part of a
-wait cycle.
+final revision (a partial index holds only provisional rows) and stores the
+batch's change-log rows at their final revisions (their events keep the
+provisional ones, which the log's readers map: ``revisions.logged_event``);
+stored responses are rewritten, and the results are mapped before the
+callers hear of them. A write locks the session rows it relies on
+(``SELECT ... FOR UPDATE``, the dialect's ``lock_rows``), so what it read is
+still true at COMMIT; a write that loses a race for a new unique key, or is
+chosen to break a deadlock, runs again. The counter is the last lock a
+transaction takes, so it is never part of a wait cycle.
+
+Round trips are what a batch's time is made of, so few are spent: BEGIN goes
+with the first statement's message, a batch runs without savepoints until a
+write fails after changing something (``group_commit.Optimistic``), an
+append's message rows go in its session UPDATE, and the change log goes in
+the counter's statement. :class:`WriterStats` counts them, with the time the
+counter was held and waited for, and the store logs them when it closes.
 
 Group commit is the loop every backend shares (``group_commit.py``), with
 the hooks below: whatever is queued (up to ``max_batch``) runs in one
-transaction, each write in its own SAVEPOINT, and a ``pg_notify`` in the
-transaction tells the other replicas at commit. After an error the loop asks
-``is_in_transaction()`` whether the connection still holds the transaction.
-Callers are answered only after the commit and after this replica's
-listeners have been told. The transaction awaits nothing but the database.
+transaction, and a ``pg_notify`` in the transaction tells the other replicas
+at commit. After an error the loop asks ``is_in_transaction()`` whether the
+connection still holds the transaction. Callers are answered only after the
+commit and after this replica's listeners have been told. The transaction
+awaits nothing but the database.
 """
 
 from __future__ import annotations
