@@ -227,7 +227,10 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
         return await fail_all(exc)
     ctx: WriteContext[Any] = WriteContext(hooks.tx, hooks.conn, start, clock)
     alone = len(jobs) == 1
-    optimistic = not alone and not savepoints and isinstance(hooks, Optimistic)
+    # The hooks that count what they send, when this run goes without savepoints.
+    counted = hooks if not alone and not savepoints and isinstance(hooks, Optimistic) \
+        else None
+    optimistic = counted is not None
     outcomes: list[tuple[Job[Any], Any, BaseException | None]] = []
     changes: list[Change] = []
     responses: list[StoredResponse] = []
@@ -239,7 +242,7 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
         tries = 0
         while True:
             ctx.begin_write()
-            sent = hooks.changes_sent() if isinstance(hooks, Optimistic) else 0
+            sent = counted.changes_sent() if counted is not None else 0
             try:
                 if not alone and not optimistic and not tries:
                     # (a retry keeps the savepoint it rolled back to)
@@ -256,9 +259,8 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
                     if retry and attempt < CONFLICT_RETRIES:
                         return await run_batch(hooks, jobs, clock, attempt + 1)
                     return BatchResult([(job, None, failure_of(hooks, exc))], 0, [], False)
-                if optimistic:
-                    if isinstance(hooks, Optimistic) and hooks.changes_sent() == sent \
-                            and isinstance(exc, StoreError):
+                if counted is not None:
+                    if counted.changes_sent() == sent and isinstance(exc, StoreError):
                         # A guard refused it after reads alone: nothing to undo, the
                         # neighbours go on.
                         outcomes.append((job, None, failure_of(hooks, exc)))
