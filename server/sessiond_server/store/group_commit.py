@@ -165,9 +165,10 @@ class LogsWithCounter(Protocol):
     the log map (``revisions.logged_event``)."""
 
     async def store_revision_and_log(self, start: int, last: int,
-                                     rows: Sequence[tuple[Any, ...]]) -> int:
+                                     rows: Sequence[tuple[Any, ...]], commit: bool) -> int:
         """Move the counter by ``last - start``, store ``rows`` (change-log rows with
-        provisional revisions) at their final ones; the shift (base - ``start``)."""
+        provisional revisions) at their final ones, and COMMIT too when ``commit``
+        (nothing else is left to write); the shift (base - ``start``)."""
 
 
 @dataclasses.dataclass
@@ -291,8 +292,9 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
         logged = False
         if ctx.revision != start:
             if changes and isinstance(hooks, LogsWithCounter):
-                shift = await hooks.store_revision_and_log(start, ctx.revision,
-                                                           change_rows(changes))
+                # COMMIT with it unless stored responses wait for their final revision.
+                shift = await hooks.store_revision_and_log(
+                    start, ctx.revision, change_rows(changes), commit=not responses)
                 logged = True
             else:
                 shift = await hooks.store_revision(start, ctx.revision) or 0
@@ -306,7 +308,7 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
                 await hooks.tx.executemany(sql, rows)
         if changes and not logged:
             await hooks.tx.executemany(hooks.changes_sql, change_rows(changes))
-        await hooks.commit()
+        await hooks.commit()  # (done already where store_revision_and_log committed)
     except Exception as exc:
         return await fail_all(exc)
     if shift:

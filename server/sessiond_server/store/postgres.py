@@ -89,8 +89,10 @@ class PostgresStore(ReplicaFeed):
     # Life cycle.
     def _server_settings(self) -> dict[str, str]:
         timeout_ms = str(int(self._statement_timeout * 1000))
+        # client_min_messages: the writer learns each batch's base revision by a NOTICE.
         return {"application_name": "sessiond", "statement_timeout": timeout_ms,
-                "idle_in_transaction_session_timeout": str(int(timeout_ms) * 2)}
+                "idle_in_transaction_session_timeout": str(int(timeout_ms) * 2),
+                "client_min_messages": "notice"}
 
     async def open(self) -> None:
         try:

@@ -176,6 +176,7 @@ class PostgresBatch:
         self.conn = conn
         self.tx = _BeginFirst(self)
         self._begun = False
+        self._committed = False
         self._locked_at = 0.0
         self.counter_held = 0.0
         self.counter_wait = 0.0
@@ -206,6 +207,7 @@ class PostgresBatch:
     async def begin(self) -> int:
         # No counter yet: the batch's revisions are provisional until store_revision.
         self._begun = False
+        self._committed = False
         return PROVISIONAL
 
     async def savepoint(self) -> None:
@@ -247,11 +249,67 @@ class PostgresBatch:
     async def store_revision(self, start: int, last: int) -> int:
         return await self._stamp(self.STAMP_SQL.format(log=""), last - start, start)
 
+    #: The change-log rows at their provisional revisions ($1.. one array per column).
+    LOG_PROVISIONAL_SQL = (
+        "INSERT INTO changes (revision, idx, tenant, owner_id, dataset_id, created_at, event)"
+        " SELECT * FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[],"
+        " $5::text[], $6::bigint[], $7::bytea[])")
+    #: Where the counter's lock is held only inside the database: the counter moved, the
+    #: session rows and the change-log rows (inserted before, at their provisional
+    #: revisions) stamped, the other replicas notified, and COMMIT, in one message. A
+    #: simple-protocol message takes no parameters (the values are integers this
+    #: process made) and returns no rows to asyncpg, so the base comes back in a NOTICE.
+    STAMP_AND_COMMIT_SQL = (
+        "DO $$DECLARE base bigint; locked float8; BEGIN"
+        " UPDATE meta SET value = value + {taken} WHERE key = 'revision'"
+        " RETURNING value - {taken} INTO base;"
+        " locked := extract(epoch FROM clock_timestamp());"
+        f" UPDATE sessions SET revision = revision - {{start}} + base"
+        f" WHERE revision > {PROVISIONAL};"
+        f" UPDATE changes SET revision = revision - {{start}} + base"
+        f" WHERE revision > {PROVISIONAL};"
+        f" PERFORM pg_notify('{CHANGES_CHANNEL}', (base + {{taken}})::text);"
+        " RAISE NOTICE 'sessiond-base % %', base, locked;"
+        " END$$; COMMIT")
+
     async def store_revision_and_log(self, start: int, last: int,
-                                     rows: Sequence[tuple[Any, ...]]) -> int:
-        # LogsWithCounter (group_commit): one round trip less, and one less under the lock.
-        return await self._stamp(self.STAMP_SQL.format(log=self.LOG_SQL), last - start,
-                                 start, *(list(column) for column in zip(*rows, strict=True)))
+                                     rows: Sequence[tuple[Any, ...]], commit: bool) -> int:
+        # LogsWithCounter (group_commit).
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        if not commit:
+            # The change log in the counter's statement; COMMIT follows on its own.
+            return await self._stamp(self.STAMP_SQL.format(log=self.LOG_SQL), last - start,
+                                     start, *columns)
+        self.tx.round_trips += 1
+        await self.conn.execute(self.LOG_PROVISIONAL_SQL, *columns)
+        heard: list[str] = []
+
+        def notice(conn: object, message: Any) -> None:
+            text = str(getattr(message, "message", ""))
+            if text.startswith("sessiond-base "):
+                heard.append(text)
+
+        self.conn.add_log_listener(notice)
+        sent = time.time()
+        try:
+            self.tx.round_trips += 1
+            await self.conn.execute(self.STAMP_AND_COMMIT_SQL.format(taken=last - start,
+                                                                     start=start))
+            # asyncpg schedules the NOTICE's listener before it wakes this task.
+            for _ in range(3):
+                if heard:
+                    break
+                await asyncio.sleep(0)
+        finally:
+            self.conn.remove_log_listener(notice)
+        self._committed = True
+        if not heard:
+            raise RuntimeError("the counter's base was not reported after COMMIT")
+        _, base, locked_at = heard[0].split(" ")
+        locked = min(max(sent, float(locked_at)), time.time())
+        self.counter_wait += locked - sent
+        self.counter_held += time.time() - locked
+        return int(base) - start
 
     async def _stamp(self, sql: str, taken: int, start: int, *log: list[Any]) -> int:
         sent = time.time()
@@ -267,8 +325,8 @@ class PostgresBatch:
             self._locked_at = 0.0
 
     async def commit(self) -> None:
-        if not self._begun:
-            return  # a lone write that failed before its first statement
+        if not self._begun or self._committed:
+            return  # a lone write that failed before its first statement, or done
         try:
             await self._send("COMMIT")
         finally:
