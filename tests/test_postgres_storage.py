@@ -350,11 +350,13 @@ async def test_a_connection_lost_mid_batch_fails_the_whole_batch_and_the_next_on
 
 
 async def provisional_rows(url: str) -> int:
-    """Committed session rows that still hold a provisional revision (there must be none)."""
+    """Committed session and change-log rows that still hold a provisional revision
+    (there must be none)."""
     conn = await asyncpg.connect(url)
     try:
         return int(await conn.fetchval(
-            f"SELECT count(*) FROM sessions WHERE revision > {PROVISIONAL}"))
+            f"SELECT (SELECT count(*) FROM sessions WHERE revision > {PROVISIONAL})"
+            f" + (SELECT count(*) FROM changes WHERE revision > {PROVISIONAL})"))
     finally:
         await conn.close()
 
@@ -395,6 +397,13 @@ async def test_the_counter_taken_last_gives_final_revisions_everywhere(
     assert updated.revision == update_revision and updated.etag == str(update_revision)
     stored, read_at = await a.get_session(Scope(), "s1")
     assert stored.revision == update_revision and read_at >= last
+    # The change log stores events serialised with provisional revisions; read back,
+    # each carries its row's final revision.
+    logged = await b.read_changes(1, last)
+    assert [c.revision for c in logged] == list(range(1, last + 1))
+    assert all(c.event.revision == c.revision for c in logged)
+    assert all(c.event.session.revision == c.revision for c in logged
+               if c.event.HasField("session"))
     assert await provisional_rows(database) == 0
     assert await a.check_consistency() == []
 
