@@ -159,8 +159,9 @@ async def verify(database: Path, logs: list[Path]) -> None:
             assert session.usage.cost_micros == want_cost[sid], sid
             assert session.message_count == len(ids)
             checked += len(ids) + 1
-        listed = await store.initial_state(DEFAULT_SCOPE, [])
-        assert {s.id for s in listed[0]} == set(want_messages)
+        listed = [s.id async for page, _ in store.initial_state(DEFAULT_SCOPE, [])
+                  for s in page]
+        assert set(listed) == set(want_messages)
         changes = await store.read_changes(store.compacted_revision + 1, 1_000_000)
         revisions = sorted({c.revision for c in changes})
         assert revisions == list(range(revisions[0], store.revision + 1))

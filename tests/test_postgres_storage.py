@@ -31,6 +31,8 @@ from sessiond_server.store.postgres import PostgresStore
 from sessiond_server.store.postgres_schema import COMPACTION_LOCK, SCHEMA_VERSION
 from sessiond_server.store.revisions import PROVISIONAL
 from sessiond_server.store.state import MAX_STATE_BYTES
+from test_storage import initial_state_left_idle_lets_its_snapshot_go
+from test_workers import far_behind_replica_catches_up_in_bounded_steps
 
 asyncpg = pytest.importorskip("asyncpg")
 pytestmark = pytest.mark.postgres
@@ -478,3 +480,14 @@ async def test_a_write_chosen_to_break_a_deadlock_runs_again(
     assert deadlocked or rerun or store.writer_stats[0] == 4, \
         "no deadlock: the appends ran apart"
     assert await store.check_consistency() == []
+
+
+async def test_a_replica_far_behind_catches_up_in_steps_bounded_in_bytes(
+        open_store: OpenStore) -> None:
+    writer = await open_store()
+    follower = await open_store(poll_interval_seconds=3600.0)
+    await far_behind_replica_catches_up_in_bounded_steps(writer, follower)
+
+
+async def test_an_initial_state_left_idle_lets_its_snapshot_go(open_store: OpenStore) -> None:
+    await initial_state_left_idle_lets_its_snapshot_go(await open_store())

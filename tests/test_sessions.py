@@ -31,6 +31,7 @@ from sessiond.v1 import message_service_pb2 as ms
 from sessiond.v1 import session_pb2 as sp
 from sessiond.v1 import session_service_pb2 as ss
 from sessiond.v1 import stats_service_pb2 as st
+from sessiond_server.api import sessions as sessions_api
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 ABORTED = grpc.StatusCode.ABORTED
@@ -777,6 +778,25 @@ async def test_reconcile_marks_the_instances_active_sessions_unknown_except_kept
     assert (await get_session(server.sessions, "b")).status == sp.SESSION_STATUS_ACTIVE
     assert (await get_session(server.sessions, "elsewhere")).status == sp.SESSION_STATUS_ACTIVE
     assert (await get_session(server.sessions, "ended")).status == sp.SESSION_STATUS_COMPLETED
+
+
+async def test_reconcile_marks_a_bounded_number_per_call_and_says_when_more_remain(
+        server, monkeypatch):
+    monkeypatch.setattr(sessions_api, "RECONCILE_LIMIT", 3)
+    ids = [f"s{i}" for i in range(8)]
+    for sid in ids:
+        await create_session(server.sessions, sid, runtime_instance="rt-1")
+    kept = ["s0", "s4"]
+    first = await reconcile(server, "rt-1", keep=kept)
+    assert (list(first.marked_session_ids), first.has_more) == (["s1", "s2", "s3"], True)
+    second = await reconcile(server, "rt-1", keep=kept)
+    assert (list(second.marked_session_ids), second.has_more) == (["s5", "s6", "s7"], False)
+    assert second.revision > first.revision > 0
+    third = await reconcile(server, "rt-1", keep=kept)
+    assert (list(third.marked_session_ids), third.has_more, third.revision) == ([], False, 0)
+    for sid in ids:
+        want = sp.SESSION_STATUS_ACTIVE if sid in kept else sp.SESSION_STATUS_UNKNOWN
+        assert (await get_session(server.sessions, sid)).status == want
 
 
 async def test_reconcile_includes_abandoned_sessions_and_records_the_reason(make_server):

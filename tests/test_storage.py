@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sessiond.v1 import message_pb2, session_pb2, session_service_pb2
-from sessiond_server.store import SchemaTooNew, Scope, SQLiteStore
+from sessiond_server.store import SchemaTooNew, Scope, SQLiteStore, Unavailable
+from sessiond_server.store.logic import INITIAL_PAGE_ROWS
 from sessiond_server.store.revisions import compaction_target
 from sessiond_server.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -133,3 +136,41 @@ async def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Pa
 def test_compaction_keeps_the_newest_revisions_and_drops_only_aged_ones(
         head: int, keep: int, aged: int | None, target: int) -> None:
     assert compaction_target(head, keep, aged) == target
+
+
+async def test_an_initial_state_left_idle_lets_its_snapshot_go(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db", clock=wall_clock)
+    await store.open()
+    try:
+        await initial_state_left_idle_lets_its_snapshot_go(store)
+    finally:
+        await store.close()
+
+
+async def initial_state_left_idle_lets_its_snapshot_go(store: Any) -> None:
+    """The initial state comes a page at a time from one held snapshot; a reader
+    that waits longer than ``held_snapshot_idle_seconds`` for the next page gets
+    Unavailable, and the store goes on serving."""
+    scope = Scope()
+    count = 2 * INITIAL_PAGE_ROWS + 5
+    for i in range(count):
+        await store.create_session(scope, session_pb2.Session(id=f"s-{i:03d}"))
+    revision = store.revision
+    pages = [page async for page in store.initial_state(scope, [])]
+    assert [len(p) for p, _ in pages] == [INITIAL_PAGE_ROWS, INITIAL_PAGE_ROWS, 5]
+    assert {at for _, at in pages} == {revision}
+    assert [s.id for p, _ in pages for s in p] == [f"s-{i:03d}" for i in range(count)]
+
+    store.held_snapshot_idle_seconds = 0.5
+    slow = store.initial_state(scope, [])
+    first, at = await anext(slow)
+    assert len(first) == INITIAL_PAGE_ROWS and at == revision
+    await store.create_session(scope, session_pb2.Session(id="later"))
+    await asyncio.sleep(1.5)
+    with pytest.raises(Unavailable):
+        await anext(slow)
+    await slow.aclose()
+    session, _ = await store.get_session(scope, "later")
+    assert session.id == "later"
+    store.held_snapshot_idle_seconds = 60.0
+    assert [s.id async for p, _ in store.initial_state(scope, ["later"]) for s in p] == ["later"]

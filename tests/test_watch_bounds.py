@@ -127,6 +127,38 @@ async def test_the_initial_state_is_sent_in_responses_within_the_bound(make_serv
         f"big-{i:03d}" for i in range(60)]
 
 
+async def test_the_initial_state_comes_from_one_snapshot_however_slowly_it_is_read(
+        make_server):
+    """The server reads the initial state a page of sessions at a time (one page in
+    memory), every page from one snapshot: writes made while a client is part way
+    through it are not in it; they follow INITIAL_COMPLETE as events."""
+    server = await make_server()
+    writer = ChangeLogWriter.for_server(server)
+    await create_big_sessions(writer, 150)  # about 13 MB: several pages and responses
+    request = session_service_pb2.WatchSessionsRequest(include_initial=True)
+    stream = RecordedStream(request=request)
+    call = server.sessions.WatchSessions(request)
+    try:
+        async for response in call:
+            stream.responses.append(response)
+            if response.type == INITIAL:
+                break
+        # The server is inside the initial state (its snapshot began after CREATED).
+        await writer.delete("big-149")
+        await writer.create("late", **big_session_fields("z"))
+        async for response in call:
+            stream.responses.append(response)
+            if stream.last_covered >= writer.log.last_revision:
+                break
+    finally:
+        call.cancel()
+    WatchValidator(writer.log).validate(stream)
+    assert sorted(e.session_id for e in stream.initial_events) == [
+        f"big-{i:03d}" for i in range(150)]
+    assert [e.session_id for e in stream.events] == ["big-149", "late"]
+    assert len([r for r in stream.responses if r.type == INITIAL]) >= 10
+
+
 async def test_the_response_bound_is_a_setting(make_server):
     server = await make_server(watch_response_bytes=200_000)
     writer = ChangeLogWriter.for_server(server)

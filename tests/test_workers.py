@@ -12,6 +12,7 @@ SIGTERM drains every worker; a worker that cannot start fails the start.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ import pytest
 from conftest import ServerProcess
 from harness import OWN_SUBCHANNELS
 from sessiond.v1 import (
+    message_pb2,
     message_service_pb2,
     message_service_pb2_grpc,
     session_pb2,
@@ -35,6 +37,7 @@ from sessiond.v1 import (
     session_service_pb2_grpc,
 )
 from sessiond_server.store import SQLiteStore
+from sessiond_server.store.interface import Change, Scope
 from test_postgres_replicas import two_replicas_deliver_every_event_once_in_order_across_a_kill
 from test_watch_crash import (
     test_resume_after_kill_delivers_each_committed_event_once as resume_after_kill,
@@ -339,3 +342,58 @@ def test_port_0_is_chosen_once_for_all_workers_and_each_serves_its_own_metrics(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+
+async def test_a_replica_far_behind_catches_up_in_steps_bounded_in_bytes(
+        tmp_path: Path) -> None:
+    database = tmp_path / "s.db"
+
+    def micros() -> int:
+        return time.time_ns() // 1000
+
+    writer = SQLiteStore(database, clock=micros)
+    follower = SQLiteStore(database, clock=micros, poll_interval_seconds=3600.0)
+    await writer.open()
+    await follower.open()
+    try:
+        await far_behind_replica_catches_up_in_bounded_steps(writer, follower)
+    finally:
+        await follower.close()
+        await writer.close()
+
+
+async def far_behind_replica_catches_up_in_bounded_steps(writer: Any, follower: Any) -> None:
+    """The change feed reads the log in whole revisions of about ``catch_up_bytes``
+    at a time; a revision larger than that comes alone, whole, and in order.
+    (``writer`` and ``follower``: two open stores, replicas of one database.)"""
+    scope = Scope()
+    deliveries: list[list[Change]] = []
+    follower.add_listener(deliveries.append)
+    budget = 20_000
+    follower.catch_up_bytes = budget
+    await writer.create_session(scope, session_pb2.Session(id="far"))
+    async with follower._deliver_lock:  # the follower is busy: it falls behind
+        for i in range(40):
+            if i == 17:  # an event of about 60 KB: a session with a large state
+                await writer.create_session(scope, session_pb2.Session(
+                    id="large", state_json=json.dumps({"k": "x" * 60_000})))
+            await writer.append_messages(scope, "far", [message_pb2.Message(
+                role=message_pb2.ROLE_USER, content=f"{i}:" + "x" * 3_000)], None)
+    head = writer.revision
+    for _ in range(400):
+        if follower.revision >= head:
+            break
+        await asyncio.sleep(0.05)
+    assert follower.revision == head
+    expected = await writer.read_changes(1, head)
+    delivered = [c for step in deliveries for c in step]
+    assert [(c.revision, c.event) for c in delivered] == [
+        (c.revision, c.event) for c in expected]
+    largest = max(len(c.event.SerializeToString()) for c in expected)
+    assert largest > budget
+    for step in deliveries:
+        revisions = {c.revision for c in step}
+        step_bytes = sum(len(c.event.SerializeToString()) for c in step)
+        assert len(revisions) == 1 or step_bytes < budget + largest
+    assert len(deliveries) > 5  # the 40 revisions did not come in one read

@@ -64,10 +64,13 @@ const (
 //   - UNAVAILABLE (reason SHUTTING_DOWN or STORAGE_UNAVAILABLE) when the server
 //     is stopping or its database cannot answer; safe to retry idempotent calls.
 type SessionServiceClient interface {
-	// CreateSession creates a session. Idempotent: creating an id that exists
-	// with identical content returns it (created = false); with different
-	// content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-	// Errors: INVALID_ARGUMENT for bad fields.
+	// CreateSession creates a session and, in the same transaction, applies
+	// shared_state_deltas: the session and every shared state change commit
+	// together or none does. Idempotent: creating an id that exists with
+	// identical content returns it (created = false) and applies no delta
+	// again; with different content it fails with ALREADY_EXISTS (reason
+	// SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+	// fields or a shared state that would grow past its limit.
 	CreateSession(ctx context.Context, in *CreateSessionRequest, opts ...grpc.CallOption) (*CreateSessionResponse, error)
 	// GetSession reads one session. Errors: NOT_FOUND.
 	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
@@ -82,7 +85,9 @@ type SessionServiceClient interface {
 	// DeleteSession removes a session with its messages and usage. Errors:
 	// NOT_FOUND; ABORTED (ETAG_MISMATCH).
 	DeleteSession(ctx context.Context, in *DeleteSessionRequest, opts ...grpc.CallOption) (*DeleteSessionResponse, error)
-	// ListSessions pages through sessions matching a filter.
+	// ListSessions pages through sessions matching a filter. The matching
+	// sessions are counted (total_size) on the first page only, unless
+	// skip_total_size is set; later pages carry that count in their token.
 	// Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
 	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
 	// TouchSession ensures a session exists and bumps its last_activity_at:
@@ -323,10 +328,13 @@ func (c *sessionServiceClient) UpdateSharedState(ctx context.Context, in *Update
 //   - UNAVAILABLE (reason SHUTTING_DOWN or STORAGE_UNAVAILABLE) when the server
 //     is stopping or its database cannot answer; safe to retry idempotent calls.
 type SessionServiceServer interface {
-	// CreateSession creates a session. Idempotent: creating an id that exists
-	// with identical content returns it (created = false); with different
-	// content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-	// Errors: INVALID_ARGUMENT for bad fields.
+	// CreateSession creates a session and, in the same transaction, applies
+	// shared_state_deltas: the session and every shared state change commit
+	// together or none does. Idempotent: creating an id that exists with
+	// identical content returns it (created = false) and applies no delta
+	// again; with different content it fails with ALREADY_EXISTS (reason
+	// SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+	// fields or a shared state that would grow past its limit.
 	CreateSession(context.Context, *CreateSessionRequest) (*CreateSessionResponse, error)
 	// GetSession reads one session. Errors: NOT_FOUND.
 	GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error)
@@ -341,7 +349,9 @@ type SessionServiceServer interface {
 	// DeleteSession removes a session with its messages and usage. Errors:
 	// NOT_FOUND; ABORTED (ETAG_MISMATCH).
 	DeleteSession(context.Context, *DeleteSessionRequest) (*DeleteSessionResponse, error)
-	// ListSessions pages through sessions matching a filter.
+	// ListSessions pages through sessions matching a filter. The matching
+	// sessions are counted (total_size) on the first page only, unless
+	// skip_total_size is set; later pages carry that count in their token.
 	// Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
 	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
 	// TouchSession ensures a session exists and bumps its last_activity_at:

@@ -240,6 +240,7 @@ class CreateSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
+    SHARED_STATE_DELTAS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> _session_pb2.Session:
         """session is the session to create. Output-only fields (tenant, status,
@@ -248,14 +249,27 @@ class CreateSessionRequest(_message.Message):
         time; a set one is kept (imports).
         """
 
+    @_builtins.property
+    def shared_state_deltas(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.SharedStateDelta]:
+        """shared_state_deltas change shared states (GetSharedState) in the same
+        transaction as the creation, under AppendMessagesRequest's rules: at most
+        16, each app required, each result within max_state_bytes (else
+        INVALID_ARGUMENT naming shared_state_deltas[i].delta, and nothing is
+        stored). They are applied only when the session is created: a request
+        that finds the session stored already (a retry; created = false) changes
+        no shared state, and the deltas are not compared with the first ones.
+        Google ADK's create_session with "app:" and "user:" keys is one call.
+        """
+
     def __init__(
         self,
         *,
         session: _session_pb2.Session | None = ...,
+        shared_state_deltas: _abc.Iterable[_session_pb2.SharedStateDelta] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "shared_state_deltas", b"shared_state_deltas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -475,6 +489,7 @@ class ListSessionsRequest(_message.Message):
     ASCENDING_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SKIP_TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     order_by: Global___SessionOrderField.ValueType
     """order_by is the sort key; unset means last_activity_at."""
     ascending: _builtins.bool
@@ -495,6 +510,14 @@ class ListSessionsRequest(_message.Message):
     the last row returned, so deleting that row does not break the next
     page, and are signed: a changed token is INVALID_ARGUMENT.
     """
+    skip_total_size: _builtins.bool
+    """skip_total_size, when true, leaves total_size out: the server does not
+    count the matching sessions (a count visits every one of them, which on
+    a large store costs more than the page itself) and total_size is 0.
+    It may differ between the pages of one listing: a page token issued by
+    a page that skipped carries no count, so the next page that does not
+    skip counts (and its token carries that count on).
+    """
     @_builtins.property
     def filter(self) -> _session_pb2.SessionFilter:
         """filter selects the sessions; empty matches all visible sessions."""
@@ -507,10 +530,11 @@ class ListSessionsRequest(_message.Message):
         ascending: _builtins.bool = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        skip_total_size: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ascending", b"ascending", "filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ascending", b"ascending", "filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "skip_total_size", b"skip_total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -529,7 +553,14 @@ class ListSessionsResponse(_message.Message):
     next_page_token: _builtins.str
     """next_page_token continues the listing; empty on the last page."""
     total_size: _builtins.int
-    """total_size is the number of sessions matching the filter."""
+    """total_size is the number of sessions matching the filter, counted at
+    the revision of the listing's first page (the first that did not skip
+    it) and carried by next_page_token: every later page of the listing
+    answers that same count without counting again, so it stays put while
+    the listing is walked (sessions created or deleted since are not
+    reflected; start a new listing for a fresh count). 0 when
+    skip_total_size is set.
+    """
     revision: _builtins.int
     """revision is the store revision the page was read at."""
     @_builtins.property
@@ -859,27 +890,35 @@ Global___ReconcileSessionsRequest: _TypeAlias = ReconcileSessionsRequest  # noqa
 
 @_typing.final
 class ReconcileSessionsResponse(_message.Message):
-    """ReconcileSessionsResponse is the output of ReconcileSessions."""
+    """ReconcileSessionsResponse is the output of ReconcileSessions. One call marks
+    at most 1,000 sessions, the first by id, all in one revision; has_more says
+    that more remain, and the caller repeats the same request until it is false.
+    Repeating is safe: a session already marked is no longer ACTIVE.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MARKED_SESSION_IDS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    HAS_MORE_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """revision is the store revision of the write (0 when none was marked)."""
+    has_more: _builtins.bool
+    """has_more is true when more of the instance's sessions remain to mark."""
     @_builtins.property
     def marked_session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """marked_session_ids are the sessions that became UNKNOWN."""
+        """marked_session_ids are the sessions that became UNKNOWN, in id order."""
 
     def __init__(
         self,
         *,
         marked_session_ids: _abc.Iterable[_builtins.str] | None = ...,
         revision: _builtins.int = ...,
+        has_more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["marked_session_ids", b"marked_session_ids", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_more", b"has_more", "marked_session_ids", b"marked_session_ids", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1072,7 +1111,10 @@ class WatchSessionsRequest(_message.Message):
     """include_initial first sends the current state of every matching session
     as INITIAL events, then an INITIAL_COMPLETE response at the revision
     they were read at; the stream then continues after that revision, and
-    start_revision must be 0.
+    start_revision must be 0. The server reads the sessions a page at a
+    time, every page from one snapshot held until the last is sent. A
+    client that stops reading for 60 seconds in the middle of it makes the
+    server let the snapshot go, and the call ends UNAVAILABLE (watch again).
     """
     progress_interval_ms: _builtins.int
     """progress_interval_ms, when positive, makes the server send a PROGRESS

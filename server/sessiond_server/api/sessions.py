@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -13,7 +14,7 @@ from sessiond.v1 import event_pb2, session_pb2, session_service_pb2, session_ser
 
 from ..auth import peer_host
 from ..store.records import TERMINAL_STATUSES
-from ..store.state import MAX_STATE_BYTES, canonical_state, delta_problems
+from ..store.state import MAX_STATE_BYTES, delta_problems, storable_state
 from ..watch import HubClosed, LogReader
 from .context import ApiContext
 from .errors import RpcError, streaming, unary
@@ -29,6 +30,8 @@ UPDATE_PATHS = frozenset({"kind", "channel", "room_id", "sender_id", "agent", "m
                           "display_name", "goal", "owner_id", "dataset_id", "labels",
                           "runtime_instance", "budget_micros", "state_json"})
 PURGE_LIMIT = 10_000
+#: Sessions one ReconcileSessions call marks at most (one revision, one response).
+RECONCILE_LIMIT = 1_000
 
 
 def check_session_fields(c: Checker, prefix: str, s: S.Session) -> None:
@@ -49,19 +52,30 @@ def check_state(c: Checker, field: str, text: str) -> str:
     if not text:
         return ""
     try:
-        canonical = canonical_state(text)
+        return storable_state(text)
     except ValueError as error:
-        c.fail(field, f"must be a JSON object: {error}")
+        c.fail(field, f"must be a JSON object of at most {MAX_STATE_BYTES} bytes: {error}")
         return ""
-    if len(canonical.encode()) > MAX_STATE_BYTES:
-        c.fail(field, f"is {len(canonical.encode())} bytes; the limit is {MAX_STATE_BYTES}")
-        return ""
-    return canonical
 
 
 def check_delta(c: Checker, field: str, delta: S.StateDelta) -> None:
     for problem in delta_problems(delta):
         c.fail(field, problem)
+
+
+#: The most shared state deltas one write carries (CreateSession, AppendMessages).
+MAX_SHARED_STATE_DELTAS = 16
+
+
+def check_shared_deltas(c: Checker, deltas: Sequence[S.SharedStateDelta]) -> None:
+    """The shared_state_deltas of a write: how many, and each one's names and delta."""
+    if len(deltas) > MAX_SHARED_STATE_DELTAS:
+        c.fail("shared_state_deltas", f"holds more than {MAX_SHARED_STATE_DELTAS}")
+        return
+    for i, shared in enumerate(deltas):
+        c.identifier(f"shared_state_deltas[{i}].app", shared.app)
+        c.identifier(f"shared_state_deltas[{i}].user_id", shared.user_id, required=False)
+        check_delta(c, f"shared_state_deltas[{i}].delta", shared.delta)
 
 
 def check_filter(c: Checker, prefix: str, f: S.SessionFilter) -> None:
@@ -142,9 +156,10 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         c = self._checker()
         c.identifier("session.id", request.session.id, required=False, chosen=True)
         check_session_fields(c, "session", request.session)
+        check_shared_deltas(c, request.shared_state_deltas)
         c.done()
         session, created, revision = await self.api.store.create_session(
-            self.api.scope(context), request.session)
+            self.api.scope(context), request.session, request.shared_state_deltas)
         return ss.CreateSessionResponse(session=session, created=created, revision=revision)
 
     @unary
@@ -199,17 +214,25 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         c.done()
         digest = request_digest(request.filter, request.order_by, request.ascending)
         cursor = None
+        # total_size is counted once per listing (the proto's rule): a token carries the
+        # count of the page that issued it, or None when that page skipped it (and in
+        # tokens from before the count was carried, which held the cursor alone).
+        carried: int | None = None
         if request.page_token:
-            value, key = self.api.tokens.decode("page_token", request.page_token, "sessions",
-                                                digest)
+            value, key, *rest = self.api.tokens.decode("page_token", request.page_token,
+                                                       "sessions", digest)
             cursor = (int(value), str(key))
+            carried = int(rest[0]) if rest and rest[0] is not None else None
+        count = not request.skip_total_size and carried is None
         page = await self.api.store.list_sessions(self.api.scope(context), request.filter,
                                                   request.order_by, request.ascending, size,
-                                                  cursor, self.api.config.limits.max_page_bytes)
-        token = (self.api.tokens.encode("sessions", digest, list(page.next_cursor))
+                                                  cursor, self.api.config.limits.max_page_bytes,
+                                                  count_total=count)
+        total = None if request.skip_total_size else (page.total_size if count else carried)
+        token = (self.api.tokens.encode("sessions", digest, [*page.next_cursor, total])
                  if page.next_cursor else "")
         return ss.ListSessionsResponse(sessions=page.sessions, next_page_token=token,
-                                       total_size=page.total_size, revision=page.revision)
+                                       total_size=total or 0, revision=page.revision)
 
     @unary
     async def TouchSession(self, request: ss.TouchSessionRequest, context: Ctx
@@ -274,10 +297,11 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             c.fail("keep_session_ids", "has more than 10000 ids")
         c.text("reason", request.reason, 4096)
         c.done()
-        marked, revision = await self.api.store.reconcile_sessions(
+        marked, revision, more = await self.api.store.reconcile_sessions(
             self.api.scope(context), request.runtime_instance, request.keep_session_ids,
-            request.reason)
-        return ss.ReconcileSessionsResponse(marked_session_ids=marked, revision=revision)
+            request.reason, RECONCILE_LIMIT)
+        return ss.ReconcileSessionsResponse(marked_session_ids=marked, revision=revision,
+                                            has_more=more)
 
     @unary
     async def PurgeSessions(self, request: ss.PurgeSessionsRequest, context: Ctx
@@ -348,17 +372,20 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         yield _response(ss.WATCH_RESPONSE_TYPE_CREATED, current, now(),
                         compacted_revision=store.compacted_revision)
         if request.include_initial:
-            sessions, read_at = await store.initial_state(scope, list(request.filter.session_ids))
             initial = WatchSelector(request.filter, initial=True)
-            events = (E.SessionEvent(type=E.EVENT_TYPE_INITIAL, revision=read_at,
-                                     session_id=session.id, session=session)
-                      for session in sessions)
             packer = Packer(bound)
-            for event in events:
-                if initial.matches(event):
-                    for part in packer.add(read_at, event):
-                        yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(),
-                                        part.events)
+            read_at = current
+            # One page of sessions in memory at a time, all from one snapshot.
+            async with contextlib.aclosing(
+                    store.initial_state(scope, list(request.filter.session_ids))) as pages:
+                async for sessions, read_at in pages:
+                    for session in sessions:
+                        event = E.SessionEvent(type=E.EVENT_TYPE_INITIAL, revision=read_at,
+                                               session_id=session.id, session=session)
+                        if initial.matches(event):
+                            for part in packer.add(read_at, event):
+                                yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at,
+                                                now(), part.events)
             for part in packer.flush():
                 yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL, read_at, now(), part.events)
             yield _response(ss.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE, read_at, now())

@@ -26,8 +26,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
+from .group_commit import Statements
 from .interface import Change
 from .logic import REVISION, StoreLogic
 from .revisions import logged_event
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 
 #: Revisions the change feed reads per query while catching up.
 CATCH_UP_REVISIONS = 1000
+
+#: Bytes of events the change feed reads per query while catching up. It reads
+#: whole revisions, so a single revision larger than this is read alone, whole:
+#: that is what the replica that committed it held in memory too.
+CATCH_UP_BYTES = 8 << 20
 
 #: Told of a revision another replica announced (None: "something, read the log").
 Heard = Callable[[int | None], None]
@@ -73,6 +79,7 @@ class ReplicaFeed(StoreLogic):
         self._feed_failing = False
         self.notifications = 0
         self.catch_ups = 0
+        self.catch_up_bytes = CATCH_UP_BYTES
 
     async def _open_feed(self) -> None:
         """Start hearing (a failure here fails the start) and following."""
@@ -134,7 +141,12 @@ class ReplicaFeed(StoreLogic):
         self._feed_failing = True
 
     async def _catch_up_locked(self, until: int | None) -> None:
-        """Deliver every committed revision after ``revision`` (up to ``until``), in order."""
+        """Deliver every committed revision after ``revision`` (up to ``until``), in order.
+
+        Each query reads whole revisions and about ``catch_up_bytes`` of events
+        at most (the first revision whole, whatever its size), so a replica far
+        behind catches up in bounded steps.
+        """
         while True:
             async with self._snapshot() as tx:
                 head, compacted = await tx.fetchrow(
@@ -143,12 +155,14 @@ class ReplicaFeed(StoreLogic):
                 lower = max(self._revision, int(compacted))
                 upper = int(head) if until is None else min(int(head), until)
                 upper = min(upper, lower + CATCH_UP_REVISIONS)
-                p = self.dialect.params()
-                found = [] if upper <= lower else await tx.fetch(
-                    f"SELECT revision, tenant, owner_id, dataset_id, event FROM changes"
-                    f" WHERE revision > {p(lower)} AND revision <= {p(upper)}"
-                    f" ORDER BY revision, idx", p.values)
+                found = [] if upper <= lower else await self._read_log(tx, lower, upper)
             self._compacted_revision = max(self._compacted_revision, int(compacted))
+            if found and found[-1][5] < found[-1][6]:
+                # Cut by the byte bound: the last revision read may be partial,
+                # unless it is the first (always read whole).
+                last = int(found[-1][0])
+                upper = last if last == found[0][0] else last - 1
+                found = [r for r in found if r[0] <= upper]
             if upper <= self._revision:
                 return
             if lower > self._revision:
@@ -160,6 +174,26 @@ class ReplicaFeed(StoreLogic):
             self._deliver(upper, changes)
             if until is not None and upper >= until:
                 return
+
+    async def _read_log(self, tx: Statements, lower: int, upper: int) -> list[Any]:
+        """The change rows of revisions (lower, upper], in order, while the bytes of
+        the rows before stay under ``catch_up_bytes``, plus the first revision whole.
+
+        Each row ends with the bytes up to and including it, and the bytes of
+        the whole range: fewer read than the range holds means the read was cut.
+        """
+        p = self.dialect.params()
+        size = self.dialect.byte_length("event")
+        first = (f"(SELECT min(revision) FROM changes WHERE revision > {p(lower)}"
+                 f" AND revision <= {p(upper)})")
+        return await tx.fetch(
+            f"SELECT revision, tenant, owner_id, dataset_id, event, upto, whole FROM"
+            f" (SELECT revision, idx, tenant, owner_id, dataset_id, event, {size} AS size,"
+            f" sum({size}) OVER (ORDER BY revision, idx ROWS UNBOUNDED PRECEDING) AS upto,"
+            f" sum({size}) OVER () AS whole FROM changes"
+            f" WHERE revision > {p(lower)} AND revision <= {p(upper)}) c"
+            f" WHERE upto - size < {p(self.catch_up_bytes)} OR revision = {first}"
+            f" ORDER BY revision, idx", p.values)
 
     def _deliver(self, last: int, changes: list[Change]) -> None:
         self._revision = last

@@ -12,7 +12,7 @@ so a mistake in the API layer cannot cross tenants.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Protocol
 
 from sessiond.v1 import (
@@ -82,7 +82,8 @@ class SessionPage:
     sessions: list[session_pb2.Session]
     # Sort key values of the last row, when there may be more rows.
     next_cursor: tuple[int, str] | None
-    total_size: int
+    # The number of matching sessions; None when the listing was asked not to count.
+    total_size: int | None
     revision: int
 
 
@@ -139,7 +140,8 @@ class SessionStore(Protocol):
 
     # Sessions.
     async def create_session(
-        self, scope: Scope, session: session_pb2.Session
+        self, scope: Scope, session: session_pb2.Session,
+        shared_state_deltas: Sequence[session_pb2.SharedStateDelta] = (),
     ) -> tuple[session_pb2.Session, bool, int]: ...
     async def get_session(
         self, scope: Scope, session_id: str
@@ -157,6 +159,7 @@ class SessionStore(Protocol):
         page_size: int,
         cursor: tuple[int, str] | None,
         max_bytes: int = 2 << 20,
+        count_total: bool = True,
     ) -> SessionPage: ...
     async def touch_session(
         self, scope: Scope, session: session_pb2.Session
@@ -182,8 +185,9 @@ class SessionStore(Protocol):
         self, scope: Scope, source_id: str, up_to_seq: int, new_id: str, display_name: str
     ) -> tuple[session_pb2.Session, bool, int]: ...
     async def reconcile_sessions(
-        self, scope: Scope, runtime_instance: str, keep_ids: Sequence[str], reason: str
-    ) -> tuple[list[str], int]: ...
+        self, scope: Scope, runtime_instance: str, keep_ids: Sequence[str], reason: str,
+        limit: int
+    ) -> tuple[list[str], int, bool]: ...
     async def purge_sessions(
         self,
         scope: Scope,
@@ -203,6 +207,8 @@ class SessionStore(Protocol):
         expected_last_seq: int | None,
         state_delta: session_pb2.StateDelta | None = None,
         shared_state_deltas: Sequence[session_pb2.SharedStateDelta] = (),
+        *,
+        lean: bool = False,
     ) -> MessagesResult: ...
     async def list_messages(
         self, scope: Scope, session_id: str, query: MessageQuery
@@ -278,10 +284,11 @@ class SessionStore(Protocol):
         a revision of any size a bounded piece at a time).
         Raises Compacted when from_revision <= compacted_revision.
         """
-    async def initial_state(
+    def initial_state(
         self, scope: Scope, session_ids: Sequence[str]
-    ) -> tuple[list[session_pb2.Session], int]:
-        """Every visible session (or those named) and the revision read at."""
+    ) -> AsyncGenerator[tuple[list[session_pb2.Session], int], None]:
+        """Every visible session (or those named), a page at a time, all read in
+        one snapshot; each page comes with the revision it was read at."""
     async def compact(self, keep_revisions: int, max_age_seconds: float,
                       max_bytes: int = 0) -> int:
         """Drop old change log entries (``compaction_target``); returns the compacted revision."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -82,6 +82,14 @@ ORDER_INDEXES = {
 MAX_USAGE_COUNTER = 1 << 62
 RETURNING_COLUMNS = ", ".join(rows.SESSION_FIELDS)
 REVISION = "(SELECT value FROM meta WHERE key = 'revision')"
+#: How long a held snapshot (a watch's initial state) may wait for its reader to
+#: take the next page before the server lets it go: it keeps the database from
+#: reclaiming what later writes replace (SQLite's write-ahead log, PostgreSQL's
+#: old row versions), so a client that stops reading must not hold it forever.
+HELD_SNAPSHOT_IDLE_SECONDS = 60.0
+#: Sessions per page of a watch's initial state: a session is at most about
+#: 150 KB (goal, state, labels, ids at their limits), so a page is under 10 MB.
+INITIAL_PAGE_ROWS = 64
 SESSION_INSERT_COLUMNS = (
     "tenant", "id", "kind", "channel", "room_id", "sender_id", "agent", "model", "display_name",
     "goal", "owner_id", "dataset_id", "labels", "runtime_instance", "parent_id", "fork_seq",
@@ -166,6 +174,13 @@ def message_delta(message: M.Message) -> tuple[int, int]:
     return int(rows.is_turn(message)), len(message.tool_calls)
 
 
+def lean_message(seq: int, message_id: str | None, created_at_micros: int) -> M.Message:
+    """A stored message as AppendMessages' LEAN view answers it: seq, id, created_at."""
+    lean = M.Message(seq=seq, id=message_id or "")
+    lean.created_at.FromMicroseconds(created_at_micros)
+    return lean
+
+
 #: A statement and its parameter values.
 Statement = tuple[str, Sequence[Any]]
 
@@ -197,6 +212,7 @@ class StoreLogic:
         self._revision = 0
         self._compacted_revision = 0
         self.page_token_key = b""
+        self.held_snapshot_idle_seconds = HELD_SNAPSHOT_IDLE_SECONDS
 
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -219,6 +235,13 @@ class StoreLogic:
         if self._writer is None:
             raise Unavailable("the store is not open")
         return await self._writer.submit(fn)
+
+    def _held_snapshot(self) -> AbstractAsyncContextManager[Statements]:
+        """A read-only transaction on a connection of its own, for a read that is
+        taken slowly, page by page (it must not hold a pooled reader meanwhile).
+        Left idle for ``held_snapshot_idle_seconds``, it ends: the next statement
+        raises Unavailable."""
+        raise NotImplementedError
 
     def _snapshot(self, small: bool = False) -> AbstractAsyncContextManager[Statements]:
         """A read-only transaction: every statement in it sees one snapshot.
@@ -427,18 +450,21 @@ class StoreLogic:
             p.values)
         return int(row[0])
 
-    async def create_session(self, scope: Scope, session: S.Session
+    async def create_session(self, scope: Scope, session: S.Session,
+                             shared_state_deltas: Sequence[S.SharedStateDelta] = (),
                              ) -> tuple[S.Session, bool, int]:
         session_id = session.id or str(uuid.uuid4())
 
         async def write(ctx: Ctx) -> tuple[S.Session, bool, int]:
             existing = await self._find(ctx, scope.tenant, session_id)
             if existing is not None:
+                # A retry finds its session and applies no shared delta again.
                 found = self._session(existing, ctx.now)
                 if scope.can_see(found.tenant, found.owner_id, found.dataset_id) and \
                         rows.same_content(found, session):
                     return found, False, 0
                 raise AlreadyExists(f"session {session_id!r} already exists with other content")
+            await self._change_shared_states(ctx, scope.tenant, shared_state_deltas)
             pk = await self._insert_session(ctx, scope, session, session_id)
             created = await self._reload(ctx, pk)
             self._emit(ctx, E.EVENT_TYPE_SESSION_CREATED, created)
@@ -554,6 +580,7 @@ class StoreLogic:
         self, scope: Scope, filter: S.SessionFilter,
         order_by: session_service_pb2.SessionOrderField.ValueType, ascending: bool,
         page_size: int, cursor: tuple[int, str] | None, max_bytes: int = 2 << 20,
+        count_total: bool = True,
     ) -> SessionPage:
         now = self._clock()
         page_sql, page_params = self.list_sessions_sql(scope, filter, order_by, ascending,
@@ -561,7 +588,7 @@ class StoreLogic:
         page, rev, *counts = await self._read_many([
             (page_sql, page_params),
             (f"SELECT {REVISION}", ()),
-            *self._count_sql(scope, filter, now),
+            *(self._count_sql(scope, filter, now) if count_total else ()),
         ])
         column = COL[ORDER_COLUMNS[order_by]]
         # Sessions are taken while the bytes of those before stay under max_bytes (a page
@@ -578,8 +605,8 @@ class StoreLogic:
         if len(page) > len(sessions):
             last = page[len(sessions) - 1]
             next_cursor = (int(last[column]), str(last[2]))
-        return SessionPage(sessions, next_cursor,
-                           sum(int(found[0][0]) for found in counts), int(rev[0][0]))
+        total = sum(int(found[0][0]) for found in counts) if count_total else None
+        return SessionPage(sessions, next_cursor, total, int(rev[0][0]))
 
     async def touch_session(self, scope: Scope, session: S.Session
                             ) -> tuple[S.Session, bool, int]:
@@ -706,21 +733,28 @@ class StoreLogic:
         return result
 
     async def reconcile_sessions(self, scope: Scope, runtime_instance: str,
-                                 keep_ids: Sequence[str], reason: str) -> tuple[list[str], int]:
+                                 keep_ids: Sequence[str], reason: str, limit: int
+                                 ) -> tuple[list[str], int, bool]:
+        """Mark at most ``limit`` of the instance's ACTIVE sessions, but those kept,
+        UNKNOWN in one revision (in id order); whether more remain to mark."""
         keep = set(keep_ids)
 
-        async def write(ctx: Ctx) -> tuple[list[str], int]:
+        async def write(ctx: Ctx) -> tuple[list[str], int, bool]:
             p = self.dialect.params()
             vis = self.visibility_sql(scope, p)
+            # Enough rows to find ``limit`` to mark and one more, however many are kept.
             found = await ctx.tx.fetch(
                 f"SELECT s.pk, s.id FROM sessions s"
                 f"{self.dialect.index_hint('sessions_by_runtime')} WHERE {vis}"
                 f" AND s.runtime_instance = {p(runtime_instance)} AND s.status = {p(rows.ACTIVE)}"
-                f" ORDER BY s.id{self.dialect.lock_rows}", p.values)
+                f" ORDER BY s.id LIMIT {p(limit + len(keep) + 1)}{self.dialect.lock_rows}",
+                p.values)
             marked: list[str] = []
             for pk, sid in found:
                 if sid in keep:
                     continue
+                if len(marked) == limit:
+                    return marked, ctx.write_revision, True
                 p = self.dialect.params()
                 await ctx.tx.execute(
                     f"UPDATE sessions SET status = {p(rows.UNKNOWN)},"
@@ -729,9 +763,9 @@ class StoreLogic:
                     f" WHERE pk = {p(pk)}", p.values)
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, await self._reload(ctx, pk))
                 marked.append(sid)
-            return marked, ctx.write_revision
+            return marked, ctx.write_revision, False
 
-        result: tuple[list[str], int] = await self._write(write)
+        result: tuple[list[str], int, bool] = await self._write(write)
         return result
 
     async def purge_sessions(self, scope: Scope, last_activity_before_micros: int,
@@ -810,8 +844,17 @@ class StoreLogic:
                               expected_last_seq: int | None,
                               state_delta: S.StateDelta | None = None,
                               shared_state_deltas: Sequence[S.SharedStateDelta] = (),
-                              ) -> MessagesResult:
+                              *, lean: bool = False) -> MessagesResult:
+        """Append ``messages``; with ``lean`` the result's messages carry only seq, id and
+        created_at (AppendMessages' LEAN view) and are built as such: no stored body is
+        parsed and no whole copy is made for them. The event is the same either way."""
         prepared = [(m, rows.message_body(m), *message_delta(m)) for m in messages]
+
+        def answer(row: Sequence[Any]) -> M.Message:
+            """A stored message row as the result carries it."""
+            if lean:
+                return lean_message(row[2], row[3], row[8])
+            return rows.message_from_row(row, session_id)
 
         async def write(ctx: Ctx) -> MessagesResult:
             row = await self._load(ctx, scope, session_id)
@@ -825,12 +868,12 @@ class StoreLogic:
                     if old is None:
                         raise AlreadyExists(f"messages[{i}].id {message.id!r} repeats in "
                                             f"the request", reason="MESSAGE_ID_CONFLICT")
-                    stored = rows.message_from_row(old, session_id)
-                    if stored.role != message.role or stored.content != message.content:
+                    # role and content are columns of their own (MESSAGE_FIELDS).
+                    if old[4] != message.role or old[5] != message.content:
                         raise AlreadyExists(
                             f"messages[{i}].id {message.id!r} is stored with other "
                             f"content", reason="MESSAGE_ID_CONFLICT")
-                    out.append(stored)
+                    out.append(answer(old))
                     continue
                 seen_ids.add(message.id)
                 out.append(None)
@@ -848,9 +891,7 @@ class StoreLogic:
             if state_delta is not None and not is_empty(state_delta):
                 state_sql = ", state = {}"
                 state_values = (apply_delta(row[COL["state"]], state_delta, "state_delta"),)
-            for i, shared in enumerate(shared_state_deltas):
-                await self._change_shared_state(ctx, scope.tenant, shared.app, shared.user_id,
-                                                shared.delta, f"shared_state_deltas[{i}].delta")
+            await self._change_shared_states(ctx, scope.tenant, shared_state_deltas)
             new_rows, turns, tool_calls = self._new_messages(
                 ctx, pk, last_seq, [fresh for kept, fresh in zip(out, prepared, strict=True)
                                     if kept is None])
@@ -859,17 +900,19 @@ class StoreLogic:
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
                 " tool_call_count = tool_call_count + {}, last_seq = {}" + state_sql,
                 (len(new_rows), turns, tool_calls, last_seq, *state_values), messages=new_rows)
-            first_new = new_rows[0][1]
             inserted = iter(new_rows)
-            result = [m if m is not None else rows.stored_message(message, session_id,
-                                                                   next(inserted)[1], ctx.now)
-                      for m, (message, *_) in zip(out, prepared, strict=True)]
+            fresh = [(i, rows.stored_message(message, session_id, next(inserted)[1], ctx.now))
+                     for i, (message, *_) in enumerate(prepared) if out[i] is None]
             if revived:
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
-            fresh = [m for m in result if m.seq >= first_new]
-            carried, truncated = rows.event_messages(fresh)
+            # The lean result does not hold the stored messages, so the event may cut
+            # them where they are instead of cutting copies.
+            carried, truncated = rows.event_messages([m for _, m in fresh], in_place=lean)
             self._emit(ctx, E.EVENT_TYPE_MESSAGES_APPENDED, session, carried, truncated)
-            return MessagesResult(result, session, ctx.write_revision)
+            for i, stored in fresh:
+                out[i] = lean_message(stored.seq, stored.id, ctx.now) if lean else stored
+            return MessagesResult([m for m in out if m is not None], session,
+                                  ctx.write_revision)
 
         result: MessagesResult = await self._write(write)
         return result
@@ -1226,6 +1269,13 @@ class StoreLogic:
                 f" AND user_id = {p(user_id)}", p.values)
         return self._shared_state(app, user_id, (changed, version, ctx.now))
 
+    async def _change_shared_states(self, ctx: Ctx, tenant: str,
+                                    deltas: Sequence[S.SharedStateDelta]) -> None:
+        """A write's shared_state_deltas, in order, inside the write (all or none commit)."""
+        for i, shared in enumerate(deltas):
+            await self._change_shared_state(ctx, tenant, shared.app, shared.user_id,
+                                            shared.delta, f"shared_state_deltas[{i}].delta")
+
     async def get_shared_state(self, scope: Scope, app: str, user_id: str) -> S.SharedState:
         found = await self._read(*self._shared_select(scope.tenant, app, user_id))
         return self._shared_state(app, user_id, found[0] if found else None)
@@ -1472,16 +1522,34 @@ class StoreLogic:
                 for r in found]
 
     async def initial_state(self, scope: Scope, session_ids: Sequence[str]
-                            ) -> tuple[list[S.Session], int]:
-        """Every visible session (or those named) and the revision read at."""
+                            ) -> AsyncGenerator[tuple[list[S.Session], int], None]:
+        """Every visible session (or those named), in pages of at most
+        INITIAL_PAGE_ROWS (at least one page, perhaps empty), each with the
+        revision they were all read at.
+
+        Every page comes from one snapshot, held (on a connection of its own,
+        not a pooled reader) while the caller takes the pages one at a time, so
+        the server holds one page, not every session, however slowly they go out.
+        A caller that waits longer than ``held_snapshot_idle_seconds`` before the
+        next page gets Unavailable instead.
+        """
         now = self._clock()
-        p = self.dialect.params()
-        where = self._filter_sql(scope, S.SessionFilter(session_ids=session_ids), now, p)
-        found, rev = await self._read_many([
-            (f"SELECT {SESSION_COLUMNS} FROM sessions s WHERE {where} ORDER BY s.pk", p.values),
-            (f"SELECT {REVISION}", ()),
-        ])
-        return [self._session(r, now) for r in found], int(rev[0][0])
+        async with self._held_snapshot() as tx:
+            read_at = int((await tx.fetchrow(f"SELECT {REVISION}"))[0])
+            after = 0
+            while True:
+                p = self.dialect.params()
+                where = self._filter_sql(scope, S.SessionFilter(session_ids=session_ids),
+                                         now, p)
+                found = await tx.fetch(
+                    f"SELECT {SESSION_COLUMNS}, s.pk FROM sessions s WHERE {where}"
+                    f" AND s.pk > {p(after)} ORDER BY s.pk LIMIT {p(INITIAL_PAGE_ROWS)}",
+                    p.values)
+                if found or not after:  # the first page, even empty, gives the revision
+                    yield [self._session(r, now) for r in found], read_at
+                if len(found) < INITIAL_PAGE_ROWS:
+                    return
+                after = int(found[-1][-1])
 
     # Maintenance.
     async def counter_problems(self) -> list[str]:

@@ -179,6 +179,32 @@ class PostgresStore(ReplicaFeed):
 
     # Plumbing.
     @contextlib.asynccontextmanager
+    async def _held_snapshot(self) -> AsyncIterator[PostgresStatements]:
+        """A REPEATABLE READ, READ ONLY transaction on a connection of its own (not
+        the pool's), which PostgreSQL ends when it stays idle for longer than
+        ``held_snapshot_idle_seconds`` (idle_in_transaction_session_timeout)."""
+        if self._pool is None:
+            raise Unavailable("the store is not open")
+        try:
+            idle_ms = str(int(self.held_snapshot_idle_seconds * 1000))
+            conn = await asyncpg.connect(self.url, timeout=self._connect_timeout,
+                                         server_settings={
+                                             **self._server_settings(),
+                                             "idle_in_transaction_session_timeout": idle_ms})
+        except DATABASE_ERRORS as exc:
+            log.warning("read failed: %s", exc)
+            raise unavailable(exc) from exc
+        try:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                yield PostgresStatements(conn)
+        except DATABASE_ERRORS as exc:
+            log.warning("read failed: %s", exc)
+            raise unavailable(exc) from exc
+        finally:
+            with contextlib.suppress(*DATABASE_ERRORS):
+                await asyncio.wait_for(conn.close(), 5.0)
+
+    @contextlib.asynccontextmanager
     async def _snapshot(self, small: bool = False) -> AsyncIterator[PostgresStatements]:
         """One snapshot: a REPEATABLE READ, READ ONLY transaction (small or not)."""
         if self._pool is None:

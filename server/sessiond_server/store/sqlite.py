@@ -84,6 +84,39 @@ class AioSQLiteStatements:
         raise sqlite3.OperationalError("a read transaction does not write")
 
 
+class HeldStatements(AioSQLiteStatements):
+    """The statements of a held snapshot: its connection closes (and the snapshot
+    with it) when nothing is read from it for ``idle_seconds``."""
+
+    def __init__(self, conn: aiosqlite.Connection, idle_seconds: float) -> None:
+        super().__init__(conn)
+        self._idle_seconds = idle_seconds
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self.closing: asyncio.Task[None] | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._timer = self._loop.call_later(self._idle_seconds, self._expire)
+
+    def _expire(self) -> None:
+        self.closing = self._loop.create_task(self.conn.close())
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        if self.closing is not None:
+            raise Unavailable(f"the snapshot was let go after {self._idle_seconds:g} s "
+                              "without a read")
+        self.disarm()
+        try:
+            return await super().fetch(sql, params)
+        finally:
+            self._arm()
+
+
 def replicas_directory(database: Path) -> Path:
     """Where each replica of ``database`` registers to be notified of commits."""
     return Path(f"{database}.replicas")
@@ -149,8 +182,7 @@ class SQLiteStore(ReplicaFeed):
         try:
             await asyncio.to_thread(self._migrate, self._lock)
             for _ in range(self._reader_count):
-                conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
-                await conn.execute("PRAGMA query_only = 1")
+                conn = await self._connect_reader()
                 # Parse the schema now, not in the first call each reader answers.
                 await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
                 self._all_readers.append(conn)
@@ -228,6 +260,37 @@ class SQLiteStore(ReplicaFeed):
         if self._writer is not None:
             with contextlib.suppress(sqlite3.Error):
                 await asyncio.to_thread(_close_last, self.path)
+
+    async def _connect_reader(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
+        await conn.execute("PRAGMA query_only = 1")
+        return conn
+
+    @contextlib.asynccontextmanager
+    async def _held_snapshot(self) -> AsyncIterator[AioSQLiteStatements]:
+        """A read transaction on a reader of its own, closed at the end (while it is
+        open, checkpoints cannot move the database past its snapshot)."""
+        if self._writer is None:
+            raise Unavailable("the store is not open")
+        try:
+            conn = await self._connect_reader()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"database error: {exc}") from exc
+        held: HeldStatements | None = None
+        try:
+            await conn.execute("BEGIN")
+            held = HeldStatements(conn, self.held_snapshot_idle_seconds)
+            yield held
+        except sqlite3.Error as exc:
+            raise Unavailable(f"database error: {exc}") from exc
+        finally:
+            if held is not None:
+                held.disarm()
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                if held is not None and held.closing is not None:
+                    await held.closing
+                else:
+                    await conn.close()  # ends the read transaction
 
     @contextlib.asynccontextmanager
     async def _snapshot(self, small: bool = False

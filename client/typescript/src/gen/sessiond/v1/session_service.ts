@@ -33,6 +33,7 @@ import {
   sessionStatusFromJSON,
   sessionStatusToJSON,
   SharedState,
+  SharedStateDelta,
   StateDelta,
 } from "./session";
 
@@ -229,7 +230,20 @@ export interface CreateSessionRequest {
    * ignored. An empty id gets a UUID. An unset started_at gets the server
    * time; a set one is kept (imports).
    */
-  session: Session | undefined;
+  session:
+    | Session
+    | undefined;
+  /**
+   * shared_state_deltas change shared states (GetSharedState) in the same
+   * transaction as the creation, under AppendMessagesRequest's rules: at most
+   * 16, each app required, each result within max_state_bytes (else
+   * INVALID_ARGUMENT naming shared_state_deltas[i].delta, and nothing is
+   * stored). They are applied only when the session is created: a request
+   * that finds the session stored already (a retry; created = false) changes
+   * no shared state, and the deltas are not compared with the first ones.
+   * Google ADK's create_session with "app:" and "user:" keys is one call.
+   */
+  sharedStateDeltas: SharedStateDelta[];
 }
 
 /** CreateSessionResponse is the output of CreateSession. */
@@ -338,6 +352,15 @@ export interface ListSessionsRequest {
    * page, and are signed: a changed token is INVALID_ARGUMENT.
    */
   pageToken: string;
+  /**
+   * skip_total_size, when true, leaves total_size out: the server does not
+   * count the matching sessions (a count visits every one of them, which on
+   * a large store costs more than the page itself) and total_size is 0.
+   * It may differ between the pages of one listing: a page token issued by
+   * a page that skipped carries no count, so the next page that does not
+   * skip counts (and its token carries that count on).
+   */
+  skipTotalSize: boolean;
 }
 
 /** ListSessionsResponse is the output of ListSessions. */
@@ -346,7 +369,15 @@ export interface ListSessionsResponse {
   sessions: Session[];
   /** next_page_token continues the listing; empty on the last page. */
   nextPageToken: string;
-  /** total_size is the number of sessions matching the filter. */
+  /**
+   * total_size is the number of sessions matching the filter, counted at
+   * the revision of the listing's first page (the first that did not skip
+   * it) and carried by next_page_token: every later page of the listing
+   * answers that same count without counting again, so it stays put while
+   * the listing is walked (sessions created or deleted since are not
+   * reflected; start a new listing for a fresh count). 0 when
+   * skip_total_size is set.
+   */
   totalSize: bigint;
   /** revision is the store revision the page was read at. */
   revision: bigint;
@@ -480,12 +511,19 @@ export interface ReconcileSessionsRequest {
   reason: string;
 }
 
-/** ReconcileSessionsResponse is the output of ReconcileSessions. */
+/**
+ * ReconcileSessionsResponse is the output of ReconcileSessions. One call marks
+ * at most 1,000 sessions, the first by id, all in one revision; has_more says
+ * that more remain, and the caller repeats the same request until it is false.
+ * Repeating is safe: a session already marked is no longer ACTIVE.
+ */
 export interface ReconcileSessionsResponse {
-  /** marked_session_ids are the sessions that became UNKNOWN. */
+  /** marked_session_ids are the sessions that became UNKNOWN, in id order. */
   markedSessionIds: string[];
   /** revision is the store revision of the write (0 when none was marked). */
   revision: bigint;
+  /** has_more is true when more of the instance's sessions remain to mark. */
+  hasMore: boolean;
 }
 
 /**
@@ -577,7 +615,10 @@ export interface WatchSessionsRequest {
    * include_initial first sends the current state of every matching session
    * as INITIAL events, then an INITIAL_COMPLETE response at the revision
    * they were read at; the stream then continues after that revision, and
-   * start_revision must be 0.
+   * start_revision must be 0. The server reads the sessions a page at a
+   * time, every page from one snapshot held until the last is sent. A
+   * client that stops reading for 60 seconds in the middle of it makes the
+   * server let the snapshot go, and the call ends UNAVAILABLE (watch again).
    */
   includeInitial: boolean;
   /**
@@ -975,13 +1016,16 @@ export const UpdateSharedStateResponse: MessageFns<UpdateSharedStateResponse> = 
 };
 
 function createBaseCreateSessionRequest(): CreateSessionRequest {
-  return { session: undefined };
+  return { session: undefined, sharedStateDeltas: [] };
 }
 
 export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
   encode(message: CreateSessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.session !== undefined) {
       Session.encode(message.session, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.sharedStateDeltas) {
+      SharedStateDelta.encode(v!, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -1007,6 +1051,14 @@ export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
             message.session = Session.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sharedStateDeltas.push(SharedStateDelta.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1020,13 +1072,23 @@ export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
   },
 
   fromJSON(object: any): CreateSessionRequest {
-    return { session: isSet(object.session) ? Session.fromJSON(object.session) : undefined };
+    return {
+      session: isSet(object.session) ? Session.fromJSON(object.session) : undefined,
+      sharedStateDeltas: globalThis.Array.isArray(object?.sharedStateDeltas)
+        ? object.sharedStateDeltas.map((e: any) => SharedStateDelta.fromJSON(e))
+        : globalThis.Array.isArray(object?.shared_state_deltas)
+        ? object.shared_state_deltas.map((e: any) => SharedStateDelta.fromJSON(e))
+        : [],
+    };
   },
 
   toJSON(message: CreateSessionRequest): unknown {
     const obj: any = {};
     if (message.session !== undefined) {
       obj.session = Session.toJSON(message.session);
+    }
+    if (message.sharedStateDeltas?.length) {
+      obj.sharedStateDeltas = message.sharedStateDeltas.map((e) => SharedStateDelta.toJSON(e));
     }
     return obj;
   },
@@ -1039,6 +1101,7 @@ export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
     message.session = (object.session !== undefined && object.session !== null)
       ? Session.fromPartial(object.session)
       : undefined;
+    message.sharedStateDeltas = object.sharedStateDeltas?.map((e) => SharedStateDelta.fromPartial(e)) || [];
     return message;
   },
 };
@@ -1696,7 +1759,7 @@ export const DeleteSessionResponse: MessageFns<DeleteSessionResponse> = {
 };
 
 function createBaseListSessionsRequest(): ListSessionsRequest {
-  return { filter: undefined, orderBy: 0, ascending: false, pageSize: 0, pageToken: "" };
+  return { filter: undefined, orderBy: 0, ascending: false, pageSize: 0, pageToken: "", skipTotalSize: false };
 }
 
 export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
@@ -1715,6 +1778,9 @@ export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(42).string(message.pageToken);
+    }
+    if (message.skipTotalSize !== false) {
+      writer.uint32(48).bool(message.skipTotalSize);
     }
     return writer;
   },
@@ -1772,6 +1838,14 @@ export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.skipTotalSize = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1803,6 +1877,11 @@ export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      skipTotalSize: isSet(object.skipTotalSize)
+        ? globalThis.Boolean(object.skipTotalSize)
+        : isSet(object.skip_total_size)
+        ? globalThis.Boolean(object.skip_total_size)
+        : false,
     };
   },
 
@@ -1823,6 +1902,9 @@ export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.skipTotalSize !== false) {
+      obj.skipTotalSize = message.skipTotalSize;
+    }
     return obj;
   },
 
@@ -1838,6 +1920,7 @@ export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
     message.ascending = object.ascending ?? false;
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.skipTotalSize = object.skipTotalSize ?? false;
     return message;
   },
 };
@@ -2954,7 +3037,7 @@ export const ReconcileSessionsRequest: MessageFns<ReconcileSessionsRequest> = {
 };
 
 function createBaseReconcileSessionsResponse(): ReconcileSessionsResponse {
-  return { markedSessionIds: [], revision: 0n };
+  return { markedSessionIds: [], revision: 0n, hasMore: false };
 }
 
 export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = {
@@ -2967,6 +3050,9 @@ export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = 
         throw new globalThis.Error("value provided for field message.revision of type int64 too large");
       }
       writer.uint32(16).int64(message.revision);
+    }
+    if (message.hasMore !== false) {
+      writer.uint32(24).bool(message.hasMore);
     }
     return writer;
   },
@@ -3000,6 +3086,14 @@ export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = 
             message.revision = reader.int64() as bigint;
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.hasMore = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3020,6 +3114,11 @@ export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = 
         ? object.marked_session_ids.map((e: any) => globalThis.String(e))
         : [],
       revision: isSet(object.revision) ? BigInt(object.revision) : 0n,
+      hasMore: isSet(object.hasMore)
+        ? globalThis.Boolean(object.hasMore)
+        : isSet(object.has_more)
+        ? globalThis.Boolean(object.has_more)
+        : false,
     };
   },
 
@@ -3031,6 +3130,9 @@ export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = 
     if (message.revision !== 0n) {
       obj.revision = message.revision.toString();
     }
+    if (message.hasMore !== false) {
+      obj.hasMore = message.hasMore;
+    }
     return obj;
   },
 
@@ -3041,6 +3143,7 @@ export const ReconcileSessionsResponse: MessageFns<ReconcileSessionsResponse> = 
     const message = createBaseReconcileSessionsResponse();
     message.markedSessionIds = object.markedSessionIds?.map((e) => e) || [];
     message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
+    message.hasMore = object.hasMore ?? false;
     return message;
   },
 };
@@ -3967,10 +4070,13 @@ export const WatchSessionsResponse: MessageFns<WatchSessionsResponse> = {
 export type SessionServiceService = typeof SessionServiceService;
 export const SessionServiceService = {
   /**
-   * CreateSession creates a session. Idempotent: creating an id that exists
-   * with identical content returns it (created = false); with different
-   * content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-   * Errors: INVALID_ARGUMENT for bad fields.
+   * CreateSession creates a session and, in the same transaction, applies
+   * shared_state_deltas: the session and every shared state change commit
+   * together or none does. Idempotent: creating an id that exists with
+   * identical content returns it (created = false) and applies no delta
+   * again; with different content it fails with ALREADY_EXISTS (reason
+   * SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+   * fields or a shared state that would grow past its limit.
    */
   createSession: {
     path: "/sessiond.v1.SessionService/CreateSession" as const,
@@ -4026,7 +4132,9 @@ export const SessionServiceService = {
     responseDeserialize: (value: Buffer): DeleteSessionResponse => DeleteSessionResponse.decode(value),
   },
   /**
-   * ListSessions pages through sessions matching a filter.
+   * ListSessions pages through sessions matching a filter. The matching
+   * sessions are counted (total_size) on the first page only, unless
+   * skip_total_size is set; later pages carry that count in their token.
    * Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
    */
   listSessions: {
@@ -4194,10 +4302,13 @@ export const SessionServiceService = {
 
 export interface SessionServiceServer extends UntypedServiceImplementation {
   /**
-   * CreateSession creates a session. Idempotent: creating an id that exists
-   * with identical content returns it (created = false); with different
-   * content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-   * Errors: INVALID_ARGUMENT for bad fields.
+   * CreateSession creates a session and, in the same transaction, applies
+   * shared_state_deltas: the session and every shared state change commit
+   * together or none does. Idempotent: creating an id that exists with
+   * identical content returns it (created = false) and applies no delta
+   * again; with different content it fails with ALREADY_EXISTS (reason
+   * SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+   * fields or a shared state that would grow past its limit.
    */
   createSession: handleUnaryCall<CreateSessionRequest, CreateSessionResponse>;
   /** GetSession reads one session. Errors: NOT_FOUND. */
@@ -4218,7 +4329,9 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
    */
   deleteSession: handleUnaryCall<DeleteSessionRequest, DeleteSessionResponse>;
   /**
-   * ListSessions pages through sessions matching a filter.
+   * ListSessions pages through sessions matching a filter. The matching
+   * sessions are counted (total_size) on the first page only, unless
+   * skip_total_size is set; later pages carry that count in their token.
    * Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
    */
   listSessions: handleUnaryCall<ListSessionsRequest, ListSessionsResponse>;
@@ -4294,10 +4407,13 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
 
 export interface SessionServiceClient extends Client {
   /**
-   * CreateSession creates a session. Idempotent: creating an id that exists
-   * with identical content returns it (created = false); with different
-   * content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-   * Errors: INVALID_ARGUMENT for bad fields.
+   * CreateSession creates a session and, in the same transaction, applies
+   * shared_state_deltas: the session and every shared state change commit
+   * together or none does. Idempotent: creating an id that exists with
+   * identical content returns it (created = false) and applies no delta
+   * again; with different content it fails with ALREADY_EXISTS (reason
+   * SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+   * fields or a shared state that would grow past its limit.
    */
   createSession(
     request: CreateSessionRequest,
@@ -4374,7 +4490,9 @@ export interface SessionServiceClient extends Client {
     callback: (error: ServiceError | null, response: DeleteSessionResponse) => void,
   ): ClientUnaryCall;
   /**
-   * ListSessions pages through sessions matching a filter.
+   * ListSessions pages through sessions matching a filter. The matching
+   * sessions are counted (total_size) on the first page only, unless
+   * skip_total_size is set; later pages carry that count in their token.
    * Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
    */
   listSessions(
