@@ -145,7 +145,8 @@ class WriterStats:
     #: Seconds this replica held the revision counter's row lock, summed over batches:
     #: from the moment the counter's UPDATE got the lock (the database's clock, read in
     #: that statement) to COMMIT's answer (this process's clock; the two agree when both
-    #: run on one host, as in the bench). It includes half a round trip at the end.
+    #: run on one host, as in the bench). An upper bound: it includes half a round trip
+    #: and however long this process took to read the answer.
     counter_held_seconds: float = 0.0
     #: Transactions rolled back whole: a batch run again with savepoints after a write
     #: failed in it (group_commit's optimistic first run), a lost transaction.
