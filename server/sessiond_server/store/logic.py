@@ -49,6 +49,7 @@ from .interface import (
     UsageResult,
 )
 from .records import COL, SESSION_COLUMNS, USAGE_FIELDS
+from .revisions import logged_event
 from .search import search_terms
 from .sqlite_schema import DAY_MICROS
 from .state import EMPTY_STATE, apply_delta, is_empty
@@ -96,6 +97,9 @@ SESSION_INSERT_COLUMNS = (
     "revision", "state")
 MESSAGE_INSERT_COLUMNS = ("session_pk, seq, message_id, role, content, is_turn, tool_calls,"
                           " created_at, updated_at, body, event_at")
+#: Their SQL types, for a dialect that sends the rows as one array per column.
+MESSAGE_INSERT_TYPES = ("bigint", "bigint", "text", "integer", "text", "integer", "integer",
+                        "bigint", "bigint", "bytea", "bigint")
 
 # GetStats sums, in the order of _scan_stats_sql's columns.
 STATS_SUMS = 19
@@ -397,20 +401,32 @@ class StoreLogic:
                  removed_count=removed_count)
 
     async def _bump(self, ctx: Ctx, row: Sequence[Any], extra_sql: str = "",
-                    extra_params: Sequence[Any] = (), *, revive: bool = True
-                    ) -> tuple[S.Session, bool]:
+                    extra_params: Sequence[Any] = (), *, revive: bool = True,
+                    messages: Sequence[Sequence[Any]] = ()) -> tuple[S.Session, bool]:
         """Bump activity and revision, revive an UNKNOWN session; the session after.
 
-        ``extra_sql`` holds one ``{}`` per value of ``extra_params``.
+        ``extra_sql`` holds one ``{}`` per value of ``extra_params``. ``messages``
+        (rows of :meth:`_new_messages`) are stored first: in the same statement where
+        the dialect can send rows as arrays (one round trip less per append).
         """
         revived: bool = revive and row[COL["status"]] == rows.UNKNOWN
         p = self.dialect.params()
+        prefix = ""
+        if messages:
+            insert = f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) "
+            source = self.dialect.rows_source(p, messages, MESSAGE_INSERT_TYPES)
+            if source is None:
+                await ctx.tx.executemany(
+                    f"{insert}VALUES ({self.dialect.placeholders(len(MESSAGE_INSERT_TYPES))})",
+                    messages)
+            else:
+                prefix = f"WITH inserted AS ({insert}{source}) "
         sets = (f"last_activity_at = {p(ctx.now)}, updated_at = {p(ctx.now)},"
                 f" revision = {p(ctx.take_revision())},"
                 f" status = {p(rows.ACTIVE if revived else row[COL['status']])}")
         extra = extra_sql.format(*(p(v) for v in extra_params))
         updated = await ctx.tx.fetchrow(
-            f"UPDATE sessions SET {sets}{extra} WHERE pk = {p(row[0])}"
+            f"{prefix}UPDATE sessions SET {sets}{extra} WHERE pk = {p(row[0])}"
             f" RETURNING {RETURNING_COLUMNS}", p.values)
         return self._session(updated, ctx.now), revived
 
@@ -805,10 +821,12 @@ class StoreLogic:
             f"SELECT {self.dialect.message_columns} FROM messages m WHERE m.session_pk = {p(pk)}"
             f" AND {self.dialect.any_of('m.message_id', ids, p)}", p.values)}
 
-    async def _insert_messages(self, ctx: Ctx, pk: int, last_seq: int,
-                               prepared: Sequence[tuple[M.Message, Any, int, int]]
-                               ) -> tuple[list[tuple[Any, ...]], int, int]:
-        """Store messages numbered after ``last_seq``: their rows, turns and tool calls."""
+    @staticmethod
+    def _new_messages(ctx: Ctx, pk: int, last_seq: int,
+                      prepared: Sequence[tuple[M.Message, Any, int, int]]
+                      ) -> tuple[list[tuple[Any, ...]], int, int]:
+        """The rows of messages numbered after ``last_seq`` (stored by :meth:`_bump`),
+        their turns and tool calls."""
         new_rows: list[tuple[Any, ...]] = []
         turns = tool_calls = 0
         for message, body, turn, calls in prepared:
@@ -819,10 +837,6 @@ class StoreLogic:
                              if message.HasField("event_time") else None))
             turns += turn
             tool_calls += calls
-        if new_rows:
-            await ctx.tx.executemany(
-                f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS})"
-                f" VALUES ({self.dialect.placeholders(11)})", new_rows)
         return new_rows, turns, tool_calls
 
     async def append_messages(self, scope: Scope, session_id: str,
@@ -878,14 +892,14 @@ class StoreLogic:
                 state_sql = ", state = {}"
                 state_values = (apply_delta(row[COL["state"]], state_delta, "state_delta"),)
             await self._change_shared_states(ctx, scope.tenant, shared_state_deltas)
-            new_rows, turns, tool_calls = await self._insert_messages(
+            new_rows, turns, tool_calls = self._new_messages(
                 ctx, pk, last_seq, [fresh for kept, fresh in zip(out, prepared, strict=True)
                                     if kept is None])
             last_seq = new_rows[-1][1]
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
                 " tool_call_count = tool_call_count + {}, last_seq = {}" + state_sql,
-                (len(new_rows), turns, tool_calls, last_seq, *state_values))
+                (len(new_rows), turns, tool_calls, last_seq, *state_values), messages=new_rows)
             inserted = iter(new_rows)
             fresh = [(i, rows.stored_message(message, session_id, next(inserted)[1], ctx.now))
                      for i, (message, *_) in enumerate(prepared) if out[i] is None]
@@ -1156,14 +1170,13 @@ class StoreLogic:
             p = self.dialect.params()
             await ctx.tx.execute(f"DELETE FROM messages WHERE session_pk = {p(pk)}"
                                  f" AND seq > {p(after_seq)}", p.values)
-            new_rows, turns, tool_calls = await self._insert_messages(ctx, pk, last_seq,
-                                                                      prepared)
+            new_rows, turns, tool_calls = self._new_messages(ctx, pk, last_seq, prepared)
             new_last = new_rows[-1][1] if new_rows else last_seq
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
                 " tool_call_count = tool_call_count + {}, last_seq = {}",
                 (len(new_rows) - removed, turns - removed_turns, tool_calls - removed_calls,
-                 new_last))
+                 new_last), messages=new_rows)
             result = [rows.stored_message(message, session_id, new_row[1], ctx.now)
                       for message, new_row in zip(messages, new_rows, strict=True)]
             if revived:
@@ -1505,7 +1518,7 @@ class StoreLogic:
         self._compacted_revision = max(self._compacted_revision, compacted_revision)
         if from_revision <= compacted_revision:
             raise Compacted(compacted_revision)
-        return [Change(r[0], r[1], r[2], r[3], E.SessionEvent.FromString(bytes(r[4])))
+        return [Change(r[0], r[1], r[2], r[3], logged_event(r[0], bytes(r[4])))
                 for r in found]
 
     async def initial_state(self, scope: Scope, session_ids: Sequence[str]
