@@ -21,7 +21,12 @@ RESULT (last), so CI and the docs can quote a run by its final lines:
   echo server's CPU per call, both from the processes' CPU time in the window;
 * turn_p50_ms: p50 of an agent turn (last 20 + append 2 + usage), 64 in flight;
 * watch_p99_vs_ceiling: commit-to-receipt p99 of the watch fan-out over the
-  bare fan-out's p99.
+  bare fan-out's p99;
+* append_cpu_lean_vs_full: server CPU per append (1 x 1 KB, 64 in flight) in
+  the LEAN view, which every append scenario asks for, over the same append
+  in the FULL view (the session and the message echoed);
+* list_cpu_skip_vs_count: server CPU per ListSessions page 1 with
+  skip_total_size over page 1 counting total_size.
 
 Every figure also reports the server's CPU microseconds per operation.
 
@@ -99,6 +104,15 @@ def summary_lines(figures: list[Figure]) -> tuple[dict[str, float], dict[str, fl
             _value(append, "cpu_us_per_op"), _value(echo, "cpu_us_per_op")
         ),
         "turn_p50_ms": _value(_find(figures, "sessiond", "agent turn"), "p50_ms"),
+        "append_cpu_lean_vs_full": ratio(
+            _value(append, "cpu_us_per_op"),
+            _value(_find(figures, "sessiond", "append 1 x 1 KB full view"), "cpu_us_per_op"),
+        ),
+        "list_cpu_skip_vs_count": ratio(
+            _value(_find(figures, "sessiond", "list sessions without total_size"),
+                   "cpu_us_per_op"),
+            _value(_find(figures, "sessiond", "list sessions page 1 "), "cpu_us_per_op"),
+        ),
     }
     fanout = _find(figures, "sessiond", "watch fan-out")
     ceiling = _find(figures, "ceiling", "grpc.aio stream fan-out")

@@ -5,6 +5,12 @@ Every scenario's traffic is defined here, so a reader can see exactly what
 ListMessages(last_n=20) + AppendMessages(user, assistant) + RecordUsage, and
 so on. Builders return serialised bytes (see loadgen: workers send bytes).
 
+The load never reads what an append answers, so its appends ask for the
+LEAN view (seq, id and created_at of each message and the session's guards,
+not the whole session and the message bodies), as a runtime that ignores the
+answer would; the scenarios' names say "lean view". One scenario asks for
+the FULL view, to show what the echoed session and bodies cost.
+
 Filled sessions are synthetic but shaped like real ones: two agents, three
 channels, four models, distinct start times one second apart, and usage on
 every session, so filters, sorts and aggregates touch realistic rows.
@@ -55,17 +61,24 @@ def message(role: int, size: int = PAYLOAD_BYTES) -> message_pb2.Message:
     return message_pb2.Message(role=role, content=text(size))  # type: ignore[arg-type]
 
 
-def append_request(session_id: str, count: int, size: int = PAYLOAD_BYTES) -> bytes:
+LEAN = message_service_pb2.APPEND_VIEW_LEAN
+FULL = message_service_pb2.APPEND_VIEW_FULL
+
+
+def append_request(session_id: str, count: int, size: int = PAYLOAD_BYTES,
+                   view: message_service_pb2.AppendView.ValueType = LEAN) -> bytes:
     """AppendMessages of ``count`` user messages of ``size`` bytes each."""
     request = message_service_pb2.AppendMessagesRequest(
         session_id=session_id,
         messages=[message(message_pb2.ROLE_USER, size) for _ in range(count)],
+        view=view,
     )
     return request.SerializeToString()
 
 
-def append_call(session_id: str, count: int = 1) -> Call:
-    return Call(APPEND, append_request(session_id, count))
+def append_call(session_id: str, count: int = 1,
+                view: message_service_pb2.AppendView.ValueType = LEAN) -> Call:
+    return Call(APPEND, append_request(session_id, count, view=view))
 
 
 def get_session_call(session_id: str) -> Call:
@@ -101,6 +114,7 @@ def agent_turn(session_id: str) -> tuple[Call, ...]:
             message(message_pb2.ROLE_USER, 256),
             message(message_pb2.ROLE_ASSISTANT, PAYLOAD_BYTES),
         ],
+        view=LEAN,
     )
     return (
         read_last_call(session_id, 20),
@@ -145,13 +159,16 @@ def fill_session_calls(index: int, base_us: int) -> tuple[Call, ...]:
     )
 
 
-def list_sessions_request(page_size: int, page_token: str = "") -> bytes:
-    """ListSessions with a filter (one agent: half the sessions) and a sort."""
+def list_sessions_request(page_size: int, page_token: str = "",
+                          skip_total_size: bool = False) -> bytes:
+    """ListSessions with a filter (one agent: half the sessions) and a sort. total_size
+    is counted on a listing's first page unless skipped, and carried by the token."""
     request = session_service_pb2.ListSessionsRequest(
         filter=session_pb2.SessionFilter(agents=[LIST_FILTER_AGENT]),
         order_by=session_service_pb2.SESSION_ORDER_FIELD_STARTED_AT,
         page_size=page_size,
         page_token=page_token,
+        skip_total_size=skip_total_size,
     )
     return request.SerializeToString()
 

@@ -283,9 +283,14 @@ class AsyncClient:
         ascending: bool | None = None,
         page_size: int | None = None,
         page_token: str | None = None,
+        skip_total_size: bool | None = None,
         timeout: float | None = None,
     ) -> session_service_pb2.ListSessionsResponse:
-        """ListSessions: one page; see ``iter_sessions`` for all of them."""
+        """ListSessions: one page; see ``iter_sessions`` for all of them.
+
+        ``total_size`` is counted on a listing's first page and carried on; pass
+        ``skip_total_size=True`` when the count is not wanted (it visits every match).
+        """
         request = build_request(
             session_service_pb2.ListSessionsRequest,
             request,
@@ -294,6 +299,7 @@ class AsyncClient:
             ascending=ascending,
             page_size=page_size,
             page_token=page_token,
+            skip_total_size=skip_total_size,
         )
         return await self._call(self._sessions.ListSessions, request, timeout)
 
@@ -307,7 +313,8 @@ class AsyncClient:
         page_size: int | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[session_pb2.Session]:
-        """Every session matching the filter, page after page."""
+        """Every session matching the filter, page after page (never counted: the
+        walker yields sessions, not total_size, so it asks the server to skip it)."""
         page_request = session_service_pb2.ListSessionsRequest()
         page_request.CopyFrom(
             build_request(
@@ -319,6 +326,7 @@ class AsyncClient:
                 page_size=page_size,
             )
         )
+        page_request.skip_total_size = True
         while True:
             page = await self.list_sessions(page_request, timeout=timeout)
             for session in page.sessions:
@@ -540,9 +548,14 @@ class AsyncClient:
         expected_last_seq: int | None = None,
         state_delta: session_pb2.StateDelta | None = None,
         shared_state_deltas: Sequence[session_pb2.SharedStateDelta] | None = None,
+        view: message_service_pb2.AppendView.ValueType | None = None,
         timeout: float | None = None,
     ) -> message_service_pb2.AppendMessagesResponse:
-        """AppendMessages; retried on UNAVAILABLE when every message has an id."""
+        """AppendMessages; retried on UNAVAILABLE when every message has an id.
+
+        ``view=APPEND_VIEW_LEAN`` answers each message's seq, id and created_at and the
+        session's guards only (last_seq, etag, status): for callers that ignore the rest.
+        """
         request = build_request(
             message_service_pb2.AppendMessagesRequest,
             request,
@@ -551,6 +564,7 @@ class AsyncClient:
             expected_last_seq=expected_last_seq,
             state_delta=state_delta,
             shared_state_deltas=shared_state_deltas,
+            view=view,
         )
         return await self._call(self._messages.AppendMessages, request, timeout)
 

@@ -23,6 +23,68 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AppendView chooses what an AppendMessagesResponse carries.
+type AppendView int32
+
+const (
+	// APPEND_VIEW_UNSPECIFIED is the zero value: the same as APPEND_VIEW_FULL,
+	// so callers that never set a view get what they always got.
+	AppendView_APPEND_VIEW_UNSPECIFIED AppendView = 0
+	// APPEND_VIEW_FULL: messages are the stored messages whole (every field,
+	// with session_id, seq, status and timestamps) and session is the whole
+	// session after the append.
+	AppendView_APPEND_VIEW_FULL AppendView = 1
+	// APPEND_VIEW_LEAN: each of messages carries only seq, id (when the
+	// caller chose one) and created_at; session carries only id, status,
+	// last_seq, message_count, last_activity_at, revision and etag (the
+	// guards of a next write: expected_last_seq, etag); revision is set as in
+	// the full view. Every other field is left at its zero value, not
+	// because it is empty: read the session (GetSession) or the messages
+	// (ListMessages) for them. The server does not build the rest.
+	AppendView_APPEND_VIEW_LEAN AppendView = 2
+)
+
+// Enum value maps for AppendView.
+var (
+	AppendView_name = map[int32]string{
+		0: "APPEND_VIEW_UNSPECIFIED",
+		1: "APPEND_VIEW_FULL",
+		2: "APPEND_VIEW_LEAN",
+	}
+	AppendView_value = map[string]int32{
+		"APPEND_VIEW_UNSPECIFIED": 0,
+		"APPEND_VIEW_FULL":        1,
+		"APPEND_VIEW_LEAN":        2,
+	}
+)
+
+func (x AppendView) Enum() *AppendView {
+	p := new(AppendView)
+	*p = x
+	return p
+}
+
+func (x AppendView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AppendView) Descriptor() protoreflect.EnumDescriptor {
+	return file_sessiond_v1_message_service_proto_enumTypes[0].Descriptor()
+}
+
+func (AppendView) Type() protoreflect.EnumType {
+	return &file_sessiond_v1_message_service_proto_enumTypes[0]
+}
+
+func (x AppendView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AppendView.Descriptor instead.
+func (AppendView) EnumDescriptor() ([]byte, []int) {
+	return file_sessiond_v1_message_service_proto_rawDescGZIP(), []int{0}
+}
+
 // AppendMessagesRequest is the input of AppendMessages.
 type AppendMessagesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -45,8 +107,15 @@ type AppendMessagesRequest struct {
 	// shared_state_deltas change shared states (SessionService.GetSharedState)
 	// in the same transaction, under the same rules (at most 16 of them).
 	SharedStateDeltas []*SharedStateDelta `protobuf:"bytes,5,rep,name=shared_state_deltas,json=sharedStateDeltas,proto3" json:"shared_state_deltas,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// view chooses what the response carries: UNSPECIFIED and FULL the
+	// stored messages whole and the whole session, LEAN only what a caller
+	// needs to know the append landed and to guard its next write (see
+	// AppendView). It changes the response only, never what is stored or
+	// what watchers see; a retry answers in the view it asks for, whatever
+	// the view of the append it repeats.
+	View          AppendView `protobuf:"varint,6,opt,name=view,proto3,enum=sessiond.v1.AppendView" json:"view,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AppendMessagesRequest) Reset() {
@@ -114,13 +183,21 @@ func (x *AppendMessagesRequest) GetSharedStateDeltas() []*SharedStateDelta {
 	return nil
 }
 
+func (x *AppendMessagesRequest) GetView() AppendView {
+	if x != nil {
+		return x.View
+	}
+	return AppendView_APPEND_VIEW_UNSPECIFIED
+}
+
 // AppendMessagesResponse is the output of AppendMessages.
 type AppendMessagesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// messages are the stored messages, in request order, with seq and
-	// timestamps.
+	// timestamps; in the LEAN view only seq, id and created_at.
 	Messages []*Message `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
-	// session is the session after the append.
+	// session is the session after the append (for a stored retry: as it is
+	// now); in the LEAN view only the fields APPEND_VIEW_LEAN names.
 	Session *Session `protobuf:"bytes,2,opt,name=session,proto3" json:"session,omitempty"`
 	// revision is the store revision of the write (0 when every message was
 	// a retry already stored).
@@ -1212,7 +1289,7 @@ var File_sessiond_v1_message_service_proto protoreflect.FileDescriptor
 
 const file_sessiond_v1_message_service_proto_rawDesc = "" +
 	"\n" +
-	"!sessiond/v1/message_service.proto\x12\vsessiond.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\xb8\x02\n" +
+	"!sessiond/v1/message_service.proto\x12\vsessiond.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\xe5\x02\n" +
 	"\x15AppendMessagesRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x120\n" +
@@ -1220,7 +1297,8 @@ const file_sessiond_v1_message_service_proto_rawDesc = "" +
 	"\x11expected_last_seq\x18\x03 \x01(\x03H\x00R\x0fexpectedLastSeq\x88\x01\x01\x128\n" +
 	"\vstate_delta\x18\x04 \x01(\v2\x17.sessiond.v1.StateDeltaR\n" +
 	"stateDelta\x12M\n" +
-	"\x13shared_state_deltas\x18\x05 \x03(\v2\x1d.sessiond.v1.SharedStateDeltaR\x11sharedStateDeltasB\x14\n" +
+	"\x13shared_state_deltas\x18\x05 \x03(\v2\x1d.sessiond.v1.SharedStateDeltaR\x11sharedStateDeltas\x12+\n" +
+	"\x04view\x18\x06 \x01(\x0e2\x17.sessiond.v1.AppendViewR\x04viewB\x14\n" +
 	"\x12_expected_last_seq\"\x96\x01\n" +
 	"\x16AppendMessagesResponse\x120\n" +
 	"\bmessages\x18\x01 \x03(\v2\x14.sessiond.v1.MessageR\bmessages\x12.\n" +
@@ -1308,7 +1386,12 @@ const file_sessiond_v1_message_service_proto_rawDesc = "" +
 	"\x16DeleteMessagesResponse\x12#\n" +
 	"\rremoved_count\x18\x01 \x01(\x03R\fremovedCount\x12.\n" +
 	"\asession\x18\x02 \x01(\v2\x14.sessiond.v1.SessionR\asession\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision2\xdf\x05\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision*U\n" +
+	"\n" +
+	"AppendView\x12\x1b\n" +
+	"\x17APPEND_VIEW_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10APPEND_VIEW_FULL\x10\x01\x12\x14\n" +
+	"\x10APPEND_VIEW_LEAN\x10\x022\xdf\x05\n" +
 	"\x0eMessageService\x12Y\n" +
 	"\x0eAppendMessages\x12\".sessiond.v1.AppendMessagesRequest\x1a#.sessiond.v1.AppendMessagesResponse\x12S\n" +
 	"\fListMessages\x12 .sessiond.v1.ListMessagesRequest\x1a!.sessiond.v1.ListMessagesResponse\x12M\n" +
@@ -1332,72 +1415,75 @@ func file_sessiond_v1_message_service_proto_rawDescGZIP() []byte {
 	return file_sessiond_v1_message_service_proto_rawDescData
 }
 
+var file_sessiond_v1_message_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_sessiond_v1_message_service_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_sessiond_v1_message_service_proto_goTypes = []any{
-	(*AppendMessagesRequest)(nil),     // 0: sessiond.v1.AppendMessagesRequest
-	(*AppendMessagesResponse)(nil),    // 1: sessiond.v1.AppendMessagesResponse
-	(*ListMessagesRequest)(nil),       // 2: sessiond.v1.ListMessagesRequest
-	(*ListMessagesResponse)(nil),      // 3: sessiond.v1.ListMessagesResponse
-	(*PopMessageRequest)(nil),         // 4: sessiond.v1.PopMessageRequest
-	(*PopMessageResponse)(nil),        // 5: sessiond.v1.PopMessageResponse
-	(*UpdateLastMessageRequest)(nil),  // 6: sessiond.v1.UpdateLastMessageRequest
-	(*UpdateLastMessageResponse)(nil), // 7: sessiond.v1.UpdateLastMessageResponse
-	(*ClearMessagesRequest)(nil),      // 8: sessiond.v1.ClearMessagesRequest
-	(*ClearMessagesResponse)(nil),     // 9: sessiond.v1.ClearMessagesResponse
-	(*SearchMessagesRequest)(nil),     // 10: sessiond.v1.SearchMessagesRequest
-	(*SearchMessagesResponse)(nil),    // 11: sessiond.v1.SearchMessagesResponse
-	(*ReplaceMessagesRequest)(nil),    // 12: sessiond.v1.ReplaceMessagesRequest
-	(*ReplaceMessagesResponse)(nil),   // 13: sessiond.v1.ReplaceMessagesResponse
-	(*DeleteMessagesRequest)(nil),     // 14: sessiond.v1.DeleteMessagesRequest
-	(*DeleteMessagesResponse)(nil),    // 15: sessiond.v1.DeleteMessagesResponse
-	(*Message)(nil),                   // 16: sessiond.v1.Message
-	(*StateDelta)(nil),                // 17: sessiond.v1.StateDelta
-	(*SharedStateDelta)(nil),          // 18: sessiond.v1.SharedStateDelta
-	(*Session)(nil),                   // 19: sessiond.v1.Session
-	(*timestamppb.Timestamp)(nil),     // 20: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),     // 21: google.protobuf.FieldMask
+	(AppendView)(0),                   // 0: sessiond.v1.AppendView
+	(*AppendMessagesRequest)(nil),     // 1: sessiond.v1.AppendMessagesRequest
+	(*AppendMessagesResponse)(nil),    // 2: sessiond.v1.AppendMessagesResponse
+	(*ListMessagesRequest)(nil),       // 3: sessiond.v1.ListMessagesRequest
+	(*ListMessagesResponse)(nil),      // 4: sessiond.v1.ListMessagesResponse
+	(*PopMessageRequest)(nil),         // 5: sessiond.v1.PopMessageRequest
+	(*PopMessageResponse)(nil),        // 6: sessiond.v1.PopMessageResponse
+	(*UpdateLastMessageRequest)(nil),  // 7: sessiond.v1.UpdateLastMessageRequest
+	(*UpdateLastMessageResponse)(nil), // 8: sessiond.v1.UpdateLastMessageResponse
+	(*ClearMessagesRequest)(nil),      // 9: sessiond.v1.ClearMessagesRequest
+	(*ClearMessagesResponse)(nil),     // 10: sessiond.v1.ClearMessagesResponse
+	(*SearchMessagesRequest)(nil),     // 11: sessiond.v1.SearchMessagesRequest
+	(*SearchMessagesResponse)(nil),    // 12: sessiond.v1.SearchMessagesResponse
+	(*ReplaceMessagesRequest)(nil),    // 13: sessiond.v1.ReplaceMessagesRequest
+	(*ReplaceMessagesResponse)(nil),   // 14: sessiond.v1.ReplaceMessagesResponse
+	(*DeleteMessagesRequest)(nil),     // 15: sessiond.v1.DeleteMessagesRequest
+	(*DeleteMessagesResponse)(nil),    // 16: sessiond.v1.DeleteMessagesResponse
+	(*Message)(nil),                   // 17: sessiond.v1.Message
+	(*StateDelta)(nil),                // 18: sessiond.v1.StateDelta
+	(*SharedStateDelta)(nil),          // 19: sessiond.v1.SharedStateDelta
+	(*Session)(nil),                   // 20: sessiond.v1.Session
+	(*timestamppb.Timestamp)(nil),     // 21: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),     // 22: google.protobuf.FieldMask
 }
 var file_sessiond_v1_message_service_proto_depIdxs = []int32{
-	16, // 0: sessiond.v1.AppendMessagesRequest.messages:type_name -> sessiond.v1.Message
-	17, // 1: sessiond.v1.AppendMessagesRequest.state_delta:type_name -> sessiond.v1.StateDelta
-	18, // 2: sessiond.v1.AppendMessagesRequest.shared_state_deltas:type_name -> sessiond.v1.SharedStateDelta
-	16, // 3: sessiond.v1.AppendMessagesResponse.messages:type_name -> sessiond.v1.Message
-	19, // 4: sessiond.v1.AppendMessagesResponse.session:type_name -> sessiond.v1.Session
-	20, // 5: sessiond.v1.ListMessagesRequest.after_time:type_name -> google.protobuf.Timestamp
-	16, // 6: sessiond.v1.ListMessagesResponse.messages:type_name -> sessiond.v1.Message
-	16, // 7: sessiond.v1.PopMessageResponse.message:type_name -> sessiond.v1.Message
-	19, // 8: sessiond.v1.PopMessageResponse.session:type_name -> sessiond.v1.Session
-	16, // 9: sessiond.v1.UpdateLastMessageRequest.message:type_name -> sessiond.v1.Message
-	21, // 10: sessiond.v1.UpdateLastMessageRequest.update_mask:type_name -> google.protobuf.FieldMask
-	16, // 11: sessiond.v1.UpdateLastMessageResponse.message:type_name -> sessiond.v1.Message
-	19, // 12: sessiond.v1.UpdateLastMessageResponse.session:type_name -> sessiond.v1.Session
-	19, // 13: sessiond.v1.ClearMessagesResponse.session:type_name -> sessiond.v1.Session
-	16, // 14: sessiond.v1.SearchMessagesResponse.messages:type_name -> sessiond.v1.Message
-	16, // 15: sessiond.v1.ReplaceMessagesRequest.messages:type_name -> sessiond.v1.Message
-	16, // 16: sessiond.v1.ReplaceMessagesResponse.messages:type_name -> sessiond.v1.Message
-	19, // 17: sessiond.v1.ReplaceMessagesResponse.session:type_name -> sessiond.v1.Session
-	19, // 18: sessiond.v1.DeleteMessagesResponse.session:type_name -> sessiond.v1.Session
-	0,  // 19: sessiond.v1.MessageService.AppendMessages:input_type -> sessiond.v1.AppendMessagesRequest
-	2,  // 20: sessiond.v1.MessageService.ListMessages:input_type -> sessiond.v1.ListMessagesRequest
-	4,  // 21: sessiond.v1.MessageService.PopMessage:input_type -> sessiond.v1.PopMessageRequest
-	6,  // 22: sessiond.v1.MessageService.UpdateLastMessage:input_type -> sessiond.v1.UpdateLastMessageRequest
-	8,  // 23: sessiond.v1.MessageService.ClearMessages:input_type -> sessiond.v1.ClearMessagesRequest
-	10, // 24: sessiond.v1.MessageService.SearchMessages:input_type -> sessiond.v1.SearchMessagesRequest
-	12, // 25: sessiond.v1.MessageService.ReplaceMessages:input_type -> sessiond.v1.ReplaceMessagesRequest
-	14, // 26: sessiond.v1.MessageService.DeleteMessages:input_type -> sessiond.v1.DeleteMessagesRequest
-	1,  // 27: sessiond.v1.MessageService.AppendMessages:output_type -> sessiond.v1.AppendMessagesResponse
-	3,  // 28: sessiond.v1.MessageService.ListMessages:output_type -> sessiond.v1.ListMessagesResponse
-	5,  // 29: sessiond.v1.MessageService.PopMessage:output_type -> sessiond.v1.PopMessageResponse
-	7,  // 30: sessiond.v1.MessageService.UpdateLastMessage:output_type -> sessiond.v1.UpdateLastMessageResponse
-	9,  // 31: sessiond.v1.MessageService.ClearMessages:output_type -> sessiond.v1.ClearMessagesResponse
-	11, // 32: sessiond.v1.MessageService.SearchMessages:output_type -> sessiond.v1.SearchMessagesResponse
-	13, // 33: sessiond.v1.MessageService.ReplaceMessages:output_type -> sessiond.v1.ReplaceMessagesResponse
-	15, // 34: sessiond.v1.MessageService.DeleteMessages:output_type -> sessiond.v1.DeleteMessagesResponse
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	17, // 0: sessiond.v1.AppendMessagesRequest.messages:type_name -> sessiond.v1.Message
+	18, // 1: sessiond.v1.AppendMessagesRequest.state_delta:type_name -> sessiond.v1.StateDelta
+	19, // 2: sessiond.v1.AppendMessagesRequest.shared_state_deltas:type_name -> sessiond.v1.SharedStateDelta
+	0,  // 3: sessiond.v1.AppendMessagesRequest.view:type_name -> sessiond.v1.AppendView
+	17, // 4: sessiond.v1.AppendMessagesResponse.messages:type_name -> sessiond.v1.Message
+	20, // 5: sessiond.v1.AppendMessagesResponse.session:type_name -> sessiond.v1.Session
+	21, // 6: sessiond.v1.ListMessagesRequest.after_time:type_name -> google.protobuf.Timestamp
+	17, // 7: sessiond.v1.ListMessagesResponse.messages:type_name -> sessiond.v1.Message
+	17, // 8: sessiond.v1.PopMessageResponse.message:type_name -> sessiond.v1.Message
+	20, // 9: sessiond.v1.PopMessageResponse.session:type_name -> sessiond.v1.Session
+	17, // 10: sessiond.v1.UpdateLastMessageRequest.message:type_name -> sessiond.v1.Message
+	22, // 11: sessiond.v1.UpdateLastMessageRequest.update_mask:type_name -> google.protobuf.FieldMask
+	17, // 12: sessiond.v1.UpdateLastMessageResponse.message:type_name -> sessiond.v1.Message
+	20, // 13: sessiond.v1.UpdateLastMessageResponse.session:type_name -> sessiond.v1.Session
+	20, // 14: sessiond.v1.ClearMessagesResponse.session:type_name -> sessiond.v1.Session
+	17, // 15: sessiond.v1.SearchMessagesResponse.messages:type_name -> sessiond.v1.Message
+	17, // 16: sessiond.v1.ReplaceMessagesRequest.messages:type_name -> sessiond.v1.Message
+	17, // 17: sessiond.v1.ReplaceMessagesResponse.messages:type_name -> sessiond.v1.Message
+	20, // 18: sessiond.v1.ReplaceMessagesResponse.session:type_name -> sessiond.v1.Session
+	20, // 19: sessiond.v1.DeleteMessagesResponse.session:type_name -> sessiond.v1.Session
+	1,  // 20: sessiond.v1.MessageService.AppendMessages:input_type -> sessiond.v1.AppendMessagesRequest
+	3,  // 21: sessiond.v1.MessageService.ListMessages:input_type -> sessiond.v1.ListMessagesRequest
+	5,  // 22: sessiond.v1.MessageService.PopMessage:input_type -> sessiond.v1.PopMessageRequest
+	7,  // 23: sessiond.v1.MessageService.UpdateLastMessage:input_type -> sessiond.v1.UpdateLastMessageRequest
+	9,  // 24: sessiond.v1.MessageService.ClearMessages:input_type -> sessiond.v1.ClearMessagesRequest
+	11, // 25: sessiond.v1.MessageService.SearchMessages:input_type -> sessiond.v1.SearchMessagesRequest
+	13, // 26: sessiond.v1.MessageService.ReplaceMessages:input_type -> sessiond.v1.ReplaceMessagesRequest
+	15, // 27: sessiond.v1.MessageService.DeleteMessages:input_type -> sessiond.v1.DeleteMessagesRequest
+	2,  // 28: sessiond.v1.MessageService.AppendMessages:output_type -> sessiond.v1.AppendMessagesResponse
+	4,  // 29: sessiond.v1.MessageService.ListMessages:output_type -> sessiond.v1.ListMessagesResponse
+	6,  // 30: sessiond.v1.MessageService.PopMessage:output_type -> sessiond.v1.PopMessageResponse
+	8,  // 31: sessiond.v1.MessageService.UpdateLastMessage:output_type -> sessiond.v1.UpdateLastMessageResponse
+	10, // 32: sessiond.v1.MessageService.ClearMessages:output_type -> sessiond.v1.ClearMessagesResponse
+	12, // 33: sessiond.v1.MessageService.SearchMessages:output_type -> sessiond.v1.SearchMessagesResponse
+	14, // 34: sessiond.v1.MessageService.ReplaceMessages:output_type -> sessiond.v1.ReplaceMessagesResponse
+	16, // 35: sessiond.v1.MessageService.DeleteMessages:output_type -> sessiond.v1.DeleteMessagesResponse
+	28, // [28:36] is the sub-list for method output_type
+	20, // [20:28] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_sessiond_v1_message_service_proto_init() }
@@ -1417,13 +1503,14 @@ func file_sessiond_v1_message_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sessiond_v1_message_service_proto_rawDesc), len(file_sessiond_v1_message_service_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_sessiond_v1_message_service_proto_goTypes,
 		DependencyIndexes: file_sessiond_v1_message_service_proto_depIdxs,
+		EnumInfos:         file_sessiond_v1_message_service_proto_enumTypes,
 		MessageInfos:      file_sessiond_v1_message_service_proto_msgTypes,
 	}.Build()
 	File_sessiond_v1_message_service_proto = out.File

@@ -51,9 +51,10 @@ type MessageServiceClient interface {
 	// when every message of the request is already stored, the call returns
 	// the stored messages (revision 0) even if the session has ended since or
 	// expected_last_seq no longer holds, so the retry of a stored append
-	// answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
-	// too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
-	// and some message is new.
+	// answers as the append did, in the view the retry asks for. Errors:
+	// INVALID_ARGUMENT (empty, too many, too large, an unknown view); ABORTED
+	// (LAST_SEQ_MISMATCH) when expected_last_seq is stale and some message is
+	// new.
 	AppendMessages(ctx context.Context, in *AppendMessagesRequest, opts ...grpc.CallOption) (*AppendMessagesResponse, error)
 	// ListMessages reads messages by page, the last N, the last N turns, or
 	// after a sequence number or time. The messages and the revision are read
@@ -209,9 +210,10 @@ type MessageServiceServer interface {
 	// when every message of the request is already stored, the call returns
 	// the stored messages (revision 0) even if the session has ended since or
 	// expected_last_seq no longer holds, so the retry of a stored append
-	// answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
-	// too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
-	// and some message is new.
+	// answers as the append did, in the view the retry asks for. Errors:
+	// INVALID_ARGUMENT (empty, too many, too large, an unknown view); ABORTED
+	// (LAST_SEQ_MISMATCH) when expected_last_seq is stale and some message is
+	// new.
 	AppendMessages(context.Context, *AppendMessagesRequest) (*AppendMessagesResponse, error)
 	// ListMessages reads messages by page, the last N, the last N turns, or
 	// after a sequence number or time. The messages and the revision are read

@@ -851,7 +851,14 @@ type ListSessionsRequest struct {
 	// filter and order, else INVALID_ARGUMENT. Tokens carry the sort values of
 	// the last row returned, so deleting that row does not break the next
 	// page, and are signed: a changed token is INVALID_ARGUMENT.
-	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// skip_total_size, when true, leaves total_size out: the server does not
+	// count the matching sessions (a count visits every one of them, which on
+	// a large store costs more than the page itself) and total_size is 0.
+	// It may differ between the pages of one listing: a page token issued by
+	// a page that skipped carries no count, so the next page that does not
+	// skip counts (and its token carries that count on).
+	SkipTotalSize bool `protobuf:"varint,6,opt,name=skip_total_size,json=skipTotalSize,proto3" json:"skip_total_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -921,6 +928,13 @@ func (x *ListSessionsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListSessionsRequest) GetSkipTotalSize() bool {
+	if x != nil {
+		return x.SkipTotalSize
+	}
+	return false
+}
+
 // ListSessionsResponse is the output of ListSessions.
 type ListSessionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -928,7 +942,13 @@ type ListSessionsResponse struct {
 	Sessions []*Session `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
 	// next_page_token continues the listing; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
-	// total_size is the number of sessions matching the filter.
+	// total_size is the number of sessions matching the filter, counted at
+	// the revision of the listing's first page (the first that did not skip
+	// it) and carried by next_page_token: every later page of the listing
+	// answers that same count without counting again, so it stays put while
+	// the listing is walked (sessions created or deleted since are not
+	// reflected; start a new listing for a fresh count). 0 when
+	// skip_total_size is set.
 	TotalSize int64 `protobuf:"varint,3,opt,name=total_size,json=totalSize,proto3" json:"total_size,omitempty"`
 	// revision is the store revision the page was read at.
 	Revision      int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -2129,14 +2149,15 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\"g\n" +
 	"\x15DeleteSessionResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x122\n" +
-	"\x15deleted_message_count\x18\x02 \x01(\x03R\x13deletedMessageCount\"\xde\x01\n" +
+	"\x15deleted_message_count\x18\x02 \x01(\x03R\x13deletedMessageCount\"\x86\x02\n" +
 	"\x13ListSessionsRequest\x122\n" +
 	"\x06filter\x18\x01 \x01(\v2\x1a.sessiond.v1.SessionFilterR\x06filter\x129\n" +
 	"\border_by\x18\x02 \x01(\x0e2\x1e.sessiond.v1.SessionOrderFieldR\aorderBy\x12\x1c\n" +
 	"\tascending\x18\x03 \x01(\bR\tascending\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"\xab\x01\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12&\n" +
+	"\x0fskip_total_size\x18\x06 \x01(\bR\rskipTotalSize\"\xab\x01\n" +
 	"\x14ListSessionsResponse\x120\n" +
 	"\bsessions\x18\x01 \x03(\v2\x14.sessiond.v1.SessionR\bsessions\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1d\n" +

@@ -82,7 +82,9 @@ type SessionServiceClient interface {
 	// DeleteSession removes a session with its messages and usage. Errors:
 	// NOT_FOUND; ABORTED (ETAG_MISMATCH).
 	DeleteSession(ctx context.Context, in *DeleteSessionRequest, opts ...grpc.CallOption) (*DeleteSessionResponse, error)
-	// ListSessions pages through sessions matching a filter.
+	// ListSessions pages through sessions matching a filter. The matching
+	// sessions are counted (total_size) on the first page only, unless
+	// skip_total_size is set; later pages carry that count in their token.
 	// Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
 	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
 	// TouchSession ensures a session exists and bumps its last_activity_at:
@@ -341,7 +343,9 @@ type SessionServiceServer interface {
 	// DeleteSession removes a session with its messages and usage. Errors:
 	// NOT_FOUND; ABORTED (ETAG_MISMATCH).
 	DeleteSession(context.Context, *DeleteSessionRequest) (*DeleteSessionResponse, error)
-	// ListSessions pages through sessions matching a filter.
+	// ListSessions pages through sessions matching a filter. The matching
+	// sessions are counted (total_size) on the first page only, unless
+	// skip_total_size is set; later pages carry that count in their token.
 	// Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
 	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
 	// TouchSession ensures a session exists and bumps its last_activity_at:

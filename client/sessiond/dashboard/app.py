@@ -476,14 +476,17 @@ class Dashboard:
         base_filter = self._session_filter(request)
         base_filter.ClearField("started")
         if start is None or end is None:
+            # Only the first and last start times are read: no count (skip_total_size).
             oldest, newest = await asyncio.gather(
                 client.list_sessions(
                     filter=base_filter, page_size=1, ascending=True,
                     order_by=session_service_pb2.SESSION_ORDER_FIELD_STARTED_AT,
+                    skip_total_size=True,
                 ),
                 client.list_sessions(
                     filter=base_filter, page_size=1,
                     order_by=session_service_pb2.SESSION_ORDER_FIELD_STARTED_AT,
+                    skip_total_size=True,
                 ),
             )
             if not oldest.sessions:
@@ -565,7 +568,7 @@ class Dashboard:
         """
         client = self._client(request)
         listed, costs = await asyncio.gather(
-            client.list_sessions(page_size=MAX_SESSION_PAGE_SIZE),
+            client.list_sessions(page_size=MAX_SESSION_PAGE_SIZE, skip_total_size=True),
             client.cost_by_model(),
         )
         values: dict[str, set[str]] = {"agent": set(), "model": set(), "owner": set(),

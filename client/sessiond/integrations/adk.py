@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover - older ADK
 from sessiond.aio import AsyncClient
 from sessiond.errors import Aborted, AlreadyExists, NotFound
 from sessiond.integrations.history import StoredHistory, payload_message, payload_of
-from sessiond.v1 import message_pb2, session_pb2, session_service_pb2
+from sessiond.v1 import message_pb2, message_service_pb2, session_pb2, session_service_pb2
 
 #: The content block type that holds an ADK event.
 EVENT_BLOCK = "adk.event"
@@ -236,7 +236,10 @@ class SessiondSessionService(BaseSessionService):
             answer = await self.client.append_messages(
                 session_id=session.id, messages=[event_to_message(event)],
                 expected_last_seq=int(marker) if marker is not None else None,
-                state_delta=_delta(deltas["session"]), shared_state_deltas=shared)
+                state_delta=_delta(deltas["session"]), shared_state_deltas=shared,
+                # Only the session's last_seq and last_activity_at are read below: both
+                # are in the lean view.
+                view=message_service_pb2.APPEND_VIEW_LEAN)
         except NotFound as error:
             raise SessionNotFoundError(f"Session {session.id} not found.") from error
         except Aborted as error:

@@ -35,9 +35,12 @@ from typing import Any, TypeVar
 from sessiond.aio import AsyncClient
 from sessiond.errors import FailedPrecondition, NotFound
 from sessiond.requests import TimestampLike
-from sessiond.v1 import message_pb2, session_pb2
+from sessiond.v1 import message_pb2, message_service_pb2, session_pb2
 
 T = TypeVar("T")
+
+#: The AppendMessages view of the appends whose answers are not read.
+LEAN = message_service_pb2.APPEND_VIEW_LEAN
 
 #: Messages per AppendMessages request (the server's default limit).
 MAX_MESSAGES_PER_APPEND = 100
@@ -136,13 +139,16 @@ class StoredHistory:
             return []
 
     async def append(self, messages: Sequence[message_pb2.Message]) -> None:
-        """Append in order, creating the session on the first append."""
+        """Append in order, creating the session on the first append. The answers are
+        not read, so they come in the lean view (seq and ids only, no echoed bodies)."""
         for batch in _batches(messages):
             try:
-                await self.client.append_messages(session_id=self.session_id, messages=batch)
+                await self.client.append_messages(session_id=self.session_id, messages=batch,
+                                                  view=LEAN)
             except NotFound:
                 await self.client.touch_session(session=self._template)
-                await self.client.append_messages(session_id=self.session_id, messages=batch)
+                await self.client.append_messages(session_id=self.session_id, messages=batch,
+                                                  view=LEAN)
 
     async def pop(self) -> message_pb2.Message | None:
         """Remove and return the last message; None when there is none."""

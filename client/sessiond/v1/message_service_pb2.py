@@ -28,7 +28,7 @@ from sessiond.v1 import message_pb2 as sessiond_dot_v1_dot_message__pb2
 from sessiond.v1 import session_pb2 as sessiond_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sessiond/v1/message_service.proto\x12\x0bsessiond.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\xf3\x01\n\x15\x41ppendMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x1e\n\x11\x65xpected_last_seq\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12,\n\x0bstate_delta\x18\x04 \x01(\x0b\x32\x17.sessiond.v1.StateDelta\x12:\n\x13shared_state_deltas\x18\x05 \x03(\x0b\x32\x1d.sessiond.v1.SharedStateDeltaB\x14\n\x12_expected_last_seq\"y\n\x16\x41ppendMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sessiond.v1.Message\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xcb\x01\n\x13ListMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\ndescending\x18\x04 \x01(\x08\x12\x11\n\tafter_seq\x18\x05 \x01(\x03\x12.\n\nafter_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06last_n\x18\x07 \x01(\x05\x12\x12\n\nlast_turns\x18\x08 \x01(\x05\"\x92\x01\n\x14ListMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\x14\n\x0csize_limited\x18\x05 \x01(\x08\"S\n\x11PopMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x0c\x65xpected_seq\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_expected_seq\"t\n\x12PopMessageResponse\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Message\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xb2\x01\n\x18UpdateLastMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12%\n\x07message\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Message\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x19\n\x0c\x65xpected_seq\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_expected_seq\"{\n\x19UpdateLastMessageResponse\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Message\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x03 \x01(\x03\"*\n\x14\x43learMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"g\n\x15\x43learMessagesResponse\x12\x15\n\rremoved_count\x18\x01 \x01(\x03\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x03 \x01(\x03\"b\n\x15SearchMessagesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x13\n\x0bsession_ids\x18\x02 \x03(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"k\n\x16SearchMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xab\x01\n\x16ReplaceMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x1e\n\x11\x65xpected_last_seq\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04\x65tag\x18\x05 \x01(\tB\x14\n\x12_expected_last_seq\"\x91\x01\n\x17ReplaceMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x15\n\rremoved_count\x18\x02 \x01(\x03\x12%\n\x07session\x18\x03 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x04 \x01(\x03\"t\n\x15\x44\x65leteMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tup_to_seq\x18\x02 \x01(\x03\x12\x1e\n\x11\x65xpected_last_seq\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x14\n\x12_expected_last_seq\"h\n\x16\x44\x65leteMessagesResponse\x12\x15\n\rremoved_count\x18\x01 \x01(\x03\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x03 \x01(\x03\x32\xdf\x05\n\x0eMessageService\x12Y\n\x0e\x41ppendMessages\x12\".sessiond.v1.AppendMessagesRequest\x1a#.sessiond.v1.AppendMessagesResponse\x12S\n\x0cListMessages\x12 .sessiond.v1.ListMessagesRequest\x1a!.sessiond.v1.ListMessagesResponse\x12M\n\nPopMessage\x12\x1e.sessiond.v1.PopMessageRequest\x1a\x1f.sessiond.v1.PopMessageResponse\x12\x62\n\x11UpdateLastMessage\x12%.sessiond.v1.UpdateLastMessageRequest\x1a&.sessiond.v1.UpdateLastMessageResponse\x12V\n\rClearMessages\x12!.sessiond.v1.ClearMessagesRequest\x1a\".sessiond.v1.ClearMessagesResponse\x12Y\n\x0eSearchMessages\x12\".sessiond.v1.SearchMessagesRequest\x1a#.sessiond.v1.SearchMessagesResponse\x12\\\n\x0fReplaceMessages\x12#.sessiond.v1.ReplaceMessagesRequest\x1a$.sessiond.v1.ReplaceMessagesResponse\x12Y\n\x0e\x44\x65leteMessages\x12\".sessiond.v1.DeleteMessagesRequest\x1a#.sessiond.v1.DeleteMessagesResponseB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sessiond/v1/message_service.proto\x12\x0bsessiond.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sessiond/v1/message.proto\x1a\x19sessiond/v1/session.proto\"\x9a\x02\n\x15\x41ppendMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x1e\n\x11\x65xpected_last_seq\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12,\n\x0bstate_delta\x18\x04 \x01(\x0b\x32\x17.sessiond.v1.StateDelta\x12:\n\x13shared_state_deltas\x18\x05 \x03(\x0b\x32\x1d.sessiond.v1.SharedStateDelta\x12%\n\x04view\x18\x06 \x01(\x0e\x32\x17.sessiond.v1.AppendViewB\x14\n\x12_expected_last_seq\"y\n\x16\x41ppendMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sessiond.v1.Message\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xcb\x01\n\x13ListMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x12\n\ndescending\x18\x04 \x01(\x08\x12\x11\n\tafter_seq\x18\x05 \x01(\x03\x12.\n\nafter_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06last_n\x18\x07 \x01(\x05\x12\x12\n\nlast_turns\x18\x08 \x01(\x05\"\x92\x01\n\x14ListMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\x14\n\x0csize_limited\x18\x05 \x01(\x08\"S\n\x11PopMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x0c\x65xpected_seq\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_expected_seq\"t\n\x12PopMessageResponse\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Message\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xb2\x01\n\x18UpdateLastMessageRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12%\n\x07message\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Message\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x19\n\x0c\x65xpected_seq\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_expected_seq\"{\n\x19UpdateLastMessageResponse\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.sessiond.v1.Message\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x03 \x01(\x03\"*\n\x14\x43learMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"g\n\x15\x43learMessagesResponse\x12\x15\n\rremoved_count\x18\x01 \x01(\x03\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x03 \x01(\x03\"b\n\x15SearchMessagesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x13\n\x0bsession_ids\x18\x02 \x03(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"k\n\x16SearchMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xab\x01\n\x16ReplaceMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x1e\n\x11\x65xpected_last_seq\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04\x65tag\x18\x05 \x01(\tB\x14\n\x12_expected_last_seq\"\x91\x01\n\x17ReplaceMessagesResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.sessiond.v1.Message\x12\x15\n\rremoved_count\x18\x02 \x01(\x03\x12%\n\x07session\x18\x03 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x04 \x01(\x03\"t\n\x15\x44\x65leteMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tup_to_seq\x18\x02 \x01(\x03\x12\x1e\n\x11\x65xpected_last_seq\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x14\n\x12_expected_last_seq\"h\n\x16\x44\x65leteMessagesResponse\x12\x15\n\rremoved_count\x18\x01 \x01(\x03\x12%\n\x07session\x18\x02 \x01(\x0b\x32\x14.sessiond.v1.Session\x12\x10\n\x08revision\x18\x03 \x01(\x03*U\n\nAppendView\x12\x1b\n\x17\x41PPEND_VIEW_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41PPEND_VIEW_FULL\x10\x01\x12\x14\n\x10\x41PPEND_VIEW_LEAN\x10\x02\x32\xdf\x05\n\x0eMessageService\x12Y\n\x0e\x41ppendMessages\x12\".sessiond.v1.AppendMessagesRequest\x1a#.sessiond.v1.AppendMessagesResponse\x12S\n\x0cListMessages\x12 .sessiond.v1.ListMessagesRequest\x1a!.sessiond.v1.ListMessagesResponse\x12M\n\nPopMessage\x12\x1e.sessiond.v1.PopMessageRequest\x1a\x1f.sessiond.v1.PopMessageResponse\x12\x62\n\x11UpdateLastMessage\x12%.sessiond.v1.UpdateLastMessageRequest\x1a&.sessiond.v1.UpdateLastMessageResponse\x12V\n\rClearMessages\x12!.sessiond.v1.ClearMessagesRequest\x1a\".sessiond.v1.ClearMessagesResponse\x12Y\n\x0eSearchMessages\x12\".sessiond.v1.SearchMessagesRequest\x1a#.sessiond.v1.SearchMessagesResponse\x12\\\n\x0fReplaceMessages\x12#.sessiond.v1.ReplaceMessagesRequest\x1a$.sessiond.v1.ReplaceMessagesResponse\x12Y\n\x0e\x44\x65leteMessages\x12\".sessiond.v1.DeleteMessagesRequest\x1a#.sessiond.v1.DeleteMessagesResponseB>Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,38 +36,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sessiond.v1.message_service
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z<github.com/sessiond/sessiond/client/go/sessiondv1;sessiondv1'
+  _globals['_APPENDVIEW']._serialized_start=2347
+  _globals['_APPENDVIEW']._serialized_end=2432
   _globals['_APPENDMESSAGESREQUEST']._serialized_start=172
-  _globals['_APPENDMESSAGESREQUEST']._serialized_end=415
-  _globals['_APPENDMESSAGESRESPONSE']._serialized_start=417
-  _globals['_APPENDMESSAGESRESPONSE']._serialized_end=538
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=541
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=744
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=747
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=893
-  _globals['_POPMESSAGEREQUEST']._serialized_start=895
-  _globals['_POPMESSAGEREQUEST']._serialized_end=978
-  _globals['_POPMESSAGERESPONSE']._serialized_start=980
-  _globals['_POPMESSAGERESPONSE']._serialized_end=1096
-  _globals['_UPDATELASTMESSAGEREQUEST']._serialized_start=1099
-  _globals['_UPDATELASTMESSAGEREQUEST']._serialized_end=1277
-  _globals['_UPDATELASTMESSAGERESPONSE']._serialized_start=1279
-  _globals['_UPDATELASTMESSAGERESPONSE']._serialized_end=1402
-  _globals['_CLEARMESSAGESREQUEST']._serialized_start=1404
-  _globals['_CLEARMESSAGESREQUEST']._serialized_end=1446
-  _globals['_CLEARMESSAGESRESPONSE']._serialized_start=1448
-  _globals['_CLEARMESSAGESRESPONSE']._serialized_end=1551
-  _globals['_SEARCHMESSAGESREQUEST']._serialized_start=1553
-  _globals['_SEARCHMESSAGESREQUEST']._serialized_end=1651
-  _globals['_SEARCHMESSAGESRESPONSE']._serialized_start=1653
-  _globals['_SEARCHMESSAGESRESPONSE']._serialized_end=1760
-  _globals['_REPLACEMESSAGESREQUEST']._serialized_start=1763
-  _globals['_REPLACEMESSAGESREQUEST']._serialized_end=1934
-  _globals['_REPLACEMESSAGESRESPONSE']._serialized_start=1937
-  _globals['_REPLACEMESSAGESRESPONSE']._serialized_end=2082
-  _globals['_DELETEMESSAGESREQUEST']._serialized_start=2084
-  _globals['_DELETEMESSAGESREQUEST']._serialized_end=2200
-  _globals['_DELETEMESSAGESRESPONSE']._serialized_start=2202
-  _globals['_DELETEMESSAGESRESPONSE']._serialized_end=2306
-  _globals['_MESSAGESERVICE']._serialized_start=2309
-  _globals['_MESSAGESERVICE']._serialized_end=3044
+  _globals['_APPENDMESSAGESREQUEST']._serialized_end=454
+  _globals['_APPENDMESSAGESRESPONSE']._serialized_start=456
+  _globals['_APPENDMESSAGESRESPONSE']._serialized_end=577
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=580
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=783
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=786
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=932
+  _globals['_POPMESSAGEREQUEST']._serialized_start=934
+  _globals['_POPMESSAGEREQUEST']._serialized_end=1017
+  _globals['_POPMESSAGERESPONSE']._serialized_start=1019
+  _globals['_POPMESSAGERESPONSE']._serialized_end=1135
+  _globals['_UPDATELASTMESSAGEREQUEST']._serialized_start=1138
+  _globals['_UPDATELASTMESSAGEREQUEST']._serialized_end=1316
+  _globals['_UPDATELASTMESSAGERESPONSE']._serialized_start=1318
+  _globals['_UPDATELASTMESSAGERESPONSE']._serialized_end=1441
+  _globals['_CLEARMESSAGESREQUEST']._serialized_start=1443
+  _globals['_CLEARMESSAGESREQUEST']._serialized_end=1485
+  _globals['_CLEARMESSAGESRESPONSE']._serialized_start=1487
+  _globals['_CLEARMESSAGESRESPONSE']._serialized_end=1590
+  _globals['_SEARCHMESSAGESREQUEST']._serialized_start=1592
+  _globals['_SEARCHMESSAGESREQUEST']._serialized_end=1690
+  _globals['_SEARCHMESSAGESRESPONSE']._serialized_start=1692
+  _globals['_SEARCHMESSAGESRESPONSE']._serialized_end=1799
+  _globals['_REPLACEMESSAGESREQUEST']._serialized_start=1802
+  _globals['_REPLACEMESSAGESREQUEST']._serialized_end=1973
+  _globals['_REPLACEMESSAGESRESPONSE']._serialized_start=1976
+  _globals['_REPLACEMESSAGESRESPONSE']._serialized_end=2121
+  _globals['_DELETEMESSAGESREQUEST']._serialized_start=2123
+  _globals['_DELETEMESSAGESREQUEST']._serialized_end=2239
+  _globals['_DELETEMESSAGESRESPONSE']._serialized_start=2241
+  _globals['_DELETEMESSAGESRESPONSE']._serialized_end=2345
+  _globals['_MESSAGESERVICE']._serialized_start=2435
+  _globals['_MESSAGESERVICE']._serialized_end=3170
 # @@protoc_insertion_point(module_scope)

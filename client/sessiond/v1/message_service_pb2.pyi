@@ -9,6 +9,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from sessiond.v1 import message_pb2 as _message_pb2
 from sessiond.v1 import session_pb2 as _session_pb2
 import builtins as _builtins
@@ -22,6 +23,54 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _AppendView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AppendViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AppendView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPEND_VIEW_UNSPECIFIED: _AppendView.ValueType  # 0
+    """APPEND_VIEW_UNSPECIFIED is the zero value: the same as APPEND_VIEW_FULL,
+    so callers that never set a view get what they always got.
+    """
+    APPEND_VIEW_FULL: _AppendView.ValueType  # 1
+    """APPEND_VIEW_FULL: messages are the stored messages whole (every field,
+    with session_id, seq, status and timestamps) and session is the whole
+    session after the append.
+    """
+    APPEND_VIEW_LEAN: _AppendView.ValueType  # 2
+    """APPEND_VIEW_LEAN: each of messages carries only seq, id (when the
+    caller chose one) and created_at; session carries only id, status,
+    last_seq, message_count, last_activity_at, revision and etag (the
+    guards of a next write: expected_last_seq, etag); revision is set as in
+    the full view. Every other field is left at its zero value, not
+    because it is empty: read the session (GetSession) or the messages
+    (ListMessages) for them. The server does not build the rest.
+    """
+
+class AppendView(_AppendView, metaclass=_AppendViewEnumTypeWrapper):
+    """AppendView chooses what an AppendMessagesResponse carries."""
+
+APPEND_VIEW_UNSPECIFIED: AppendView.ValueType  # 0
+"""APPEND_VIEW_UNSPECIFIED is the zero value: the same as APPEND_VIEW_FULL,
+so callers that never set a view get what they always got.
+"""
+APPEND_VIEW_FULL: AppendView.ValueType  # 1
+"""APPEND_VIEW_FULL: messages are the stored messages whole (every field,
+with session_id, seq, status and timestamps) and session is the whole
+session after the append.
+"""
+APPEND_VIEW_LEAN: AppendView.ValueType  # 2
+"""APPEND_VIEW_LEAN: each of messages carries only seq, id (when the
+caller chose one) and created_at; session carries only id, status,
+last_seq, message_count, last_activity_at, revision and etag (the
+guards of a next write: expected_last_seq, etag); revision is set as in
+the full view. Every other field is left at its zero value, not
+because it is empty: read the session (GetSession) or the messages
+(ListMessages) for them. The server does not build the rest.
+"""
+Global___AppendView: _TypeAlias = AppendView  # noqa: Y015
+
 @_typing.final
 class AppendMessagesRequest(_message.Message):
     """AppendMessagesRequest is the input of AppendMessages."""
@@ -33,12 +82,21 @@ class AppendMessagesRequest(_message.Message):
     EXPECTED_LAST_SEQ_FIELD_NUMBER: _builtins.int
     STATE_DELTA_FIELD_NUMBER: _builtins.int
     SHARED_STATE_DELTAS_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """session_id is the session; required."""
     expected_last_seq: _builtins.int
     """expected_last_seq, when set, must equal the session's last_seq, else
     ABORTED (LAST_SEQ_MISMATCH): a guard against two writers interleaving.
     Not checked when every message is a stored retry (see AppendMessages).
+    """
+    view: Global___AppendView.ValueType
+    """view chooses what the response carries: UNSPECIFIED and FULL the
+    stored messages whole and the whole session, LEAN only what a caller
+    needs to know the append landed and to guard its next write (see
+    AppendView). It changes the response only, never what is stored or
+    what watchers see; a retry answers in the view it asks for, whatever
+    the view of the append it repeats.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
@@ -70,10 +128,11 @@ class AppendMessagesRequest(_message.Message):
         expected_last_seq: _builtins.int | None = ...,
         state_delta: _session_pb2.StateDelta | None = ...,
         shared_state_deltas: _abc.Iterable[_session_pb2.SharedStateDelta] | None = ...,
+        view: Global___AppendView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "state_delta", b"state_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "messages", b"messages", "session_id", b"session_id", "shared_state_deltas", b"shared_state_deltas", "state_delta", b"state_delta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "messages", b"messages", "session_id", b"session_id", "shared_state_deltas", b"shared_state_deltas", "state_delta", b"state_delta", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_last_seq: _TypeAlias = _typing.Literal["expected_last_seq"]  # noqa: Y015
     _WhichOneofArgType__expected_last_seq: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq"]  # noqa: Y015
@@ -97,12 +156,14 @@ class AppendMessagesResponse(_message.Message):
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
         """messages are the stored messages, in request order, with seq and
-        timestamps.
+        timestamps; in the LEAN view only seq, id and created_at.
         """
 
     @_builtins.property
     def session(self) -> _session_pb2.Session:
-        """session is the session after the append."""
+        """session is the session after the append (for a stored retry: as it is
+        now); in the LEAN view only the fields APPEND_VIEW_LEAN names.
+        """
 
     def __init__(
         self,

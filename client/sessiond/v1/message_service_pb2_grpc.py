@@ -106,9 +106,10 @@ class MessageServiceServicer:
         when every message of the request is already stored, the call returns
         the stored messages (revision 0) even if the session has ended since or
         expected_last_seq no longer holds, so the retry of a stored append
-        answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
-        too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
-        and some message is new.
+        answers as the append did, in the view the retry asks for. Errors:
+        INVALID_ARGUMENT (empty, too many, too large, an unknown view); ABORTED
+        (LAST_SEQ_MISMATCH) when expected_last_seq is stale and some message is
+        new.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,9 +51,10 @@ class MessageServiceStub:
     when every message of the request is already stored, the call returns
     the stored messages (revision 0) even if the session has ended since or
     expected_last_seq no longer holds, so the retry of a stored append
-    answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
-    too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
-    and some message is new.
+    answers as the append did, in the view the retry asks for. Errors:
+    INVALID_ARGUMENT (empty, too many, too large, an unknown view); ABORTED
+    (LAST_SEQ_MISMATCH) when expected_last_seq is stale and some message is
+    new.
     """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_message_service_pb2.ListMessagesRequest, _message_service_pb2.ListMessagesResponse]
     """ListMessages reads messages by page, the last N, the last N turns, or
@@ -128,9 +129,10 @@ class MessageServiceAsyncStub(MessageServiceStub):
     when every message of the request is already stored, the call returns
     the stored messages (revision 0) even if the session has ended since or
     expected_last_seq no longer holds, so the retry of a stored append
-    answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
-    too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
-    and some message is new.
+    answers as the append did, in the view the retry asks for. Errors:
+    INVALID_ARGUMENT (empty, too many, too large, an unknown view); ABORTED
+    (LAST_SEQ_MISMATCH) when expected_last_seq is stale and some message is
+    new.
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_message_service_pb2.ListMessagesRequest, _message_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """ListMessages reads messages by page, the last N, the last N turns, or
@@ -208,9 +210,10 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         when every message of the request is already stored, the call returns
         the stored messages (revision 0) even if the session has ended since or
         expected_last_seq no longer holds, so the retry of a stored append
-        answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
-        too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
-        and some message is new.
+        answers as the append did, in the view the retry asks for. Errors:
+        INVALID_ARGUMENT (empty, too many, too large, an unknown view); ABORTED
+        (LAST_SEQ_MISMATCH) when expected_last_seq is stale and some message is
+        new.
         """
 
     @_abc_1.abstractmethod

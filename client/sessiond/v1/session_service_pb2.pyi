@@ -475,6 +475,7 @@ class ListSessionsRequest(_message.Message):
     ASCENDING_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SKIP_TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     order_by: Global___SessionOrderField.ValueType
     """order_by is the sort key; unset means last_activity_at."""
     ascending: _builtins.bool
@@ -495,6 +496,14 @@ class ListSessionsRequest(_message.Message):
     the last row returned, so deleting that row does not break the next
     page, and are signed: a changed token is INVALID_ARGUMENT.
     """
+    skip_total_size: _builtins.bool
+    """skip_total_size, when true, leaves total_size out: the server does not
+    count the matching sessions (a count visits every one of them, which on
+    a large store costs more than the page itself) and total_size is 0.
+    It may differ between the pages of one listing: a page token issued by
+    a page that skipped carries no count, so the next page that does not
+    skip counts (and its token carries that count on).
+    """
     @_builtins.property
     def filter(self) -> _session_pb2.SessionFilter:
         """filter selects the sessions; empty matches all visible sessions."""
@@ -507,10 +516,11 @@ class ListSessionsRequest(_message.Message):
         ascending: _builtins.bool = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        skip_total_size: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ascending", b"ascending", "filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ascending", b"ascending", "filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "skip_total_size", b"skip_total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -529,7 +539,14 @@ class ListSessionsResponse(_message.Message):
     next_page_token: _builtins.str
     """next_page_token continues the listing; empty on the last page."""
     total_size: _builtins.int
-    """total_size is the number of sessions matching the filter."""
+    """total_size is the number of sessions matching the filter, counted at
+    the revision of the listing's first page (the first that did not skip
+    it) and carried by next_page_token: every later page of the listing
+    answers that same count without counting again, so it stays put while
+    the listing is walked (sessions created or deleted since are not
+    reflected; start a new listing for a fresh count). 0 when
+    skip_total_size is set.
+    """
     revision: _builtins.int
     """revision is the store revision the page was read at."""
     @_builtins.property

@@ -196,7 +196,9 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """ListSessions pages through sessions matching a filter.
+        """ListSessions pages through sessions matching a filter. The matching
+        sessions are counted (total_size) on the first page only, unless
+        skip_total_size is set; later pages carry that count in their token.
         Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -79,7 +79,9 @@ class SessionServiceStub:
     NOT_FOUND; ABORTED (ETAG_MISMATCH).
     """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ListSessionsRequest, _session_service_pb2.ListSessionsResponse]
-    """ListSessions pages through sessions matching a filter.
+    """ListSessions pages through sessions matching a filter. The matching
+    sessions are counted (total_size) on the first page only, unless
+    skip_total_size is set; later pages carry that count in their token.
     Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
     """
     TouchSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.TouchSessionRequest, _session_service_pb2.TouchSessionResponse]
@@ -193,7 +195,9 @@ class SessionServiceAsyncStub(SessionServiceStub):
     NOT_FOUND; ABORTED (ETAG_MISMATCH).
     """
     ListSessions: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ListSessionsRequest, _session_service_pb2.ListSessionsResponse]  # type: ignore[assignment]
-    """ListSessions pages through sessions matching a filter.
+    """ListSessions pages through sessions matching a filter. The matching
+    sessions are counted (total_size) on the first page only, unless
+    skip_total_size is set; later pages carry that count in their token.
     Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
     """
     TouchSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.TouchSessionRequest, _session_service_pb2.TouchSessionResponse]  # type: ignore[assignment]
@@ -334,7 +338,9 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.ListSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.ListSessionsResponse, _abc.Awaitable[_session_service_pb2.ListSessionsResponse]]:
-        """ListSessions pages through sessions matching a filter.
+        """ListSessions pages through sessions matching a filter. The matching
+        sessions are counted (total_size) on the first page only, unless
+        skip_total_size is set; later pages carry that count in their token.
         Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
         """
 

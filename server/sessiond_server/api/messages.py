@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from sessiond.v1 import message_pb2, message_service_pb2, message_service_pb2_grpc
+from sessiond.v1 import message_pb2, message_service_pb2, message_service_pb2_grpc, session_pb2
 
 from ..store import MessageQuery
 from ..store.records import message_bytes
@@ -18,6 +18,7 @@ from .validation import Checker
 
 ms = message_service_pb2
 M = message_pb2
+S = session_pb2
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 UPDATE_PATHS = frozenset({"content", "reasoning", "status", "name", "tool_calls",
@@ -61,6 +62,16 @@ def check_messages(c: Checker, messages: Sequence[M.Message], *, required: bool)
             check_message(c, f"messages[{i}]", message)
 
 
+def lean_session(session: S.Session) -> S.Session:
+    """The session as AppendMessages' LEAN view answers it: what a caller needs to guard
+    its next write (the fields APPEND_VIEW_LEAN names), nothing else."""
+    lean = S.Session(id=session.id, status=session.status, last_seq=session.last_seq,
+                     message_count=session.message_count, revision=session.revision,
+                     etag=session.etag)
+    lean.last_activity_at.CopyFrom(session.last_activity_at)
+    return lean
+
+
 class MessageService(message_service_pb2_grpc.MessageServiceServicer):
     def __init__(self, api: ApiContext) -> None:
         self.api = api
@@ -81,14 +92,18 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
             c.identifier(f"shared_state_deltas[{i}].app", shared.app)
             c.identifier(f"shared_state_deltas[{i}].user_id", shared.user_id, required=False)
             check_delta(c, f"shared_state_deltas[{i}].delta", shared.delta)
+        c.enum("view", request.view, ms.AppendView)
         c.done()
         expected = (request.expected_last_seq if request.HasField("expected_last_seq")
                     else None)
+        lean = request.view == ms.APPEND_VIEW_LEAN
         result = await self.api.store.append_messages(
             self.api.scope(context), request.session_id, request.messages, expected,
-            request.state_delta, request.shared_state_deltas)
-        return ms.AppendMessagesResponse(messages=result.messages, session=result.session,
-                                         revision=result.revision)
+            request.state_delta, request.shared_state_deltas, lean=lean)
+        return ms.AppendMessagesResponse(
+            messages=result.messages,
+            session=lean_session(result.session) if lean else result.session,
+            revision=result.revision)
 
     @unary
     async def ListMessages(self, request: ms.ListMessagesRequest, context: Ctx

@@ -202,17 +202,25 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         c.done()
         digest = request_digest(request.filter, request.order_by, request.ascending)
         cursor = None
+        # total_size is counted once per listing (the proto's rule): a token carries the
+        # count of the page that issued it, or None when that page skipped it (and in
+        # tokens from before the count was carried, which held the cursor alone).
+        carried: int | None = None
         if request.page_token:
-            value, key = self.api.tokens.decode("page_token", request.page_token, "sessions",
-                                                digest)
+            value, key, *rest = self.api.tokens.decode("page_token", request.page_token,
+                                                       "sessions", digest)
             cursor = (int(value), str(key))
+            carried = int(rest[0]) if rest and rest[0] is not None else None
+        count = not request.skip_total_size and carried is None
         page = await self.api.store.list_sessions(self.api.scope(context), request.filter,
                                                   request.order_by, request.ascending, size,
-                                                  cursor, self.api.config.limits.max_page_bytes)
-        token = (self.api.tokens.encode("sessions", digest, list(page.next_cursor))
+                                                  cursor, self.api.config.limits.max_page_bytes,
+                                                  count_total=count)
+        total = None if request.skip_total_size else (page.total_size if count else carried)
+        token = (self.api.tokens.encode("sessions", digest, [*page.next_cursor, total])
                  if page.next_cursor else "")
         return ss.ListSessionsResponse(sessions=page.sessions, next_page_token=token,
-                                       total_size=page.total_size, revision=page.revision)
+                                       total_size=total or 0, revision=page.revision)
 
     @unary
     async def TouchSession(self, request: ss.TouchSessionRequest, context: Ctx

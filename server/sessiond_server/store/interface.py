@@ -82,7 +82,8 @@ class SessionPage:
     sessions: list[session_pb2.Session]
     # Sort key values of the last row, when there may be more rows.
     next_cursor: tuple[int, str] | None
-    total_size: int
+    # The number of matching sessions; None when the listing was asked not to count.
+    total_size: int | None
     revision: int
 
 
@@ -157,6 +158,7 @@ class SessionStore(Protocol):
         page_size: int,
         cursor: tuple[int, str] | None,
         max_bytes: int = 2 << 20,
+        count_total: bool = True,
     ) -> SessionPage: ...
     async def touch_session(
         self, scope: Scope, session: session_pb2.Session
@@ -204,6 +206,8 @@ class SessionStore(Protocol):
         expected_last_seq: int | None,
         state_delta: session_pb2.StateDelta | None = None,
         shared_state_deltas: Sequence[session_pb2.SharedStateDelta] = (),
+        *,
+        lean: bool = False,
     ) -> MessagesResult: ...
     async def list_messages(
         self, scope: Scope, session_id: str, query: MessageQuery

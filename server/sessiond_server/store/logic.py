@@ -170,6 +170,13 @@ def message_delta(message: M.Message) -> tuple[int, int]:
     return int(rows.is_turn(message)), len(message.tool_calls)
 
 
+def lean_message(seq: int, message_id: str | None, created_at_micros: int) -> M.Message:
+    """A stored message as AppendMessages' LEAN view answers it: seq, id, created_at."""
+    lean = M.Message(seq=seq, id=message_id or "")
+    lean.created_at.FromMicroseconds(created_at_micros)
+    return lean
+
+
 #: A statement and its parameter values.
 Statement = tuple[str, Sequence[Any]]
 
@@ -554,6 +561,7 @@ class StoreLogic:
         self, scope: Scope, filter: S.SessionFilter,
         order_by: session_service_pb2.SessionOrderField.ValueType, ascending: bool,
         page_size: int, cursor: tuple[int, str] | None, max_bytes: int = 2 << 20,
+        count_total: bool = True,
     ) -> SessionPage:
         now = self._clock()
         page_sql, page_params = self.list_sessions_sql(scope, filter, order_by, ascending,
@@ -561,7 +569,7 @@ class StoreLogic:
         page, rev, *counts = await self._read_many([
             (page_sql, page_params),
             (f"SELECT {REVISION}", ()),
-            *self._count_sql(scope, filter, now),
+            *(self._count_sql(scope, filter, now) if count_total else ()),
         ])
         column = COL[ORDER_COLUMNS[order_by]]
         # Sessions are taken while the bytes of those before stay under max_bytes (a page
@@ -578,8 +586,8 @@ class StoreLogic:
         if len(page) > len(sessions):
             last = page[len(sessions) - 1]
             next_cursor = (int(last[column]), str(last[2]))
-        return SessionPage(sessions, next_cursor,
-                           sum(int(found[0][0]) for found in counts), int(rev[0][0]))
+        total = sum(int(found[0][0]) for found in counts) if count_total else None
+        return SessionPage(sessions, next_cursor, total, int(rev[0][0]))
 
     async def touch_session(self, scope: Scope, session: S.Session
                             ) -> tuple[S.Session, bool, int]:
@@ -819,8 +827,17 @@ class StoreLogic:
                               expected_last_seq: int | None,
                               state_delta: S.StateDelta | None = None,
                               shared_state_deltas: Sequence[S.SharedStateDelta] = (),
-                              ) -> MessagesResult:
+                              *, lean: bool = False) -> MessagesResult:
+        """Append ``messages``; with ``lean`` the result's messages carry only seq, id and
+        created_at (AppendMessages' LEAN view) and are built as such: no stored body is
+        parsed and no whole copy is made for them. The event is the same either way."""
         prepared = [(m, rows.message_body(m), *message_delta(m)) for m in messages]
+
+        def answer(row: Sequence[Any]) -> M.Message:
+            """A stored message row as the result carries it."""
+            if lean:
+                return lean_message(row[2], row[3], row[8])
+            return rows.message_from_row(row, session_id)
 
         async def write(ctx: Ctx) -> MessagesResult:
             row = await self._load(ctx, scope, session_id)
@@ -834,12 +851,12 @@ class StoreLogic:
                     if old is None:
                         raise AlreadyExists(f"messages[{i}].id {message.id!r} repeats in "
                                             f"the request", reason="MESSAGE_ID_CONFLICT")
-                    stored = rows.message_from_row(old, session_id)
-                    if stored.role != message.role or stored.content != message.content:
+                    # role and content are columns of their own (MESSAGE_FIELDS).
+                    if old[4] != message.role or old[5] != message.content:
                         raise AlreadyExists(
                             f"messages[{i}].id {message.id!r} is stored with other "
                             f"content", reason="MESSAGE_ID_CONFLICT")
-                    out.append(stored)
+                    out.append(answer(old))
                     continue
                 seen_ids.add(message.id)
                 out.append(None)
@@ -868,17 +885,19 @@ class StoreLogic:
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
                 " tool_call_count = tool_call_count + {}, last_seq = {}" + state_sql,
                 (len(new_rows), turns, tool_calls, last_seq, *state_values))
-            first_new = new_rows[0][1]
             inserted = iter(new_rows)
-            result = [m if m is not None else rows.stored_message(message, session_id,
-                                                                   next(inserted)[1], ctx.now)
-                      for m, (message, *_) in zip(out, prepared, strict=True)]
+            fresh = [(i, rows.stored_message(message, session_id, next(inserted)[1], ctx.now))
+                     for i, (message, *_) in enumerate(prepared) if out[i] is None]
             if revived:
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
-            fresh = [m for m in result if m.seq >= first_new]
-            carried, truncated = rows.event_messages(fresh)
+            # The lean result does not hold the stored messages, so the event may cut
+            # them where they are instead of cutting copies.
+            carried, truncated = rows.event_messages([m for _, m in fresh], in_place=lean)
             self._emit(ctx, E.EVENT_TYPE_MESSAGES_APPENDED, session, carried, truncated)
-            return MessagesResult(result, session, ctx.write_revision)
+            for i, stored in fresh:
+                out[i] = lean_message(stored.seq, stored.id, ctx.now) if lean else stored
+            return MessagesResult([m for m in out if m is not None], session,
+                                  ctx.write_revision)
 
         result: MessagesResult = await self._write(write)
         return result

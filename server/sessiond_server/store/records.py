@@ -198,14 +198,18 @@ def require_writable(row: Sequence[Any]) -> None:
         raise FailedPrecondition(f"session {row[2]!r} has ended", reason="SESSION_ENDED")
 
 
-def event_messages(messages: Sequence[message_pb2.Message]
+def event_messages(messages: Sequence[message_pb2.Message], in_place: bool = False
                    ) -> tuple[list[message_pb2.Message], bool]:
-    """Messages as a watch event carries them: bounded and cut short."""
+    """Messages as a watch event carries them: bounded and cut short (cut copies, or
+    with ``in_place`` the messages themselves, when the caller keeps no other use)."""
     truncated = len(messages) > EVENT_MAX_MESSAGES
     out: list[message_pb2.Message] = []
     for message in messages[-EVENT_MAX_MESSAGES:]:
-        copy = message_pb2.Message()
-        copy.CopyFrom(message)
+        if in_place:
+            copy = message
+        else:
+            copy = message_pb2.Message()
+            copy.CopyFrom(message)
         for name in ("content", "reasoning"):
             truncated |= _cut(copy, name, EVENT_MAX_TEXT)
         if len(copy.tool_calls) > EVENT_MAX_TOOL_CALLS:

@@ -23,6 +23,64 @@ import { Timestamp } from "../../google/protobuf/timestamp";
 import { Message } from "./message";
 import { Session, SharedStateDelta, StateDelta } from "./session";
 
+/** AppendView chooses what an AppendMessagesResponse carries. */
+export enum AppendView {
+  /**
+   * APPEND_VIEW_UNSPECIFIED - APPEND_VIEW_UNSPECIFIED is the zero value: the same as APPEND_VIEW_FULL,
+   * so callers that never set a view get what they always got.
+   */
+  APPEND_VIEW_UNSPECIFIED = 0,
+  /**
+   * APPEND_VIEW_FULL - APPEND_VIEW_FULL: messages are the stored messages whole (every field,
+   * with session_id, seq, status and timestamps) and session is the whole
+   * session after the append.
+   */
+  APPEND_VIEW_FULL = 1,
+  /**
+   * APPEND_VIEW_LEAN - APPEND_VIEW_LEAN: each of messages carries only seq, id (when the
+   * caller chose one) and created_at; session carries only id, status,
+   * last_seq, message_count, last_activity_at, revision and etag (the
+   * guards of a next write: expected_last_seq, etag); revision is set as in
+   * the full view. Every other field is left at its zero value, not
+   * because it is empty: read the session (GetSession) or the messages
+   * (ListMessages) for them. The server does not build the rest.
+   */
+  APPEND_VIEW_LEAN = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function appendViewFromJSON(object: any): AppendView {
+  switch (object) {
+    case 0:
+    case "APPEND_VIEW_UNSPECIFIED":
+      return AppendView.APPEND_VIEW_UNSPECIFIED;
+    case 1:
+    case "APPEND_VIEW_FULL":
+      return AppendView.APPEND_VIEW_FULL;
+    case 2:
+    case "APPEND_VIEW_LEAN":
+      return AppendView.APPEND_VIEW_LEAN;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return AppendView.UNRECOGNIZED;
+  }
+}
+
+export function appendViewToJSON(object: AppendView): string {
+  switch (object) {
+    case AppendView.APPEND_VIEW_UNSPECIFIED:
+      return "APPEND_VIEW_UNSPECIFIED";
+    case AppendView.APPEND_VIEW_FULL:
+      return "APPEND_VIEW_FULL";
+    case AppendView.APPEND_VIEW_LEAN:
+      return "APPEND_VIEW_LEAN";
+    case AppendView.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** AppendMessagesRequest is the input of AppendMessages. */
 export interface AppendMessagesRequest {
   /** session_id is the session; required. */
@@ -56,16 +114,28 @@ export interface AppendMessagesRequest {
    * in the same transaction, under the same rules (at most 16 of them).
    */
   sharedStateDeltas: SharedStateDelta[];
+  /**
+   * view chooses what the response carries: UNSPECIFIED and FULL the
+   * stored messages whole and the whole session, LEAN only what a caller
+   * needs to know the append landed and to guard its next write (see
+   * AppendView). It changes the response only, never what is stored or
+   * what watchers see; a retry answers in the view it asks for, whatever
+   * the view of the append it repeats.
+   */
+  view: AppendView;
 }
 
 /** AppendMessagesResponse is the output of AppendMessages. */
 export interface AppendMessagesResponse {
   /**
    * messages are the stored messages, in request order, with seq and
-   * timestamps.
+   * timestamps; in the LEAN view only seq, id and created_at.
    */
   messages: Message[];
-  /** session is the session after the append. */
+  /**
+   * session is the session after the append (for a stored retry: as it is
+   * now); in the LEAN view only the fields APPEND_VIEW_LEAN names.
+   */
   session:
     | Session
     | undefined;
@@ -344,7 +414,14 @@ export interface DeleteMessagesResponse {
 }
 
 function createBaseAppendMessagesRequest(): AppendMessagesRequest {
-  return { sessionId: "", messages: [], expectedLastSeq: undefined, stateDelta: undefined, sharedStateDeltas: [] };
+  return {
+    sessionId: "",
+    messages: [],
+    expectedLastSeq: undefined,
+    stateDelta: undefined,
+    sharedStateDeltas: [],
+    view: 0,
+  };
 }
 
 export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
@@ -366,6 +443,9 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
     }
     for (const v of message.sharedStateDeltas) {
       SharedStateDelta.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.view !== 0) {
+      writer.uint32(48).int32(message.view);
     }
     return writer;
   },
@@ -423,6 +503,14 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
             message.sharedStateDeltas.push(SharedStateDelta.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.view = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -458,6 +546,7 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
         : globalThis.Array.isArray(object?.shared_state_deltas)
         ? object.shared_state_deltas.map((e: any) => SharedStateDelta.fromJSON(e))
         : [],
+      view: isSet(object.view) ? appendViewFromJSON(object.view) : 0,
     };
   },
 
@@ -478,6 +567,9 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
     if (message.sharedStateDeltas?.length) {
       obj.sharedStateDeltas = message.sharedStateDeltas.map((e) => SharedStateDelta.toJSON(e));
     }
+    if (message.view !== 0) {
+      obj.view = appendViewToJSON(message.view);
+    }
     return obj;
   },
 
@@ -495,6 +587,7 @@ export const AppendMessagesRequest: MessageFns<AppendMessagesRequest> = {
       ? StateDelta.fromPartial(object.stateDelta)
       : undefined;
     message.sharedStateDeltas = object.sharedStateDeltas?.map((e) => SharedStateDelta.fromPartial(e)) || [];
+    message.view = object.view ?? 0;
     return message;
   },
 };
@@ -2385,9 +2478,10 @@ export const MessageServiceService = {
    * when every message of the request is already stored, the call returns
    * the stored messages (revision 0) even if the session has ended since or
    * expected_last_seq no longer holds, so the retry of a stored append
-   * answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
-   * too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
-   * and some message is new.
+   * answers as the append did, in the view the retry asks for. Errors:
+   * INVALID_ARGUMENT (empty, too many, too large, an unknown view); ABORTED
+   * (LAST_SEQ_MISMATCH) when expected_last_seq is stale and some message is
+   * new.
    */
   appendMessages: {
     path: "/sessiond.v1.MessageService/AppendMessages" as const,
@@ -2534,9 +2628,10 @@ export interface MessageServiceServer extends UntypedServiceImplementation {
    * when every message of the request is already stored, the call returns
    * the stored messages (revision 0) even if the session has ended since or
    * expected_last_seq no longer holds, so the retry of a stored append
-   * answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
-   * too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
-   * and some message is new.
+   * answers as the append did, in the view the retry asks for. Errors:
+   * INVALID_ARGUMENT (empty, too many, too large, an unknown view); ABORTED
+   * (LAST_SEQ_MISMATCH) when expected_last_seq is stale and some message is
+   * new.
    */
   appendMessages: handleUnaryCall<AppendMessagesRequest, AppendMessagesResponse>;
   /**
@@ -2607,9 +2702,10 @@ export interface MessageServiceClient extends Client {
    * when every message of the request is already stored, the call returns
    * the stored messages (revision 0) even if the session has ended since or
    * expected_last_seq no longer holds, so the retry of a stored append
-   * answers as the append did. Errors: INVALID_ARGUMENT (empty, too many,
-   * too large); ABORTED (LAST_SEQ_MISMATCH) when expected_last_seq is stale
-   * and some message is new.
+   * answers as the append did, in the view the retry asks for. Errors:
+   * INVALID_ARGUMENT (empty, too many, too large, an unknown view); ABORTED
+   * (LAST_SEQ_MISMATCH) when expected_last_seq is stale and some message is
+   * new.
    */
   appendMessages(
     request: AppendMessagesRequest,

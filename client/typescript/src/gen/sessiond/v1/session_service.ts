@@ -338,6 +338,15 @@ export interface ListSessionsRequest {
    * page, and are signed: a changed token is INVALID_ARGUMENT.
    */
   pageToken: string;
+  /**
+   * skip_total_size, when true, leaves total_size out: the server does not
+   * count the matching sessions (a count visits every one of them, which on
+   * a large store costs more than the page itself) and total_size is 0.
+   * It may differ between the pages of one listing: a page token issued by
+   * a page that skipped carries no count, so the next page that does not
+   * skip counts (and its token carries that count on).
+   */
+  skipTotalSize: boolean;
 }
 
 /** ListSessionsResponse is the output of ListSessions. */
@@ -346,7 +355,15 @@ export interface ListSessionsResponse {
   sessions: Session[];
   /** next_page_token continues the listing; empty on the last page. */
   nextPageToken: string;
-  /** total_size is the number of sessions matching the filter. */
+  /**
+   * total_size is the number of sessions matching the filter, counted at
+   * the revision of the listing's first page (the first that did not skip
+   * it) and carried by next_page_token: every later page of the listing
+   * answers that same count without counting again, so it stays put while
+   * the listing is walked (sessions created or deleted since are not
+   * reflected; start a new listing for a fresh count). 0 when
+   * skip_total_size is set.
+   */
   totalSize: bigint;
   /** revision is the store revision the page was read at. */
   revision: bigint;
@@ -1706,7 +1723,7 @@ export const DeleteSessionResponse: MessageFns<DeleteSessionResponse> = {
 };
 
 function createBaseListSessionsRequest(): ListSessionsRequest {
-  return { filter: undefined, orderBy: 0, ascending: false, pageSize: 0, pageToken: "" };
+  return { filter: undefined, orderBy: 0, ascending: false, pageSize: 0, pageToken: "", skipTotalSize: false };
 }
 
 export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
@@ -1725,6 +1742,9 @@ export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(42).string(message.pageToken);
+    }
+    if (message.skipTotalSize !== false) {
+      writer.uint32(48).bool(message.skipTotalSize);
     }
     return writer;
   },
@@ -1782,6 +1802,14 @@ export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.skipTotalSize = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1813,6 +1841,11 @@ export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      skipTotalSize: isSet(object.skipTotalSize)
+        ? globalThis.Boolean(object.skipTotalSize)
+        : isSet(object.skip_total_size)
+        ? globalThis.Boolean(object.skip_total_size)
+        : false,
     };
   },
 
@@ -1833,6 +1866,9 @@ export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.skipTotalSize !== false) {
+      obj.skipTotalSize = message.skipTotalSize;
+    }
     return obj;
   },
 
@@ -1848,6 +1884,7 @@ export const ListSessionsRequest: MessageFns<ListSessionsRequest> = {
     message.ascending = object.ascending ?? false;
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.skipTotalSize = object.skipTotalSize ?? false;
     return message;
   },
 };
@@ -4056,7 +4093,9 @@ export const SessionServiceService = {
     responseDeserialize: (value: Buffer): DeleteSessionResponse => DeleteSessionResponse.decode(value),
   },
   /**
-   * ListSessions pages through sessions matching a filter.
+   * ListSessions pages through sessions matching a filter. The matching
+   * sessions are counted (total_size) on the first page only, unless
+   * skip_total_size is set; later pages carry that count in their token.
    * Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
    */
   listSessions: {
@@ -4248,7 +4287,9 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
    */
   deleteSession: handleUnaryCall<DeleteSessionRequest, DeleteSessionResponse>;
   /**
-   * ListSessions pages through sessions matching a filter.
+   * ListSessions pages through sessions matching a filter. The matching
+   * sessions are counted (total_size) on the first page only, unless
+   * skip_total_size is set; later pages carry that count in their token.
    * Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
    */
   listSessions: handleUnaryCall<ListSessionsRequest, ListSessionsResponse>;
@@ -4404,7 +4445,9 @@ export interface SessionServiceClient extends Client {
     callback: (error: ServiceError | null, response: DeleteSessionResponse) => void,
   ): ClientUnaryCall;
   /**
-   * ListSessions pages through sessions matching a filter.
+   * ListSessions pages through sessions matching a filter. The matching
+   * sessions are counted (total_size) on the first page only, unless
+   * skip_total_size is set; later pages carry that count in their token.
    * Errors: INVALID_ARGUMENT for a bad filter, page size or page token.
    */
   listSessions(
