@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from google.protobuf import field_mask_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from sessiond.v1 import (
     message_pb2,
     message_service_pb2,
@@ -36,19 +37,41 @@ SQLITE = pytest.mark.parametrize("make_server", ["sqlite"], indirect=True)
 M = message_pb2
 
 
+def event_time(micros: int) -> Any:
+    stamp = Timestamp()
+    stamp.FromMicroseconds(micros)
+    return stamp
+
+
+# Client-set event times of chat's first two messages: far before the server's clock.
+ASKED, ANSWERED = 1_600_000_000_000_000, 1_600_000_060_000_000
+
+
 async def populate(server: Any) -> None:
-    """Sessions that use every stored feature: labels, tool calls, blocks, usage, end, fork, pop."""
+    """Sessions that use every stored feature: labels, tool calls, blocks, usage, end, fork,
+    pop, session state, shared state (application and user) and event times."""
     s, m, st = server.sessions, server.messages, server.stats
     await s.CreateSession(session_service_pb2.CreateSessionRequest(session=session_pb2.Session(
         id="chat", channel="telegram.main", agent="helper", model="gpt", owner_id="ann",
-        labels={"team": "blue"}, goal="answer", budget_micros=5_000_000)))
-    await m.AppendMessages(message_service_pb2.AppendMessagesRequest(session_id="chat", messages=[
-        M.Message(id="u1", role=M.ROLE_USER, content="What is WAL? ünïcødé", name="ann"),
+        labels={"team": "blue"}, goal="answer", budget_micros=5_000_000,
+        state_json='{"step":1,"big":12345678901234567890}'), shared_state_deltas=[
+            session_pb2.SharedStateDelta(app="helper", delta=session_pb2.StateDelta(
+                set={"plan": '"pro"'})),
+            session_pb2.SharedStateDelta(app="helper", user_id="ann", delta=session_pb2.StateDelta(
+                set={"name": '"Ann"'}))]))
+    await m.AppendMessages(message_service_pb2.AppendMessagesRequest(
+        session_id="chat", state_delta=session_pb2.StateDelta(set={"step": "2"}),
+        shared_state_deltas=[session_pb2.SharedStateDelta(
+            app="helper", user_id="ann", delta=session_pb2.StateDelta(set={"lang": '"de"'}))],
+        messages=[
+        M.Message(id="u1", role=M.ROLE_USER, content="What is WAL? ünïcødé", name="ann",
+                  event_time=event_time(ASKED)),
         M.Message(id="a1", role=M.ROLE_ASSISTANT, content="A journal.", reasoning="think",
                   tool_calls=[M.ToolCall(id="c1", name="search", arguments_json='{"q":1}')],
                   content_blocks=[M.ContentBlock(type="text", json='{"t":"x"}'),
                                   M.ContentBlock(type="img", raw=b"\x00\x01")],
-                  metadata={"k": "v"}, provider_response_id="resp-1"),
+                  metadata={"k": "v"}, provider_response_id="resp-1",
+                  event_time=event_time(ANSWERED)),
         M.Message(role=M.ROLE_TOOL, content="result", tool_call_id="c1"),
         M.Message(role=M.ROLE_ASSISTANT, content="draft", status=M.MESSAGE_STATUS_IN_PROGRESS),
     ]))
@@ -105,15 +128,23 @@ async def test_export_then_import_into_an_empty_database_gives_identical_data(
     assert {r["session"]["status"] for r in records if r["type"] == "session"} == {
         "SESSION_STATUS_ACTIVE", "SESSION_STATUS_FAILED"}
     assert all("revision" not in r.get("session", {}) for r in records)
+    chat = next(r["session"] for r in records if r.get("session", {}).get("id") == "chat")
+    assert chat["state_json"] == '{"step":2,"big":12345678901234567890}'
+    assert [(r["tenant"], r["shared_state"].get("user_id", ""),
+             r["shared_state"]["state_json"]) for r in records
+            if r["type"] == "shared_state"] == [
+        ("default", "", '{"plan":"pro"}'), ("default", "ann", '{"name":"Ann","lang":"de"}')]
 
     target = tmp_path / "imported.db"
     first = await import_text(target, original)
     assert first["sessions_created"] == 3
     assert first["messages_added"] == 4 + 2  # chat's four, the fork's two (its third popped)
+    assert first["shared_states_added"] == 2
     assert body(export_text(target)) == body(original)
 
     again = await import_text(target, original)
-    assert again["sessions_created"] == 0 and again["messages_added"] == 0
+    assert again["sessions_created"] == again["messages_added"] == 0
+    assert again["shared_states_added"] == 0
     assert again["revision"] == first["revision"]  # no write took a revision
     assert body(export_text(target)) == body(original)
 
@@ -124,6 +155,22 @@ async def test_export_then_import_into_an_empty_database_gives_identical_data(
         session_id="chat"))
     assert [x.content for x in listed.messages] == [
         "What is WAL? ünïcødé", "A journal.", "result", "final"]
+    # State, shared state and event times came across and serve as they did.
+    chat_read = await served.sessions.GetSession(session_service_pb2.GetSessionRequest(
+        session_id="chat"))
+    assert chat_read.session.state_json == '{"step":2,"big":12345678901234567890}'
+    ann = await served.sessions.GetSharedState(session_service_pb2.GetSharedStateRequest(
+        app="helper", user_id="ann"))
+    assert (ann.state.state_json, ann.state.etag) == ('{"name":"Ann","lang":"de"}', "2")
+    moved = await served.sessions.UpdateSharedState(session_service_pb2.UpdateSharedStateRequest(
+        app="helper", user_id="ann", etag="2", delta=session_pb2.StateDelta(set={"x": "1"})))
+    assert moved.state.etag == "3"  # compare-and-set goes on from the exported version
+    # after_time compares event_time where set: the answer (event time ANSWERED) and the
+    # later messages (server time, long after) are after ASKED + 1 µs; the question is not.
+    after = await served.messages.ListMessages(message_service_pb2.ListMessagesRequest(
+        session_id="chat", after_time=event_time(ASKED + 1)))
+    assert [(x.seq, x.event_time.ToMicroseconds()) for x in after.messages] == [
+        (2, ANSWERED), (3, 0), (4, 0)]
     fork = await served.sessions.GetSession(session_service_pb2.GetSessionRequest(
         session_id="chat-fork"))
     assert fork.session.last_seq == 3 and fork.session.message_count == 2
@@ -140,6 +187,13 @@ async def test_export_filters_by_owner_and_start_time(make_server: Any) -> None:
     await populate(server)
     by_owner = body(export_text(server.database, owners=["bob"]))
     assert [json.loads(line)["session"]["id"] for line in by_owner] == ["job"]
+    # An owner's export holds that user's shared states, not the application's own.
+    anns = [json.loads(line) for line in body(export_text(server.database, owners=["ann"]))]
+    assert [(r["shared_state"]["app"], r["shared_state"].get("user_id")) for r in anns
+            if r["type"] == "shared_state"] == [("helper", "ann")]
+    assert [r for r in anns if r["type"] == "shared_state"] == [
+        json.loads(line) for line in body(export_text(server.database))
+        if '"shared_state"' in line and '"ann"' in line]
     chat = await server.sessions.GetSession(session_service_pb2.GetSessionRequest(
         session_id="job"))
     since = chat.session.started_at.ToMicroseconds()
@@ -213,6 +267,18 @@ def test_bad_lines_are_reported_with_file_and_line(tmp_path: Path) -> None:
                          "message": {}})
     with pytest.raises(MaintenanceError, match="outside its session"):
         list(read_export(io.StringIO(orphan + "\n")))
+    header = {"type": "header", "format": "sessiond.export", "revision": 1}
+    assert list(read_export(io.StringIO(json.dumps({**header, "version": 1})))) == []
+    with pytest.raises(MaintenanceError, match="input:1: not a sessiond export of version"):
+        list(read_export(io.StringIO(json.dumps({**header, "version": 3}))))
+    shared = {"type": "shared_state", "tenant": "default",
+              "shared_state": {"app": "a", "etag": "1", "state_json": "[1]"}}
+    with pytest.raises(MaintenanceError, match="input:1: state_json is not a JSON object"):
+        list(read_export(io.StringIO(json.dumps(shared))))
+    big = {**shared, "shared_state": {"app": "a", "etag": "1",
+                                      "state_json": json.dumps({"k": "y" * 70_000})}}
+    with pytest.raises(MaintenanceError, match=r"input:1: state_json is \d+ bytes; the limit"):
+        list(read_export(io.StringIO(json.dumps(big))))
 
 
 async def test_the_store_sees_imported_events_in_the_change_log(tmp_path: Path) -> None:

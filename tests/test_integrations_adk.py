@@ -193,3 +193,20 @@ async def test_concurrent_events_on_separate_sessions_each_commit_once(
         shared = await server.sessions.GetSharedState(
             session_service_pb2.GetSharedStateRequest(app="app"))
         assert shared.state.state_json == '{"total":9}'
+
+
+async def test_a_refused_create_session_writes_none_of_its_app_and_user_state(
+    server: ServerHarness,
+) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        service = SessiondSessionService(client=client)
+        await service.create_session(app_name="app", user_id="u", session_id="s",
+                                     state={"app:plan": "free", "user:name": "Ada"})
+        # The same id again: refused, and its app: and user: keys are not written either
+        # (the session and its shared state are one CreateSession).
+        with pytest.raises(AlreadyExistsError):
+            await service.create_session(app_name="app", user_id="u", session_id="s",
+                                         state={"app:plan": "paid", "user:name": "Bob"})
+        read = await service.get_session(app_name="app", user_id="u", session_id="s")
+        assert read is not None and read.state == {"app:plan": "free", "user:name": "Ada"}
+        assert await service.get_user_state(app_name="app", user_id="u") == {"name": "Ada"}

@@ -170,3 +170,64 @@ async def test_list_sessions_returns_each_state(server: Any) -> None:
     await create_session(server.sessions, "b")
     listed = await server.sessions.ListSessions(ss.ListSessionsRequest(ascending=True))
     assert {s.id: s.state_json for s in listed.sessions} == {"a": '{"n":1}', "b": "{}"}
+
+
+def create_request(session_id: str, *deltas: sp.SharedStateDelta,
+                   **fields: Any) -> ss.CreateSessionRequest:
+    return ss.CreateSessionRequest(session=sp.Session(id=session_id, **fields),
+                                   shared_state_deltas=deltas)
+
+
+async def shared_state(server: Any, app: str, user_id: str = "") -> tuple[str, str]:
+    answer = await server.sessions.GetSharedState(ss.GetSharedStateRequest(app=app,
+                                                                           user_id=user_id))
+    return answer.state.state_json, answer.state.etag
+
+
+async def test_create_session_commits_its_shared_state_deltas_with_the_session(
+        server: Any) -> None:
+    app = sp.SharedStateDelta(app="bot", delta=delta(visits=1))
+    ada = sp.SharedStateDelta(app="bot", user_id="ada", delta=delta(likes="tea"))
+    first = await server.sessions.CreateSession(create_request("s", app, ada, owner_id="ada"))
+    assert first.created and first.revision > 0
+    assert await shared_state(server, "bot") == ('{"visits":1}', "1")
+    assert await shared_state(server, "bot", "ada") == ('{"likes":"tea"}', "1")
+    # Someone moves the app state on; the retry of the creation finds its session,
+    # answers it and applies its deltas no second time.
+    await server.sessions.UpdateSharedState(ss.UpdateSharedStateRequest(
+        app="bot", delta=delta(visits=2)))
+    retry = await server.sessions.CreateSession(create_request("s", app, ada, owner_id="ada"))
+    assert (retry.created, retry.revision, retry.session) == (False, 0, first.session)
+    assert await shared_state(server, "bot") == ('{"visits":2}', "2")
+
+
+async def test_a_create_that_fails_midway_stores_neither_session_nor_shared_state(
+        server: Any) -> None:
+    fits = sp.SharedStateDelta(app="bot", delta=delta(visits=1))
+    too_big = sp.SharedStateDelta(app="bot", user_id="ada", delta=delta(big="y" * 70_000))
+    await expect_bad_request(server.sessions.CreateSession(create_request("s", fits, too_big)),
+                             "shared_state_deltas[1].delta")
+    await expect_failure(server.sessions.GetSession(ss.GetSessionRequest(session_id="s")),
+                         grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
+    assert await shared_state(server, "bot") == ("{}", "0")
+    assert await shared_state(server, "bot", "ada") == ("{}", "0")
+    # An id taken with other content: ALREADY_EXISTS, and the deltas stay unapplied.
+    await create_session(server.sessions, "taken", agent="other")
+    await expect_failure(server.sessions.CreateSession(create_request("taken", fits,
+                                                                      agent="bot")),
+                         grpc.StatusCode.ALREADY_EXISTS, "SESSION_EXISTS")
+    assert await shared_state(server, "bot") == ("{}", "0")
+
+
+async def test_create_session_names_a_bad_shared_state_delta(server: Any) -> None:
+    create = server.sessions.CreateSession
+    await expect_bad_request(create(create_request(
+        "s", sp.SharedStateDelta(delta=delta(k=1)))), "shared_state_deltas[0].app")
+    await expect_bad_request(create(create_request(
+        "s", sp.SharedStateDelta(app="bot", delta=sp.StateDelta(set={"k": "not json"})))),
+        "shared_state_deltas[0].delta")
+    await expect_bad_request(create(create_request(
+        "s", *[sp.SharedStateDelta(app=f"a{i}", delta=delta(k=i)) for i in range(17)])),
+        "shared_state_deltas")
+    await expect_failure(server.sessions.GetSession(ss.GetSessionRequest(session_id="s")),
+                         grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")

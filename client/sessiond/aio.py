@@ -222,10 +222,15 @@ class AsyncClient:
         request: session_service_pb2.CreateSessionRequest | None = None,
         *,
         session: session_pb2.Session | None = None,
+        shared_state_deltas: Sequence[session_pb2.SharedStateDelta] | None = None,
         timeout: float | None = None,
     ) -> session_service_pb2.CreateSessionResponse:
-        """CreateSession; retried on UNAVAILABLE when session.id is set."""
-        request = build_request(session_service_pb2.CreateSessionRequest, request, session=session)
+        """CreateSession; retried on UNAVAILABLE when session.id is set.
+
+        ``shared_state_deltas`` commit with the session (a retry applies them once).
+        """
+        request = build_request(session_service_pb2.CreateSessionRequest, request,
+                                session=session, shared_state_deltas=shared_state_deltas)
         return await self._call(self._sessions.CreateSession, request, timeout)
 
     async def get_session(

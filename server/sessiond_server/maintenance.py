@@ -35,7 +35,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any, NamedTuple, TextIO
 
 from google.protobuf import json_format
 from sessiond.v1 import event_pb2, message_pb2, session_pb2
@@ -45,9 +45,13 @@ from .store.records import COL, SESSION_COLUMNS, USAGE_FIELDS
 from .store.sqlite import SQLiteStore
 from .store.sqlite_schema import SCHEMA_VERSION
 from .store.sqlite_writer import WriteContext
+from .store.state import EMPTY_STATE, storable_state
 
 EXPORT_FORMAT = "sessiond.export"
-EXPORT_VERSION = 1
+# Version 2 added shared_state records (and sessions' state_json, messages' event_time,
+# which version 1 files carry too where their database had them). Import reads both.
+EXPORT_VERSION = 2
+IMPORT_VERSIONS = (1, 2)
 # Store-local fields left out of an export: they describe this database's
 # revision history, not the data, and a fresh import assigns its own.
 STORE_LOCAL_SESSION_FIELDS = ("revision", "etag")
@@ -348,14 +352,16 @@ def parse_time(text: str) -> int:
 def export_database(database: Path, out: IO[str], *, tenants: Sequence[str] = (),
                     owners: Sequence[str] = (), since_micros: int = 0, until_micros: int = 0,
                     progress: Progress | None = None) -> dict[str, int]:
-    """Write sessions, messages and usage as JSON Lines; returns counts per record type.
+    """Write sessions, messages, usage and shared state as JSON Lines; counts per record type.
 
     One read transaction: the export is the consistent state at one revision,
-    even while a server writes. ``since``/``until`` select by ``started_at``
-    (``since`` inclusive, ``until`` exclusive).
+    even while a server writes. ``since``/``until`` select sessions by
+    ``started_at`` (``since`` inclusive, ``until`` exclusive). Shared states
+    follow the sessions: those of the selected tenants; with ``owners``, only
+    those users' states (an application's own state belongs to no owner).
     """
     conn = _read_only(Path(database))
-    counts = {"session": 0, "message": 0, "usage": 0}
+    counts = {"session": 0, "message": 0, "usage": 0, "shared_state": 0}
     clauses: list[str] = ["1"]
     params: list[Any] = []
     for column, values in (("tenant", tenants), ("owner_id", owners)):
@@ -392,6 +398,7 @@ def export_database(database: Path, out: IO[str], *, tenants: Sequence[str] = ()
                 if progress is not None:
                     progress.advance()
             cursor = (page[-1][COL["tenant"]], page[-1][COL["id"]])
+        _export_shared_states(conn, out, counts, tenants, owners)
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -431,7 +438,46 @@ def _export_session(conn: sqlite3.Connection, row: Sequence[Any], out: IO[str],
         counts["usage"] += 1
 
 
+def _export_shared_states(conn: sqlite3.Connection, out: IO[str], counts: dict[str, int],
+                          tenants: Sequence[str], owners: Sequence[str]) -> None:
+    clauses, params = ["1"], list[Any]()
+    for column, values in (("tenant", tenants), ("user_id", owners)):
+        if values:
+            clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+            params.extend(values)
+    where = " AND ".join(clauses)
+    cursor: tuple[str, str, str] = ("", "", "")
+    while True:
+        page = conn.execute(
+            f"SELECT tenant, app, user_id, state, version, updated_at FROM shared_state"
+            f" WHERE {where} AND (tenant, app, user_id) > (?, ?, ?)"
+            f" ORDER BY tenant, app, user_id LIMIT 500", (*params, *cursor)).fetchall()
+        if not page:
+            return
+        for tenant, app, user_id, state, version, updated_at in page:
+            shared = session_pb2.SharedState(app=app, user_id=user_id, state_json=state,
+                                             etag=str(version))
+            shared.updated_at.FromMicroseconds(updated_at)
+            out.write(_dump({"type": "shared_state", "tenant": tenant,
+                             "shared_state": _proto_json(shared)}) + "\n")
+            counts["shared_state"] += 1
+        cursor = tuple(page[-1][:3])
+
+
 # Import
+
+
+class ImportChunk(NamedTuple):
+    """What one import transaction merges: part of a session, or shared states.
+
+    ``session`` is None for a chunk of shared states alone.
+    """
+
+    session: session_pb2.Session | None
+    messages: Sequence[message_pb2.Message] = ()
+    usage: Sequence[tuple[str, session_pb2.Usage]] = ()
+    #: (tenant, state) pairs; the state's etag is its version number.
+    shared_states: Sequence[tuple[str, session_pb2.SharedState]] = ()
 
 
 class ImportingStore(SQLiteStore):
@@ -440,9 +486,24 @@ class ImportingStore(SQLiteStore):
     A subclass, so the import goes through the same writer thread, revisions
     and change log as every other write. Merging only adds what is missing:
     a session not yet stored (by tenant and id), messages whose seq is not yet
-    stored, usage of models not yet recorded. Stored rows are never changed,
-    so importing the same records twice changes nothing the second time.
+    stored, usage of models not yet recorded, shared states not yet stored (by
+    tenant, app and user). Stored rows are never changed, so importing the
+    same records twice changes nothing the second time.
     """
+
+    async def merge_shared_states(self, states: Sequence[tuple[str, session_pb2.SharedState]]
+                                  ) -> int:
+        """Add the shared states not yet stored, as they were (version, time); how many."""
+        def write(ctx: WriteContext) -> int:
+            return sum(ctx.conn.execute(
+                "INSERT OR IGNORE INTO shared_state (tenant, app, user_id, state, version,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (tenant, shared.app, shared.user_id, shared.state_json or EMPTY_STATE,
+                 int(shared.etag or 0), shared.updated_at.ToMicroseconds())).rowcount
+                for tenant, shared in states)
+
+        added: int = await self._write(write)
+        return added
 
     async def merge_session(self, session: session_pb2.Session,
                             messages: Sequence[message_pb2.Message],
@@ -460,11 +521,13 @@ class ImportingStore(SQLiteStore):
             for message, body, turn, calls in prepared:
                 if ctx.conn.execute(
                         "INSERT OR IGNORE INTO messages (session_pk, seq, message_id, role,"
-                        " content, is_turn, tool_calls, created_at, updated_at, body)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " content, is_turn, tool_calls, created_at, updated_at, body, event_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (pk, message.seq, message.id or None, message.role, message.content,
                          turn, calls, message.created_at.ToMicroseconds(),
-                         message.updated_at.ToMicroseconds(), body)).rowcount:
+                         message.updated_at.ToMicroseconds(), body,
+                         message.event_time.ToMicroseconds()
+                         if message.HasField("event_time") else None)).rowcount:
                     inserted.append(message)
             added = len(inserted)
             usage_added = 0
@@ -525,8 +588,9 @@ class ImportingStore(SQLiteStore):
             " display_name, goal, owner_id, dataset_id, labels, runtime_instance, parent_id,"
             " fork_seq, status, end_reason, runtime_state, current_turn_id, turn_started_at,"
             " started_at, last_activity_at, ended_at, updated_at, last_seq, budget_micros,"
-            " revision) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " revision, state) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?)",
             (s.tenant, s.id, s.kind or session_pb2.SESSION_KIND_INTERACTIVE, s.channel,
              s.room_id, s.sender_id, s.agent, s.model, s.display_name, s.goal, s.owner_id,
              s.dataset_id, rows.labels_json(s.labels), s.runtime_instance, s.parent_id,
@@ -534,7 +598,7 @@ class ImportingStore(SQLiteStore):
              s.runtime_state or session_pb2.RUNTIME_STATE_IDLE, s.current_turn_id,
              micros("turn_started_at"), started, micros("last_activity_at") or started,
              micros("ended_at"), micros("updated_at") or started, s.last_seq,
-             s.budget_micros, ctx.take_revision()))
+             s.budget_micros, ctx.take_revision(), s.state_json or EMPTY_STATE))
         assert cur.lastrowid is not None
         return cur.lastrowid
 
@@ -549,17 +613,25 @@ def _parse_record(line: str, where: str) -> dict[str, Any]:
     return record
 
 
-def read_export(lines: Iterable[str], source: str = "input"
-                ) -> Iterator[tuple[session_pb2.Session, list[message_pb2.Message],
-                                    list[tuple[str, session_pb2.Usage]]]]:
-    """Sessions of a ``sessiond export`` stream, each with its messages and usage, in chunks.
+def _imported_state(text: str, where: str) -> str:
+    """A state as it will be stored (canonical form, within the bound); "" stays ""."""
+    try:
+        return storable_state(text) if text else ""
+    except ValueError as exc:
+        raise MaintenanceError(f"{where}: state_json {exc}") from None
 
-    A session with many messages comes as several chunks (the session record
-    repeated), each merged in its own transaction.
+
+def read_export(lines: Iterable[str], source: str = "input") -> Iterator[ImportChunk]:
+    """The records of a ``sessiond export`` stream as chunks, one transaction each.
+
+    A session comes with its messages and usage; one with many messages comes
+    as several chunks (the session record repeated). Shared states come in
+    chunks of their own.
     """
     session: session_pb2.Session | None = None
     messages: list[message_pb2.Message] = []
     usage: list[tuple[str, session_pb2.Usage]] = []
+    shared: list[tuple[str, session_pb2.SharedState]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -568,13 +640,30 @@ def read_export(lines: Iterable[str], source: str = "input"
         kind = record.get("type")
         try:
             if kind == "header":
-                if record.get("format") != EXPORT_FORMAT or record.get("version") != 1:
-                    raise MaintenanceError(f"{where}: not a sessiond export version 1")
+                if record.get("format") != EXPORT_FORMAT or \
+                        record.get("version") not in IMPORT_VERSIONS:
+                    raise MaintenanceError(
+                        f"{where}: not a sessiond export of version "
+                        f"{' or '.join(map(str, IMPORT_VERSIONS))}")
             elif kind == "session":
                 if session is not None:
-                    yield session, messages, usage
+                    yield ImportChunk(session, messages, usage)
                 session = json_format.ParseDict(record["session"], session_pb2.Session())
+                session.state_json = _imported_state(session.state_json, where)
                 messages, usage = [], []
+            elif kind == "shared_state":
+                if session is not None:
+                    yield ImportChunk(session, messages, usage)
+                    session = None
+                state = json_format.ParseDict(record["shared_state"], session_pb2.SharedState())
+                state.state_json = _imported_state(state.state_json, where) or EMPTY_STATE
+                if not state.app or not state.etag.isdigit():
+                    raise MaintenanceError(f"{where}: a shared state needs an app and a "
+                                           f"numeric etag")
+                shared.append((str(record["tenant"]), state))
+                if len(shared) >= IMPORT_CHUNK:
+                    yield ImportChunk(None, shared_states=shared)
+                    shared = []
             elif kind in ("message", "usage"):
                 if session is None or record.get("session_id") != session.id or \
                         record.get("tenant") != session.tenant:
@@ -583,7 +672,7 @@ def read_export(lines: Iterable[str], source: str = "input"
                     messages.append(json_format.ParseDict(record["message"],
                                                           message_pb2.Message()))
                     if len(messages) >= IMPORT_CHUNK:
-                        yield session, messages, usage
+                        yield ImportChunk(session, messages, usage)
                         messages, usage = [], []
                 else:
                     usage.append((str(record["model"]),
@@ -593,7 +682,9 @@ def read_export(lines: Iterable[str], source: str = "input"
         except (KeyError, json_format.ParseError) as exc:
             raise MaintenanceError(f"{where}: bad {kind} record: {exc}") from None
     if session is not None:
-        yield session, messages, usage
+        yield ImportChunk(session, messages, usage)
+    if shared:
+        yield ImportChunk(None, shared_states=shared)
 
 
 HISTORY_ROLES = {
@@ -649,9 +740,7 @@ def history_message(record: dict[str, Any], seq: int, where: str,
 
 def read_history(lines: Iterable[str], session_id: str, *, tenant: str = "default",
                  agent: str = "", channel: str = "", source: str = "input",
-                 default_micros: int = 0
-                 ) -> Iterator[tuple[session_pb2.Session, list[message_pb2.Message],
-                                     list[tuple[str, session_pb2.Usage]]]]:
+                 default_micros: int = 0) -> Iterator[ImportChunk]:
     """A file-based runtime's history (one message object per line) as one session.
 
     The n-th message line becomes seq n, so importing the file again after it
@@ -670,13 +759,12 @@ def read_history(lines: Iterable[str], session_id: str, *, tenant: str = "defaul
         session.last_activity_at.CopyFrom(messages[-1].created_at)
         session.updated_at.CopyFrom(messages[-1].created_at)
     for start in range(0, max(1, len(messages)), IMPORT_CHUNK):
-        yield session, messages[start:start + IMPORT_CHUNK], []
+        yield ImportChunk(session, messages[start:start + IMPORT_CHUNK])
 
 
 async def import_records(
     database: Path,
-    chunks: Iterable[tuple[session_pb2.Session, list[message_pb2.Message],
-                           list[tuple[str, session_pb2.Usage]]]],
+    chunks: Iterable[ImportChunk],
     *, clock: Callable[[], int], on_chunk: Callable[[], None] | None = None,
 ) -> dict[str, int]:
     """Merge chunks into ``database`` (created if missing); refuses while a server holds it.
@@ -684,15 +772,21 @@ async def import_records(
     ``on_chunk`` is called after each chunk is stored (the caller measures
     progress in what it has read).
     """
-    counts = {"sessions_created": 0, "messages_added": 0, "chunks": 0}
+    counts = {"sessions_created": 0, "messages_added": 0, "shared_states_added": 0,
+              "chunks": 0}
     with DatabaseLock(Path(database), "import"):
         store = ImportingStore(Path(database), clock=clock)
         await store.open()
         try:
-            for session, messages, usage in chunks:
-                created, added = await store.merge_session(session, messages, usage)
-                counts["sessions_created"] += int(created)
-                counts["messages_added"] += added
+            for chunk in chunks:
+                if chunk.shared_states:
+                    counts["shared_states_added"] += await store.merge_shared_states(
+                        chunk.shared_states)
+                if chunk.session is not None:
+                    created, added = await store.merge_session(chunk.session, chunk.messages,
+                                                               chunk.usage)
+                    counts["sessions_created"] += int(created)
+                    counts["messages_added"] += added
                 counts["chunks"] += 1
                 if on_chunk is not None:
                     on_chunk()

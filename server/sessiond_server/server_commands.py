@@ -201,7 +201,8 @@ def run_export(args: argparse.Namespace, out: TextIO) -> int:
                                      since_micros=since, until_micros=until,
                                      progress=Progress("export", 0))
         print(f"exported {counts['session']} sessions, {counts['message']} messages, "
-              f"{counts['usage']} usage records", file=sys.stderr)
+              f"{counts['usage']} usage records, {counts['shared_state']} shared states",
+              file=sys.stderr)
     return code[0]
 
 
@@ -254,6 +255,6 @@ def run_import(args: argparse.Namespace, out: TextIO) -> int:
         finally:
             progress.finish()
         print(f"imported into {database}: {counts['sessions_created']} new sessions, "
-              f"{counts['messages_added']} new messages (revision {counts['revision']})",
-              file=sys.stderr)
+              f"{counts['messages_added']} new messages, {counts['shared_states_added']} new "
+              f"shared states (revision {counts['revision']})", file=sys.stderr)
     return code[0]

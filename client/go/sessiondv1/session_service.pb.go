@@ -389,9 +389,18 @@ type CreateSessionRequest struct {
 	// counters, usage, revision, etag, timestamps other than started_at) are
 	// ignored. An empty id gets a UUID. An unset started_at gets the server
 	// time; a set one is kept (imports).
-	Session       *Session `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Session *Session `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	// shared_state_deltas change shared states (GetSharedState) in the same
+	// transaction as the creation, under AppendMessagesRequest's rules: at most
+	// 16, each app required, each result within max_state_bytes (else
+	// INVALID_ARGUMENT naming shared_state_deltas[i].delta, and nothing is
+	// stored). They are applied only when the session is created: a request
+	// that finds the session stored already (a retry; created = false) changes
+	// no shared state, and the deltas are not compared with the first ones.
+	// Google ADK's create_session with "app:" and "user:" keys is one call.
+	SharedStateDeltas []*SharedStateDelta `protobuf:"bytes,2,rep,name=shared_state_deltas,json=sharedStateDeltas,proto3" json:"shared_state_deltas,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CreateSessionRequest) Reset() {
@@ -427,6 +436,13 @@ func (*CreateSessionRequest) Descriptor() ([]byte, []int) {
 func (x *CreateSessionRequest) GetSession() *Session {
 	if x != nil {
 		return x.Session
+	}
+	return nil
+}
+
+func (x *CreateSessionRequest) GetSharedStateDeltas() []*SharedStateDelta {
+	if x != nil {
+		return x.SharedStateDeltas
 	}
 	return nil
 }
@@ -2122,9 +2138,10 @@ const file_sessiond_v1_session_service_proto_rawDesc = "" +
 	"\x05delta\x18\x03 \x01(\v2\x17.sessiond.v1.StateDeltaR\x05delta\x12\x12\n" +
 	"\x04etag\x18\x04 \x01(\tR\x04etag\"K\n" +
 	"\x19UpdateSharedStateResponse\x12.\n" +
-	"\x05state\x18\x01 \x01(\v2\x18.sessiond.v1.SharedStateR\x05state\"F\n" +
+	"\x05state\x18\x01 \x01(\v2\x18.sessiond.v1.SharedStateR\x05state\"\x95\x01\n" +
 	"\x14CreateSessionRequest\x12.\n" +
-	"\asession\x18\x01 \x01(\v2\x14.sessiond.v1.SessionR\asession\"}\n" +
+	"\asession\x18\x01 \x01(\v2\x14.sessiond.v1.SessionR\asession\x12M\n" +
+	"\x13shared_state_deltas\x18\x02 \x03(\v2\x1d.sessiond.v1.SharedStateDeltaR\x11sharedStateDeltas\"}\n" +
 	"\x15CreateSessionResponse\x12.\n" +
 	"\asession\x18\x01 \x01(\v2\x14.sessiond.v1.SessionR\asession\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\x12\x1a\n" +
@@ -2323,78 +2340,80 @@ var file_sessiond_v1_session_service_proto_goTypes = []any{
 	(*SharedState)(nil),               // 32: sessiond.v1.SharedState
 	(*StateDelta)(nil),                // 33: sessiond.v1.StateDelta
 	(*Session)(nil),                   // 34: sessiond.v1.Session
-	(*fieldmaskpb.FieldMask)(nil),     // 35: google.protobuf.FieldMask
-	(*SessionFilter)(nil),             // 36: sessiond.v1.SessionFilter
-	(SessionStatus)(0),                // 37: sessiond.v1.SessionStatus
-	(*timestamppb.Timestamp)(nil),     // 38: google.protobuf.Timestamp
-	(RuntimeState)(0),                 // 39: sessiond.v1.RuntimeState
-	(EventType)(0),                    // 40: sessiond.v1.EventType
-	(*SessionEvent)(nil),              // 41: sessiond.v1.SessionEvent
+	(*SharedStateDelta)(nil),          // 35: sessiond.v1.SharedStateDelta
+	(*fieldmaskpb.FieldMask)(nil),     // 36: google.protobuf.FieldMask
+	(*SessionFilter)(nil),             // 37: sessiond.v1.SessionFilter
+	(SessionStatus)(0),                // 38: sessiond.v1.SessionStatus
+	(*timestamppb.Timestamp)(nil),     // 39: google.protobuf.Timestamp
+	(RuntimeState)(0),                 // 40: sessiond.v1.RuntimeState
+	(EventType)(0),                    // 41: sessiond.v1.EventType
+	(*SessionEvent)(nil),              // 42: sessiond.v1.SessionEvent
 }
 var file_sessiond_v1_session_service_proto_depIdxs = []int32{
 	32, // 0: sessiond.v1.GetSharedStateResponse.state:type_name -> sessiond.v1.SharedState
 	33, // 1: sessiond.v1.UpdateSharedStateRequest.delta:type_name -> sessiond.v1.StateDelta
 	32, // 2: sessiond.v1.UpdateSharedStateResponse.state:type_name -> sessiond.v1.SharedState
 	34, // 3: sessiond.v1.CreateSessionRequest.session:type_name -> sessiond.v1.Session
-	34, // 4: sessiond.v1.CreateSessionResponse.session:type_name -> sessiond.v1.Session
-	34, // 5: sessiond.v1.GetSessionResponse.session:type_name -> sessiond.v1.Session
-	34, // 6: sessiond.v1.UpdateSessionRequest.session:type_name -> sessiond.v1.Session
-	35, // 7: sessiond.v1.UpdateSessionRequest.update_mask:type_name -> google.protobuf.FieldMask
-	34, // 8: sessiond.v1.UpdateSessionResponse.session:type_name -> sessiond.v1.Session
-	36, // 9: sessiond.v1.ListSessionsRequest.filter:type_name -> sessiond.v1.SessionFilter
-	0,  // 10: sessiond.v1.ListSessionsRequest.order_by:type_name -> sessiond.v1.SessionOrderField
-	34, // 11: sessiond.v1.ListSessionsResponse.sessions:type_name -> sessiond.v1.Session
-	34, // 12: sessiond.v1.TouchSessionRequest.session:type_name -> sessiond.v1.Session
-	34, // 13: sessiond.v1.TouchSessionResponse.session:type_name -> sessiond.v1.Session
-	37, // 14: sessiond.v1.EndSessionRequest.status:type_name -> sessiond.v1.SessionStatus
-	38, // 15: sessiond.v1.EndSessionRequest.ended_at:type_name -> google.protobuf.Timestamp
-	34, // 16: sessiond.v1.EndSessionResponse.session:type_name -> sessiond.v1.Session
-	39, // 17: sessiond.v1.SetRuntimeStateRequest.state:type_name -> sessiond.v1.RuntimeState
-	38, // 18: sessiond.v1.SetRuntimeStateRequest.turn_started_at:type_name -> google.protobuf.Timestamp
-	34, // 19: sessiond.v1.SetRuntimeStateResponse.session:type_name -> sessiond.v1.Session
-	34, // 20: sessiond.v1.ForkSessionResponse.session:type_name -> sessiond.v1.Session
-	38, // 21: sessiond.v1.PurgeSessionsRequest.last_activity_before:type_name -> google.protobuf.Timestamp
-	37, // 22: sessiond.v1.PurgeSessionsRequest.statuses:type_name -> sessiond.v1.SessionStatus
-	37, // 23: sessiond.v1.WatchFilter.statuses:type_name -> sessiond.v1.SessionStatus
-	31, // 24: sessiond.v1.WatchFilter.labels:type_name -> sessiond.v1.WatchFilter.LabelsEntry
-	40, // 25: sessiond.v1.WatchFilter.event_types:type_name -> sessiond.v1.EventType
-	28, // 26: sessiond.v1.WatchSessionsRequest.filter:type_name -> sessiond.v1.WatchFilter
-	1,  // 27: sessiond.v1.WatchSessionsResponse.type:type_name -> sessiond.v1.WatchResponseType
-	41, // 28: sessiond.v1.WatchSessionsResponse.events:type_name -> sessiond.v1.SessionEvent
-	38, // 29: sessiond.v1.WatchSessionsResponse.time:type_name -> google.protobuf.Timestamp
-	6,  // 30: sessiond.v1.SessionService.CreateSession:input_type -> sessiond.v1.CreateSessionRequest
-	8,  // 31: sessiond.v1.SessionService.GetSession:input_type -> sessiond.v1.GetSessionRequest
-	10, // 32: sessiond.v1.SessionService.UpdateSession:input_type -> sessiond.v1.UpdateSessionRequest
-	12, // 33: sessiond.v1.SessionService.DeleteSession:input_type -> sessiond.v1.DeleteSessionRequest
-	14, // 34: sessiond.v1.SessionService.ListSessions:input_type -> sessiond.v1.ListSessionsRequest
-	16, // 35: sessiond.v1.SessionService.TouchSession:input_type -> sessiond.v1.TouchSessionRequest
-	18, // 36: sessiond.v1.SessionService.EndSession:input_type -> sessiond.v1.EndSessionRequest
-	20, // 37: sessiond.v1.SessionService.SetRuntimeState:input_type -> sessiond.v1.SetRuntimeStateRequest
-	22, // 38: sessiond.v1.SessionService.ForkSession:input_type -> sessiond.v1.ForkSessionRequest
-	24, // 39: sessiond.v1.SessionService.ReconcileSessions:input_type -> sessiond.v1.ReconcileSessionsRequest
-	26, // 40: sessiond.v1.SessionService.PurgeSessions:input_type -> sessiond.v1.PurgeSessionsRequest
-	29, // 41: sessiond.v1.SessionService.WatchSessions:input_type -> sessiond.v1.WatchSessionsRequest
-	2,  // 42: sessiond.v1.SessionService.GetSharedState:input_type -> sessiond.v1.GetSharedStateRequest
-	4,  // 43: sessiond.v1.SessionService.UpdateSharedState:input_type -> sessiond.v1.UpdateSharedStateRequest
-	7,  // 44: sessiond.v1.SessionService.CreateSession:output_type -> sessiond.v1.CreateSessionResponse
-	9,  // 45: sessiond.v1.SessionService.GetSession:output_type -> sessiond.v1.GetSessionResponse
-	11, // 46: sessiond.v1.SessionService.UpdateSession:output_type -> sessiond.v1.UpdateSessionResponse
-	13, // 47: sessiond.v1.SessionService.DeleteSession:output_type -> sessiond.v1.DeleteSessionResponse
-	15, // 48: sessiond.v1.SessionService.ListSessions:output_type -> sessiond.v1.ListSessionsResponse
-	17, // 49: sessiond.v1.SessionService.TouchSession:output_type -> sessiond.v1.TouchSessionResponse
-	19, // 50: sessiond.v1.SessionService.EndSession:output_type -> sessiond.v1.EndSessionResponse
-	21, // 51: sessiond.v1.SessionService.SetRuntimeState:output_type -> sessiond.v1.SetRuntimeStateResponse
-	23, // 52: sessiond.v1.SessionService.ForkSession:output_type -> sessiond.v1.ForkSessionResponse
-	25, // 53: sessiond.v1.SessionService.ReconcileSessions:output_type -> sessiond.v1.ReconcileSessionsResponse
-	27, // 54: sessiond.v1.SessionService.PurgeSessions:output_type -> sessiond.v1.PurgeSessionsResponse
-	30, // 55: sessiond.v1.SessionService.WatchSessions:output_type -> sessiond.v1.WatchSessionsResponse
-	3,  // 56: sessiond.v1.SessionService.GetSharedState:output_type -> sessiond.v1.GetSharedStateResponse
-	5,  // 57: sessiond.v1.SessionService.UpdateSharedState:output_type -> sessiond.v1.UpdateSharedStateResponse
-	44, // [44:58] is the sub-list for method output_type
-	30, // [30:44] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	35, // 4: sessiond.v1.CreateSessionRequest.shared_state_deltas:type_name -> sessiond.v1.SharedStateDelta
+	34, // 5: sessiond.v1.CreateSessionResponse.session:type_name -> sessiond.v1.Session
+	34, // 6: sessiond.v1.GetSessionResponse.session:type_name -> sessiond.v1.Session
+	34, // 7: sessiond.v1.UpdateSessionRequest.session:type_name -> sessiond.v1.Session
+	36, // 8: sessiond.v1.UpdateSessionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	34, // 9: sessiond.v1.UpdateSessionResponse.session:type_name -> sessiond.v1.Session
+	37, // 10: sessiond.v1.ListSessionsRequest.filter:type_name -> sessiond.v1.SessionFilter
+	0,  // 11: sessiond.v1.ListSessionsRequest.order_by:type_name -> sessiond.v1.SessionOrderField
+	34, // 12: sessiond.v1.ListSessionsResponse.sessions:type_name -> sessiond.v1.Session
+	34, // 13: sessiond.v1.TouchSessionRequest.session:type_name -> sessiond.v1.Session
+	34, // 14: sessiond.v1.TouchSessionResponse.session:type_name -> sessiond.v1.Session
+	38, // 15: sessiond.v1.EndSessionRequest.status:type_name -> sessiond.v1.SessionStatus
+	39, // 16: sessiond.v1.EndSessionRequest.ended_at:type_name -> google.protobuf.Timestamp
+	34, // 17: sessiond.v1.EndSessionResponse.session:type_name -> sessiond.v1.Session
+	40, // 18: sessiond.v1.SetRuntimeStateRequest.state:type_name -> sessiond.v1.RuntimeState
+	39, // 19: sessiond.v1.SetRuntimeStateRequest.turn_started_at:type_name -> google.protobuf.Timestamp
+	34, // 20: sessiond.v1.SetRuntimeStateResponse.session:type_name -> sessiond.v1.Session
+	34, // 21: sessiond.v1.ForkSessionResponse.session:type_name -> sessiond.v1.Session
+	39, // 22: sessiond.v1.PurgeSessionsRequest.last_activity_before:type_name -> google.protobuf.Timestamp
+	38, // 23: sessiond.v1.PurgeSessionsRequest.statuses:type_name -> sessiond.v1.SessionStatus
+	38, // 24: sessiond.v1.WatchFilter.statuses:type_name -> sessiond.v1.SessionStatus
+	31, // 25: sessiond.v1.WatchFilter.labels:type_name -> sessiond.v1.WatchFilter.LabelsEntry
+	41, // 26: sessiond.v1.WatchFilter.event_types:type_name -> sessiond.v1.EventType
+	28, // 27: sessiond.v1.WatchSessionsRequest.filter:type_name -> sessiond.v1.WatchFilter
+	1,  // 28: sessiond.v1.WatchSessionsResponse.type:type_name -> sessiond.v1.WatchResponseType
+	42, // 29: sessiond.v1.WatchSessionsResponse.events:type_name -> sessiond.v1.SessionEvent
+	39, // 30: sessiond.v1.WatchSessionsResponse.time:type_name -> google.protobuf.Timestamp
+	6,  // 31: sessiond.v1.SessionService.CreateSession:input_type -> sessiond.v1.CreateSessionRequest
+	8,  // 32: sessiond.v1.SessionService.GetSession:input_type -> sessiond.v1.GetSessionRequest
+	10, // 33: sessiond.v1.SessionService.UpdateSession:input_type -> sessiond.v1.UpdateSessionRequest
+	12, // 34: sessiond.v1.SessionService.DeleteSession:input_type -> sessiond.v1.DeleteSessionRequest
+	14, // 35: sessiond.v1.SessionService.ListSessions:input_type -> sessiond.v1.ListSessionsRequest
+	16, // 36: sessiond.v1.SessionService.TouchSession:input_type -> sessiond.v1.TouchSessionRequest
+	18, // 37: sessiond.v1.SessionService.EndSession:input_type -> sessiond.v1.EndSessionRequest
+	20, // 38: sessiond.v1.SessionService.SetRuntimeState:input_type -> sessiond.v1.SetRuntimeStateRequest
+	22, // 39: sessiond.v1.SessionService.ForkSession:input_type -> sessiond.v1.ForkSessionRequest
+	24, // 40: sessiond.v1.SessionService.ReconcileSessions:input_type -> sessiond.v1.ReconcileSessionsRequest
+	26, // 41: sessiond.v1.SessionService.PurgeSessions:input_type -> sessiond.v1.PurgeSessionsRequest
+	29, // 42: sessiond.v1.SessionService.WatchSessions:input_type -> sessiond.v1.WatchSessionsRequest
+	2,  // 43: sessiond.v1.SessionService.GetSharedState:input_type -> sessiond.v1.GetSharedStateRequest
+	4,  // 44: sessiond.v1.SessionService.UpdateSharedState:input_type -> sessiond.v1.UpdateSharedStateRequest
+	7,  // 45: sessiond.v1.SessionService.CreateSession:output_type -> sessiond.v1.CreateSessionResponse
+	9,  // 46: sessiond.v1.SessionService.GetSession:output_type -> sessiond.v1.GetSessionResponse
+	11, // 47: sessiond.v1.SessionService.UpdateSession:output_type -> sessiond.v1.UpdateSessionResponse
+	13, // 48: sessiond.v1.SessionService.DeleteSession:output_type -> sessiond.v1.DeleteSessionResponse
+	15, // 49: sessiond.v1.SessionService.ListSessions:output_type -> sessiond.v1.ListSessionsResponse
+	17, // 50: sessiond.v1.SessionService.TouchSession:output_type -> sessiond.v1.TouchSessionResponse
+	19, // 51: sessiond.v1.SessionService.EndSession:output_type -> sessiond.v1.EndSessionResponse
+	21, // 52: sessiond.v1.SessionService.SetRuntimeState:output_type -> sessiond.v1.SetRuntimeStateResponse
+	23, // 53: sessiond.v1.SessionService.ForkSession:output_type -> sessiond.v1.ForkSessionResponse
+	25, // 54: sessiond.v1.SessionService.ReconcileSessions:output_type -> sessiond.v1.ReconcileSessionsResponse
+	27, // 55: sessiond.v1.SessionService.PurgeSessions:output_type -> sessiond.v1.PurgeSessionsResponse
+	30, // 56: sessiond.v1.SessionService.WatchSessions:output_type -> sessiond.v1.WatchSessionsResponse
+	3,  // 57: sessiond.v1.SessionService.GetSharedState:output_type -> sessiond.v1.GetSharedStateResponse
+	5,  // 58: sessiond.v1.SessionService.UpdateSharedState:output_type -> sessiond.v1.UpdateSharedStateResponse
+	45, // [45:59] is the sub-list for method output_type
+	31, // [31:45] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_sessiond_v1_session_service_proto_init() }

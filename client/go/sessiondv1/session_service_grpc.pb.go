@@ -64,10 +64,13 @@ const (
 //   - UNAVAILABLE (reason SHUTTING_DOWN or STORAGE_UNAVAILABLE) when the server
 //     is stopping or its database cannot answer; safe to retry idempotent calls.
 type SessionServiceClient interface {
-	// CreateSession creates a session. Idempotent: creating an id that exists
-	// with identical content returns it (created = false); with different
-	// content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-	// Errors: INVALID_ARGUMENT for bad fields.
+	// CreateSession creates a session and, in the same transaction, applies
+	// shared_state_deltas: the session and every shared state change commit
+	// together or none does. Idempotent: creating an id that exists with
+	// identical content returns it (created = false) and applies no delta
+	// again; with different content it fails with ALREADY_EXISTS (reason
+	// SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+	// fields or a shared state that would grow past its limit.
 	CreateSession(ctx context.Context, in *CreateSessionRequest, opts ...grpc.CallOption) (*CreateSessionResponse, error)
 	// GetSession reads one session. Errors: NOT_FOUND.
 	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*GetSessionResponse, error)
@@ -325,10 +328,13 @@ func (c *sessionServiceClient) UpdateSharedState(ctx context.Context, in *Update
 //   - UNAVAILABLE (reason SHUTTING_DOWN or STORAGE_UNAVAILABLE) when the server
 //     is stopping or its database cannot answer; safe to retry idempotent calls.
 type SessionServiceServer interface {
-	// CreateSession creates a session. Idempotent: creating an id that exists
-	// with identical content returns it (created = false); with different
-	// content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-	// Errors: INVALID_ARGUMENT for bad fields.
+	// CreateSession creates a session and, in the same transaction, applies
+	// shared_state_deltas: the session and every shared state change commit
+	// together or none does. Idempotent: creating an id that exists with
+	// identical content returns it (created = false) and applies no delta
+	// again; with different content it fails with ALREADY_EXISTS (reason
+	// SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+	// fields or a shared state that would grow past its limit.
 	CreateSession(context.Context, *CreateSessionRequest) (*CreateSessionResponse, error)
 	// GetSession reads one session. Errors: NOT_FOUND.
 	GetSession(context.Context, *GetSessionRequest) (*GetSessionResponse, error)

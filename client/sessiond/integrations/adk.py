@@ -15,7 +15,8 @@ It uses sessiond's own model directly, with nothing stored twice:
   prefixes, as ADK's own services do; ``temp:`` state is never stored;
 * an event is one message (id = the event id, so retries are safe): the
   event as ADK serialises it in a content block of type ``adk.event``, and
-  the role, text and tool calls beside it. ``append_event`` is one
+  the role, text and tool calls beside it. ``create_session`` is one
+  CreateSession carrying the app and user keys; ``append_event`` is one
   AppendMessages carrying the session, app and user deltas: the event and all
   its state changes commit together or not at all;
 * the event's timestamp is the message's ``event_time``, so
@@ -65,6 +66,18 @@ LIST_PAGE = 500
 def _delta(values: dict[str, Any]) -> session_pb2.StateDelta:
     return session_pb2.StateDelta(set={key: json.dumps(value, ensure_ascii=False)
                                        for key, value in values.items()})
+
+
+def _shared_deltas(app_name: str, user_id: str, deltas: dict[str, dict[str, Any]]
+                   ) -> list[session_pb2.SharedStateDelta]:
+    """The app: and user: keys of ADK's split state delta as sessiond shared state deltas."""
+    shared = []
+    if deltas["app"]:
+        shared.append(session_pb2.SharedStateDelta(app=app_name, delta=_delta(deltas["app"])))
+    if deltas["user"]:
+        shared.append(session_pb2.SharedStateDelta(app=app_name, user_id=user_id,
+                                                   delta=_delta(deltas["user"])))
+    return shared
 
 
 def _micros(seconds: float) -> int:
@@ -143,18 +156,13 @@ class SessiondSessionService(BaseSessionService):
                              state: dict[str, Any] | None = None,
                              session_id: str | None = None) -> Session:
         deltas = extract_json_safe_state_delta(state or {})
-        # App and user keys given at creation are written first: they are shared
-        # state, which outlives this session whatever happens to it.
-        if deltas["app"]:
-            await self.client.update_shared_state(app=app_name, delta=_delta(deltas["app"]))
-        if deltas["user"]:
-            await self.client.update_shared_state(app=app_name, user_id=user_id,
-                                                  delta=_delta(deltas["user"]))
         wanted = session_pb2.Session(id=session_id or "", agent=app_name, owner_id=user_id,
                                      state_json=json.dumps(deltas["session"],
                                                            ensure_ascii=False))
         try:
-            answer = await self.client.create_session(session=wanted)
+            # One commit: the session and its app: and user: keys, or nothing.
+            answer = await self.client.create_session(
+                session=wanted, shared_state_deltas=_shared_deltas(app_name, user_id, deltas))
         except AlreadyExists as error:
             raise AlreadyExistsError(f"Session with id {session_id} already exists.") from error
         if not answer.created:
@@ -224,13 +232,7 @@ class SessiondSessionService(BaseSessionService):
         event = self._trim_temp_delta_state(event)
         deltas = extract_json_safe_state_delta(
             event.actions.state_delta if event.actions and event.actions.state_delta else {})
-        shared = []
-        if deltas["app"]:
-            shared.append(session_pb2.SharedStateDelta(app=session.app_name,
-                                                       delta=_delta(deltas["app"])))
-        if deltas["user"]:
-            shared.append(session_pb2.SharedStateDelta(
-                app=session.app_name, user_id=session.user_id, delta=_delta(deltas["user"])))
+        shared = _shared_deltas(session.app_name, session.user_id, deltas)
         marker = session._storage_update_marker
         try:
             answer = await self.client.append_messages(

@@ -240,6 +240,7 @@ class CreateSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
+    SHARED_STATE_DELTAS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> _session_pb2.Session:
         """session is the session to create. Output-only fields (tenant, status,
@@ -248,14 +249,27 @@ class CreateSessionRequest(_message.Message):
         time; a set one is kept (imports).
         """
 
+    @_builtins.property
+    def shared_state_deltas(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.SharedStateDelta]:
+        """shared_state_deltas change shared states (GetSharedState) in the same
+        transaction as the creation, under AppendMessagesRequest's rules: at most
+        16, each app required, each result within max_state_bytes (else
+        INVALID_ARGUMENT naming shared_state_deltas[i].delta, and nothing is
+        stored). They are applied only when the session is created: a request
+        that finds the session stored already (a retry; created = false) changes
+        no shared state, and the deltas are not compared with the first ones.
+        Google ADK's create_session with "app:" and "user:" keys is one call.
+        """
+
     def __init__(
         self,
         *,
         session: _session_pb2.Session | None = ...,
+        shared_state_deltas: _abc.Iterable[_session_pb2.SharedStateDelta] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "shared_state_deltas", b"shared_state_deltas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

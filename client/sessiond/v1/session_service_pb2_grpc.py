@@ -158,10 +158,13 @@ class SessionServiceServicer:
     """
 
     def CreateSession(self, request, context):
-        """CreateSession creates a session. Idempotent: creating an id that exists
-        with identical content returns it (created = false); with different
-        content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-        Errors: INVALID_ARGUMENT for bad fields.
+        """CreateSession creates a session and, in the same transaction, applies
+        shared_state_deltas: the session and every shared state change commit
+        together or none does. Idempotent: creating an id that exists with
+        identical content returns it (created = false) and applies no delta
+        again; with different content it fails with ALREADY_EXISTS (reason
+        SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+        fields or a shared state that would grow past its limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

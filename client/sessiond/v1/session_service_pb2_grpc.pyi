@@ -58,10 +58,13 @@ class SessionServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SessionServiceAsyncStub: ...
     CreateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.CreateSessionRequest, _session_service_pb2.CreateSessionResponse]
-    """CreateSession creates a session. Idempotent: creating an id that exists
-    with identical content returns it (created = false); with different
-    content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-    Errors: INVALID_ARGUMENT for bad fields.
+    """CreateSession creates a session and, in the same transaction, applies
+    shared_state_deltas: the session and every shared state change commit
+    together or none does. Idempotent: creating an id that exists with
+    identical content returns it (created = false) and applies no delta
+    again; with different content it fails with ALREADY_EXISTS (reason
+    SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+    fields or a shared state that would grow past its limit.
     """
     GetSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.GetSessionRequest, _session_service_pb2.GetSessionResponse]
     """GetSession reads one session. Errors: NOT_FOUND."""
@@ -174,10 +177,13 @@ class SessionServiceAsyncStub(SessionServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.CreateSessionRequest, _session_service_pb2.CreateSessionResponse]  # type: ignore[assignment]
-    """CreateSession creates a session. Idempotent: creating an id that exists
-    with identical content returns it (created = false); with different
-    content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-    Errors: INVALID_ARGUMENT for bad fields.
+    """CreateSession creates a session and, in the same transaction, applies
+    shared_state_deltas: the session and every shared state change commit
+    together or none does. Idempotent: creating an id that exists with
+    identical content returns it (created = false) and applies no delta
+    again; with different content it fails with ALREADY_EXISTS (reason
+    SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+    fields or a shared state that would grow past its limit.
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.GetSessionRequest, _session_service_pb2.GetSessionResponse]  # type: ignore[assignment]
     """GetSession reads one session. Errors: NOT_FOUND."""
@@ -293,10 +299,13 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.CreateSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.CreateSessionResponse, _abc.Awaitable[_session_service_pb2.CreateSessionResponse]]:
-        """CreateSession creates a session. Idempotent: creating an id that exists
-        with identical content returns it (created = false); with different
-        content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-        Errors: INVALID_ARGUMENT for bad fields.
+        """CreateSession creates a session and, in the same transaction, applies
+        shared_state_deltas: the session and every shared state change commit
+        together or none does. Idempotent: creating an id that exists with
+        identical content returns it (created = false) and applies no delta
+        again; with different content it fails with ALREADY_EXISTS (reason
+        SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+        fields or a shared state that would grow past its limit.
         """
 
     @_abc_1.abstractmethod

@@ -13,7 +13,7 @@ from ..store.records import message_bytes
 from .context import ApiContext
 from .errors import unary
 from .page_tokens import request_digest
-from .sessions import check_delta
+from .sessions import check_delta, check_shared_deltas
 from .validation import Checker
 
 ms = message_service_pb2
@@ -24,7 +24,6 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 UPDATE_PATHS = frozenset({"content", "reasoning", "status", "name", "tool_calls",
                           "content_blocks", "provider_response_id", "metadata"})
 STREAMING_PATHS = ("content", "reasoning", "status")
-MAX_SHARED_STATE_DELTAS = 16
 # The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 TIMESTAMP_MIN_SECONDS, TIMESTAMP_MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
@@ -86,12 +85,7 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
         c.identifier("session_id", request.session_id)
         check_messages(c, request.messages, required=True)
         check_delta(c, "state_delta", request.state_delta)
-        if len(request.shared_state_deltas) > MAX_SHARED_STATE_DELTAS:
-            c.fail("shared_state_deltas", f"holds more than {MAX_SHARED_STATE_DELTAS}")
-        for i, shared in enumerate(request.shared_state_deltas):
-            c.identifier(f"shared_state_deltas[{i}].app", shared.app)
-            c.identifier(f"shared_state_deltas[{i}].user_id", shared.user_id, required=False)
-            check_delta(c, f"shared_state_deltas[{i}].delta", shared.delta)
+        check_shared_deltas(c, request.shared_state_deltas)
         c.enum("view", request.view, ms.AppendView)
         c.done()
         expected = (request.expected_last_seq if request.HasField("expected_last_seq")

@@ -14,7 +14,7 @@ from sessiond.v1 import event_pb2, session_pb2, session_service_pb2, session_ser
 
 from ..auth import peer_host
 from ..store.records import TERMINAL_STATUSES
-from ..store.state import MAX_STATE_BYTES, canonical_state, delta_problems
+from ..store.state import MAX_STATE_BYTES, delta_problems, storable_state
 from ..watch import HubClosed, LogReader
 from .context import ApiContext
 from .errors import RpcError, streaming, unary
@@ -52,19 +52,30 @@ def check_state(c: Checker, field: str, text: str) -> str:
     if not text:
         return ""
     try:
-        canonical = canonical_state(text)
+        return storable_state(text)
     except ValueError as error:
-        c.fail(field, f"must be a JSON object: {error}")
+        c.fail(field, f"must be a JSON object of at most {MAX_STATE_BYTES} bytes: {error}")
         return ""
-    if len(canonical.encode()) > MAX_STATE_BYTES:
-        c.fail(field, f"is {len(canonical.encode())} bytes; the limit is {MAX_STATE_BYTES}")
-        return ""
-    return canonical
 
 
 def check_delta(c: Checker, field: str, delta: S.StateDelta) -> None:
     for problem in delta_problems(delta):
         c.fail(field, problem)
+
+
+#: The most shared state deltas one write carries (CreateSession, AppendMessages).
+MAX_SHARED_STATE_DELTAS = 16
+
+
+def check_shared_deltas(c: Checker, deltas: Sequence[S.SharedStateDelta]) -> None:
+    """The shared_state_deltas of a write: how many, and each one's names and delta."""
+    if len(deltas) > MAX_SHARED_STATE_DELTAS:
+        c.fail("shared_state_deltas", f"holds more than {MAX_SHARED_STATE_DELTAS}")
+        return
+    for i, shared in enumerate(deltas):
+        c.identifier(f"shared_state_deltas[{i}].app", shared.app)
+        c.identifier(f"shared_state_deltas[{i}].user_id", shared.user_id, required=False)
+        check_delta(c, f"shared_state_deltas[{i}].delta", shared.delta)
 
 
 def check_filter(c: Checker, prefix: str, f: S.SessionFilter) -> None:
@@ -145,9 +156,10 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         c = self._checker()
         c.identifier("session.id", request.session.id, required=False, chosen=True)
         check_session_fields(c, "session", request.session)
+        check_shared_deltas(c, request.shared_state_deltas)
         c.done()
         session, created, revision = await self.api.store.create_session(
-            self.api.scope(context), request.session)
+            self.api.scope(context), request.session, request.shared_state_deltas)
         return ss.CreateSessionResponse(session=session, created=created, revision=revision)
 
     @unary

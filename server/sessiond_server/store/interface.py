@@ -140,7 +140,8 @@ class SessionStore(Protocol):
 
     # Sessions.
     async def create_session(
-        self, scope: Scope, session: session_pb2.Session
+        self, scope: Scope, session: session_pb2.Session,
+        shared_state_deltas: Sequence[session_pb2.SharedStateDelta] = (),
     ) -> tuple[session_pb2.Session, bool, int]: ...
     async def get_session(
         self, scope: Scope, session_id: str

@@ -434,18 +434,21 @@ class StoreLogic:
             p.values)
         return int(row[0])
 
-    async def create_session(self, scope: Scope, session: S.Session
+    async def create_session(self, scope: Scope, session: S.Session,
+                             shared_state_deltas: Sequence[S.SharedStateDelta] = (),
                              ) -> tuple[S.Session, bool, int]:
         session_id = session.id or str(uuid.uuid4())
 
         async def write(ctx: Ctx) -> tuple[S.Session, bool, int]:
             existing = await self._find(ctx, scope.tenant, session_id)
             if existing is not None:
+                # A retry finds its session and applies no shared delta again.
                 found = self._session(existing, ctx.now)
                 if scope.can_see(found.tenant, found.owner_id, found.dataset_id) and \
                         rows.same_content(found, session):
                     return found, False, 0
                 raise AlreadyExists(f"session {session_id!r} already exists with other content")
+            await self._change_shared_states(ctx, scope.tenant, shared_state_deltas)
             pk = await self._insert_session(ctx, scope, session, session_id)
             created = await self._reload(ctx, pk)
             self._emit(ctx, E.EVENT_TYPE_SESSION_CREATED, created)
@@ -874,9 +877,7 @@ class StoreLogic:
             if state_delta is not None and not is_empty(state_delta):
                 state_sql = ", state = {}"
                 state_values = (apply_delta(row[COL["state"]], state_delta, "state_delta"),)
-            for i, shared in enumerate(shared_state_deltas):
-                await self._change_shared_state(ctx, scope.tenant, shared.app, shared.user_id,
-                                                shared.delta, f"shared_state_deltas[{i}].delta")
+            await self._change_shared_states(ctx, scope.tenant, shared_state_deltas)
             new_rows, turns, tool_calls = await self._insert_messages(
                 ctx, pk, last_seq, [fresh for kept, fresh in zip(out, prepared, strict=True)
                                     if kept is None])
@@ -1254,6 +1255,13 @@ class StoreLogic:
                 f" updated_at = {p(ctx.now)} WHERE tenant = {p(tenant)} AND app = {p(app)}"
                 f" AND user_id = {p(user_id)}", p.values)
         return self._shared_state(app, user_id, (changed, version, ctx.now))
+
+    async def _change_shared_states(self, ctx: Ctx, tenant: str,
+                                    deltas: Sequence[S.SharedStateDelta]) -> None:
+        """A write's shared_state_deltas, in order, inside the write (all or none commit)."""
+        for i, shared in enumerate(deltas):
+            await self._change_shared_state(ctx, tenant, shared.app, shared.user_id,
+                                            shared.delta, f"shared_state_deltas[{i}].delta")
 
     async def get_shared_state(self, scope: Scope, app: str, user_id: str) -> S.SharedState:
         found = await self._read(*self._shared_select(scope.tenant, app, user_id))

@@ -45,6 +45,15 @@ def canonical_state(text: str) -> str:
     return dump_state(parse_state(text))
 
 
+def storable_state(text: str) -> str:
+    """The stored form of a whole given state; ValueError when not an object or too large."""
+    canonical = canonical_state(text)
+    size = len(canonical.encode())
+    if size > MAX_STATE_BYTES:
+        raise ValueError(f"is {size} bytes; the limit is {MAX_STATE_BYTES}")
+    return canonical
+
+
 def delta_problems(delta: session_pb2.StateDelta) -> list[str]:
     """What is wrong with a delta on its own (before it meets a state)."""
     problems: list[str] = []

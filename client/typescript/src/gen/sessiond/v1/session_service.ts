@@ -33,6 +33,7 @@ import {
   sessionStatusFromJSON,
   sessionStatusToJSON,
   SharedState,
+  SharedStateDelta,
   StateDelta,
 } from "./session";
 
@@ -229,7 +230,20 @@ export interface CreateSessionRequest {
    * ignored. An empty id gets a UUID. An unset started_at gets the server
    * time; a set one is kept (imports).
    */
-  session: Session | undefined;
+  session:
+    | Session
+    | undefined;
+  /**
+   * shared_state_deltas change shared states (GetSharedState) in the same
+   * transaction as the creation, under AppendMessagesRequest's rules: at most
+   * 16, each app required, each result within max_state_bytes (else
+   * INVALID_ARGUMENT naming shared_state_deltas[i].delta, and nothing is
+   * stored). They are applied only when the session is created: a request
+   * that finds the session stored already (a retry; created = false) changes
+   * no shared state, and the deltas are not compared with the first ones.
+   * Google ADK's create_session with "app:" and "user:" keys is one call.
+   */
+  sharedStateDeltas: SharedStateDelta[];
 }
 
 /** CreateSessionResponse is the output of CreateSession. */
@@ -1002,13 +1016,16 @@ export const UpdateSharedStateResponse: MessageFns<UpdateSharedStateResponse> = 
 };
 
 function createBaseCreateSessionRequest(): CreateSessionRequest {
-  return { session: undefined };
+  return { session: undefined, sharedStateDeltas: [] };
 }
 
 export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
   encode(message: CreateSessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.session !== undefined) {
       Session.encode(message.session, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.sharedStateDeltas) {
+      SharedStateDelta.encode(v!, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -1034,6 +1051,14 @@ export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
             message.session = Session.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sharedStateDeltas.push(SharedStateDelta.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1047,13 +1072,23 @@ export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
   },
 
   fromJSON(object: any): CreateSessionRequest {
-    return { session: isSet(object.session) ? Session.fromJSON(object.session) : undefined };
+    return {
+      session: isSet(object.session) ? Session.fromJSON(object.session) : undefined,
+      sharedStateDeltas: globalThis.Array.isArray(object?.sharedStateDeltas)
+        ? object.sharedStateDeltas.map((e: any) => SharedStateDelta.fromJSON(e))
+        : globalThis.Array.isArray(object?.shared_state_deltas)
+        ? object.shared_state_deltas.map((e: any) => SharedStateDelta.fromJSON(e))
+        : [],
+    };
   },
 
   toJSON(message: CreateSessionRequest): unknown {
     const obj: any = {};
     if (message.session !== undefined) {
       obj.session = Session.toJSON(message.session);
+    }
+    if (message.sharedStateDeltas?.length) {
+      obj.sharedStateDeltas = message.sharedStateDeltas.map((e) => SharedStateDelta.toJSON(e));
     }
     return obj;
   },
@@ -1066,6 +1101,7 @@ export const CreateSessionRequest: MessageFns<CreateSessionRequest> = {
     message.session = (object.session !== undefined && object.session !== null)
       ? Session.fromPartial(object.session)
       : undefined;
+    message.sharedStateDeltas = object.sharedStateDeltas?.map((e) => SharedStateDelta.fromPartial(e)) || [];
     return message;
   },
 };
@@ -4034,10 +4070,13 @@ export const WatchSessionsResponse: MessageFns<WatchSessionsResponse> = {
 export type SessionServiceService = typeof SessionServiceService;
 export const SessionServiceService = {
   /**
-   * CreateSession creates a session. Idempotent: creating an id that exists
-   * with identical content returns it (created = false); with different
-   * content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-   * Errors: INVALID_ARGUMENT for bad fields.
+   * CreateSession creates a session and, in the same transaction, applies
+   * shared_state_deltas: the session and every shared state change commit
+   * together or none does. Idempotent: creating an id that exists with
+   * identical content returns it (created = false) and applies no delta
+   * again; with different content it fails with ALREADY_EXISTS (reason
+   * SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+   * fields or a shared state that would grow past its limit.
    */
   createSession: {
     path: "/sessiond.v1.SessionService/CreateSession" as const,
@@ -4263,10 +4302,13 @@ export const SessionServiceService = {
 
 export interface SessionServiceServer extends UntypedServiceImplementation {
   /**
-   * CreateSession creates a session. Idempotent: creating an id that exists
-   * with identical content returns it (created = false); with different
-   * content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-   * Errors: INVALID_ARGUMENT for bad fields.
+   * CreateSession creates a session and, in the same transaction, applies
+   * shared_state_deltas: the session and every shared state change commit
+   * together or none does. Idempotent: creating an id that exists with
+   * identical content returns it (created = false) and applies no delta
+   * again; with different content it fails with ALREADY_EXISTS (reason
+   * SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+   * fields or a shared state that would grow past its limit.
    */
   createSession: handleUnaryCall<CreateSessionRequest, CreateSessionResponse>;
   /** GetSession reads one session. Errors: NOT_FOUND. */
@@ -4365,10 +4407,13 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
 
 export interface SessionServiceClient extends Client {
   /**
-   * CreateSession creates a session. Idempotent: creating an id that exists
-   * with identical content returns it (created = false); with different
-   * content it fails with ALREADY_EXISTS (reason SESSION_EXISTS).
-   * Errors: INVALID_ARGUMENT for bad fields.
+   * CreateSession creates a session and, in the same transaction, applies
+   * shared_state_deltas: the session and every shared state change commit
+   * together or none does. Idempotent: creating an id that exists with
+   * identical content returns it (created = false) and applies no delta
+   * again; with different content it fails with ALREADY_EXISTS (reason
+   * SESSION_EXISTS) and applies nothing. Errors: INVALID_ARGUMENT for bad
+   * fields or a shared state that would grow past its limit.
    */
   createSession(
     request: CreateSessionRequest,
