@@ -24,6 +24,8 @@ TARGET = "client/sessiond/_methods_sync.py"
 REPLACEMENTS = {
     # The blocking client's module provides the transport's types (UnaryCall, Sleep).
     "aio": "sync",
+    # The default `sleep` (asyncio.sleep -> time.sleep).
+    "asyncio": "time",
     "SessionServiceAsyncStub": "SessionServiceStub",
     "MessageServiceAsyncStub": "MessageServiceStub",
     "StatsServiceAsyncStub": "StatsServiceStub",

@@ -3,16 +3,20 @@
 # methods and regenerate. It repeats that file line for line by design, as
 # the protobuf code repeats its .proto.
 # ruff: noqa: UP028, RUF100
-"""The RPC methods of both Python clients, written once.
+"""What both Python clients share, written once: settings, retries and every RPC method.
 
-``AsyncMethods`` holds every RPC method of ``sessiond.aio.AsyncClient``, the
-page walkers (``iter_sessions``, ``iter_messages``) and ``watch``: each builds
-its request with the ``sessiond.requests`` helpers and sends it with the
-client's ``_call``. ``sessiond._methods_sync`` (``SyncMethods``, the methods of
-the blocking ``sessiond.sync.Client``) is generated from this file by unasync
-(``make proto``): a change here is a change to both clients, and the methods'
-docstrings serve both. What truly differs between the clients (channels, the
-deadline clock, the watch stream) stays in ``aio.py`` and ``sync.py``.
+``AsyncMethods`` is the base of ``sessiond.aio.AsyncClient``: the client's
+settings (``__init__``), the unary call with its deadline, retries and error
+conversion (``_call``), every RPC method, the page walkers
+(``iter_sessions``, ``iter_messages``) and ``watch``. Each method builds its
+request with the ``sessiond.requests`` helpers and sends it with ``_call``.
+
+``sessiond._methods_sync`` (``SyncMethods``, the base of the blocking
+``sessiond.sync.Client``) is generated from this file by unasync (``make
+proto``), so a change here is a change to both clients, and the docstrings
+here serve both. What truly differs stays in ``aio.py`` and ``sync.py``: the
+channels, one attempt of a unary call (``_send``), the clock its deadline is
+kept on (``_clock``), closing, and the WatchSessions stream.
 
 Write nothing here that only one calling style can say: the generator drops
 ``async``/``await`` and renames the names in its replacement table
@@ -25,14 +29,20 @@ Write nothing here that only one calling style can say: the generator drops
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+import grpc
 from google.protobuf.message import Message
 
+from sessiond.channel import channel_options
+from sessiond.errors import Unavailable, error_from_rpc_error, retry_is_safe
 from sessiond.requests import (
     FieldMaskLike,
     TimestampLike,
+    auth_metadata,
     build_request,
     to_field_mask,
     to_timestamp,
@@ -52,18 +62,42 @@ from sessiond.watching import Backoff, ConnectionHook, WatchRequest, WatchRespon
 if TYPE_CHECKING:
     from sessiond.sync import Sleep, UnaryCall
 
+DEFAULT_TARGET = "127.0.0.1:50051"
+
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
 
 
 class SyncMethods:
-    """Every sessiond RPC as a typed method, for a client that provides the transport."""
+    """A sessiond client's settings and calls, over the channels its subclass makes."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 3,
+        credentials: grpc.ChannelCredentials | None = None,
+        retry_backoff: Backoff | None = None,
+        sleep: Sleep = time.sleep,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self._metadata = auth_metadata(token)
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self._backoff = retry_backoff if retry_backoff is not None else Backoff()
+        self._sleep = sleep
+        self._connect(credentials, channel_options(options))
 
     if TYPE_CHECKING:
-        # What each client provides: its stubs, one unary call with deadline,
-        # retries and error conversion, one WatchSessions call, and its waits.
-        _backoff: Backoff
-        _sleep: Sleep
+        # What each client provides: its channels and the stubs over them, one
+        # attempt of a unary call given up after `seconds` of its clock, closing,
+        # and one WatchSessions call.
+        def _connect(
+            self, credentials: grpc.ChannelCredentials | None, options: Sequence[tuple[str, Any]]
+        ) -> None: ...
 
         @property
         def _sessions(self) -> session_service_pb2_grpc.SessionServiceStub: ...
@@ -74,11 +108,57 @@ class SyncMethods:
         @property
         def _stats(self) -> stats_service_pb2_grpc.StatsServiceStub: ...
 
-        def _call(
-            self, method: UnaryCall[RequestT, ResponseT], request: RequestT, timeout: float | None
+        def _clock(self) -> float: ...
+
+        def _send(
+            self, method: UnaryCall[RequestT, ResponseT], request: RequestT, seconds: float
         ) -> ResponseT: ...
 
+        def close(self) -> None: ...
+
         def _open_watch(self, request: WatchRequest) -> Generator[WatchResponse, None]: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(
+        self,
+        method: UnaryCall[RequestT, ResponseT],
+        request: RequestT,
+        timeout: float | None,
+    ) -> ResponseT:
+        """Send one unary call with deadline, retries and error conversion.
+
+        The deadline (``timeout``, else the client's) bounds the whole call,
+        retries and their waits included. Only UNAVAILABLE is retried, and only
+        for a request that ``retry_is_safe`` accepts, at most ``max_retries``
+        times, spaced by the client's backoff.
+        """
+        budget = self._timeout if timeout is None else timeout
+        deadline = self._clock() + budget
+        may_retry = retry_is_safe(request)
+        attempt = 0
+        while True:
+            remaining = max(deadline - self._clock(), 0.0)
+            try:
+                return self._send(method, request, remaining)
+            except grpc.RpcError as rpc_error:
+                error = error_from_rpc_error(rpc_error)
+                if not (may_retry and isinstance(error, Unavailable)):
+                    raise error from rpc_error
+                delay = self._backoff.delay(attempt)
+                if attempt >= self._max_retries or self._clock() + delay >= deadline:
+                    raise error from rpc_error
+            attempt += 1
+            self._sleep(delay)
 
     # SessionService
 

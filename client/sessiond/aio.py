@@ -14,15 +14,11 @@ adds what every caller would otherwise repeat:
 * page walking (``iter_sessions``, ``iter_messages``) and a watch that
   resumes by itself (``watch``, see ``sessiond.watching``).
 
-The methods themselves are written once, in ``sessiond._methods_aio``; the blocking
-client's (``sessiond._methods_sync``) are generated from them. This module holds what
-only the asyncio client does: a channel per event loop, deadlines on the loop's clock,
-and the WatchSessions stream.
+The settings, retries and methods are written once, in ``sessiond._methods_aio``;
+the blocking client's (``sessiond._methods_sync``) are generated from them. This
+module holds what only the asyncio client does: a channel per event loop, deadlines
+on the loop's clock, and the WatchSessions stream.
 """
-
-# ASYNC109 prefers asyncio.timeout() over a timeout parameter; here timeout
-# is the gRPC deadline sent to the server, part of the call, not a local wait.
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
@@ -30,27 +26,23 @@ import asyncio
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import grpc
 import grpc.aio
 
+from sessiond._methods_aio import DEFAULT_TARGET as DEFAULT_TARGET
 from sessiond._methods_aio import AsyncMethods, RequestT, ResponseT
-from sessiond.channel import channel_options
-from sessiond.errors import DeadlineExceeded, Unavailable, error_from_rpc_error, retry_is_safe
-from sessiond.requests import auth_metadata
+from sessiond.errors import DeadlineExceeded
 from sessiond.v1 import (
     message_service_pb2_grpc,
     session_service_pb2_grpc,
     stats_service_pb2_grpc,
 )
-from sessiond.watching import Backoff, WatchRequest, WatchResponse
+from sessiond.watching import WatchRequest, WatchResponse
 
-DEFAULT_TARGET = "127.0.0.1:50051"
-
-# The transport's types that the shared methods (sessiond._methods_aio) are written over;
-# sessiond.sync names the blocking ones alike.
+# The transport's types that the shared methods (sessiond._methods_aio) are written
+# over; sessiond.sync names the blocking ones alike.
 UnaryCall = grpc.aio.UnaryUnaryMultiCallable
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -104,26 +96,11 @@ class AsyncClient(AsyncMethods):
     ``close()``.
     """
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        timeout: float = 10.0,
-        max_retries: int = 3,
-        credentials: grpc.ChannelCredentials | None = None,
-        retry_backoff: Backoff | None = None,
-        sleep: Sleep = asyncio.sleep,
-        options: Sequence[tuple[str, Any]] = (),
+    def _connect(
+        self, credentials: grpc.ChannelCredentials | None, options: Sequence[tuple[str, Any]]
     ) -> None:
-        self.target = target
         self._credentials = credentials
-        self._options = channel_options(options)
-        self._metadata = auth_metadata(token)
-        self._timeout = timeout
-        self._max_retries = max_retries
-        self._backoff = retry_backoff if retry_backoff is not None else Backoff()
-        self._sleep = sleep
+        self._options = options
         # A grpc.aio channel belongs to the event loop it was made on; the
         # client makes one per loop on first use, so one client serves
         # several threads that each run their own loop (and a loop that is
@@ -155,17 +132,6 @@ class AsyncClient(AsyncMethods):
     def _stats(self) -> stats_service_pb2_grpc.StatsServiceAsyncStub:
         return self._loop_channel().stats
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
-
     async def close(self) -> None:
         """Close the running loop's channel; calls in flight on it are cancelled.
 
@@ -177,31 +143,13 @@ class AsyncClient(AsyncMethods):
         if bound is not None:
             await bound.channel.close(None)
 
-    async def _call(
-        self,
-        method: UnaryCall[RequestT, ResponseT],
-        request: RequestT,
-        timeout: float | None,
+    def _clock(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _send(
+        self, method: UnaryCall[RequestT, ResponseT], request: RequestT, seconds: float
     ) -> ResponseT:
-        """Send one unary call with deadline, retries and error conversion."""
-        budget = self._timeout if timeout is None else timeout
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        may_retry = retry_is_safe(request)
-        attempt = 0
-        while True:
-            remaining = max(deadline - loop.time(), 0.0)
-            try:
-                return await _within(remaining, method(request, metadata=self._metadata))
-            except grpc.RpcError as rpc_error:
-                error = error_from_rpc_error(rpc_error)
-                if not (may_retry and isinstance(error, Unavailable)):
-                    raise error from rpc_error
-                delay = self._backoff.delay(attempt)
-                if attempt >= self._max_retries or loop.time() + delay >= deadline:
-                    raise error from rpc_error
-            attempt += 1
-            await self._sleep(delay)
+        return await _within(seconds, method(request, metadata=self._metadata))
 
     async def _open_watch(self, request: WatchRequest) -> AsyncGenerator[WatchResponse, None]:
         """One WatchSessions call, cancelled when the generator is closed."""

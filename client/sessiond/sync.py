@@ -3,11 +3,11 @@
 The twin of ``sessiond.aio.AsyncClient`` for code without an event loop (the
 ``sessiond`` command, scripts, threads): same methods, same keyword fields,
 same deadlines, retries, errors, page walking and resuming watch, over a
-plain ``grpc`` channel rather than an event loop started per call. The
-methods are generated from the asyncio client's (``sessiond._methods_sync``,
-by ``make proto``), so the two cannot drift apart; this module holds what
-only the blocking client does: one channel, deadlines on the monotonic
-clock, and the WatchSessions stream.
+plain ``grpc`` channel rather than an event loop started per call. Its
+settings, retries and methods are generated from the asyncio client's by
+``make proto`` (``sessiond._methods_sync``), so the two cannot drift apart;
+this module holds what only the blocking client does: one channel, deadlines
+on the monotonic clock, and the WatchSessions stream.
 """
 
 from __future__ import annotations
@@ -15,22 +15,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import grpc
 
 from sessiond._methods_sync import RequestT, ResponseT, SyncMethods
-from sessiond.aio import DEFAULT_TARGET
-from sessiond.channel import channel_options
-from sessiond.errors import DeadlineExceeded, Unavailable, error_from_rpc_error, retry_is_safe
-from sessiond.requests import auth_metadata
+from sessiond.errors import DeadlineExceeded
 from sessiond.v1 import (
     message_service_pb2_grpc,
     session_service_pb2_grpc,
     stats_service_pb2_grpc,
 )
-from sessiond.watching import Backoff, WatchRequest, WatchResponse
+from sessiond.watching import WatchRequest, WatchResponse
 
 # The transport's types that the generated methods (sessiond._methods_sync) are
 # written over, as sessiond.aio names the asyncio ones.
@@ -72,72 +68,28 @@ class Client(SyncMethods):
     _messages: message_service_pb2_grpc.MessageServiceStub
     _stats: stats_service_pb2_grpc.StatsServiceStub
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        timeout: float = 10.0,
-        max_retries: int = 3,
-        credentials: grpc.ChannelCredentials | None = None,
-        retry_backoff: Backoff | None = None,
-        sleep: Sleep = time.sleep,
-        options: Sequence[tuple[str, Any]] = (),
+    def _connect(
+        self, credentials: grpc.ChannelCredentials | None, options: Sequence[tuple[str, Any]]
     ) -> None:
         if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=channel_options(options))
+            self._channel = grpc.insecure_channel(self.target, options=options)
         else:
-            self._channel = grpc.secure_channel(target, credentials,
-                                                 options=channel_options(options))
-        self.target = target
-        self._metadata = auth_metadata(token)
-        self._timeout = timeout
-        self._max_retries = max_retries
-        self._backoff = retry_backoff if retry_backoff is not None else Backoff()
-        self._sleep = sleep
+            self._channel = grpc.secure_channel(self.target, credentials, options=options)
         self._sessions = session_service_pb2_grpc.SessionServiceStub(self._channel)
         self._messages = message_service_pb2_grpc.MessageServiceStub(self._channel)
         self._stats = stats_service_pb2_grpc.StatsServiceStub(self._channel)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         self._channel.close()
 
-    def _call(
-        self,
-        method: UnaryCall[RequestT, ResponseT],
-        request: RequestT,
-        timeout: float | None,
+    def _clock(self) -> float:
+        return time.monotonic()
+
+    def _send(
+        self, method: UnaryCall[RequestT, ResponseT], request: RequestT, seconds: float
     ) -> ResponseT:
-        """Send one unary call with deadline, retries and error conversion."""
-        budget = self._timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
-        may_retry = retry_is_safe(request)
-        attempt = 0
-        while True:
-            remaining = max(deadline - time.monotonic(), 0.0)
-            try:
-                return _within(remaining, method.future(request, metadata=self._metadata))
-            except grpc.RpcError as rpc_error:
-                error = error_from_rpc_error(rpc_error)
-                if not (may_retry and isinstance(error, Unavailable)):
-                    raise error from rpc_error
-                delay = self._backoff.delay(attempt)
-                if attempt >= self._max_retries or time.monotonic() + delay >= deadline:
-                    raise error from rpc_error
-            attempt += 1
-            self._sleep(delay)
+        return _within(seconds, method.future(request, metadata=self._metadata))
 
     def _open_watch(self, request: WatchRequest) -> Generator[WatchResponse, None, None]:
         """One WatchSessions call, cancelled when the generator is closed."""
