@@ -28,7 +28,7 @@ install: $(STAMP)
 # blocking client's methods (unasync from the asyncio ones).
 GENERATED_PY := client/sessiond/v1 client/sessiond/_methods_sync.py
 
-## proto: regenerate client/sessiond/v1 from protos/ and the sync client's methods from the async ones (pinned tools)
+## proto: regenerate client/sessiond/v1 from protos/, and the sync client's methods from the async ones
 proto: $(STAMP)
 	PYTHON=$(PY) bash scripts/genproto.sh
 	$(PY) scripts/gen_sync_methods.py
