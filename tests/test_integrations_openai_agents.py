@@ -325,3 +325,31 @@ async def test_a_snapshot_is_never_replaced_over_history_it_did_not_see(
         assert snapshot is not None and not snapshot.complete
         assert await snapshot.replace_suffix(1, [SUMMARY]) is True
         assert await session.get_items() == [*ITEMS[:2], SUMMARY]
+
+
+async def test_a_compaction_drops_the_expired_prefix_up_to_the_first_live_item(
+    server: ServerHarness,
+) -> None:
+    def note(text: str) -> TResponseInputItem:
+        return {"role": "user", "content": text}
+
+    def expired(item: TResponseInputItem) -> bool:  # the encrypted session's TTL check
+        return str(item.get("content", "")).startswith("expired")
+
+    async with sessiond.AsyncClient(server.address) as client:
+        session = SessiondSession("ttl", client=client)
+        await session.add_items([note("expired a"), note("expired b"), note("live c"),
+                                 note("expired d"), note("newest e")])
+        snapshot = await session._get_compaction_snapshot(1, prune_prefix=expired)
+        assert snapshot is not None and snapshot.items == [note("newest e")]
+        assert await snapshot.replace_suffix(0, [SUMMARY]) is True
+        # The oldest items go while the check holds; "live c" stops it, so the
+        # expired item after it stays (as in the SDK's own stores).
+        assert await session.get_items() == [note("live c"), note("expired d"), SUMMARY]
+        await assert_counters_match_recount(server.sessions, server.messages, "ttl")
+        # A refused replacement drops nothing.
+        snapshot = await session._get_compaction_snapshot(1, prune_prefix=lambda item: True)
+        assert snapshot is not None
+        await session.add_items([note("another writer")])
+        assert await snapshot.replace_suffix(0, [SUMMARY]) is False
+        assert len(await session.get_items()) == 4

@@ -23,7 +23,9 @@ this module only.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from agents.items import TResponseInputItem
@@ -46,6 +48,8 @@ from sessiond.v1 import message_pb2, session_pb2
 
 #: The content block type that holds an SDK item.
 ITEM_BLOCK = "openai_agents.item"
+#: Messages per page while looking for the end of an expired prefix.
+PRUNE_PAGE = 100
 
 _ROLES = {
     "user": message_pb2.ROLE_USER,
@@ -151,19 +155,18 @@ class SessiondSession:
         self,
         limit: int,
         *,
-        prune_prefix: Any = None,
+        prune_prefix: Callable[[TResponseInputItem], bool] | None = None,
     ) -> _CompactionSnapshot | None:
         """The latest ``limit`` items with an atomic replacement of any suffix of them.
 
         The SDK's hook for automatic compaction. The session is read first
         (last_seq, etag), then its messages: a write in between makes the
         etag stale, and the replacement is then refused (ABORTED), never
-        applied over history it did not see. ``prune_prefix`` (dropping
-        expired items before the window, used by the SDK's encrypted
-        session) is not offered: the SDK then falls back to its own path.
+        applied over history it did not see. ``prune_prefix`` (the SDK's
+        encrypted session: "this item has expired") drops, once the
+        replacement has committed, the oldest items before the replaced
+        suffix for as long as it holds (see ``_prune_prefix``).
         """
-        if prune_prefix is not None:
-            return None
         client = self._history.client
         try:
             session = (await client.get_session(session_id=self._history.session_id)).session
@@ -189,9 +192,35 @@ class SessiondSession:
                 ))
             except Aborted:
                 return False
+            if prune_prefix is not None:
+                await self._prune_prefix(replaced[0].seq, prune_prefix)
             return True
 
         return _CompactionSnapshot(_items(window), complete, replace_suffix)
+
+    async def _prune_prefix(self, before_seq: int,
+                            prune: Callable[[TResponseInputItem], bool]) -> None:
+        """Delete the oldest messages before ``before_seq`` while ``prune`` accepts each.
+
+        A second call after the replacement, not the same transaction (sessiond
+        has no replacement that also drops a prefix). It is safe without a
+        guard: sequence numbers only grow, so every message up to the last one
+        accepted was read and accepted here, whatever else is written
+        meanwhile. A failure in between only leaves expired items, which the
+        encrypted session skips on reads and the next compaction drops.
+        """
+        client = self._history.client
+        last_accepted = 0
+        async for message in client.iter_messages(session_id=self._history.session_id,
+                                                  page_size=PRUNE_PAGE):
+            item = message_to_item(message)
+            if message.seq >= before_seq or item is None or not prune(item):
+                break
+            last_accepted = message.seq
+        if last_accepted:
+            with contextlib.suppress(NotFound):  # deleted meanwhile: nothing left to prune
+                await _await_mutation(client.delete_messages(
+                    session_id=self._history.session_id, up_to_seq=last_accepted))
 
 
 async def _nothing_to_replace(start: int, output: list[TResponseInputItem]) -> bool:
