@@ -110,6 +110,27 @@ async def test_an_old_schema_is_migrated_forward_and_its_history_becomes_searcha
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+async def test_sessions_active_before_the_active_rollup_existed_count_as_active(
+        tmp_path: Path) -> None:
+    # The active rollup (version 6) is filled from the ACTIVE sessions already there: one
+    # active a minute ago stays active in GetStats, one idle for days is abandoned.
+    db = tmp_path / "old.db"
+    build_version_1(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO sessions (pk, tenant, id, kind, status, runtime_state, started_at,"
+            " last_activity_at, updated_at, revision) VALUES (2, 'default', 'recent', 1, 1, 1,"
+            " ?1, ?1, ?1, 2)", (wall_clock() - 60_000_000,))
+    store = SQLiteStore(db, clock=wall_clock, abandoned_after_seconds=3600)
+    await store.open()
+    try:
+        stats, _ = await store.get_stats(Scope(), session_pb2.SessionFilter())
+        assert (stats.active_count, stats.abandoned_count) == (1, 1)
+        assert await store.check_consistency() == []
+    finally:
+        await store.close()
+
+
 async def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
     db = tmp_path / "new.db"
     with sqlite3.connect(db) as conn:
