@@ -71,6 +71,25 @@ async def test_reading_the_last_messages_uses_the_sequence_index(tmp_path: Path)
     assert "messages_by_seq" in shown and "TEMP B-TREE" not in shown, shown
 
 
+async def test_the_count_of_sessions_still_active_reads_minutes_then_one_minute_of_rows(
+        tmp_path: Path) -> None:
+    # GetStats' active count: a range of the active rollup's key after the cutoff's minute,
+    # and a range of the status index inside that minute; neither walks every active session.
+    store = SQLiteStore(tmp_path / "s.db", clock=wall_clock)
+    await store.open()
+    try:
+        now = wall_clock()
+        for whole_days in (session_pb2.SessionFilter(),
+                           session_pb2.SessionFilter(owner_ids=["u"])):
+            _, (sql, params) = store._rollup_stats_sql(Scope(), whole_days, now - 1, now)
+            shown = plan(store.path, sql, list(params))
+            assert "SEARCH a USING PRIMARY KEY (tenant=? AND minute>?)" in shown, shown
+            assert ("INDEX sessions_by_status (tenant=? AND status=?"
+                    " AND last_activity_at>? AND last_activity_at<?)") in shown, shown
+    finally:
+        await store.close()
+
+
 def build_version_1(path: Path) -> None:
     """A database as the first schema version left it, with one conversation."""
     conn = sqlite3.connect(path, isolation_level=None)
