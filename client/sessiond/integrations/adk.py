@@ -124,6 +124,14 @@ def _seconds(timestamp: Any) -> float:
     return float(timestamp.ToMicroseconds()) / 1e6
 
 
+def _last_update(stored: session_pb2.Session) -> float:
+    """ADK's last_update_time: the newest event's own time (last_event_at), or the
+    session's last activity while it has no events."""
+    if stored.HasField("last_event_at"):
+        return _seconds(stored.last_event_at)
+    return _seconds(stored.last_activity_at)
+
+
 def event_to_message(event: Event) -> message_pb2.Message:
     """One ADK event as a sessiond message (the event kept whole, as ADK serialises it)."""
     parts = event.content.parts if event.content and event.content.parts else []
@@ -182,7 +190,7 @@ class SessiondSessionService(BaseSessionService):
                      state: dict[str, Any], events: list[Event]) -> Session:
         session = Session(id=session_id, app_name=stored.agent, user_id=stored.owner_id,
                           state=state, events=events,
-                          last_update_time=_seconds(stored.last_activity_at))
+                          last_update_time=_last_update(stored))
         session._storage_update_marker = str(stored.last_seq)
         return session
 
@@ -286,7 +294,7 @@ class SessiondSessionService(BaseSessionService):
                 messages=[event_to_message(event)],
                 expected_last_seq=int(marker) if marker is not None else None,
                 state_delta=_delta(deltas["session"]), shared_state_deltas=shared,
-                # Only the session's last_seq and last_activity_at are read below: both
+                # Only the session's last_seq and last_event_at are read below: both
                 # are in the lean view.
                 view=message_service_pb2.APPEND_VIEW_LEAN)
         except NotFound as error:
@@ -296,5 +304,5 @@ class SessiondSessionService(BaseSessionService):
                 f"session {session.id} changed in storage since this object was read "
                 f"(last_seq {marker}); read it again") from error
         session._storage_update_marker = str(answer.session.last_seq)
-        session.last_update_time = _seconds(answer.session.last_activity_at)
+        session.last_update_time = _last_update(answer.session)
         return self._commit_event_to_session(session, event)

@@ -94,6 +94,14 @@ SESSION_INSERT_COLUMNS = (
     "goal", "owner_id", "dataset_id", "labels", "runtime_instance", "parent_id", "fork_seq",
     "status", "runtime_state", "started_at", "last_activity_at", "updated_at", "budget_micros",
     "revision", "state")
+#: Session.last_event_at, the one rule: when the session's newest message (highest seq)
+#: happened, its event time else its created_at (as after_time reads compare); 0 with no
+#: messages. Every write that adds, removes or rewrites messages appends this to its
+#: UPDATE of the session, after its message rows changed, so the field always equals a
+#: recompute (one indexed lookup of the last row).
+LAST_EVENT_AT = (", last_event_at = COALESCE((SELECT COALESCE(m.event_at, m.created_at)"
+                 " FROM messages m WHERE m.session_pk = sessions.pk"
+                 " ORDER BY m.seq DESC LIMIT 1), 0)")
 MESSAGE_INSERT_COLUMNS = ("session_pk, seq, message_id, role, content, is_turn, tool_calls,"
                           " created_at, updated_at, body, event_at")
 
@@ -707,7 +715,7 @@ class StoreLogic:
             await ctx.tx.execute(
                 f"UPDATE sessions SET (message_count, turn_count, tool_call_count, last_seq) ="
                 f" (SELECT count(*), coalesce(sum(is_turn), 0), coalesce(sum(tool_calls), 0),"
-                f" coalesce(max(seq), 0) FROM messages WHERE session_pk = {key})"
+                f" coalesce(max(seq), 0) FROM messages WHERE session_pk = {key}){LAST_EVENT_AT}"
                 f" WHERE pk = {key}", (pk,))
             forked = await self._reload(ctx, pk)
             self._emit(ctx, E.EVENT_TYPE_SESSION_CREATED, forked)
@@ -884,7 +892,8 @@ class StoreLogic:
             last_seq = new_rows[-1][1]
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
-                " tool_call_count = tool_call_count + {}, last_seq = {}" + state_sql,
+                " tool_call_count = tool_call_count + {}, last_seq = {}" + LAST_EVENT_AT
+                + state_sql,
                 (len(new_rows), turns, tool_calls, last_seq, *state_values))
             inserted = iter(new_rows)
             fresh = [(i, rows.stored_message(message, session_id, next(inserted)[1], ctx.now))
@@ -1038,7 +1047,7 @@ class StoreLogic:
                                  f" AND seq = {p(last[2])}", p.values)
             session, _ = await self._bump(
                 ctx, row, ", message_count = message_count - 1, turn_count = turn_count - {},"
-                " tool_call_count = tool_call_count - {}", (last[6], last[7]))
+                " tool_call_count = tool_call_count - {}" + LAST_EVENT_AT, (last[6], last[7]))
             carried, truncated = rows.event_messages([message])
             self._emit(ctx, E.EVENT_TYPE_MESSAGE_POPPED, session, carried, truncated, 1)
             return MessagesResult([message], session, ctx.write_revision)
@@ -1096,7 +1105,8 @@ class StoreLogic:
                 f"DELETE FROM messages WHERE session_pk = {self.dialect.placeholders(1)}",
                 (row[0],))
             session, _ = await self._bump(
-                ctx, row, ", message_count = 0, turn_count = 0, tool_call_count = 0")
+                ctx, row, ", message_count = 0, turn_count = 0, tool_call_count = 0"
+                + LAST_EVENT_AT)
             self._emit(ctx, E.EVENT_TYPE_MESSAGES_CLEARED, session, removed_count=removed)
             return removed, session, ctx.write_revision
 
@@ -1161,7 +1171,7 @@ class StoreLogic:
             new_last = new_rows[-1][1] if new_rows else last_seq
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
-                " tool_call_count = tool_call_count + {}, last_seq = {}",
+                " tool_call_count = tool_call_count + {}, last_seq = {}" + LAST_EVENT_AT,
                 (len(new_rows) - removed, turns - removed_turns, tool_calls - removed_calls,
                  new_last))
             result = [rows.stored_message(message, session_id, new_row[1], ctx.now)
@@ -1199,7 +1209,8 @@ class StoreLogic:
                                  f" AND seq <= {p(up_to_seq)}", p.values)
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count - {}, turn_count = turn_count - {},"
-                " tool_call_count = tool_call_count - {}", (removed, turns, tool_calls))
+                " tool_call_count = tool_call_count - {}" + LAST_EVENT_AT,
+                (removed, turns, tool_calls))
             if revived:
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
             ctx.emit(E.EVENT_TYPE_MESSAGES_DELETED, session.id, session.tenant,
