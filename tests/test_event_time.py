@@ -18,8 +18,10 @@ from harness import (
     expect_bad_request,
     user,
 )
+from sessiond.v1 import event_pb2
 from sessiond.v1 import message_service_pb2 as ms
 from sessiond.v1 import session_service_pb2 as ss
+from watch_validator import WatchRecorder
 
 
 def at(seconds: int) -> Timestamp:
@@ -107,3 +109,18 @@ async def test_last_event_at_follows_the_newest_message_through_every_rewrite(
     await server.messages.ClearMessages(ms.ClearMessagesRequest(session_id="s"))
     await check(None)
     await check(at(now + 50), "f")
+
+
+async def test_watchers_see_last_event_at_on_appends_and_deletions(server: Any) -> None:
+    now = server.clock.now_micros() // 1_000_000
+    await create_session(server.sessions, "s")
+    async with WatchRecorder(server.sessions, name="last_event_at") as recorder:
+        await recorder.wait_created()
+        await append(server.messages, "s", user("a", event_time=at(now - 10)))
+        await append(server.messages, "s", user("b", event_time=at(now - 5)))
+        deleted = await server.messages.DeleteMessages(ms.DeleteMessagesRequest(
+            session_id="s", up_to_seq=2))
+        await recorder.wait_covered(deleted.revision)
+    seen = {e.type: e.session for e in recorder.stream.events if e.session.id == "s"}
+    assert seen[event_pb2.EVENT_TYPE_MESSAGES_APPENDED].last_event_at == at(now - 5)
+    assert not seen[event_pb2.EVENT_TYPE_MESSAGES_DELETED].HasField("last_event_at")
