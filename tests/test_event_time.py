@@ -109,6 +109,7 @@ async def test_last_event_at_follows_the_newest_message_through_every_rewrite(
     await server.messages.ClearMessages(ms.ClearMessagesRequest(session_id="s"))
     await check(None)
     await check(at(now + 50), "f")
+    assert await server.check_consistency() == []
 
 
 async def test_watchers_see_last_event_at_on_appends_and_deletions(server: Any) -> None:

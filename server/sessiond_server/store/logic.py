@@ -99,9 +99,10 @@ SESSION_INSERT_COLUMNS = (
 #: messages. Every write that adds, removes or rewrites messages appends this to its
 #: UPDATE of the session, after its message rows changed, so the field always equals a
 #: recompute (one indexed lookup of the last row).
-LAST_EVENT_AT = (", last_event_at = COALESCE((SELECT COALESCE(m.event_at, m.created_at)"
-                 " FROM messages m WHERE m.session_pk = sessions.pk"
-                 " ORDER BY m.seq DESC LIMIT 1), 0)")
+LAST_EVENT_AT_VALUE = ("COALESCE((SELECT COALESCE(m.event_at, m.created_at)"
+                       " FROM messages m WHERE m.session_pk = sessions.pk"
+                       " ORDER BY m.seq DESC LIMIT 1), 0)")
+LAST_EVENT_AT = f", last_event_at = {LAST_EVENT_AT_VALUE}"
 MESSAGE_INSERT_COLUMNS = ("session_pk, seq, message_id, role, content, is_turn, tool_calls,"
                           " created_at, updated_at, body, event_at")
 
@@ -1552,7 +1553,7 @@ class StoreLogic:
     # Maintenance.
     async def counter_problems(self) -> list[str]:
         """Session counters that differ from a recount of their messages and usage rows."""
-        mismatched, bad_usage = await self._read_many([
+        mismatched, bad_usage, bad_event_at = await self._read_many([
             ("SELECT s.id, s.message_count, s.turn_count, s.tool_call_count, s.last_seq,"
              " coalesce(m.n, 0), coalesce(m.turns, 0), coalesce(m.calls, 0),"
              " coalesce(m.top, 0) FROM sessions s LEFT JOIN"
@@ -1565,9 +1566,13 @@ class StoreLogic:
              + ", ".join(f"sum({n}) {n}" for n in USAGE_FIELDS)
              + " FROM session_usage GROUP BY session_pk) u ON u.session_pk = s.pk WHERE "
              + " OR ".join(f"s.{n} <> coalesce(u.{n}, 0)" for n in USAGE_FIELDS), ()),
+            (f"SELECT id, last_event_at, {LAST_EVENT_AT_VALUE} FROM sessions"
+             f" WHERE last_event_at <> {LAST_EVENT_AT_VALUE}", ()),
         ])
         problems = [f"session {r[0]!r}: message counters {tuple(r[1:5])} != recount "
                     f"{tuple(int(v) for v in r[5:9])}" for r in mismatched]
         problems.extend(f"session {r[0]!r}: usage differs from its per-model rows"
                         for r in bad_usage)
+        problems.extend(f"session {r[0]!r}: last_event_at {r[1]} != recompute {r[2]}"
+                        for r in bad_event_at)
         return problems
