@@ -182,8 +182,10 @@ class Fleet:
     def pids(self) -> list[int]:
         return [pid for p in self.processes for pid in children(p.pid)]
 
-    def stop(self) -> tuple[int, float]:
-        """Stop every process; the writes and write-lock seconds their workers logged."""
+    def stop(self) -> tuple[int, float, float]:
+        """Stop every process; the writes their workers logged, the seconds they held the
+        global order point (SQLite's write lock, PostgreSQL's revision counter), and the
+        write transactions' round trips to PostgreSQL (NaN on SQLite)."""
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -193,13 +195,18 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
-        writes, held = 0, 0.0
+        writes, held, trips = 0, 0.0, math.nan
         for log in self.logs:
-            for n, seconds in re.findall(r"writes=(\d+) write_lock_held=([\d.]+)s",
-                                         log.read_text()):
+            text = log.read_text()
+            for n, seconds in re.findall(r"writes=(\d+) write_lock_held=([\d.]+)s", text):
                 writes += int(n)
                 held += float(seconds)
-        return writes, held
+            for n, rt, seconds in re.findall(
+                    r"writes=(\d+) batches=\d+ round_trips=(\d+) counter_held=([\d.]+)s", text):
+                writes += int(n)
+                held += float(seconds)
+                trips = (0 if math.isnan(trips) else trips) + int(rt)
+        return writes, held, trips
 
 
 def _load(args: tuple[list[str], int, int, float, float, float]) -> tuple[int, float]:
@@ -280,14 +287,18 @@ class Row:
     delay_p99_ms: float
     lock_share: float = math.nan
     lock_ms_per_append: float = math.nan
+    round_trips_per_append: float = math.nan
 
     def line(self) -> str:
+        # The lock: SQLite's cross-process write lock, PostgreSQL's revision counter row.
         lock = "" if math.isnan(self.lock_share) else (
             f"   lock {self.lock_ms_per_append:6.3f} ms/append, {self.lock_share:5.1%} of "
             f"each append, held {self.rate * self.lock_ms_per_append / 1000:4.0%} of the time")
+        trips = "" if math.isnan(self.round_trips_per_append) else (
+            f", {self.round_trips_per_append:4.2f} round trips/append")
         return (f"  {self.label:<28} {self.rate:8.0f} appends/s   {self.cpu_per_1000:6.2f} "
                 f"cpu-s/1000   watch delay median {self.delay_median_ms:6.2f} ms p99 "
-                f"{self.delay_p99_ms:7.2f} ms{lock}")
+                f"{self.delay_p99_ms:7.2f} ms{lock}{trips}")
 
 
 def measure(label: str, fleet: Fleet, writers: int, loaders: int, warmup: float,
@@ -311,13 +322,14 @@ def measure(label: str, fleet: Fleet, writers: int, loaders: int, warmup: float,
         delays = sorted(watch.get(timeout=seconds + 120))
     done = sum(r[0] for r in results)
     latency = sum(r[1] for r in results)
-    writes, held = fleet.stop()
+    writes, held, trips = fleet.stop()
     row = Row(label, done / seconds, cpu / max(1, done) * 1000,
               statistics.median(delays) * 1000 if delays else math.nan,
               delays[max(0, int(len(delays) * 0.99) - 1)] * 1000 if delays else math.nan)
     if writes:
         row.lock_ms_per_append = held / writes * 1000
         row.lock_share = (held / writes) / (latency / max(1, done))
+        row.round_trips_per_append = trips / writes
     return row
 
 
@@ -412,6 +424,62 @@ async def store_level(writers: int, seconds: float, admin_url: str | None
         await store.close()
 
 
+async def backend_cpu(url: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving ``url``'s database (from
+    /proc: the server runs on this machine), this connection's own excepted."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        pids = [int(r[0]) for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()")]
+    finally:
+        await conn.close()
+    return {pid: process_cpu_seconds(pid) for pid in pids}
+
+
+async def postgres_store_profile(admin_url: str, replicas: int, rtt_ms: float, writers: int,
+                                 seconds: float) -> str:
+    """One line: ``replicas`` PostgresStores in this process (``writers`` appenders spread
+    over them), each through the delaying proxy when ``rtt_ms`` > 0: appends/s, round
+    trips per append and per batch, writes per batch, the counter's hold time per append
+    and its share of wall time, and CPU per append of this process and of PostgreSQL's
+    backends."""
+    from sessiond_server.store.postgres import PostgresStore
+
+    url = await new_postgres_database(admin_url)
+    with delayed(url, rtt_ms) as through:
+        stores = [PostgresStore(through, clock=clock) for _ in range(replicas)]
+        for store in stores:
+            await store.open()
+        try:
+            pg_before = await backend_cpu(url)
+            own_before = process_cpu_seconds(os.getpid())
+            started = time.monotonic()
+            rate = await appends_per_second(stores, writers, seconds)
+            wall = time.monotonic() - started
+            own = process_cpu_seconds(os.getpid()) - own_before
+            pg_after = await backend_cpu(url)
+            pg = sum(cpu - pg_before.get(pid, 0.0) for pid, cpu in pg_after.items())
+            stats = [store.writer.stats for store in stores]
+        finally:
+            for store in stores:
+                await store.close()
+    writes = sum(s.writes for s in stats)
+    batches = sum(s.batches for s in stats)
+    trips = sum(s.round_trips for s in stats)
+    held = sum(s.counter_held_seconds for s in stats)
+    wait = sum(s.counter_wait_seconds for s in stats)
+    return (f"  postgres store x{replicas}, rtt {rtt_ms:g} ms  {rate:7.0f} appends/s"
+            f"  {trips / writes:5.2f} rt/append  {trips / batches:6.1f} rt/batch"
+            f"  {writes / batches:5.1f} writes/batch  counter {held / writes * 1000:6.3f}"
+            f" ms/append, held {held / wall:4.0%} of the time, waited for"
+            f" {wait / writes * 1000:6.3f} ms/append"
+            f"  cpu ms/append: sessiond {own / writes * 1000:5.3f}"
+            f" postgres {pg / writes * 1000:5.3f}")
+
+
 def ratio(a: float, b: float) -> str:
     return "nan" if math.isnan(a) or math.isnan(b) or not b else f"{a / b:.2f}"
 
@@ -464,11 +532,20 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rtt-ms", type=float, default=0.5,
                         help="round trip added between sessiond and PostgreSQL")
+    parser.add_argument("--postgres-store", action="store_true",
+                        help="only the PostgreSQL store-level profile: 1 and 4 replicas, "
+                             "with and without the delay")
     parser.add_argument("--proxy", metavar="LISTEN:HOST:PORT:RTT_MS",
                         help=argparse.SUPPRESS)  # the delaying proxy, in its own process
     args = parser.parse_args()
     if args.proxy:
         listen, host, port, rtt = args.proxy.split(":")
         _proxy(int(listen), host, int(port), float(rtt) / 2000)
+    elif args.postgres_store:
+        admin = os.environ["SESSIOND_TEST_POSTGRES_URL"]
+        for rtt in (0.0, args.rtt_ms):
+            for count in (1, 4):
+                print(asyncio.run(postgres_store_profile(admin, count, rtt, args.writers,
+                                                         args.seconds)), flush=True)
     else:
         main(args.writers, args.loaders, args.seconds, args.warmup, args.rtt_ms)

@@ -10,6 +10,7 @@ store recovers by itself; compaction runs on one replica at a time.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -17,11 +18,19 @@ from typing import Any
 import pytest
 from conftest import create_postgres_database, drop_postgres_databases
 from sessiond.v1 import message_pb2, session_pb2, session_service_pb2
-from sessiond_server.store import MessageQuery, NotFound, SchemaTooNew, Scope, Unavailable
+from sessiond_server.store import (
+    InvalidArgument,
+    MessageQuery,
+    NotFound,
+    SchemaTooNew,
+    Scope,
+    Unavailable,
+)
 from sessiond_server.store.interface import Change
 from sessiond_server.store.postgres import PostgresStore
 from sessiond_server.store.postgres_schema import COMPACTION_LOCK, SCHEMA_VERSION
 from sessiond_server.store.revisions import PROVISIONAL
+from sessiond_server.store.state import MAX_STATE_BYTES
 from test_storage import initial_state_left_idle_lets_its_snapshot_go
 from test_workers import far_behind_replica_catches_up_in_bounded_steps
 
@@ -174,6 +183,40 @@ async def test_a_failing_write_in_a_batch_does_not_fail_its_neighbours(
     assert all(isinstance(r, NotFound) for r in results[20:]), results[20:]
     batches, writes = store.writer_stats
     assert writes == 21 and batches < writes
+    # Refused after reads alone: the batch ran on without savepoints, nothing rolled back.
+    assert store.writer.stats.rollbacks == 0
+    assert await store.check_consistency() == []
+
+
+async def test_a_write_failing_after_a_change_reruns_its_batch_with_savepoints(
+        open_store: OpenStore) -> None:
+    """A batch runs without savepoints first. An append whose second shared-state delta
+    is refused after its first one was written makes the whole batch roll back and run
+    again with a savepoint per write: the refused append leaves nothing behind, every
+    neighbour is stored once, and the revisions have no gap."""
+    store = await open_store()
+    for i in range(6):
+        await create(store, f"s{i}")
+    message = message_pb2.Message(role=message_pb2.ROLE_USER, content="hi")
+    too_big = session_pb2.StateDelta(set={"blob": json.dumps("x" * (MAX_STATE_BYTES + 1))})
+    refused = store.append_messages(
+        Scope(), "s0", [message], None, shared_state_deltas=[
+            session_pb2.SharedStateDelta(app="a", delta=session_pb2.StateDelta(
+                set={"k": "1"})),
+            session_pb2.SharedStateDelta(app="b", delta=too_big)])
+    batches_before = store.writer_stats[0]
+    results = await asyncio.gather(
+        *(store.append_messages(Scope(), f"s{i}", [message], None) for i in range(1, 6)),
+        refused, return_exceptions=True)
+    assert isinstance(results[-1], InvalidArgument), results[-1]
+    answered = [r for r in results[:-1] if not isinstance(r, BaseException)]
+    assert [m.seq for r in answered for m in r.messages] == [1] * 5, results
+    assert sorted(r.revision for r in answered) == list(range(7, 12))
+    assert store.writer_stats[0] == batches_before + 1, "the appends were not one batch"
+    assert store.writer.stats.rollbacks == 1
+    assert (await store.get_shared_state(Scope(), "a", "")).state_json in ("", "{}")
+    page = await store.list_messages(Scope(), "s0", MessageQuery())
+    assert not page.messages
     assert await store.check_consistency() == []
 
 
@@ -309,11 +352,13 @@ async def test_a_connection_lost_mid_batch_fails_the_whole_batch_and_the_next_on
 
 
 async def provisional_rows(url: str) -> int:
-    """Committed session rows that still hold a provisional revision (there must be none)."""
+    """Committed session and change-log rows that still hold a provisional revision
+    (there must be none)."""
     conn = await asyncpg.connect(url)
     try:
         return int(await conn.fetchval(
-            f"SELECT count(*) FROM sessions WHERE revision > {PROVISIONAL}"))
+            f"SELECT (SELECT count(*) FROM sessions WHERE revision > {PROVISIONAL})"
+            f" + (SELECT count(*) FROM changes WHERE revision > {PROVISIONAL})"))
     finally:
         await conn.close()
 
@@ -354,6 +399,13 @@ async def test_the_counter_taken_last_gives_final_revisions_everywhere(
     assert updated.revision == update_revision and updated.etag == str(update_revision)
     stored, read_at = await a.get_session(Scope(), "s1")
     assert stored.revision == update_revision and read_at >= last
+    # The change log stores events serialised with provisional revisions; read back,
+    # each carries its row's final revision.
+    logged = await b.read_changes(1, last)
+    assert [c.revision for c in logged] == list(range(1, last + 1))
+    assert all(c.event.revision == c.revision for c in logged)
+    assert all(c.event.session.revision == c.revision for c in logged
+               if c.event.HasField("session"))
     assert await provisional_rows(database) == 0
     assert await a.check_consistency() == []
 
@@ -391,8 +443,9 @@ async def test_a_write_chosen_to_break_a_deadlock_runs_again(
         open_store: OpenStore, database: str) -> None:
     """A batch locks s1 and then waits for s2, which another transaction holds while it
     asks for s1. PostgreSQL fails one of the two waits; when it picks the batch's write,
-    that write rolls back to its savepoint and runs again once the other one is gone:
-    both appends are answered, none fails."""
+    the batch (run without savepoints first) rolls back whole and runs again with a
+    savepoint per write once the other one is gone: both appends are answered, none
+    fails."""
     store = await open_store()
     await create(store, "s1")
     await create(store, "s2")
@@ -423,7 +476,9 @@ async def test_a_write_chosen_to_break_a_deadlock_runs_again(
         await other.close()
     assert [m.seq for m in first.messages] == [1] and [m.seq for m in second.messages] == [1]
     assert second.revision == first.revision + 1
-    assert deadlocked or store.writer_stats[0] == 4, "no deadlock: the appends ran apart"
+    rerun = store.writer.stats.rollbacks == 1
+    assert deadlocked or rerun or store.writer_stats[0] == 4, \
+        "no deadlock: the appends ran apart"
     assert await store.check_consistency() == []
 
 

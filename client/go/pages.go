@@ -9,15 +9,19 @@ import (
 )
 
 // Sessions walks every session ListSessions returns for req, page after page
-// (the request's page_token is where it starts; the rest is kept as given).
+// (the request's page_token is where it starts; the rest is kept as given,
+// but skip_total_size is set: a walker has no use for the count).
 // Each page is one call with its own deadline and retries. An error is
 // yielded once, after the sessions already yielded, and ends the walk;
 // stopping the loop early sends no further request.
 func (c *Client) Sessions(ctx context.Context, req *v1.ListSessionsRequest) iter.Seq2[*v1.Session, error] {
-	if req == nil {
-		req = &v1.ListSessionsRequest{}
+	page := &v1.ListSessionsRequest{}
+	if req != nil {
+		page = proto.Clone(req).(*v1.ListSessionsRequest)
 	}
-	return walk(ctx, req, c.ListSessions,
+	// A walker yields sessions, not the count: the server need not count them.
+	page.SkipTotalSize = true
+	return walk(ctx, page, c.ListSessions,
 		func(page *v1.ListSessionsResponse) ([]*v1.Session, string) {
 			return page.GetSessions(), page.GetNextPageToken()
 		},

@@ -64,8 +64,10 @@ fn walk<R: Paged>(client: &Client, mut request: R) -> Walk<R::Item> {
 impl Client {
     /// sessions streams every session that `request` selects (its filter and
     /// order), page after page of `request.page_size`, starting at
-    /// `request.page_token`.
-    pub fn sessions(&self, request: ListSessionsRequest) -> Walk<Session> {
+    /// `request.page_token`. It sets `skip_total_size`: a walker has no use
+    /// for the count.
+    pub fn sessions(&self, mut request: ListSessionsRequest) -> Walk<Session> {
+        request.skip_total_size = true;
         walk(self, request)
     }
 

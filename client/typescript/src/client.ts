@@ -259,13 +259,14 @@ export class SessiondClient {
 
   /**
    * listAllSessions walks ListSessions page after page (pageToken is set
-   * for you); each page is one call with its own deadline and retries.
+   * for you); each page is one call with its own deadline and retries. It
+   * sets skipTotalSize: a walker has no use for the count.
    */
   async *listAllSessions(
     request: DeepPartial<ListSessionsRequest> = {},
     options?: CallOptions,
   ): AsyncGenerator<Session, void, undefined> {
-    let page = ListSessionsRequest.fromPartial(request);
+    let page = ListSessionsRequest.fromPartial({ ...request, skipTotalSize: true });
     for (;;) {
       const response = await this.listSessions(page, options);
       yield* response.sessions;

@@ -82,6 +82,13 @@ class Dialect:
         """Text after a table alias that pins the index, where the planner needs it."""
         return ""
 
+    def rows_source(self, p: Params, values: Sequence[Sequence[Any]],
+                    types: Sequence[str]) -> str | None:
+        """A SELECT of ``values`` (rows of columns of ``types``) in a fixed number of
+        parameters, which an INSERT can take its rows from inside a larger statement;
+        None where the dialect cannot (the rows then go by executemany)."""
+        return None
+
     def byte_length(self, expression: str) -> str:
         """The length in bytes of a text or blob expression."""
         raise NotImplementedError
@@ -153,6 +160,14 @@ class PostgresDialect(Dialect):
         clauses.extend(f"{RUN_TEXT} LIKE {p(like_pattern(run))} AND {RUN_PREDICATE}"
                        for run in terms.runs)
         return " AND ".join(clauses)
+
+    def rows_source(self, p: Params, values: Sequence[Sequence[Any]],
+                    types: Sequence[str]) -> str | None:
+        # One array per column: the statement's text (so its prepared plan) is the same
+        # whatever the number of rows.
+        columns = ", ".join(f"{p([row[i] for row in values])}::{kind}[]"
+                            for i, kind in enumerate(types))
+        return f"SELECT * FROM unnest({columns})"
 
     def byte_length(self, expression: str) -> str:
         return f"octet_length({expression})"

@@ -28,11 +28,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from sessiond.v1 import event_pb2
-
 from .group_commit import Statements
 from .interface import Change
 from .logic import REVISION, StoreLogic
+from .revisions import logged_event
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +169,7 @@ class ReplicaFeed(StoreLogic):
                 log.warning("revisions %d to %d were compacted before this replica delivered "
                             "them; watchers there must list again", self._revision + 1, lower)
             self.catch_ups += 1
-            changes = [Change(r[0], r[1], r[2], r[3],
-                              event_pb2.SessionEvent.FromString(bytes(r[4])))
+            changes = [Change(r[0], r[1], r[2], r[3], logged_event(r[0], bytes(r[4])))
                        for r in found]
             self._deliver(upper, changes)
             if until is not None and upper >= until:

@@ -25,6 +25,18 @@ The rules, for every backend:
   UNAVAILABLE, no revision is taken, nothing is told to watchers, and the next
   batch starts afresh (the revision is read from the database at BEGIN).
 * Callers are answered only after COMMIT.
+* Where the backend can (PostgreSQL, :class:`LogsWithCounter`), the change-log
+  rows go in the counter's own statement, serialised before the revisions are
+  final; the log's readers map them (``revisions.logged_event``).
+* Where a savepoint costs a round trip (PostgreSQL: the backend's hooks are
+  :class:`Optimistic`), a batch first runs without savepoints. A write that
+  fails with a store error having sent only reads (its guards: not found, a stale etag, a
+  conflicting message id) changed nothing, so its neighbours go on. A write
+  that fails after it sent a statement that may change rows, or that fails
+  in the database (which aborts the transaction), rolls the whole batch back,
+  and the batch runs again at once with a savepoint per write, as above.
+  Nothing was answered or committed, so every write's outcome is the one
+  the second run gives.
 
 The writes are coroutines even on SQLite, where the writer thread drives
 them with :func:`run_sync`: every await inside a write is a statement on the
@@ -40,7 +52,7 @@ import inspect
 import logging
 import queue
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from .errors import StoreError, Unavailable
 from .interface import Change
@@ -136,6 +148,29 @@ class BatchHooks(Protocol):
         """What a caller hears of a database failure (the detail goes to the log only)."""
 
 
+@runtime_checkable
+class Optimistic(Protocol):
+    """Hooks of a backend whose savepoints cost a round trip: its batches run without
+    them until a write fails after changing something (see the module docstring)."""
+
+    def changes_sent(self) -> int:
+        """How many statements that may change rows the batch has sent (all but plain
+        SELECTs, counted by the statement text)."""
+
+
+@runtime_checkable
+class LogsWithCounter(Protocol):
+    """Hooks of a backend that takes the counter with the change-log INSERT, in one
+    statement: its events are stored with provisional revisions, which the readers of
+    the log map (``revisions.logged_event``)."""
+
+    async def store_revision_and_log(self, start: int, last: int,
+                                     rows: Sequence[tuple[Any, ...]], commit: bool) -> int:
+        """Move the counter by ``last - start``, store ``rows`` (change-log rows with
+        provisional revisions) at their final ones, and COMMIT too when ``commit``
+        (nothing else is left to write); the shift (base - ``start``)."""
+
+
 @dataclasses.dataclass
 class BatchResult:
     """Each job's outcome, and what was committed (last revision 0: nothing new)."""
@@ -171,8 +206,13 @@ CONFLICT_RETRIES = 3
 
 
 async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
-                    clock: Callable[[], int], attempt: int = 0) -> BatchResult:
-    """Run ``jobs`` in one transaction; see the module docstring for the rules."""
+                    clock: Callable[[], int], attempt: int = 0,
+                    savepoints: bool = False) -> BatchResult:
+    """Run ``jobs`` in one transaction; see the module docstring for the rules.
+
+    ``savepoints``: each write in its own savepoint even where the hooks are
+    :class:`Optimistic` (the second run of a batch a write failed in).
+    """
 
     async def fail_all(exc: BaseException) -> BatchResult:
         await _rollback_quietly(hooks)
@@ -188,6 +228,10 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
         return await fail_all(exc)
     ctx: WriteContext[Any] = WriteContext(hooks.tx, hooks.conn, start, clock)
     alone = len(jobs) == 1
+    # The hooks that count what they send, when this run goes without savepoints.
+    counted = hooks if not alone and not savepoints and isinstance(hooks, Optimistic) \
+        else None
+    optimistic = counted is not None
     outcomes: list[tuple[Job[Any], Any, BaseException | None]] = []
     changes: list[Change] = []
     responses: list[StoredResponse] = []
@@ -199,8 +243,10 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
         tries = 0
         while True:
             ctx.begin_write()
+            sent = counted.changes_sent() if counted is not None else 0
             try:
-                if not alone and not tries:  # a retry keeps the savepoint it rolled back to
+                if not alone and not optimistic and not tries:
+                    # (a retry keeps the savepoint it rolled back to)
                     await (hooks.renew_savepoint() if held else hooks.savepoint())
                     held = True
                 result = job.fn(ctx)
@@ -214,6 +260,14 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
                     if retry and attempt < CONFLICT_RETRIES:
                         return await run_batch(hooks, jobs, clock, attempt + 1)
                     return BatchResult([(job, None, failure_of(hooks, exc))], 0, [], False)
+                if counted is not None:
+                    if counted.changes_sent() == sent and isinstance(exc, StoreError):
+                        # A guard refused it after reads alone: nothing to undo, the
+                        # neighbours go on.
+                        outcomes.append((job, None, failure_of(hooks, exc)))
+                        break
+                    await _rollback_quietly(hooks)
+                    return await run_batch(hooks, jobs, clock, attempt, savepoints=True)
                 if not hooks.in_transaction():
                     # The database ended the transaction (and its savepoints) itself.
                     log.error("the database rolled back a batch of %d writes: %s",
@@ -235,8 +289,15 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
             break
     try:
         shift = 0
+        logged = False
         if ctx.revision != start:
-            shift = await hooks.store_revision(start, ctx.revision) or 0
+            if changes and isinstance(hooks, LogsWithCounter):
+                # COMMIT with it unless stored responses wait for their final revision.
+                shift = await hooks.store_revision_and_log(
+                    start, ctx.revision, change_rows(changes), commit=not responses)
+                logged = True
+            else:
+                shift = await hooks.store_revision(start, ctx.revision) or 0
         if shift:
             changes = final(changes, shift)
             rewrites: dict[str, list[tuple[Any, ...]]] = {}
@@ -245,9 +306,9 @@ async def run_batch(hooks: BatchHooks, jobs: Sequence[Job[Any]],
                     (*key, final(response, shift).SerializeToString()))
             for sql, rows in rewrites.items():
                 await hooks.tx.executemany(sql, rows)
-        if changes:
+        if changes and not logged:
             await hooks.tx.executemany(hooks.changes_sql, change_rows(changes))
-        await hooks.commit()
+        await hooks.commit()  # (done already where store_revision_and_log committed)
     except Exception as exc:
         return await fail_all(exc)
     if shift:

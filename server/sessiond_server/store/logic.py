@@ -49,6 +49,7 @@ from .interface import (
     UsageResult,
 )
 from .records import COL, SESSION_COLUMNS, USAGE_FIELDS
+from .revisions import logged_event
 from .search import search_terms
 from .sqlite_schema import DAY_MICROS
 from .state import EMPTY_STATE, apply_delta, is_empty
@@ -96,15 +97,19 @@ SESSION_INSERT_COLUMNS = (
     "revision", "state")
 #: Session.last_event_at, the one rule: when the session's newest message (highest seq)
 #: happened, its event time else its created_at (as after_time reads compare); 0 with no
-#: messages. Every write that adds, removes or rewrites messages appends this to its
-#: UPDATE of the session, after its message rows changed, so the field always equals a
-#: recompute (one indexed lookup of the last row).
+#: messages. Every write that adds, removes or rewrites messages sets it in its UPDATE
+#: of the session (StoreLogic._bump's ``messages_changed``, ForkSession, import), so the
+#: field always equals this recompute (one indexed lookup of the last row), which
+#: counter_problems checks.
 LAST_EVENT_AT_VALUE = ("COALESCE((SELECT COALESCE(m.event_at, m.created_at)"
                        " FROM messages m WHERE m.session_pk = sessions.pk"
                        " ORDER BY m.seq DESC LIMIT 1), 0)")
 LAST_EVENT_AT = f", last_event_at = {LAST_EVENT_AT_VALUE}"
 MESSAGE_INSERT_COLUMNS = ("session_pk, seq, message_id, role, content, is_turn, tool_calls,"
                           " created_at, updated_at, body, event_at")
+#: Their SQL types, for a dialect that sends the rows as one array per column.
+MESSAGE_INSERT_TYPES = ("bigint", "bigint", "text", "integer", "text", "integer", "integer",
+                        "bigint", "bigint", "bytea", "bigint")
 
 # GetStats sums, in the order of _scan_stats_sql's columns.
 STATS_SUMS = 19
@@ -406,20 +411,43 @@ class StoreLogic:
                  removed_count=removed_count)
 
     async def _bump(self, ctx: Ctx, row: Sequence[Any], extra_sql: str = "",
-                    extra_params: Sequence[Any] = (), *, revive: bool = True
+                    extra_params: Sequence[Any] = (), *, revive: bool = True,
+                    messages: Sequence[Sequence[Any]] = (), messages_changed: bool = False
                     ) -> tuple[S.Session, bool]:
         """Bump activity and revision, revive an UNKNOWN session; the session after.
 
-        ``extra_sql`` holds one ``{}`` per value of ``extra_params``.
+        ``extra_sql`` holds one ``{}`` per value of ``extra_params``. ``messages``
+        (rows of :meth:`_new_messages`) are stored first: in the same statement where
+        the dialect can send rows as arrays (one round trip less per append).
+        ``messages_changed`` (a write that added, removed or rewrote messages) sets
+        last_event_at: from the newest of ``messages`` when there are any (they are the
+        session's newest, and an UPDATE does not see rows its own statement inserts),
+        else by the recompute (``LAST_EVENT_AT``), which sees the write's deletions.
         """
         revived: bool = revive and row[COL["status"]] == rows.UNKNOWN
         p = self.dialect.params()
+        prefix = ""
+        if messages:
+            insert = f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) "
+            source = self.dialect.rows_source(p, messages, MESSAGE_INSERT_TYPES)
+            if source is None:
+                await ctx.tx.executemany(
+                    f"{insert}VALUES ({self.dialect.placeholders(len(MESSAGE_INSERT_TYPES))})",
+                    messages)
+            else:
+                prefix = f"WITH inserted AS ({insert}{source}) "
         sets = (f"last_activity_at = {p(ctx.now)}, updated_at = {p(ctx.now)},"
                 f" revision = {p(ctx.take_revision())},"
                 f" status = {p(rows.ACTIVE if revived else row[COL['status']])}")
         extra = extra_sql.format(*(p(v) for v in extra_params))
+        if messages_changed and messages:
+            newest = messages[-1]
+            # LAST_EVENT_AT's rule on the row itself: event_at, else created_at.
+            extra += f", last_event_at = {p(newest[10] if newest[10] is not None else newest[7])}"
+        elif messages_changed:
+            extra += LAST_EVENT_AT
         updated = await ctx.tx.fetchrow(
-            f"UPDATE sessions SET {sets}{extra} WHERE pk = {p(row[0])}"
+            f"{prefix}UPDATE sessions SET {sets}{extra} WHERE pk = {p(row[0])}"
             f" RETURNING {RETURNING_COLUMNS}", p.values)
         return self._session(updated, ctx.now), revived
 
@@ -814,10 +842,12 @@ class StoreLogic:
             f"SELECT {self.dialect.message_columns} FROM messages m WHERE m.session_pk = {p(pk)}"
             f" AND {self.dialect.any_of('m.message_id', ids, p)}", p.values)}
 
-    async def _insert_messages(self, ctx: Ctx, pk: int, last_seq: int,
-                               prepared: Sequence[tuple[M.Message, Any, int, int]]
-                               ) -> tuple[list[tuple[Any, ...]], int, int]:
-        """Store messages numbered after ``last_seq``: their rows, turns and tool calls."""
+    @staticmethod
+    def _new_messages(ctx: Ctx, pk: int, last_seq: int,
+                      prepared: Sequence[tuple[M.Message, Any, int, int]]
+                      ) -> tuple[list[tuple[Any, ...]], int, int]:
+        """The rows of messages numbered after ``last_seq`` (stored by :meth:`_bump`),
+        their turns and tool calls."""
         new_rows: list[tuple[Any, ...]] = []
         turns = tool_calls = 0
         for message, body, turn, calls in prepared:
@@ -828,10 +858,6 @@ class StoreLogic:
                              if message.HasField("event_time") else None))
             turns += turn
             tool_calls += calls
-        if new_rows:
-            await ctx.tx.executemany(
-                f"INSERT INTO messages ({MESSAGE_INSERT_COLUMNS})"
-                f" VALUES ({self.dialect.placeholders(11)})", new_rows)
         return new_rows, turns, tool_calls
 
     async def append_messages(self, scope: Scope, session_id: str,
@@ -887,15 +913,15 @@ class StoreLogic:
                 state_sql = ", state = {}"
                 state_values = (apply_delta(row[COL["state"]], state_delta, "state_delta"),)
             await self._change_shared_states(ctx, scope.tenant, shared_state_deltas)
-            new_rows, turns, tool_calls = await self._insert_messages(
+            new_rows, turns, tool_calls = self._new_messages(
                 ctx, pk, last_seq, [fresh for kept, fresh in zip(out, prepared, strict=True)
                                     if kept is None])
             last_seq = new_rows[-1][1]
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
-                " tool_call_count = tool_call_count + {}, last_seq = {}" + LAST_EVENT_AT
-                + state_sql,
-                (len(new_rows), turns, tool_calls, last_seq, *state_values))
+                " tool_call_count = tool_call_count + {}, last_seq = {}" + state_sql,
+                (len(new_rows), turns, tool_calls, last_seq, *state_values), messages=new_rows,
+                messages_changed=True)
             inserted = iter(new_rows)
             fresh = [(i, rows.stored_message(message, session_id, next(inserted)[1], ctx.now))
                      for i, (message, *_) in enumerate(prepared) if out[i] is None]
@@ -1048,7 +1074,8 @@ class StoreLogic:
                                  f" AND seq = {p(last[2])}", p.values)
             session, _ = await self._bump(
                 ctx, row, ", message_count = message_count - 1, turn_count = turn_count - {},"
-                " tool_call_count = tool_call_count - {}" + LAST_EVENT_AT, (last[6], last[7]))
+                " tool_call_count = tool_call_count - {}", (last[6], last[7]),
+                messages_changed=True)
             carried, truncated = rows.event_messages([message])
             self._emit(ctx, E.EVENT_TYPE_MESSAGE_POPPED, session, carried, truncated, 1)
             return MessagesResult([message], session, ctx.write_revision)
@@ -1106,8 +1133,8 @@ class StoreLogic:
                 f"DELETE FROM messages WHERE session_pk = {self.dialect.placeholders(1)}",
                 (row[0],))
             session, _ = await self._bump(
-                ctx, row, ", message_count = 0, turn_count = 0, tool_call_count = 0"
-                + LAST_EVENT_AT)
+                ctx, row, ", message_count = 0, turn_count = 0, tool_call_count = 0",
+                messages_changed=True)
             self._emit(ctx, E.EVENT_TYPE_MESSAGES_CLEARED, session, removed_count=removed)
             return removed, session, ctx.write_revision
 
@@ -1167,14 +1194,13 @@ class StoreLogic:
             p = self.dialect.params()
             await ctx.tx.execute(f"DELETE FROM messages WHERE session_pk = {p(pk)}"
                                  f" AND seq > {p(after_seq)}", p.values)
-            new_rows, turns, tool_calls = await self._insert_messages(ctx, pk, last_seq,
-                                                                      prepared)
+            new_rows, turns, tool_calls = self._new_messages(ctx, pk, last_seq, prepared)
             new_last = new_rows[-1][1] if new_rows else last_seq
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
-                " tool_call_count = tool_call_count + {}, last_seq = {}" + LAST_EVENT_AT,
+                " tool_call_count = tool_call_count + {}, last_seq = {}",
                 (len(new_rows) - removed, turns - removed_turns, tool_calls - removed_calls,
-                 new_last))
+                 new_last), messages=new_rows, messages_changed=True)
             result = [rows.stored_message(message, session_id, new_row[1], ctx.now)
                       for message, new_row in zip(messages, new_rows, strict=True)]
             if revived:
@@ -1210,8 +1236,8 @@ class StoreLogic:
                                  f" AND seq <= {p(up_to_seq)}", p.values)
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count - {}, turn_count = turn_count - {},"
-                " tool_call_count = tool_call_count - {}" + LAST_EVENT_AT,
-                (removed, turns, tool_calls))
+                " tool_call_count = tool_call_count - {}", (removed, turns, tool_calls),
+                messages_changed=True)
             if revived:
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
             ctx.emit(E.EVENT_TYPE_MESSAGES_DELETED, session.id, session.tenant,
@@ -1517,7 +1543,7 @@ class StoreLogic:
         self._compacted_revision = max(self._compacted_revision, compacted_revision)
         if from_revision <= compacted_revision:
             raise Compacted(compacted_revision)
-        return [Change(r[0], r[1], r[2], r[3], E.SessionEvent.FromString(bytes(r[4])))
+        return [Change(r[0], r[1], r[2], r[3], logged_event(r[0], bytes(r[4])))
                 for r in found]
 
     async def initial_state(self, scope: Scope, session_ids: Sequence[str]

@@ -89,8 +89,10 @@ class PostgresStore(ReplicaFeed):
     # Life cycle.
     def _server_settings(self) -> dict[str, str]:
         timeout_ms = str(int(self._statement_timeout * 1000))
+        # client_min_messages: the writer learns each batch's base revision by a NOTICE.
         return {"application_name": "sessiond", "statement_timeout": timeout_ms,
-                "idle_in_transaction_session_timeout": str(int(timeout_ms) * 2)}
+                "idle_in_transaction_session_timeout": str(int(timeout_ms) * 2),
+                "client_min_messages": "notice"}
 
     async def open(self) -> None:
         try:
@@ -158,6 +160,8 @@ class PostgresStore(ReplicaFeed):
     async def close(self) -> None:
         if self._writer is not None:
             await self._writer.close()
+            # What the write path cost, for docs/scaling.md's figures (bench/replicas.py).
+            log.info("postgres writer stopped: %s", self._writer.stats.line())
         await self._close_feed()
         if self._pool is not None:
             pool, self._pool = self._pool, None
@@ -165,6 +169,13 @@ class PostgresStore(ReplicaFeed):
                 await asyncio.wait_for(pool.close(), 5.0)
             except DATABASE_ERRORS:
                 pool.terminate()
+
+    @property
+    def writer(self) -> Writer:
+        """The open store's writer (its ``stats`` are what the write path cost)."""
+        if self._writer is None:
+            raise Unavailable("the store is not open")
+        return self._writer
 
     # Plumbing.
     @contextlib.asynccontextmanager

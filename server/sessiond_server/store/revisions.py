@@ -16,9 +16,11 @@ shift. Where the counter is read at BEGIN (SQLite) the shift is 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message as ProtoMessage
 from sessiond.v1 import event_pb2, message_pb2, session_pb2
 
@@ -69,9 +71,36 @@ def _final_message(message: ProtoMessage, shift: int) -> None:
         elif field.name == "etag" and isinstance(value, str) and value.isdigit() \
                 and int(value) > PROVISIONAL:
             setattr(message, field.name, str(int(value) + shift))
-        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+        elif field.message_type is not None and _carries_revision(field.message_type):
             for item in [value] if isinstance(value, ProtoMessage) else value:
                 _final_message(item, shift)
+
+
+@functools.cache
+def _carries_revision(descriptor: Descriptor) -> bool:
+    """Whether messages of this type can hold a ``revision`` or ``etag`` at any depth
+    (a message's messages, timestamps and maps need no walk when they cannot)."""
+    return _reaches_revision(descriptor, set())
+
+
+def _reaches_revision(descriptor: Descriptor, seen: set[str]) -> bool:
+    if descriptor.GetOptions().map_entry or descriptor.full_name in seen:
+        return False
+    seen.add(descriptor.full_name)
+    return any(field.name in ("revision", "etag") or (
+        field.message_type is not None and _reaches_revision(field.message_type, seen))
+        for field in descriptor.fields)
+
+
+def logged_event(revision: int, event: bytes) -> event_pb2.SessionEvent:
+    """A change-log row's event, with final revisions. Where the counter is taken with
+    the change-log INSERT (PostgreSQL), the event was serialised before its batch's
+    revisions were final: its revisions are provisional, and the row's ``revision``
+    (final) says by how much they move."""
+    parsed = event_pb2.SessionEvent.FromString(event)
+    if parsed.revision > PROVISIONAL:
+        _final_message(parsed, revision - parsed.revision)
+    return parsed
 
 
 def change_rows(changes: Sequence[Change]) -> list[tuple[Any, ...]]:

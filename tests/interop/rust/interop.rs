@@ -231,6 +231,7 @@ impl Scenario {
         let created = c
             .create_session(CreateSessionRequest {
                 session: Some(self.new_session("a")),
+                ..Default::default()
             })
             .await
             .expect("CreateSession a");
@@ -249,6 +250,7 @@ impl Scenario {
         let again = c
             .create_session(CreateSessionRequest {
                 session: Some(self.new_session("a")),
+                ..Default::default()
             })
             .await
             .expect("CreateSession a again");
@@ -330,6 +332,7 @@ impl Scenario {
             let more = c
                 .create_session(CreateSessionRequest {
                     session: Some(self.new_session(suffix)),
+                    ..Default::default()
                 })
                 .await
                 .expect("CreateSession");
@@ -350,6 +353,7 @@ impl Scenario {
                     ascending: true,
                     page_size: 4,
                     page_token: token.clone(),
+                    ..Default::default()
                 })
                 .await
                 .expect("ListSessions");
@@ -744,6 +748,7 @@ impl Scenario {
                         labels: walk_labels.clone(),
                         ..Default::default()
                     }),
+                    ..Default::default()
                 })
                 .await
                 .expect("CreateSession for the walk");
@@ -759,6 +764,7 @@ impl Scenario {
                 ascending: true,
                 page_size: WALK_PAGE_SIZE,
                 page_token: String::new(),
+                ..Default::default()
             })
             .map(|s| s.expect("a page of the walk").id)
             .collect()

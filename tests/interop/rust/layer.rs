@@ -144,6 +144,7 @@ fn new_session(id: &str) -> CreateSessionRequest {
             agent: "layer-test".into(),
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
 

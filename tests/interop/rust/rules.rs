@@ -59,7 +59,8 @@ fn writes_without_a_client_chosen_key_are_not_retry_safe() {
             session: Some(Session {
                 id: "s".into(),
                 ..Default::default()
-            })
+            }),
+            ..Default::default()
         }
         .retry_is_safe()
     );
