@@ -24,14 +24,19 @@ $(SERVER_STAMP): pyproject.toml setup.py
 ## install: create .venv and install sessiond with its development tools
 install: $(STAMP)
 
-## proto: regenerate client/sessiond/v1 from protos/ (pinned tools)
+# The Python code that `make proto` generates: the protobuf/gRPC modules and the
+# blocking client's methods (unasync from the asyncio ones).
+GENERATED_PY := client/sessiond/v1 client/sessiond/_methods_sync.py
+
+## proto: regenerate client/sessiond/v1 from protos/, and the sync client's methods from the async ones
 proto: $(STAMP)
 	PYTHON=$(PY) bash scripts/genproto.sh
+	$(PY) scripts/gen_sync_methods.py
 
 ## proto-check: fail when the committed generated code is stale
 proto-check: proto
-	git diff --exit-code --stat -- client/sessiond/v1
-	test -z "$$(git status --porcelain -- client/sessiond/v1)"
+	git diff --exit-code --stat -- $(GENERATED_PY)
+	test -z "$$(git status --porcelain -- $(GENERATED_PY))"
 
 ## serve: install the server only (no dev tools) and start it on SQLite (127.0.0.1:50051)
 serve: $(SERVER_STAMP)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect
 import random
 import threading
 import time
@@ -615,6 +616,43 @@ async def test_sync_client_raises_typed_errors(scripted: Any) -> None:
     error = await asyncio.to_thread(call)
     assert isinstance(error, sessiond.NotFound)
     assert error.reason == "SESSION_NOT_FOUND"
+
+
+def _public_calls(client_class: type) -> dict[str, Callable[..., Any]]:
+    return {
+        name: member
+        for name, member in inspect.getmembers(client_class, callable)
+        if not name.startswith("_")
+    }
+
+
+def _parameters(call: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
+    """Each parameter's name, kind and default (the annotations differ by calling style)."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(call).parameters.values()]
+
+
+def test_sync_client_has_every_method_of_the_async_client_with_the_same_parameters() -> None:
+    async_calls = _public_calls(sessiond.AsyncClient)
+    sync_calls = _public_calls(sessiond.Client)
+    assert sorted(sync_calls) == sorted(async_calls)
+    assert {"create_session", "iter_messages", "watch", "cost_by_model"} <= set(async_calls)
+    for name, async_call in async_calls.items():
+        assert _parameters(sync_calls[name]) == _parameters(async_call), name
+        # The asyncio client's calls are awaited (or iterated with `async for`);
+        # none of the blocking client's is.
+        sync_call = sync_calls[name]
+        assert not inspect.iscoroutinefunction(sync_call), name
+        assert not inspect.isasyncgenfunction(sync_call), name
+        if name != "watch":  # watch returns the resuming stream from a plain call
+            assert (inspect.iscoroutinefunction(async_call)
+                    or inspect.isasyncgenfunction(async_call)), name
+    # The constructors take the same settings; each sleeps its own way by default.
+    async_init = _parameters(sessiond.AsyncClient)
+    sync_init = _parameters(sessiond.Client)
+    assert [p[:2] for p in sync_init] == [p[:2] for p in async_init]
+    defaults = {name: (a, s) for (name, _, a), (_, _, s) in zip(async_init, sync_init, strict=True)
+                if a != s}
+    assert defaults == {"sleep": (asyncio.sleep, time.sleep)}
 
 
 # Against the real server
