@@ -30,6 +30,7 @@ ROLLUP_TRIGGERS = (
     "sessions_rollup_insert", "sessions_rollup_delete", "sessions_rollup_update",
     "usage_rollup_insert", "usage_rollup_delete", "usage_rollup_update",
     "usage_rollup_session_delete", "usage_rollup_session_move",
+    "active_rollup_insert", "active_rollup_delete", "active_rollup_update",
 )
 
 

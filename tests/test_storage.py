@@ -71,6 +71,25 @@ async def test_reading_the_last_messages_uses_the_sequence_index(tmp_path: Path)
     assert "messages_by_seq" in shown and "TEMP B-TREE" not in shown, shown
 
 
+async def test_the_count_of_sessions_still_active_reads_minutes_then_one_minute_of_rows(
+        tmp_path: Path) -> None:
+    # GetStats' active count: a range of the active rollup's key after the cutoff's minute,
+    # and a range of the status index inside that minute; neither walks every active session.
+    store = SQLiteStore(tmp_path / "s.db", clock=wall_clock)
+    await store.open()
+    try:
+        now = wall_clock()
+        for whole_days in (session_pb2.SessionFilter(),
+                           session_pb2.SessionFilter(owner_ids=["u"])):
+            _, (sql, params) = store._rollup_stats_sql(Scope(), whole_days, now - 1, now)
+            shown = plan(store.path, sql, list(params))
+            assert "SEARCH a USING PRIMARY KEY (tenant=? AND minute>?)" in shown, shown
+            assert ("INDEX sessions_by_status (tenant=? AND status=?"
+                    " AND last_activity_at>? AND last_activity_at<?)") in shown, shown
+    finally:
+        await store.close()
+
+
 def build_version_1(path: Path) -> None:
     """A database as the first schema version left it, with one conversation."""
     conn = sqlite3.connect(path, isolation_level=None)
@@ -130,6 +149,27 @@ async def test_the_consistency_check_recomputes_last_event_at(tmp_path: Path) ->
     try:
         problems = await store.check_consistency()
         assert len(problems) == 1 and "'s': last_event_at 7 != recompute" in problems[0]
+    finally:
+        await store.close()
+
+
+async def test_sessions_active_before_the_active_rollup_existed_count_as_active(
+        tmp_path: Path) -> None:
+    # The active rollup (version 6) is filled from the ACTIVE sessions already there: one
+    # active a minute ago stays active in GetStats, one idle for days is abandoned.
+    db = tmp_path / "old.db"
+    build_version_1(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO sessions (pk, tenant, id, kind, status, runtime_state, started_at,"
+            " last_activity_at, updated_at, revision) VALUES (2, 'default', 'recent', 1, 1, 1,"
+            " ?1, ?1, ?1, 2)", (wall_clock() - 60_000_000,))
+    store = SQLiteStore(db, clock=wall_clock, abandoned_after_seconds=3600)
+    await store.open()
+    try:
+        stats, _ = await store.get_stats(Scope(), session_pb2.SessionFilter())
+        assert (stats.active_count, stats.abandoned_count) == (1, 1)
+        assert await store.check_consistency() == []
     finally:
         await store.close()
 

@@ -51,7 +51,7 @@ from .interface import (
 from .records import COL, SESSION_COLUMNS, USAGE_FIELDS
 from .revisions import logged_event
 from .search import search_terms
-from .sqlite_schema import DAY_MICROS
+from .sqlite_schema import DAY_MICROS, MINUTE_MICROS
 from .state import EMPTY_STATE, apply_delta, is_empty
 
 E = event_pb2
@@ -1444,11 +1444,19 @@ class StoreLogic:
             f" {total('r.duration_micros')}, {count_of(1)}, {total('r.running_count')}, 0,"
             f" {count_of(2)}, {count_of(3)}, {count_of(4)}, {count_of(5)}"
             f" FROM session_rollup r WHERE {where}", p.values)
+        # The sessions still active: the active rollup's minutes after the cutoff's
+        # minute, plus an exact count inside that one minute (bounded by its sessions,
+        # not by every active one).
         p = self.dialect.params()
+        next_minute = (cutoff // MINUTE_MICROS + 1) * MINUTE_MICROS
+        later = (f"SELECT coalesce(sum(a.session_count), 0) FROM active_rollup a"
+                 f" WHERE a.minute >= {p(next_minute // MINUTE_MICROS)}"
+                 f" AND {self._rollup_where(scope, days, p, 'a')}")
         where = self._filter_sql(scope, days, now, p)
-        live = (f"SELECT count(*) FROM sessions s{self.dialect.index_hint('sessions_by_status')}"
-                f" WHERE s.status = 1 AND s.last_activity_at >= {p(cutoff)} AND {where}",
-                p.values)
+        live = (f"SELECT ({later}) + (SELECT count(*) FROM sessions s"
+                f"{self.dialect.index_hint('sessions_by_status')}"
+                f" WHERE s.status = 1 AND s.last_activity_at >= {p(cutoff)}"
+                f" AND s.last_activity_at < {p(next_minute)} AND {where})", p.values)
         return [rollup, live]
 
     async def get_stats(self, scope: Scope, filter: S.SessionFilter

@@ -203,7 +203,7 @@ CREATE TABLE shared_state (
 # created_at; 0 with no messages), derived from the messages and set by every write
 # that changes them (logic.LAST_EVENT_AT); existing sessions get it recomputed here.
 MIGRATIONS.append((
-    6,
+    5,
     """
 ALTER TABLE sessions ADD COLUMN last_event_at BIGINT NOT NULL DEFAULT 0;
 UPDATE sessions SET last_event_at = COALESCE((SELECT COALESCE(m.event_at, m.created_at)

@@ -40,6 +40,8 @@ from .logic import ORDER_COLUMNS
 from .revisions import NEWEST_OVER_BYTES_SQL, compaction_target
 from .sqlite_inline import Busy, InlineReader, InlineStatements
 from .sqlite_schema import (
+    ACTIVE_ROLLUP_KEY,
+    ACTIVE_ROLLUP_RECOUNT_SQL,
     MIGRATIONS,
     ROLLUP_KEY,
     ROLLUP_RECOUNT_SQL,
@@ -392,6 +394,7 @@ class SQLiteStore(ReplicaFeed):
              (*ROLLUP_KEY, "session_count", "running_count", "duration_micros", *ROLLUP_SUMS)),
             ("usage_rollup", USAGE_ROLLUP_RECOUNT_SQL,
              (*USAGE_ROLLUP_KEY, "session_count", *USAGE_SUMS)),
+            ("active_rollup", ACTIVE_ROLLUP_RECOUNT_SQL, (*ACTIVE_ROLLUP_KEY, "session_count")),
         ):
             recount, stored = await self._read_many(
                 [(recount_sql, ()), (f"SELECT {', '.join(columns)} FROM {table}", ())])

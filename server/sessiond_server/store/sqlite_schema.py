@@ -167,10 +167,13 @@ ROLLUP_SUMS = (
 ROLLUP_KEY = ("tenant", "day", "status", "owner_id", "dataset_id")
 
 
-def _day(row: str) -> str:
+def _floor(value: str, unit: int) -> str:
     # Floor division, as Python's //, also for times before 1970.
-    return (f"(CASE WHEN {row}.started_at >= 0 THEN {row}.started_at / {DAY_MICROS}"
-            f" ELSE ({row}.started_at + 1) / {DAY_MICROS} - 1 END)")
+    return f"(CASE WHEN {value} >= 0 THEN {value} / {unit} ELSE ({value} + 1) / {unit} - 1 END)"
+
+
+def _day(row: str) -> str:
+    return _floor(f"{row}.started_at", DAY_MICROS)
 
 
 def _contribution(row: str) -> list[str]:
@@ -398,6 +401,74 @@ CREATE TABLE shared_state (
 ))
 
 
+# Version 6: the active rollup. A session is abandoned when its last activity is older
+# than a threshold, so the split of ACTIVE sessions into active and abandoned moves with
+# the clock and the day rollup cannot hold it. This table counts ACTIVE sessions by the
+# UTC minute of their last activity (and the day rollup's key, so the same filters apply):
+# GetStats sums the buckets after the cutoff's minute and counts the sessions of that one
+# minute exactly, whatever the number of active sessions. The triggers write only when a
+# session's bucket changes (status, minute or key), so most appends within a minute write
+# nothing here.
+MINUTE_MICROS = 60_000_000
+ACTIVE_ROLLUP_KEY = ("tenant", "minute", "day", "owner_id", "dataset_id")
+
+
+def _minute(row: str) -> str:
+    return _floor(f"{row}.last_activity_at", MINUTE_MICROS)
+
+
+def _active_key(row: str) -> str:
+    return f"{row}.tenant, {_minute(row)}, {_day(row)}, {row}.owner_id, {row}.dataset_id"
+
+
+def _add_active(row: str) -> str:
+    return (f"INSERT INTO active_rollup ({', '.join(ACTIVE_ROLLUP_KEY)}, session_count)"
+            f" SELECT {_active_key(row)}, 1 WHERE {row}.status = 1"
+            f" ON CONFLICT ({', '.join(ACTIVE_ROLLUP_KEY)})"
+            f" DO UPDATE SET session_count = session_count + 1;")
+
+
+def _remove_active(row: str) -> str:
+    match = (f"{row}.status = 1 AND ({', '.join(ACTIVE_ROLLUP_KEY)}) = ({_active_key(row)})")
+    return (f"UPDATE active_rollup SET session_count = session_count - 1 WHERE {match};\n"
+            f"    DELETE FROM active_rollup WHERE {match} AND session_count = 0;")
+
+
+ACTIVE_ROLLUP_RECOUNT_SQL = f"""
+    SELECT {_active_key("s")}, count(*) FROM sessions s WHERE s.status = 1
+    GROUP BY 1, 2, 3, 4, 5"""
+_ACTIVE_MOVED = (f"(old.status = 1 OR new.status = 1) AND (old.status <> new.status"
+                 f" OR {_minute('old')} <> {_minute('new')} OR {_KEY_CHANGED})")
+
+MIGRATIONS.append((
+    6,
+    f"""
+CREATE TABLE active_rollup (
+    tenant        TEXT    NOT NULL,
+    minute        INTEGER NOT NULL,
+    day           INTEGER NOT NULL,
+    owner_id      TEXT    NOT NULL,
+    dataset_id    TEXT    NOT NULL,
+    session_count INTEGER NOT NULL,
+    PRIMARY KEY ({', '.join(ACTIVE_ROLLUP_KEY)})
+) WITHOUT ROWID;
+CREATE TRIGGER active_rollup_insert AFTER INSERT ON sessions WHEN new.status = 1 BEGIN
+    {_add_active("new")}
+END;
+CREATE TRIGGER active_rollup_delete AFTER DELETE ON sessions WHEN old.status = 1 BEGIN
+    {_remove_active("old")}
+END;
+CREATE TRIGGER active_rollup_update AFTER UPDATE OF status, last_activity_at, tenant,
+    owner_id, dataset_id, started_at ON sessions WHEN {_ACTIVE_MOVED} BEGIN
+    {_remove_active("old")}
+    {_add_active("new")}
+END;
+INSERT INTO active_rollup ({', '.join(ACTIVE_ROLLUP_KEY)}, session_count)
+{ACTIVE_ROLLUP_RECOUNT_SQL};
+""",
+))
+
+
 # Session.last_event_at: when the newest message happened (its event time, else its
 # created_at; 0 with no messages), derived from the messages and set by every write
 # that changes them (logic.LAST_EVENT_AT); existing sessions get it recomputed here.
@@ -410,6 +481,7 @@ UPDATE sessions SET last_event_at = COALESCE((SELECT COALESCE(m.event_at, m.crea
 WHERE message_count > 0;
 """,
 ))
+
 
 def register_search_functions(conn: sqlite3.Connection) -> None:
     """The functions the run index's triggers call; every connection that writes needs them."""
