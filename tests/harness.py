@@ -209,6 +209,15 @@ async def assert_counters_match_recount(sessions: Any, messages: Any, session_id
     got = await sessions.GetSession(session_service_pb2.GetSessionRequest(session_id=session_id))
     assert counters_of(got.session) == recount(stored)
     assert got.session.last_seq >= (seqs[-1] if seqs else 0)
+    # last_event_at is derived the same way: the newest message's event time, else its
+    # created_at; unset with no messages.
+    newest = stored[-1] if stored else None
+    expected = (None if newest is None else
+                newest.event_time if newest.HasField("event_time") else newest.created_at)
+    if expected is None:
+        assert not got.session.HasField("last_event_at")
+    else:
+        assert got.session.last_event_at == expected
 
 
 async def create_session(

@@ -159,6 +159,8 @@ async def test_export_then_import_into_an_empty_database_gives_identical_data(
     chat_read = await served.sessions.GetSession(session_service_pb2.GetSessionRequest(
         session_id="chat"))
     assert chat_read.session.state_json == '{"step":2,"big":12345678901234567890}'
+    # last_event_at is recomputed on import: the last message has no event time.
+    assert chat_read.session.last_event_at == listed.messages[-1].created_at
     ann = await served.sessions.GetSharedState(session_service_pb2.GetSharedStateRequest(
         app="helper", user_id="ann"))
     assert (ann.state.state_json, ann.state.etag) == ('{"name":"Ann","lang":"de"}', "2")

@@ -29,7 +29,7 @@ from google.adk.sessions.base_session_service import GetSessionConfig
 from google.adk.tools.tool_context import ToolContext
 from google.genai import types
 from harness import assert_counters_match_recount, get_session
-from sessiond.integrations.adk import SessiondSessionService
+from sessiond.integrations.adk import SessiondSessionService, adk_ids, sessiond_id
 from sessiond.v1 import session_service_pb2
 
 
@@ -88,11 +88,14 @@ async def test_a_runner_turn_with_a_tool_stores_events_and_state_at_every_scope(
         assert await service.get_user_state(app_name="travel", user_id="ada") == {
             "city": "Paris"}
         # No header message, no state copy: one message per event, the state on the session.
-        stored = await get_session(server.sessions, "trip")
+        stored = await get_session(server.sessions, sessiond_id("travel", "ada", "trip"))
+        assert stored.id == "travel/ada/trip" and (stored.agent, stored.owner_id) == (
+            "travel", "ada")
         assert stored.message_count == len(session.events)
         assert stored.state_json == '{"last_city":"Paris"}'
         assert stored.tool_call_count == 1
-        await assert_counters_match_recount(server.sessions, server.messages, "trip")
+        await assert_counters_match_recount(server.sessions, server.messages,
+                                            sessiond_id("travel", "ada", "trip"))
 
 
 async def test_state_merges_per_scope_and_temp_state_is_never_stored(
@@ -210,3 +213,66 @@ async def test_a_refused_create_session_writes_none_of_its_app_and_user_state(
         read = await service.get_session(app_name="app", user_id="u", session_id="s")
         assert read is not None and read.state == {"app:plan": "free", "user:name": "Ada"}
         assert await service.get_user_state(app_name="app", user_id="u") == {"name": "Ada"}
+
+
+def test_session_ids_are_scoped_by_app_and_user_and_read_back() -> None:
+    assert sessiond_id("shop", "ada@example.com", "s1") == "shop/ada@example.com/s1"
+    odd = ("a/b", "50% off", "x\ty ")
+    assert sessiond_id(*odd) == "a%2Fb/50%25%20off/x%09y%20"
+    assert adk_ids(sessiond_id(*odd)) == odd
+    # Ids not written through the adapter are not read as ADK ids.
+    assert adk_ids("plain") is None
+    assert adk_ids("a/b/c%41") is None
+
+
+async def test_two_users_of_one_app_each_have_their_own_session_s1(
+    server: ServerHarness,
+) -> None:
+    async with sessiond.AsyncClient(server.address) as client:
+        service = SessiondSessionService(client=client)
+        first = await service.create_session(app_name="app", user_id="u1", session_id="s1")
+        await service.append_event(first, event("hi"))
+        second = await service.create_session(app_name="app", user_id="u2@example.com",
+                                              session_id="s1")
+        assert (second.id, second.user_id) == ("s1", "u2@example.com")
+        read = await service.get_session(app_name="app", user_id="u2@example.com",
+                                         session_id="s1")
+        assert read is not None and read.user_id == "u2@example.com" and read.events == []
+        again = await service.get_session(app_name="app", user_id="u1", session_id="s1")
+        assert again is not None and len(again.events) == 1
+        listed = await service.list_sessions(app_name="app")
+        assert sorted((s.user_id, s.id) for s in listed.sessions) == [
+            ("u1", "s1"), ("u2@example.com", "s1")]
+        await service.delete_session(app_name="app", user_id="u2@example.com",
+                                     session_id="s1")
+        assert await service.get_session(app_name="app", user_id="u1",
+                                         session_id="s1") is not None
+
+
+class AnswerLostOnce(sessiond.AsyncClient):
+    """A client whose first CreateSession answer is lost: the request reached the server
+    and committed, and the call is sent again, as a retry after a lost answer does."""
+
+    async def create_session(self, *args: Any, **kwargs: Any) -> Any:
+        await super().create_session(*args, **kwargs)
+        return await super().create_session(*args, **kwargs)
+
+
+async def test_a_create_retried_after_a_lost_answer_is_the_create_not_a_duplicate(
+    server: ServerHarness,
+) -> None:
+    async with AnswerLostOnce(server.address) as client:
+        service = SessiondSessionService(client=client)
+        named = await service.create_session(app_name="app", user_id="u", session_id="s",
+                                             state={"k": 1, "user:n": 1})
+        generated = await service.create_session(app_name="app", user_id="u")
+        assert named.id == "s" and named.state == {"k": 1, "user:n": 1}
+        assert generated.id and generated.id != "s"
+        listed = await service.list_sessions(app_name="app", user_id="u")
+        assert sorted(s.id for s in listed.sessions) == sorted(["s", generated.id])
+    async with sessiond.AsyncClient(server.address) as client:
+        service = SessiondSessionService(client=client)
+        # Another create of the same id, the same content but a call of its own: a duplicate.
+        with pytest.raises(AlreadyExistsError):
+            await service.create_session(app_name="app", user_id="u", session_id="s",
+                                         state={"k": 1, "user:n": 1})

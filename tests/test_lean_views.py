@@ -39,6 +39,8 @@ def lean_session(session: session_pb2.Session) -> session_pb2.Session:
         id=session.id, status=session.status, last_seq=session.last_seq,
         message_count=session.message_count, revision=session.revision, etag=session.etag)
     expected.last_activity_at.CopyFrom(session.last_activity_at)
+    if session.HasField("last_event_at"):
+        expected.last_event_at.CopyFrom(session.last_event_at)
     return expected
 
 

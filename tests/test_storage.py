@@ -119,6 +119,8 @@ async def test_an_old_schema_is_migrated_forward_and_its_history_becomes_searcha
         assert [m.content for m in found] == ["legacy walrus"]
         session, revision = await store.get_session(Scope(), "old")
         assert (session.message_count, revision) == (1, 2)
+        # last_event_at (SQLite migration 7) was recomputed from the stored messages.
+        assert session.last_event_at.ToMicroseconds() == 1
         # The stats rollup (version 3) was filled from the sessions already there.
         stats, _ = await store.get_stats(Scope(), session_pb2.SessionFilter())
         assert (stats.session_count, stats.message_count) == (1, 1)
@@ -127,6 +129,28 @@ async def test_an_old_schema_is_migrated_forward_and_its_history_becomes_searcha
         await store.close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_the_consistency_check_recomputes_last_event_at(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    store = SQLiteStore(db, clock=wall_clock)
+    await store.open()
+    try:
+        await store.create_session(Scope(), session_pb2.Session(id="s"))
+        await store.append_messages(Scope(), "s", [message_pb2.Message(
+            role=message_pb2.ROLE_USER, content="x")], None)
+        assert await store.check_consistency() == []
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE sessions SET last_event_at = 7 WHERE id = 's'")
+    store = SQLiteStore(db, clock=wall_clock)
+    await store.open()
+    try:
+        problems = await store.check_consistency()
+        assert len(problems) == 1 and "'s': last_event_at 7 != recompute" in problems[0]
+    finally:
+        await store.close()
 
 
 async def test_sessions_active_before_the_active_rollup_existed_count_as_active(

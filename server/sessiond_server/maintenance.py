@@ -41,6 +41,7 @@ from google.protobuf import json_format
 from sessiond.v1 import event_pb2, message_pb2, session_pb2
 
 from .store import records as rows
+from .store.logic import LAST_EVENT_AT
 from .store.records import COL, SESSION_COLUMNS, USAGE_FIELDS
 from .store.sqlite import SQLiteStore
 from .store.sqlite_schema import SCHEMA_VERSION
@@ -547,7 +548,8 @@ class ImportingStore(SQLiteStore):
                 ctx.conn.execute(
                     "UPDATE sessions SET message_count = ?, turn_count = ?,"
                     " tool_call_count = ?, last_seq = max(last_seq, ?, ?),"
-                    " last_activity_at = max(last_activity_at, ?) WHERE pk = ?",
+                    " last_activity_at = max(last_activity_at, ?)" + LAST_EVENT_AT
+                    + " WHERE pk = ?",
                     (count, turns, calls, top, session.last_seq, newest, pk))
             if usage_added:
                 sums = ", ".join(f"coalesce(sum({name}), 0)" for name in USAGE_FIELDS)

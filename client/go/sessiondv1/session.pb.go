@@ -489,7 +489,18 @@ type Session struct {
 	// carried in watch events. Values are kept exactly as given (a number is
 	// never turned into floating point); keys keep the order they were first
 	// set in.
-	StateJson     string `protobuf:"bytes,34,opt,name=state_json,json=stateJson,proto3" json:"state_json,omitempty"`
+	StateJson string `protobuf:"bytes,34,opt,name=state_json,json=stateJson,proto3" json:"state_json,omitempty"`
+	// last_event_at is when the session's newest message (highest seq)
+	// happened: its event_time when set, else its created_at, the time
+	// ListMessagesRequest.after_time compares. Unset while the session has no
+	// messages. Output only, derived from the messages: every write that adds,
+	// removes or rewrites messages (AppendMessages, PopMessage, ClearMessages,
+	// ReplaceMessages, DeleteMessages, ForkSession, import) sets it in the same
+	// transaction, so it always equals a recompute from the stored messages; it
+	// is not last_activity_at (the server's time of the last write) and need
+	// not be the latest of the times (a runtime may append an older event).
+	// Returned by every read and carried in watch events.
+	LastEventAt   *timestamppb.Timestamp `protobuf:"bytes,35,opt,name=last_event_at,json=lastEventAt,proto3" json:"last_event_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -760,6 +771,13 @@ func (x *Session) GetStateJson() string {
 		return x.StateJson
 	}
 	return ""
+}
+
+func (x *Session) GetLastEventAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastEventAt
+	}
+	return nil
 }
 
 // StateDelta changes a JSON object key by key (top-level keys only).
@@ -1231,7 +1249,7 @@ const file_sessiond_v1_session_proto_rawDesc = "" +
 	"\n" +
 	"ModelUsage\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12(\n" +
-	"\x05usage\x18\x02 \x01(\v2\x12.sessiond.v1.UsageR\x05usage\"\xbb\n" +
+	"\x05usage\x18\x02 \x01(\v2\x12.sessiond.v1.UsageR\x05usage\"\xfb\n" +
 	"\n" +
 	"\aSession\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
@@ -1274,7 +1292,8 @@ const file_sessiond_v1_session_proto_rawDesc = "" +
 	"\brevision\x18  \x01(\x03R\brevision\x12\x12\n" +
 	"\x04etag\x18! \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
-	"state_json\x18\" \x01(\tR\tstateJson\x1a9\n" +
+	"state_json\x18\" \x01(\tR\tstateJson\x12>\n" +
+	"\rlast_event_at\x18# \x01(\v2\x1a.google.protobuf.TimestampR\vlastEventAt\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
@@ -1385,21 +1404,22 @@ var file_sessiond_v1_session_proto_depIdxs = []int32{
 	14, // 8: sessiond.v1.Session.ended_at:type_name -> google.protobuf.Timestamp
 	14, // 9: sessiond.v1.Session.updated_at:type_name -> google.protobuf.Timestamp
 	3,  // 10: sessiond.v1.Session.usage:type_name -> sessiond.v1.Usage
-	12, // 11: sessiond.v1.StateDelta.set:type_name -> sessiond.v1.StateDelta.SetEntry
-	14, // 12: sessiond.v1.SharedState.updated_at:type_name -> google.protobuf.Timestamp
-	6,  // 13: sessiond.v1.SharedStateDelta.delta:type_name -> sessiond.v1.StateDelta
-	14, // 14: sessiond.v1.TimeRange.start:type_name -> google.protobuf.Timestamp
-	14, // 15: sessiond.v1.TimeRange.end:type_name -> google.protobuf.Timestamp
-	1,  // 16: sessiond.v1.SessionFilter.statuses:type_name -> sessiond.v1.SessionStatus
-	0,  // 17: sessiond.v1.SessionFilter.kinds:type_name -> sessiond.v1.SessionKind
-	13, // 18: sessiond.v1.SessionFilter.labels:type_name -> sessiond.v1.SessionFilter.LabelsEntry
-	9,  // 19: sessiond.v1.SessionFilter.started:type_name -> sessiond.v1.TimeRange
-	9,  // 20: sessiond.v1.SessionFilter.last_activity:type_name -> sessiond.v1.TimeRange
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	14, // 11: sessiond.v1.Session.last_event_at:type_name -> google.protobuf.Timestamp
+	12, // 12: sessiond.v1.StateDelta.set:type_name -> sessiond.v1.StateDelta.SetEntry
+	14, // 13: sessiond.v1.SharedState.updated_at:type_name -> google.protobuf.Timestamp
+	6,  // 14: sessiond.v1.SharedStateDelta.delta:type_name -> sessiond.v1.StateDelta
+	14, // 15: sessiond.v1.TimeRange.start:type_name -> google.protobuf.Timestamp
+	14, // 16: sessiond.v1.TimeRange.end:type_name -> google.protobuf.Timestamp
+	1,  // 17: sessiond.v1.SessionFilter.statuses:type_name -> sessiond.v1.SessionStatus
+	0,  // 18: sessiond.v1.SessionFilter.kinds:type_name -> sessiond.v1.SessionKind
+	13, // 19: sessiond.v1.SessionFilter.labels:type_name -> sessiond.v1.SessionFilter.LabelsEntry
+	9,  // 20: sessiond.v1.SessionFilter.started:type_name -> sessiond.v1.TimeRange
+	9,  // 21: sessiond.v1.SessionFilter.last_activity:type_name -> sessiond.v1.TimeRange
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_sessiond_v1_session_proto_init() }

@@ -7,8 +7,10 @@
 
 It uses sessiond's own model directly, with nothing stored twice:
 
-* an ADK session is a sessiond session (id = the ADK session id, ``agent`` =
-  the app name, ``owner_id`` = the user id); its session-scoped state is the
+* an ADK session is a sessiond session; ADK scopes a session id per app and
+  user, sessiond per tenant, so the sessiond id is ``app/user/session`` (see
+  ``sessiond_id``), with ``agent`` = the app name and ``owner_id`` = the user
+  id kept as fields the server filters by; its session-scoped state is the
   session's ``state_json``;
 * ``app:`` and ``user:`` state is sessiond shared state (app, and app plus
   user), read with GetSharedState and merged into ``Session.state`` with the
@@ -32,7 +34,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
+import time
+import uuid
 from typing import Any
+from urllib.parse import unquote
 
 from google.adk.errors.already_exists_error import AlreadyExistsError
 from google.adk.errors.session_not_found_error import SessionNotFoundError
@@ -63,6 +69,35 @@ EVENT_BLOCK = "adk.event"
 LIST_PAGE = 500
 
 
+#: What ``sessiond_id`` escapes in each part: the separator, the escape itself, white
+#: space and control characters (sessiond ids may not start or end with white space).
+_ESCAPED = re.compile(r"[%/\s\x00-\x1f\x7f]")
+
+
+def _escape(part: str) -> str:
+    return _ESCAPED.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), part)
+
+
+def sessiond_id(app_name: str, user_id: str, session_id: str) -> str:
+    """The sessiond session id of ADK's session ``session_id`` of ``user_id`` in ``app_name``.
+
+    ``app/user/session``, each part as given but for ``%``, ``/``, white space and control
+    characters, percent-escaped (``%25``, ``%2F``, ...): readable (``shop/ada@example.com/s1``),
+    and unambiguous, so ``adk_ids`` reads it back. sessiond's id limit (256 bytes) bounds
+    the three together; a longer id is refused by the server naming ``session.id``.
+    """
+    return "/".join(_escape(part) for part in (app_name, user_id, session_id))
+
+
+def adk_ids(stored_id: str) -> tuple[str, str, str] | None:
+    """``(app_name, user_id, session_id)`` of a ``sessiond_id``; None for any other id."""
+    parts = stored_id.split("/")
+    if len(parts) != 3:
+        return None
+    ids = (unquote(parts[0]), unquote(parts[1]), unquote(parts[2]))
+    return ids if sessiond_id(*ids) == stored_id else None
+
+
 def _delta(values: dict[str, Any]) -> session_pb2.StateDelta:
     return session_pb2.StateDelta(set={key: json.dumps(value, ensure_ascii=False)
                                        for key, value in values.items()})
@@ -87,6 +122,14 @@ def _micros(seconds: float) -> int:
 
 def _seconds(timestamp: Any) -> float:
     return float(timestamp.ToMicroseconds()) / 1e6
+
+
+def _last_update(stored: session_pb2.Session) -> float:
+    """ADK's last_update_time: the newest event's own time (last_event_at), or the
+    session's last activity while it has no events."""
+    if stored.HasField("last_event_at"):
+        return _seconds(stored.last_event_at)
+    return _seconds(stored.last_activity_at)
 
 
 def event_to_message(event: Event) -> message_pb2.Message:
@@ -122,9 +165,8 @@ class SessiondSessionService(BaseSessionService):
     """An ADK session service whose sessions, events and state live in sessiond.
 
     ``client`` may be shared between services, threads and event loops.
-    ADK scopes session ids per app and user; sessiond ids are unique per
-    tenant, so an id already used by another app or user is refused
-    (``AlreadyExistsError``) rather than shared. Generated ids are UUIDs.
+    Session ids are ADK's, scoped per app and user (``sessiond_id``): two users
+    may each have a session "s1". Generated ids are UUIDs.
     """
 
     def __init__(self, *, client: AsyncClient) -> None:
@@ -144,11 +186,11 @@ class SessiondSessionService(BaseSessionService):
             merged[State.USER_PREFIX + key] = value
         return merged
 
-    def _adk_session(self, stored: session_pb2.Session, state: dict[str, Any],
-                     events: list[Event]) -> Session:
-        session = Session(id=stored.id, app_name=stored.agent, user_id=stored.owner_id,
+    def _adk_session(self, session_id: str, stored: session_pb2.Session,
+                     state: dict[str, Any], events: list[Event]) -> Session:
+        session = Session(id=session_id, app_name=stored.agent, user_id=stored.owner_id,
                           state=state, events=events,
-                          last_update_time=_seconds(stored.last_activity_at))
+                          last_update_time=_last_update(stored))
         session._storage_update_marker = str(stored.last_seq)
         return session
 
@@ -156,24 +198,32 @@ class SessiondSessionService(BaseSessionService):
                              state: dict[str, Any] | None = None,
                              session_id: str | None = None) -> Session:
         deltas = extract_json_safe_state_delta(state or {})
-        wanted = session_pb2.Session(id=session_id or "", agent=app_name, owner_id=user_id,
+        # The id is chosen here when ADK gives none, and started_at is this call's own
+        # time: a retry of this request (its answer lost) is identical and comes back
+        # created = false with this started_at, while another create of the same id
+        # differs in started_at and is ALREADY_EXISTS.
+        session_id = session_id or str(uuid.uuid4())
+        wanted = session_pb2.Session(id=sessiond_id(app_name, user_id, session_id),
+                                     agent=app_name, owner_id=user_id,
                                      state_json=json.dumps(deltas["session"],
                                                            ensure_ascii=False))
+        wanted.started_at.FromMicroseconds(time.time_ns() // 1000)
         try:
             # One commit: the session and its app: and user: keys, or nothing.
             answer = await self.client.create_session(
                 session=wanted, shared_state_deltas=_shared_deltas(app_name, user_id, deltas))
         except AlreadyExists as error:
             raise AlreadyExistsError(f"Session with id {session_id} already exists.") from error
-        if not answer.created:
+        if not answer.created and answer.session.started_at != wanted.started_at:
             raise AlreadyExistsError(f"Session with id {session_id} already exists.")
         merged = await self._merged(app_name, user_id, deltas["session"])
-        return self._adk_session(answer.session, merged, [])
+        return self._adk_session(session_id, answer.session, merged, [])
 
     async def _stored(self, app_name: str, user_id: str,
                       session_id: str) -> session_pb2.Session | None:
         try:
-            stored = (await self.client.get_session(session_id=session_id)).session
+            stored = (await self.client.get_session(
+                session_id=sessiond_id(app_name, user_id, session_id))).session
         except NotFound:
             return None
         return stored if (stored.agent, stored.owner_id) == (app_name, user_id) else None
@@ -183,7 +233,7 @@ class SessiondSessionService(BaseSessionService):
         stored = await self._stored(app_name, user_id, session_id)
         if stored is None:
             return None
-        history = StoredHistory(self.client, session_id)
+        history = StoredHistory(self.client, stored.id)
         config = config or GetSessionConfig()
         events: list[Event] = []
         if config.num_recent_events != 0:
@@ -194,7 +244,7 @@ class SessiondSessionService(BaseSessionService):
             messages = await history.latest(config.num_recent_events, after_time=after)
             events = [e for e in map(message_to_event, messages) if e is not None]
         state = await self._merged(app_name, user_id, json.loads(stored.state_json))
-        return self._adk_session(stored, state, events)
+        return self._adk_session(session_id, stored, state, events)
 
     async def list_sessions(self, *, app_name: str,
                             user_id: str | None = None) -> ListSessionsResponse:
@@ -206,20 +256,24 @@ class SessiondSessionService(BaseSessionService):
         async for stored in self.client.iter_sessions(
                 filter=session_filter, ascending=True, page_size=LIST_PAGE,
                 order_by=session_service_pb2.SESSION_ORDER_FIELD_LAST_ACTIVITY_AT):
+            ids = adk_ids(stored.id)
+            if ids is None or ids[:2] != (stored.agent, stored.owner_id):
+                continue  # a session of this agent not written through ADK
             if stored.owner_id not in user_states:
                 user_states[stored.owner_id] = await self._shared(app_name, stored.owner_id)
             state = json.loads(stored.state_json)
             state.update({State.APP_PREFIX + k: v for k, v in app_state.items()})
             state.update({State.USER_PREFIX + k: v
                           for k, v in user_states[stored.owner_id].items()})
-            sessions.append(self._adk_session(stored, state, []))
+            sessions.append(self._adk_session(ids[2], stored, state, []))
         return ListSessionsResponse(sessions=sessions)
 
     async def delete_session(self, *, app_name: str, user_id: str, session_id: str) -> None:
-        if await self._stored(app_name, user_id, session_id) is None:
+        stored = await self._stored(app_name, user_id, session_id)
+        if stored is None:
             return
         with contextlib.suppress(NotFound):  # deleted meanwhile: the outcome asked for
-            await self.client.delete_session(session_id=session_id)
+            await self.client.delete_session(session_id=stored.id)
 
     async def get_user_state(self, *, app_name: str, user_id: str) -> dict[str, Any]:
         return await self._shared(app_name, user_id)
@@ -236,10 +290,11 @@ class SessiondSessionService(BaseSessionService):
         marker = session._storage_update_marker
         try:
             answer = await self.client.append_messages(
-                session_id=session.id, messages=[event_to_message(event)],
+                session_id=sessiond_id(session.app_name, session.user_id, session.id),
+                messages=[event_to_message(event)],
                 expected_last_seq=int(marker) if marker is not None else None,
                 state_delta=_delta(deltas["session"]), shared_state_deltas=shared,
-                # Only the session's last_seq and last_activity_at are read below: both
+                # Only the session's last_seq and last_event_at are read below: both
                 # are in the lean view.
                 view=message_service_pb2.APPEND_VIEW_LEAN)
         except NotFound as error:
@@ -249,5 +304,5 @@ class SessiondSessionService(BaseSessionService):
                 f"session {session.id} changed in storage since this object was read "
                 f"(last_seq {marker}); read it again") from error
         session._storage_update_marker = str(answer.session.last_seq)
-        session.last_update_time = _seconds(answer.session.last_activity_at)
+        session.last_update_time = _last_update(answer.session)
         return self._commit_event_to_session(session, event)

@@ -290,6 +290,7 @@ class Session(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     STATE_JSON_FIELD_NUMBER: _builtins.int
+    LAST_EVENT_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """id is unique within a tenant: 1 to 256 bytes of UTF-8 without control
     characters. Chosen by the client, or a UUID when left empty at creation.
@@ -412,6 +413,20 @@ class Session(_message.Message):
     def usage(self) -> Global___Usage:
         """usage is the session's usage summed over all models."""
 
+    @_builtins.property
+    def last_event_at(self) -> _timestamp_pb2.Timestamp:
+        """last_event_at is when the session's newest message (highest seq)
+        happened: its event_time when set, else its created_at, the time
+        ListMessagesRequest.after_time compares. Unset while the session has no
+        messages. Output only, derived from the messages: every write that adds,
+        removes or rewrites messages (AppendMessages, PopMessage, ClearMessages,
+        ReplaceMessages, DeleteMessages, ForkSession, import) sets it in the same
+        transaction, so it always equals a recompute from the stored messages; it
+        is not last_activity_at (the server's time of the last write) and need
+        not be the latest of the times (a runtime may append an older event).
+        Returned by every read and carried in watch events.
+        """
+
     def __init__(
         self,
         *,
@@ -449,10 +464,11 @@ class Session(_message.Message):
         revision: _builtins.int = ...,
         etag: _builtins.str = ...,
         state_json: _builtins.str = ...,
+        last_event_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "last_activity_at", b"last_activity_at", "started_at", b"started_at", "turn_started_at", b"turn_started_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "last_activity_at", b"last_activity_at", "last_event_at", b"last_event_at", "started_at", b"started_at", "turn_started_at", b"turn_started_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "budget_micros", b"budget_micros", "channel", b"channel", "current_turn_id", b"current_turn_id", "dataset_id", b"dataset_id", "display_name", b"display_name", "end_reason", b"end_reason", "ended_at", b"ended_at", "etag", b"etag", "fork_seq", b"fork_seq", "goal", b"goal", "id", b"id", "kind", b"kind", "labels", b"labels", "last_activity_at", b"last_activity_at", "last_seq", b"last_seq", "message_count", b"message_count", "model", b"model", "owner_id", b"owner_id", "parent_id", b"parent_id", "revision", b"revision", "room_id", b"room_id", "runtime_instance", b"runtime_instance", "runtime_state", b"runtime_state", "sender_id", b"sender_id", "started_at", b"started_at", "state_json", b"state_json", "status", b"status", "tenant", b"tenant", "tool_call_count", b"tool_call_count", "turn_count", b"turn_count", "turn_started_at", b"turn_started_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "budget_micros", b"budget_micros", "channel", b"channel", "current_turn_id", b"current_turn_id", "dataset_id", b"dataset_id", "display_name", b"display_name", "end_reason", b"end_reason", "ended_at", b"ended_at", "etag", b"etag", "fork_seq", b"fork_seq", "goal", b"goal", "id", b"id", "kind", b"kind", "labels", b"labels", "last_activity_at", b"last_activity_at", "last_event_at", b"last_event_at", "last_seq", b"last_seq", "message_count", b"message_count", "model", b"model", "owner_id", b"owner_id", "parent_id", b"parent_id", "revision", b"revision", "room_id", b"room_id", "runtime_instance", b"runtime_instance", "runtime_state", b"runtime_state", "sender_id", b"sender_id", "started_at", b"started_at", "state_json", b"state_json", "status", b"status", "tenant", b"tenant", "tool_call_count", b"tool_call_count", "turn_count", b"turn_count", "turn_started_at", b"turn_started_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

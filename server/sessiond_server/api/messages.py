@@ -68,6 +68,8 @@ def lean_session(session: S.Session) -> S.Session:
                      message_count=session.message_count, revision=session.revision,
                      etag=session.etag)
     lean.last_activity_at.CopyFrom(session.last_activity_at)
+    if session.HasField("last_event_at"):
+        lean.last_event_at.CopyFrom(session.last_event_at)
     return lean
 
 

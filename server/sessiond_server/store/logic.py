@@ -95,6 +95,16 @@ SESSION_INSERT_COLUMNS = (
     "goal", "owner_id", "dataset_id", "labels", "runtime_instance", "parent_id", "fork_seq",
     "status", "runtime_state", "started_at", "last_activity_at", "updated_at", "budget_micros",
     "revision", "state")
+#: Session.last_event_at, the one rule: when the session's newest message (highest seq)
+#: happened, its event time else its created_at (as after_time reads compare); 0 with no
+#: messages. Every write that adds, removes or rewrites messages sets it in its UPDATE
+#: of the session (StoreLogic._bump's ``messages_changed``, ForkSession, import), so the
+#: field always equals this recompute (one indexed lookup of the last row), which
+#: counter_problems checks.
+LAST_EVENT_AT_VALUE = ("COALESCE((SELECT COALESCE(m.event_at, m.created_at)"
+                       " FROM messages m WHERE m.session_pk = sessions.pk"
+                       " ORDER BY m.seq DESC LIMIT 1), 0)")
+LAST_EVENT_AT = f", last_event_at = {LAST_EVENT_AT_VALUE}"
 MESSAGE_INSERT_COLUMNS = ("session_pk, seq, message_id, role, content, is_turn, tool_calls,"
                           " created_at, updated_at, body, event_at")
 #: Their SQL types, for a dialect that sends the rows as one array per column.
@@ -402,12 +412,17 @@ class StoreLogic:
 
     async def _bump(self, ctx: Ctx, row: Sequence[Any], extra_sql: str = "",
                     extra_params: Sequence[Any] = (), *, revive: bool = True,
-                    messages: Sequence[Sequence[Any]] = ()) -> tuple[S.Session, bool]:
+                    messages: Sequence[Sequence[Any]] = (), messages_changed: bool = False
+                    ) -> tuple[S.Session, bool]:
         """Bump activity and revision, revive an UNKNOWN session; the session after.
 
         ``extra_sql`` holds one ``{}`` per value of ``extra_params``. ``messages``
         (rows of :meth:`_new_messages`) are stored first: in the same statement where
         the dialect can send rows as arrays (one round trip less per append).
+        ``messages_changed`` (a write that added, removed or rewrote messages) sets
+        last_event_at: from the newest of ``messages`` when there are any (they are the
+        session's newest, and an UPDATE does not see rows its own statement inserts),
+        else by the recompute (``LAST_EVENT_AT``), which sees the write's deletions.
         """
         revived: bool = revive and row[COL["status"]] == rows.UNKNOWN
         p = self.dialect.params()
@@ -425,6 +440,12 @@ class StoreLogic:
                 f" revision = {p(ctx.take_revision())},"
                 f" status = {p(rows.ACTIVE if revived else row[COL['status']])}")
         extra = extra_sql.format(*(p(v) for v in extra_params))
+        if messages_changed and messages:
+            newest = messages[-1]
+            # LAST_EVENT_AT's rule on the row itself: event_at, else created_at.
+            extra += f", last_event_at = {p(newest[10] if newest[10] is not None else newest[7])}"
+        elif messages_changed:
+            extra += LAST_EVENT_AT
         updated = await ctx.tx.fetchrow(
             f"{prefix}UPDATE sessions SET {sets}{extra} WHERE pk = {p(row[0])}"
             f" RETURNING {RETURNING_COLUMNS}", p.values)
@@ -723,7 +744,7 @@ class StoreLogic:
             await ctx.tx.execute(
                 f"UPDATE sessions SET (message_count, turn_count, tool_call_count, last_seq) ="
                 f" (SELECT count(*), coalesce(sum(is_turn), 0), coalesce(sum(tool_calls), 0),"
-                f" coalesce(max(seq), 0) FROM messages WHERE session_pk = {key})"
+                f" coalesce(max(seq), 0) FROM messages WHERE session_pk = {key}){LAST_EVENT_AT}"
                 f" WHERE pk = {key}", (pk,))
             forked = await self._reload(ctx, pk)
             self._emit(ctx, E.EVENT_TYPE_SESSION_CREATED, forked)
@@ -899,7 +920,8 @@ class StoreLogic:
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
                 " tool_call_count = tool_call_count + {}, last_seq = {}" + state_sql,
-                (len(new_rows), turns, tool_calls, last_seq, *state_values), messages=new_rows)
+                (len(new_rows), turns, tool_calls, last_seq, *state_values), messages=new_rows,
+                messages_changed=True)
             inserted = iter(new_rows)
             fresh = [(i, rows.stored_message(message, session_id, next(inserted)[1], ctx.now))
                      for i, (message, *_) in enumerate(prepared) if out[i] is None]
@@ -1052,7 +1074,8 @@ class StoreLogic:
                                  f" AND seq = {p(last[2])}", p.values)
             session, _ = await self._bump(
                 ctx, row, ", message_count = message_count - 1, turn_count = turn_count - {},"
-                " tool_call_count = tool_call_count - {}", (last[6], last[7]))
+                " tool_call_count = tool_call_count - {}", (last[6], last[7]),
+                messages_changed=True)
             carried, truncated = rows.event_messages([message])
             self._emit(ctx, E.EVENT_TYPE_MESSAGE_POPPED, session, carried, truncated, 1)
             return MessagesResult([message], session, ctx.write_revision)
@@ -1110,7 +1133,8 @@ class StoreLogic:
                 f"DELETE FROM messages WHERE session_pk = {self.dialect.placeholders(1)}",
                 (row[0],))
             session, _ = await self._bump(
-                ctx, row, ", message_count = 0, turn_count = 0, tool_call_count = 0")
+                ctx, row, ", message_count = 0, turn_count = 0, tool_call_count = 0",
+                messages_changed=True)
             self._emit(ctx, E.EVENT_TYPE_MESSAGES_CLEARED, session, removed_count=removed)
             return removed, session, ctx.write_revision
 
@@ -1176,7 +1200,7 @@ class StoreLogic:
                 ctx, row, ", message_count = message_count + {}, turn_count = turn_count + {},"
                 " tool_call_count = tool_call_count + {}, last_seq = {}",
                 (len(new_rows) - removed, turns - removed_turns, tool_calls - removed_calls,
-                 new_last), messages=new_rows)
+                 new_last), messages=new_rows, messages_changed=True)
             result = [rows.stored_message(message, session_id, new_row[1], ctx.now)
                       for message, new_row in zip(messages, new_rows, strict=True)]
             if revived:
@@ -1212,7 +1236,8 @@ class StoreLogic:
                                  f" AND seq <= {p(up_to_seq)}", p.values)
             session, revived = await self._bump(
                 ctx, row, ", message_count = message_count - {}, turn_count = turn_count - {},"
-                " tool_call_count = tool_call_count - {}", (removed, turns, tool_calls))
+                " tool_call_count = tool_call_count - {}", (removed, turns, tool_calls),
+                messages_changed=True)
             if revived:
                 self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
             ctx.emit(E.EVENT_TYPE_MESSAGES_DELETED, session.id, session.tenant,
@@ -1562,7 +1587,7 @@ class StoreLogic:
     # Maintenance.
     async def counter_problems(self) -> list[str]:
         """Session counters that differ from a recount of their messages and usage rows."""
-        mismatched, bad_usage = await self._read_many([
+        mismatched, bad_usage, bad_event_at = await self._read_many([
             ("SELECT s.id, s.message_count, s.turn_count, s.tool_call_count, s.last_seq,"
              " coalesce(m.n, 0), coalesce(m.turns, 0), coalesce(m.calls, 0),"
              " coalesce(m.top, 0) FROM sessions s LEFT JOIN"
@@ -1575,9 +1600,13 @@ class StoreLogic:
              + ", ".join(f"sum({n}) {n}" for n in USAGE_FIELDS)
              + " FROM session_usage GROUP BY session_pk) u ON u.session_pk = s.pk WHERE "
              + " OR ".join(f"s.{n} <> coalesce(u.{n}, 0)" for n in USAGE_FIELDS), ()),
+            (f"SELECT id, last_event_at, {LAST_EVENT_AT_VALUE} FROM sessions"
+             f" WHERE last_event_at <> {LAST_EVENT_AT_VALUE}", ()),
         ])
         problems = [f"session {r[0]!r}: message counters {tuple(r[1:5])} != recount "
                     f"{tuple(int(v) for v in r[5:9])}" for r in mismatched]
         problems.extend(f"session {r[0]!r}: usage differs from its per-model rows"
                         for r in bad_usage)
+        problems.extend(f"session {r[0]!r}: last_event_at {r[1]} != recompute {r[2]}"
+                        for r in bad_event_at)
         return problems

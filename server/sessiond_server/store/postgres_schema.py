@@ -199,6 +199,19 @@ CREATE TABLE shared_state (
 """,
 ))
 
+# Session.last_event_at: when the newest message happened (its event time, else its
+# created_at; 0 with no messages), derived from the messages and set by every write
+# that changes them (logic.LAST_EVENT_AT); existing sessions get it recomputed here.
+MIGRATIONS.append((
+    5,
+    """
+ALTER TABLE sessions ADD COLUMN last_event_at BIGINT NOT NULL DEFAULT 0;
+UPDATE sessions SET last_event_at = COALESCE((SELECT COALESCE(m.event_at, m.created_at)
+    FROM messages m WHERE m.session_pk = sessions.pk ORDER BY m.seq DESC LIMIT 1), 0)
+WHERE message_count > 0;
+""",
+))
+
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 #: pg_advisory_xact_lock keys: one replica migrates at a time, one compacts.

@@ -25,7 +25,7 @@ SESSION_FIELDS = (
     "message_count", "turn_count", "tool_call_count", "last_seq", "prompt_tokens",
     "completion_tokens", "reasoning_tokens", "cache_read_tokens", "cache_write_tokens",
     "cost_micros", "request_count", "error_count", "total_tokens", "budget_micros", "revision",
-    "state",
+    "state", "last_event_at",
 )
 SESSION_COLUMNS = ", ".join(f"s.{name}" for name in SESSION_FIELDS)
 COL = {name: i for i, name in enumerate(SESSION_FIELDS)}
@@ -126,6 +126,7 @@ def session_from_row(row: Sequence[Any], abandoned_before: int) -> session_pb2.S
         updated_at=timestamp(row[25]), message_count=row[26], turn_count=row[27],
         tool_call_count=row[28], last_seq=row[29], usage=usage_from(row[u:u + 9]),
         budget_micros=row[39], revision=row[40], etag=str(row[40]), state_json=row[41],
+        last_event_at=timestamp(row[42]),
     )
 
 

@@ -469,6 +469,20 @@ INSERT INTO active_rollup ({', '.join(ACTIVE_ROLLUP_KEY)}, session_count)
 ))
 
 
+# Session.last_event_at: when the newest message happened (its event time, else its
+# created_at; 0 with no messages), derived from the messages and set by every write
+# that changes them (logic.LAST_EVENT_AT); existing sessions get it recomputed here.
+MIGRATIONS.append((
+    7,
+    """
+ALTER TABLE sessions ADD COLUMN last_event_at INTEGER NOT NULL DEFAULT 0;
+UPDATE sessions SET last_event_at = COALESCE((SELECT COALESCE(m.event_at, m.created_at)
+    FROM messages m WHERE m.session_pk = sessions.pk ORDER BY m.seq DESC LIMIT 1), 0)
+WHERE message_count > 0;
+""",
+))
+
+
 def register_search_functions(conn: sqlite3.Connection) -> None:
     """The functions the run index's triggers call; every connection that writes needs them."""
     conn.create_function("sessiond_has_runs", 1, has_runs, deterministic=True)

@@ -39,8 +39,9 @@ export enum AppendView {
   /**
    * APPEND_VIEW_LEAN - APPEND_VIEW_LEAN: each of messages carries only seq, id (when the
    * caller chose one) and created_at; session carries only id, status,
-   * last_seq, message_count, last_activity_at, revision and etag (the
-   * guards of a next write: expected_last_seq, etag); revision is set as in
+   * last_seq, message_count, last_activity_at, last_event_at, revision and
+   * etag (the guards of a next write: expected_last_seq, etag, and the time
+   * a runtime reports as the session's last update); revision is set as in
    * the full view. Every other field is left at its zero value, not
    * because it is empty: read the session (GetSession) or the messages
    * (ListMessages) for them. The server does not build the rest.

@@ -372,6 +372,19 @@ export interface Session {
    * set in.
    */
   stateJson: string;
+  /**
+   * last_event_at is when the session's newest message (highest seq)
+   * happened: its event_time when set, else its created_at, the time
+   * ListMessagesRequest.after_time compares. Unset while the session has no
+   * messages. Output only, derived from the messages: every write that adds,
+   * removes or rewrites messages (AppendMessages, PopMessage, ClearMessages,
+   * ReplaceMessages, DeleteMessages, ForkSession, import) sets it in the same
+   * transaction, so it always equals a recompute from the stored messages; it
+   * is not last_activity_at (the server's time of the last write) and need
+   * not be the latest of the times (a runtime may append an older event).
+   * Returned by every read and carried in watch events.
+   */
+  lastEventAt: Timestamp | undefined;
 }
 
 export interface Session_LabelsEntry {
@@ -921,6 +934,7 @@ function createBaseSession(): Session {
     revision: 0n,
     etag: "",
     stateJson: "",
+    lastEventAt: undefined,
   };
 }
 
@@ -1048,6 +1062,9 @@ export const Session: MessageFns<Session> = {
     }
     if (message.stateJson !== "") {
       writer.uint32(274).string(message.stateJson);
+    }
+    if (message.lastEventAt !== undefined) {
+      Timestamp.encode(message.lastEventAt, writer.uint32(282).fork()).join();
     }
     return writer;
   },
@@ -1340,6 +1357,14 @@ export const Session: MessageFns<Session> = {
             message.stateJson = reader.string();
             continue;
           }
+          case 35: {
+            if (tag !== 282) {
+              break;
+            }
+
+            message.lastEventAt = Timestamp.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1481,6 +1506,11 @@ export const Session: MessageFns<Session> = {
         : isSet(object.state_json)
         ? globalThis.String(object.state_json)
         : "",
+      lastEventAt: isSet(object.lastEventAt)
+        ? fromJsonTimestamp(object.lastEventAt)
+        : isSet(object.last_event_at)
+        ? fromJsonTimestamp(object.last_event_at)
+        : undefined,
     };
   },
 
@@ -1594,6 +1624,9 @@ export const Session: MessageFns<Session> = {
     if (message.stateJson !== "") {
       obj.stateJson = message.stateJson;
     }
+    if (message.lastEventAt !== undefined) {
+      obj.lastEventAt = fromTimestamp(message.lastEventAt).toISOString();
+    }
     return obj;
   },
 
@@ -1660,6 +1693,9 @@ export const Session: MessageFns<Session> = {
     message.revision = (object.revision !== undefined && object.revision !== null) ? BigInt(object.revision) : 0n;
     message.etag = object.etag ?? "";
     message.stateJson = object.stateJson ?? "";
+    message.lastEventAt = (object.lastEventAt !== undefined && object.lastEventAt !== null)
+      ? Timestamp.fromPartial(object.lastEventAt)
+      : undefined;
     return message;
   },
 };
