@@ -105,11 +105,18 @@ LAST_EVENT_AT_VALUE = ("COALESCE((SELECT COALESCE(m.event_at, m.created_at)"
                        " FROM messages m WHERE m.session_pk = sessions.pk"
                        " ORDER BY m.seq DESC LIMIT 1), 0)")
 LAST_EVENT_AT = f", last_event_at = {LAST_EVENT_AT_VALUE}"
-MESSAGE_INSERT_COLUMNS = ("session_pk, seq, message_id, role, content, is_turn, tool_calls,"
-                          " created_at, updated_at, body, event_at")
-#: Their SQL types, for a dialect that sends the rows as one array per column.
-MESSAGE_INSERT_TYPES = ("bigint", "bigint", "text", "integer", "text", "integer", "integer",
-                        "bigint", "bigint", "bytea", "bigint")
+#: The columns of a new message row (StoreLogic._new_messages builds the rows in this
+#: order) with their SQL types, for a dialect that sends the rows as one array per column.
+MESSAGE_INSERT = (
+    ("session_pk", "bigint"), ("seq", "bigint"), ("message_id", "text"), ("role", "integer"),
+    ("content", "text"), ("is_turn", "integer"), ("tool_calls", "integer"),
+    ("created_at", "bigint"), ("updated_at", "bigint"), ("body", "bytea"),
+    ("event_at", "bigint"))
+MESSAGE_INSERT_COLUMNS = ", ".join(column for column, _ in MESSAGE_INSERT)
+MESSAGE_INSERT_TYPES = tuple(kind for _, kind in MESSAGE_INSERT)
+#: Where a new message row holds its times (LAST_EVENT_AT's rule on the row itself).
+_NEW_CREATED_AT, _NEW_EVENT_AT = (
+    [column for column, _ in MESSAGE_INSERT].index(name) for name in ("created_at", "event_at"))
 
 # GetStats sums, in the order of _scan_stats_sql's columns.
 STATS_SUMS = 19
@@ -443,7 +450,9 @@ class StoreLogic:
         if messages_changed and messages:
             newest = messages[-1]
             # LAST_EVENT_AT's rule on the row itself: event_at, else created_at.
-            extra += f", last_event_at = {p(newest[10] if newest[10] is not None else newest[7])}"
+            event_at = newest[_NEW_EVENT_AT]
+            extra += (", last_event_at ="
+                      f" {p(event_at if event_at is not None else newest[_NEW_CREATED_AT])}")
         elif messages_changed:
             extra += LAST_EVENT_AT
         updated = await ctx.tx.fetchrow(
