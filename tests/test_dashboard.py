@@ -349,7 +349,16 @@ async def test_event_stream_resumes_after_the_last_event_id(server: Any) -> None
 
 async def wait_for_row(page: Any, session_id: str, timeout_ms: float = LIVE_TIMEOUT_MS) -> Any:
     row = page.locator(f'#sessions-body tr[data-session-id="{session_id}"]')
-    await row.wait_for(timeout=timeout_ms)
+    try:
+        await row.wait_for(timeout=timeout_ms)
+    except Exception as error:  # say what the page was doing, so a failure can be read
+        connection = await page.get_attribute("#connection", "data-state")
+        revision = await page.get_attribute("body", "data-last-revision")
+        alert = await page.text_content("body")
+        raise AssertionError(
+            f"row {session_id!r} not shown: connection {connection!r}, last revision "
+            f"{revision!r}, page text {(alert or '')[:400]!r}"
+        ) from error
     return row
 
 
@@ -367,13 +376,13 @@ async def test_page_shows_a_new_session_live_and_moves_it_when_it_ends(server: A
         await page.locator('#connection[data-state="live"]').wait_for(timeout=LIVE_TIMEOUT_MS)
 
         # Charts are SVG drawn from CostByModel and GetStats.
-        assert await page.locator("#chart-cost-by-model rect.bar").count() == 3
-        assert await page.locator("#chart-spend rect.bar").count() > 0
+        await expect(page.locator("#chart-cost-by-model rect.bar")).to_have_count(3)
+        await expect(page.locator("#chart-spend rect.bar").first).to_be_attached()
         # The stuck turn is highlighted with how long it has run.
         stuck = page.locator('#sessions-body tr.stuck[data-session-id="support-8c21"]')
         await stuck.wait_for(timeout=LIVE_TIMEOUT_MS)
         await expect(stuck.locator(".turn")).to_have_text(re.compile(r"^stuck 12m"))
-        assert await page.text_content("#counter-failed") == "1"
+        await expect(page.locator("#counter-failed")).to_have_text("1")
         await page.screenshot(path=str(screenshot_path("overview")), full_page=True)
 
         # Created through the Python client: it appears without a reload.
@@ -419,7 +428,7 @@ async def test_session_view_shows_markup_as_text_and_new_messages_live(server: A
         await markup.wait_for(timeout=LIVE_TIMEOUT_MS)
         assert await markup.locator(".content").text_content() == MARKUP
         assert await page.locator("#messages b, #messages script").count() == 0
-        assert await page.locator("#session-usage tbody tr").count() == 2
+        await expect(page.locator("#session-usage tbody tr")).to_have_count(2)
         await page.locator('#connection[data-state="live"]').wait_for(timeout=LIVE_TIMEOUT_MS)
 
         # Newest first, and a new message arrives at the top without a reload.
@@ -543,12 +552,17 @@ async def test_counters_and_charts_use_one_number_format_and_readable_ticks(serv
         await expect(page.locator("#counter-success")).to_have_text("50.0%")
         tokens = page.locator('#sessions-body tr[data-session-id="coder-55"] td.num').nth(1)
         assert await tokens.text_content() == "8,480"
-        ticks = await page.locator("#chart-spend text").all_text_contents()
+        # The charts come from their own request after the counters: wait for each to be drawn.
+        spend = page.locator("#chart-spend text")
+        await expect(spend.filter(has_text=re.compile(r"^\$1\.00$"))).to_have_count(1)
+        ticks = await spend.all_text_contents()
         assert "$0" in ticks and "$1.00" in ticks  # round money steps on the value axis
         assert any(re.fullmatch(r"\d\d:\d\d", tick) for tick in ticks)  # times of day
-        activity = await page.locator("#chart-activity text").all_text_contents()
+        activity_legend = page.locator("#chart-activity text.legend")
+        await expect(activity_legend).to_have_count(3)
+        activity = await activity_legend.all_text_contents()
         assert {"sessions started", "sessions failed", "errored calls"} <= set(activity)
-        assert await page.locator("#chart-live path.line").count() == 3
+        await expect(page.locator("#chart-live path.line")).to_have_count(3)
 
 
 @ON_SQLITE
@@ -581,8 +595,8 @@ async def test_session_view_links_parent_and_forks_shows_a_timeline_and_a_not_fo
         assert any("running (turn turn-2)" in text for text in texts)
         assert any("usage: $0.0020, 500 tokens, 1 errored" in text for text in texts)
         assert any("1 message appended" in text for text in texts)
-        assert await page.locator("#timeline-chart rect.segment.runtime-running").count() == 1
-        assert await page.locator("#timeline-chart circle.usage-mark.errored").count() == 1
+        await expect(page.locator("#timeline-chart rect.segment.runtime-running")).to_have_count(1)
+        await expect(page.locator("#timeline-chart circle.usage-mark.errored")).to_have_count(1)
         fork = page.locator("#session-forks a.fork-link")
         await expect(fork).to_have_text("Retry from the question", timeout=LIVE_TIMEOUT_MS)
         await page.screenshot(path=str(screenshot_path("session")), full_page=True)
