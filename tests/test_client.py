@@ -29,6 +29,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from sessiond import errors
+from sessiond.aio import watch_async
 from sessiond.v1 import (
     event_pb2,
     message_pb2,
@@ -39,7 +40,7 @@ from sessiond.v1 import (
     session_service_pb2_grpc,
     stats_service_pb2,
 )
-from sessiond.watching import Backoff, WatchCursor, watch_async
+from sessiond.watching import Backoff, WatchCursor
 
 FAST = Backoff(initial=0.001, maximum=0.01, rng=random.Random(7))
 

@@ -21,8 +21,9 @@ import grpc
 import pytest
 import sessiond
 from harness import append, assistant, create_session
+from sessiond.aio import watch_async
 from sessiond.v1 import event_pb2, message_pb2, session_pb2, session_service_pb2
-from sessiond.watching import Backoff, WatchCursor, watch_async
+from sessiond.watching import Backoff, WatchCursor
 from test_cli import LINE_TIMEOUT, read_line, start_cli
 from watch_validator import (
     EVENTS,

@@ -25,7 +25,7 @@ Write nothing here that only one calling style can say: the generator drops
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -52,7 +52,16 @@ from sessiond.v1 import (
     stats_service_pb2,
     stats_service_pb2_grpc,
 )
-from sessiond.watching import Backoff, ConnectionHook, WatchRequest, WatchResponse, watch_async
+from sessiond.watching import (
+    WATCH_CREATED,
+    Backoff,
+    ConnectionHook,
+    WatchCursor,
+    WatchRequest,
+    WatchResponse,
+    raise_unless_connection_loss,
+    tell_connection,
+)
 
 if TYPE_CHECKING:
     from sessiond.aio import Sleep, UnaryCall
@@ -726,3 +735,44 @@ class AsyncMethods:
         """CostByModel."""
         request = build_request(stats_service_pb2.CostByModelRequest, request, filter=filter)
         return await self._call(self._stats.CostByModel, request, timeout)
+
+
+async def watch_async(
+    open_stream: Callable[[WatchRequest], AsyncGenerator[WatchResponse, None]],
+    request: WatchRequest,
+    *,
+    backoff: Backoff,
+    sleep: Sleep = asyncio.sleep,
+    on_connection: ConnectionHook | None = None,
+) -> AsyncGenerator[WatchResponse, None]:
+    """Yield the responses of a watch that reconnects on connection loss.
+
+    ``open_stream`` is a generator that starts one WatchSessions call and
+    yields its responses; it must cancel the call when closed early.
+    Raises ``SessiondError`` subclasses (``RelistRequired`` for a compacted
+    resume point) for anything but UNAVAILABLE or a stream that ends without
+    an error. The rules of the stream are ``sessiond.watching``'s.
+    """
+    cursor = WatchCursor(request)
+    failures = 0
+    calls = 0
+    while True:
+        call_request = cursor.request()
+        tell_connection(on_connection, failures, calls, call_request, None)
+        calls += 1
+        stream = open_stream(call_request)
+        try:
+            async for response in stream:
+                if response.type == WATCH_CREATED:
+                    tell_connection(on_connection, failures, calls - 1, call_request, response)
+                    failures = 0
+                delivered = cursor.accept(response)
+                if delivered is not None:
+                    yield delivered
+        except grpc.RpcError as error:
+            raise_unless_connection_loss(error)
+        finally:
+            await stream.aclose()
+        # Connection lost, or the server ended the stream: come back later.
+        await sleep(backoff.delay(failures))
+        failures += 1

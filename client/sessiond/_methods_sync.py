@@ -2,7 +2,7 @@
 # client/sessiond/_methods_aio.py: never edit by hand; change the asyncio
 # methods and regenerate. It repeats that file line for line by design, as
 # the protobuf code repeats its .proto.
-# ruff: noqa: UP028, RUF100
+# ruff: noqa: UP028, I001, RUF100
 """What both Python clients share, written once: settings, retries and every RPC method.
 
 ``AsyncMethods`` is the base of ``sessiond.aio.AsyncClient``: the client's
@@ -30,7 +30,7 @@ Write nothing here that only one calling style can say: the generator drops
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -57,7 +57,16 @@ from sessiond.v1 import (
     stats_service_pb2,
     stats_service_pb2_grpc,
 )
-from sessiond.watching import Backoff, ConnectionHook, WatchRequest, WatchResponse, watch_sync
+from sessiond.watching import (
+    WATCH_CREATED,
+    Backoff,
+    ConnectionHook,
+    WatchCursor,
+    WatchRequest,
+    WatchResponse,
+    raise_unless_connection_loss,
+    tell_connection,
+)
 
 if TYPE_CHECKING:
     from sessiond.sync import Sleep, UnaryCall
@@ -731,3 +740,44 @@ class SyncMethods:
         """CostByModel."""
         request = build_request(stats_service_pb2.CostByModelRequest, request, filter=filter)
         return self._call(self._stats.CostByModel, request, timeout)
+
+
+def watch_sync(
+    open_stream: Callable[[WatchRequest], Generator[WatchResponse, None]],
+    request: WatchRequest,
+    *,
+    backoff: Backoff,
+    sleep: Sleep = time.sleep,
+    on_connection: ConnectionHook | None = None,
+) -> Generator[WatchResponse, None]:
+    """Yield the responses of a watch that reconnects on connection loss.
+
+    ``open_stream`` is a generator that starts one WatchSessions call and
+    yields its responses; it must cancel the call when closed early.
+    Raises ``SessiondError`` subclasses (``RelistRequired`` for a compacted
+    resume point) for anything but UNAVAILABLE or a stream that ends without
+    an error. The rules of the stream are ``sessiond.watching``'s.
+    """
+    cursor = WatchCursor(request)
+    failures = 0
+    calls = 0
+    while True:
+        call_request = cursor.request()
+        tell_connection(on_connection, failures, calls, call_request, None)
+        calls += 1
+        stream = open_stream(call_request)
+        try:
+            for response in stream:
+                if response.type == WATCH_CREATED:
+                    tell_connection(on_connection, failures, calls - 1, call_request, response)
+                    failures = 0
+                delivered = cursor.accept(response)
+                if delivered is not None:
+                    yield delivered
+        except grpc.RpcError as error:
+            raise_unless_connection_loss(error)
+        finally:
+            stream.close()
+        # Connection lost, or the server ended the stream: come back later.
+        sleep(backoff.delay(failures))
+        failures += 1

@@ -33,6 +33,7 @@ import grpc.aio
 
 from sessiond._methods_aio import DEFAULT_TARGET as DEFAULT_TARGET
 from sessiond._methods_aio import AsyncMethods, RequestT, ResponseT
+from sessiond._methods_aio import watch_async as watch_async
 from sessiond.errors import DeadlineExceeded
 from sessiond.v1 import (
     message_service_pb2_grpc,

@@ -26,20 +26,21 @@ INITIAL_COMPLETE and on PROGRESS. When the server answers that the resume
 point has been compacted away, the iterator raises ``RelistRequired``: list
 again and start a new watch from the list's revision + 1.
 
-The state machine (``WatchCursor``) knows nothing of gRPC, and the loops take
-their ``sleep`` and ``Backoff`` as arguments, so tests drive reconnection
-without waiting for real time. Reconnections are invisible in the stream; a
-caller that wants to show them (``sessiond watch`` says "reconnecting") passes
-``on_connection``, told of each call opened and each call the server confirmed.
+The state machine (``WatchCursor``) knows nothing of gRPC. The loop around
+it is ``watch_async`` in ``sessiond._methods_aio``, written once: its blocking
+twin ``watch_sync`` is generated from it with the client's methods (``make
+proto``). It takes its ``sleep`` and ``Backoff`` as arguments, so tests drive
+reconnection without waiting for real time. Reconnections are invisible in the
+stream; a caller that wants to show them (``sessiond watch`` says
+"reconnecting") passes ``on_connection``, told of each call opened and each
+call the server confirmed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
-import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import Callable
 
 import grpc
 
@@ -49,7 +50,7 @@ from sessiond.v1 import session_service_pb2
 WatchRequest = session_service_pb2.WatchSessionsRequest
 WatchResponse = session_service_pb2.WatchSessionsResponse
 
-_CREATED = session_service_pb2.WATCH_RESPONSE_TYPE_CREATED
+WATCH_CREATED = session_service_pb2.WATCH_RESPONSE_TYPE_CREATED
 _EVENTS = session_service_pb2.WATCH_RESPONSE_TYPE_EVENTS
 _INITIAL = session_service_pb2.WATCH_RESPONSE_TYPE_INITIAL
 _INITIAL_COMPLETE = session_service_pb2.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE
@@ -145,7 +146,7 @@ class WatchCursor:
 
     def accept(self, response: WatchResponse) -> WatchResponse | None:
         """Advance the resume point past ``response``; return what to deliver."""
-        if response.type == _CREATED:
+        if response.type == WATCH_CREATED:
             first = not self._created_seen
             self._created_seen = True
             if self.next_revision == 0 and not self._initial_pending:
@@ -207,7 +208,7 @@ class WatchCursor:
         return whole
 
 
-def _tell(
+def tell_connection(
     hook: ConnectionHook | None,
     failures: int,
     earlier_calls: int,
@@ -228,82 +229,8 @@ def _tell(
     )
 
 
-def _raise_unless_connection_loss(error: grpc.RpcError) -> None:
+def raise_unless_connection_loss(error: grpc.RpcError) -> None:
     """Return on UNAVAILABLE (reconnect); raise the SessiondError otherwise."""
     converted = error_from_rpc_error(error)
     if not isinstance(converted, Unavailable):
         raise converted from error
-
-
-async def watch_async(
-    open_stream: Callable[[WatchRequest], AsyncGenerator[WatchResponse, None]],
-    request: WatchRequest,
-    *,
-    backoff: Backoff,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    on_connection: ConnectionHook | None = None,
-) -> AsyncGenerator[WatchResponse, None]:
-    """Yield the responses of a watch that reconnects on connection loss.
-
-    ``open_stream`` is a generator that starts one WatchSessions call and
-    yields its responses; it must cancel the call when closed early.
-    Raises ``SessiondError`` subclasses (``RelistRequired`` for a compacted
-    resume point) for anything but UNAVAILABLE or a stream that ends without
-    an error.
-    """
-    cursor = WatchCursor(request)
-    failures = 0
-    calls = 0
-    while True:
-        call_request = cursor.request()
-        _tell(on_connection, failures, calls, call_request, None)
-        calls += 1
-        stream = open_stream(call_request)
-        try:
-            async for response in stream:
-                if response.type == _CREATED:
-                    _tell(on_connection, failures, calls - 1, call_request, response)
-                    failures = 0
-                delivered = cursor.accept(response)
-                if delivered is not None:
-                    yield delivered
-        except grpc.RpcError as error:
-            _raise_unless_connection_loss(error)
-        finally:
-            await stream.aclose()
-        # Connection lost, or the server ended the stream: come back later.
-        await sleep(backoff.delay(failures))
-        failures += 1
-
-
-def watch_sync(
-    open_stream: Callable[[WatchRequest], Generator[WatchResponse, None, None]],
-    request: WatchRequest,
-    *,
-    backoff: Backoff,
-    sleep: Callable[[float], None] = time.sleep,
-    on_connection: ConnectionHook | None = None,
-) -> Generator[WatchResponse, None, None]:
-    """The blocking twin of ``watch_async``, for the sync client."""
-    cursor = WatchCursor(request)
-    failures = 0
-    calls = 0
-    while True:
-        call_request = cursor.request()
-        _tell(on_connection, failures, calls, call_request, None)
-        calls += 1
-        stream = open_stream(call_request)
-        try:
-            for response in stream:
-                if response.type == _CREATED:
-                    _tell(on_connection, failures, calls - 1, call_request, response)
-                    failures = 0
-                delivered = cursor.accept(response)
-                if delivered is not None:
-                    yield delivered
-        except grpc.RpcError as error:
-            _raise_unless_connection_loss(error)
-        finally:
-            stream.close()
-        sleep(backoff.delay(failures))
-        failures += 1
