@@ -47,7 +47,7 @@ from .postgres_writer import (
     Writer,
     unavailable,
 )
-from .revisions import NEWEST_OVER_BYTES_SQL, compaction_target
+from .revisions import NEWEST_OVER_BYTES_SQL, PROVISIONAL_SPAN, compaction_target
 from .sqlite import SchemaTooNew
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class PostgresStore(ReplicaFeed):
         connect_timeout_seconds: float = 10.0,
         poll_interval_seconds: float = 1.0,
     ) -> None:
-        super().__init__(clock, abandoned_after_seconds, max_batch)
+        # A batch's provisional revisions must fit their connection's range.
+        super().__init__(clock, abandoned_after_seconds, min(max_batch, PROVISIONAL_SPAN - 1))
         self.url = url
         self._pool_min = max(1, pool_min_size)
         self._pool_max = max(self._pool_min, pool_max_size)

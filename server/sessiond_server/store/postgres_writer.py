@@ -11,8 +11,10 @@ for the first to commit and then reads its value: revision order is commit
 order across every replica, and the lock is held for one statement and the
 COMMIT, not for the batch (docs/scaling.md has the proof).
 
-Until then the batch's revisions are provisional (``revisions.PROVISIONAL`` +
-k): the same statement stamps the session rows the batch wrote with their
+Until then the batch's revisions are provisional (``revisions.provisional_start`` +
+k, a range of the connection's own, so batches of several replicas in flight
+never insert the same change-log key and never wait for each other before the
+counter): the same statement stamps the session rows the batch wrote with their
 final revision (a partial index holds only provisional rows) and stores the
 batch's change-log rows at their final revisions (their events keep the
 provisional ones, which the log's readers map: ``revisions.logged_event``);
@@ -55,7 +57,7 @@ from .errors import Unavailable
 from .group_commit import Alone, Job, WriteFn, run_batch, settle, take_batch
 from .interface import Change
 from .postgres_schema import CHANGES_CHANNEL
-from .revisions import PROVISIONAL
+from .revisions import PROVISIONAL, provisional_start
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +211,7 @@ class PostgresBatch:
         # No counter yet: the batch's revisions are provisional until store_revision.
         self._begun = False
         self._committed = False
-        return PROVISIONAL
+        return provisional_start(self.conn.get_server_pid())
 
     async def savepoint(self) -> None:
         if not await self.ensure_begun("SAVEPOINT write"):

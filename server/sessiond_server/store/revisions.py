@@ -28,9 +28,24 @@ from .interface import Change
 
 T = TypeVar("T")
 
-#: Where a batch's provisional revisions start: above every committed revision and
+#: Above it every revision is provisional: it is above every committed revision and
 #: every other counter the store keeps (those stop at 2^62).
 PROVISIONAL = (1 << 62) + (1 << 61)
+#: Room for one batch's provisional revisions (a batch takes at most one per write).
+PROVISIONAL_SPAN = 1 << 24
+
+
+def provisional_start(connection_id: int) -> int:
+    """Where the provisional revisions of a batch on database connection
+    ``connection_id`` (a server process id, below 2^32) start.
+
+    Batches in flight at once on different connections (replicas) get ranges
+    that do not meet, so the change-log rows they insert before the counter is
+    taken never share a key: a shared key would make each batch wait at that
+    INSERT for the other to commit, and hold every replica's writes behind one
+    replica's round trips instead of behind the counter alone.
+    """
+    return PROVISIONAL + (connection_id % (1 << 32)) * PROVISIONAL_SPAN
 
 #: A stored response to rewrite once the batch's revisions are final:
 #: (UPDATE statement taking the key values and then the bytes, key values, response).
