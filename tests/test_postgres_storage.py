@@ -31,7 +31,10 @@ from sessiond_server.store.postgres import PostgresStore
 from sessiond_server.store.postgres_schema import COMPACTION_LOCK, SCHEMA_VERSION
 from sessiond_server.store.revisions import PROVISIONAL
 from sessiond_server.store.state import MAX_STATE_BYTES
-from test_storage import initial_state_left_idle_lets_its_snapshot_go
+from test_storage import (
+    held_snapshots_are_bounded_and_an_idle_one_gives_its_turn_back,
+    initial_state_left_idle_lets_its_snapshot_go,
+)
 from test_workers import far_behind_replica_catches_up_in_bounded_steps
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -482,6 +485,47 @@ async def test_a_write_chosen_to_break_a_deadlock_runs_again(
     assert await store.check_consistency() == []
 
 
+async def test_replicas_batches_wait_for_each_other_only_at_the_counter(
+        open_store: OpenStore, database: str) -> None:
+    """Two replicas' batches in flight at once: each inserts its change-log rows at
+    provisional revisions of its own connection's range, so neither waits at that
+    INSERT for the other to commit; both wait only for the counter. Held here by a
+    third transaction that locks the counter row: both batches must wait for that
+    row, and neither for the other batch's transaction."""
+    first, second = await open_store(), await open_store()
+    await create(first, "a")
+    await create(second, "b")
+    blocker = await asyncpg.connect(database)
+    message = message_pb2.Message(role=message_pb2.ROLE_USER, content="hi")
+    try:
+        await blocker.execute("BEGIN")
+        await blocker.execute("SELECT value FROM meta WHERE key = 'revision' FOR UPDATE")
+        appends = asyncio.gather(
+            first.append_messages(Scope(), "a", [message], None),
+            second.append_messages(Scope(), "b", [message], None))
+        async with asyncio.timeout(DEADLINE):
+            while True:  # until both batches wait (the database has no event for it)
+                # What each waits for: the counter row (its tuple lock, or the blocker's
+                # transaction, which holds the row) or, wrongly, the other batch.
+                waits = await blocker.fetch(
+                    "SELECT l.pid, l.locktype, l.relation::regclass::text AS rel,"
+                    " l.transactionid = (SELECT backend_xid FROM pg_stat_activity"
+                    "  WHERE pid = pg_backend_pid()) AS on_blocker"
+                    " FROM pg_locks l WHERE NOT l.granted AND l.pid <> pg_backend_pid()")
+                if len(waits) == 2:
+                    break
+                await asyncio.sleep(0.01)
+        assert all((w["locktype"] == "tuple" and w["rel"] == "meta") or w["on_blocker"]
+                   for w in waits), [dict(w) for w in waits]
+        await blocker.execute("ROLLBACK")
+        answered = await asyncio.wait_for(appends, DEADLINE)
+    finally:
+        await blocker.close()
+    assert sorted(r.revision for r in answered) == [3, 4]
+    assert await provisional_rows(database) == 0
+    assert await first.check_consistency() == []
+
+
 async def test_a_replica_far_behind_catches_up_in_steps_bounded_in_bytes(
         open_store: OpenStore) -> None:
     writer = await open_store()
@@ -491,3 +535,8 @@ async def test_a_replica_far_behind_catches_up_in_steps_bounded_in_bytes(
 
 async def test_an_initial_state_left_idle_lets_its_snapshot_go(open_store: OpenStore) -> None:
     await initial_state_left_idle_lets_its_snapshot_go(await open_store())
+
+
+async def test_held_snapshots_are_bounded_and_an_idle_one_gives_its_turn_back(
+        open_store: OpenStore) -> None:
+    await held_snapshots_are_bounded_and_an_idle_one_gives_its_turn_back(await open_store())

@@ -211,6 +211,57 @@ async def test_an_initial_state_left_idle_lets_its_snapshot_go(tmp_path: Path) -
         await store.close()
 
 
+async def test_held_snapshots_are_bounded_and_an_idle_one_gives_its_turn_back(
+        tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db", clock=wall_clock)
+    await store.open()
+    try:
+        await held_snapshots_are_bounded_and_an_idle_one_gives_its_turn_back(store)
+    finally:
+        await store.close()
+
+
+async def held_snapshots_are_bounded_and_an_idle_one_gives_its_turn_back(store: Any) -> None:
+    """At most ``held_snapshots`` initial states are held at once: one beyond them
+    waits for a turn, which a closed one gives back, and so does one left idle for
+    ``held_snapshot_idle_seconds`` (it then answers Unavailable), so a client that
+    stops reading cannot keep the others waiting."""
+    scope = Scope()
+    for i in range(INITIAL_PAGE_ROWS + 1):  # two pages: the first leaves the snapshot held
+        await store.create_session(scope, session_pb2.Session(id=f"s-{i:03d}"))
+    store.held_snapshots = asyncio.BoundedSemaphore(2)
+    first, second = store.initial_state(scope, []), store.initial_state(scope, [])
+    for held in (first, second):
+        page, _ = await anext(held)
+        assert len(page) == INITIAL_PAGE_ROWS
+    third = store.initial_state(scope, [])
+    waiting = asyncio.ensure_future(anext(third))
+    await asyncio.sleep(0.3)
+    assert not waiting.done(), "a third snapshot was held beside two"
+    await first.aclose()
+    page, _ = await asyncio.wait_for(waiting, 10)
+    assert len(page) == INITIAL_PAGE_ROWS
+    assert [len(p) for p, _ in [page async for page in second]] == [1]
+    await third.aclose()
+
+    store.held_snapshot_idle_seconds = 0.5
+    idle = [store.initial_state(scope, []) for _ in range(2)]
+    for held in idle:
+        await anext(held)
+    late = store.initial_state(scope, [])
+    page, _ = await asyncio.wait_for(anext(late), 10)  # the idle ones gave their turns back
+    assert len(page) == INITIAL_PAGE_ROWS
+    for held in idle:
+        with pytest.raises(Unavailable):
+            await anext(held)
+        await held.aclose()
+    await late.aclose()
+    store.held_snapshot_idle_seconds = 60.0
+    assert store.held_snapshots._value == 2  # every turn was given back once
+    assert len([s async for p, _ in store.initial_state(scope, []) for s in p]) == \
+        INITIAL_PAGE_ROWS + 1
+
+
 async def initial_state_left_idle_lets_its_snapshot_go(store: Any) -> None:
     """The initial state comes a page at a time from one held snapshot; a reader
     that waits longer than ``held_snapshot_idle_seconds`` for the next page gets

@@ -1950,6 +1950,8 @@ type WatchSessionsRequest struct {
 	// time, every page from one snapshot held until the last is sent. A
 	// client that stops reading for 60 seconds in the middle of it makes the
 	// server let the snapshot go, and the call ends UNAVAILABLE (watch again).
+	// A server process holds at most 16 such snapshots at once: a watch beyond
+	// them waits, after CREATED, for a turn before its INITIAL events.
 	IncludeInitial bool `protobuf:"varint,3,opt,name=include_initial,json=includeInitial,proto3" json:"include_initial,omitempty"`
 	// progress_interval_ms, when positive, makes the server send a PROGRESS
 	// response at least this often while no event matches; between 50 and

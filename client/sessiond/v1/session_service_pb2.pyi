@@ -1115,6 +1115,8 @@ class WatchSessionsRequest(_message.Message):
     time, every page from one snapshot held until the last is sent. A
     client that stops reading for 60 seconds in the middle of it makes the
     server let the snapshot go, and the call ends UNAVAILABLE (watch again).
+    A server process holds at most 16 such snapshots at once: a watch beyond
+    them waits, after CREATED, for a turn before its INITIAL events.
     """
     progress_interval_ms: _builtins.int
     """progress_interval_ms, when positive, makes the server send a PROGRESS

@@ -17,6 +17,7 @@ changes it, and every query is filtered by the caller's :class:`Scope`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -87,6 +88,11 @@ REVISION = "(SELECT value FROM meta WHERE key = 'revision')"
 #: reclaiming what later writes replace (SQLite's write-ahead log, PostgreSQL's
 #: old row versions), so a client that stops reading must not hold it forever.
 HELD_SNAPSHOT_IDLE_SECONDS = 60.0
+#: Held snapshots (watches' initial states being sent) one server process keeps
+#: at once; a watch beyond them waits its turn before its initial state. Each one
+#: holds a database connection of its own and a page of up to 64 sessions in
+#: memory, so this bounds both (PostgreSQL: the pool's connections plus these).
+MAX_HELD_SNAPSHOTS = 16
 #: Sessions per page of a watch's initial state: a session is at most about
 #: 150 KB (goal, state, labels, ids at their limits), so a page is under 10 MB.
 INITIAL_PAGE_ROWS = 64
@@ -230,6 +236,7 @@ class StoreLogic:
         self._compacted_revision = 0
         self.page_token_key = b""
         self.held_snapshot_idle_seconds = HELD_SNAPSHOT_IDLE_SECONDS
+        self.held_snapshots = asyncio.BoundedSemaphore(MAX_HELD_SNAPSHOTS)
 
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -1574,24 +1581,53 @@ class StoreLogic:
         the server holds one page, not every session, however slowly they go out.
         A caller that waits longer than ``held_snapshot_idle_seconds`` before the
         next page gets Unavailable instead.
+
+        At most MAX_HELD_SNAPSHOTS (``held_snapshots``) are held at once; a caller
+        beyond them waits here for a turn. A caller idle for
+        ``held_snapshot_idle_seconds`` gives its turn back at once, before it asks
+        again (a client that stops reading leaves its call blocked on the send,
+        and must not keep others waiting).
         """
-        now = self._clock()
-        async with self._held_snapshot() as tx:
-            read_at = int((await tx.fetchrow(f"SELECT {REVISION}"))[0])
-            after = 0
-            while True:
-                p = self.dialect.params()
-                where = self._filter_sql(scope, S.SessionFilter(session_ids=session_ids),
-                                         now, p)
-                found = await tx.fetch(
-                    f"SELECT {SESSION_COLUMNS}, s.pk FROM sessions s WHERE {where}"
-                    f" AND s.pk > {p(after)} ORDER BY s.pk LIMIT {p(INITIAL_PAGE_ROWS)}",
-                    p.values)
-                if found or not after:  # the first page, even empty, gives the revision
-                    yield [self._session(r, now) for r in found], read_at
-                if len(found) < INITIAL_PAGE_ROWS:
-                    return
-                after = int(found[-1][-1])
+        gate = self.held_snapshots
+        await gate.acquire()
+        held = True
+        timer: asyncio.TimerHandle | None = None
+
+        def give_back() -> None:
+            nonlocal held
+            if held:
+                held = False
+                gate.release()
+
+        try:
+            now = self._clock()
+            async with self._held_snapshot() as tx:
+                read_at = int((await tx.fetchrow(f"SELECT {REVISION}"))[0])
+                after = 0
+                while True:
+                    p = self.dialect.params()
+                    where = self._filter_sql(scope, S.SessionFilter(session_ids=session_ids),
+                                             now, p)
+                    found = await tx.fetch(
+                        f"SELECT {SESSION_COLUMNS}, s.pk FROM sessions s WHERE {where}"
+                        f" AND s.pk > {p(after)} ORDER BY s.pk LIMIT {p(INITIAL_PAGE_ROWS)}",
+                        p.values)
+                    if found or not after:  # the first page, even empty, gives the revision
+                        timer = asyncio.get_running_loop().call_later(
+                            self.held_snapshot_idle_seconds, give_back)
+                        yield [self._session(r, now) for r in found], read_at
+                        timer.cancel()
+                    if len(found) < INITIAL_PAGE_ROWS:
+                        return
+                    if not held:
+                        raise Unavailable(
+                            f"the snapshot was let go after "
+                            f"{self.held_snapshot_idle_seconds:g} s without a read")
+                    after = int(found[-1][-1])
+        finally:
+            if timer is not None:
+                timer.cancel()
+            give_back()
 
     # Maintenance.
     async def counter_problems(self) -> list[str]:

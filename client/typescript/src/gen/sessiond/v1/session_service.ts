@@ -619,6 +619,8 @@ export interface WatchSessionsRequest {
    * time, every page from one snapshot held until the last is sent. A
    * client that stops reading for 60 seconds in the middle of it makes the
    * server let the snapshot go, and the call ends UNAVAILABLE (watch again).
+   * A server process holds at most 16 such snapshots at once: a watch beyond
+   * them waits, after CREATED, for a turn before its INITIAL events.
    */
   includeInitial: boolean;
   /**
