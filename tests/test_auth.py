@@ -20,7 +20,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from harness import expect_failure, rpc_failure, user
+from harness import expect_bad_request, expect_failure, rpc_failure, user
 from principals import (
     Caller,
     Grant,
@@ -116,6 +116,34 @@ async def test_the_same_id_in_two_tenants_holds_each_tenants_own_data(world: Wor
     assert len(b.messages) == 1
     got = await world["alice-b"].sessions.GetSession(ss.GetSessionRequest(session_id="s-alice"))
     assert got.session.tenant == "globex"
+
+
+async def test_a_page_token_is_good_only_for_the_caller_it_was_issued_to(world: World) -> None:
+    """A token may carry what its caller's listing counted (total_size) and where it
+    stopped: another tenant, or a caller of the same tenant who sees less, gets
+    INVALID_ARGUMENT naming page_token, not the first caller's count."""
+    first = await world["admin-a"].sessions.ListSessions(ss.ListSessionsRequest(page_size=1))
+    assert first.total_size == len(ACME) and first.next_page_token
+    search = await world["admin-a"].messages.SearchMessages(ms.SearchMessagesRequest(
+        query=WORD, page_size=1))
+    await world["alice"].messages.AppendMessages(ms.AppendMessagesRequest(
+        session_id="s-alice", messages=[user("more")]))
+    listing = await world["admin-a"].messages.ListMessages(ms.ListMessagesRequest(
+        session_id="s-alice", page_size=1))
+    assert search.next_page_token and listing.next_page_token
+    for name in ("admin-b", "alice"):
+        caller = world[name]
+        await expect_bad_request(caller.sessions.ListSessions(ss.ListSessionsRequest(
+            page_size=1, page_token=first.next_page_token)), "page_token")
+        await expect_bad_request(caller.messages.SearchMessages(ms.SearchMessagesRequest(
+            query=WORD, page_size=1, page_token=search.next_page_token)), "page_token")
+        await expect_bad_request(caller.messages.ListMessages(ms.ListMessagesRequest(
+            session_id="s-alice", page_size=1, page_token=listing.next_page_token)),
+            "page_token")
+    # The caller it was issued to goes on with it.
+    second = await world["admin-a"].sessions.ListSessions(ss.ListSessionsRequest(
+        page_size=1, page_token=first.next_page_token))
+    assert second.total_size == len(ACME) and second.sessions[0].id != first.sessions[0].id
 
 
 async def test_a_watch_delivers_only_events_of_sessions_in_scope(world: World) -> None:

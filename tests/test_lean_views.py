@@ -20,6 +20,7 @@ from sessiond.v1 import message_pb2, session_pb2
 from sessiond.v1 import message_service_pb2 as ms
 from sessiond.v1 import session_service_pb2 as ss
 from sessiond_server.api.page_tokens import PageTokens, request_digest
+from sessiond_server.store import Scope
 from watch_validator import watch_until
 
 LEAN = ms.APPEND_VIEW_LEAN
@@ -244,7 +245,8 @@ async def test_a_token_that_carries_no_count_is_counted_again(server: Any) -> No
         page_size=1, order_by=ss.SESSION_ORDER_FIELD_STARTED_AT, ascending=True))
     config = server.running.config
     tokens = PageTokens(config.page_token_key or server.store.page_token_key)
-    digest = request_digest(session_pb2.SessionFilter(), ss.SESSION_ORDER_FIELD_STARTED_AT, True)
+    digest = request_digest(Scope(), session_pb2.SessionFilter(),
+                            ss.SESSION_ORDER_FIELD_STARTED_AT, True)
     cursor_only = tokens.encode("sessions", digest, [
         first.sessions[0].started_at.ToMicroseconds(), first.sessions[0].id])
     await create_session(server.sessions, "late")

@@ -485,6 +485,25 @@ async def test_a_write_chosen_to_break_a_deadlock_runs_again(
     assert await store.check_consistency() == []
 
 
+async def test_a_batch_whose_notice_is_lost_is_answered_from_the_session_setting(
+        open_store: OpenStore, database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counter's base comes back in a NOTICE after the one-message COMMIT; should
+    it not arrive, the writer reads it back from the session setting the same block
+    set, rather than report a committed batch as failed."""
+    monkeypatch.setattr(asyncpg.Connection, "add_log_listener", lambda self, fn: None)
+    monkeypatch.setattr(asyncpg.Connection, "remove_log_listener", lambda self, fn: None)
+    store = await open_store()
+    assert await create(store, "a") == 1
+    message = message_pb2.Message(role=message_pb2.ROLE_USER, content="hi")
+    answers = await asyncio.gather(*(
+        store.append_messages(Scope(), "a", [message], None) for _ in range(3)))
+    assert sorted(a.revision for a in answers) == [2, 3, 4]
+    assert sorted(m.seq for a in answers for m in a.messages) == [1, 2, 3]
+    assert store.revision == 4
+    assert await provisional_rows(database) == 0
+    assert await store.check_consistency() == []
+
+
 async def test_replicas_batches_wait_for_each_other_only_at_the_counter(
         open_store: OpenStore, database: str) -> None:
     """Two replicas' batches in flight at once: each inserts its change-log rows at

@@ -32,6 +32,7 @@ from sessiond.v1 import session_pb2 as sp
 from sessiond.v1 import session_service_pb2 as ss
 from sessiond.v1 import stats_service_pb2 as st
 from sessiond_server.api import sessions as sessions_api
+from sessiond_server.store import logic as store_logic
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 ABORTED = grpc.StatusCode.ABORTED
@@ -797,6 +798,22 @@ async def test_reconcile_marks_a_bounded_number_per_call_and_says_when_more_rema
     for sid in ids:
         want = sp.SESSION_STATUS_ACTIVE if sid in kept else sp.SESSION_STATUS_UNKNOWN
         assert (await get_session(server.sessions, sid)).status == want
+
+
+async def test_reconcile_stops_marking_at_a_byte_bound_too(server, monkeypatch):
+    """Each marked session goes whole into its event, all in one revision: a call
+    stops once the marked sessions reach RECONCILE_EVENT_BYTES (the session that
+    crosses it is marked), and has_more says to call again."""
+    monkeypatch.setattr(store_logic, "RECONCILE_EVENT_BYTES", 100_000)
+    ids = [f"s{i}" for i in range(5)]
+    for sid in ids:
+        await create_session(server.sessions, sid, runtime_instance="rt-1", goal="g" * 40_000)
+    first = await reconcile(server, "rt-1", keep=[])
+    assert (list(first.marked_session_ids), first.has_more) == (["s0", "s1", "s2"], True)
+    second = await reconcile(server, "rt-1", keep=[])
+    assert (list(second.marked_session_ids), second.has_more) == (["s3", "s4"], False)
+    for sid in ids:
+        assert (await get_session(server.sessions, sid)).status == sp.SESSION_STATUS_UNKNOWN
 
 
 async def test_reconcile_includes_abandoned_sessions_and_records_the_reason(make_server):

@@ -272,7 +272,8 @@ type ListMessagesRequest struct {
 	// max_page_bytes (2 MiB by default), so a response holds at most that
 	// plus one message, and always at least one message; see size_limited.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// page_token continues a previous page with the same request fields.
+	// page_token continues a previous page with the same request fields, from
+	// the same caller (tenant, key's grants); else INVALID_ARGUMENT.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// descending pages newest first; default oldest first.
 	Descending bool `protobuf:"varint,4,opt,name=descending,proto3" json:"descending,omitempty"`
@@ -860,7 +861,8 @@ type SearchMessagesRequest struct {
 	// page is bounded in bytes as ListMessages pages are (max_page_bytes),
 	// and next_page_token continues after a page the bound cut short.
 	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// page_token continues a previous search with the same query.
+	// page_token continues a previous search with the same query, from the
+	// same caller (tenant, key's grants); else INVALID_ARGUMENT.
 	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -863,8 +863,9 @@ type ListSessionsRequest struct {
 	// one session (and always one); next_page_token then continues after the
 	// last session returned.
 	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// page_token continues a previous listing; it must come with the same
-	// filter and order, else INVALID_ARGUMENT. Tokens carry the sort values of
+	// page_token continues a previous listing; it must come from the same
+	// caller (tenant, key's grants) with the same filter and order, else
+	// INVALID_ARGUMENT. Tokens carry the sort values of
 	// the last row returned, so deleting that row does not break the next
 	// page, and are signed: a changed token is INVALID_ARGUMENT.
 	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -1617,8 +1618,10 @@ func (x *ReconcileSessionsRequest) GetReason() string {
 }
 
 // ReconcileSessionsResponse is the output of ReconcileSessions. One call marks
-// at most 1,000 sessions, the first by id, all in one revision; has_more says
-// that more remain, and the caller repeats the same request until it is false.
+// at most 1,000 sessions, the first by id, all in one revision, and stops
+// sooner once the sessions it marked reach 8 MiB (each goes whole into its
+// event; the one that crosses the bound is marked too); has_more says that
+// more remain, and the caller repeats the same request until it is false.
 // Repeating is safe: a session already marked is no longer ACTIVE.
 type ReconcileSessionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`

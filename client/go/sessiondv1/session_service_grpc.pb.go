@@ -114,7 +114,8 @@ type SessionServiceClient interface {
 	ForkSession(ctx context.Context, in *ForkSessionRequest, opts ...grpc.CallOption) (*ForkSessionResponse, error)
 	// ReconcileSessions is called by a runtime instance after it restarts: its
 	// ACTIVE sessions (abandoned included), except those named in
-	// keep_session_ids, become UNKNOWN, all in one revision.
+	// keep_session_ids, become UNKNOWN: at most 1,000 (and 8 MiB of sessions)
+	// per call, each call one revision; has_more says to call again.
 	ReconcileSessions(ctx context.Context, in *ReconcileSessionsRequest, opts ...grpc.CallOption) (*ReconcileSessionsResponse, error)
 	// PurgeSessions removes sessions by age and count (retention). One call
 	// removes at most 10,000 sessions; has_more says to call again.
@@ -378,7 +379,8 @@ type SessionServiceServer interface {
 	ForkSession(context.Context, *ForkSessionRequest) (*ForkSessionResponse, error)
 	// ReconcileSessions is called by a runtime instance after it restarts: its
 	// ACTIVE sessions (abandoned included), except those named in
-	// keep_session_ids, become UNKNOWN, all in one revision.
+	// keep_session_ids, become UNKNOWN: at most 1,000 (and 8 MiB of sessions)
+	// per call, each call one revision; has_more says to call again.
 	ReconcileSessions(context.Context, *ReconcileSessionsRequest) (*ReconcileSessionsResponse, error)
 	// PurgeSessions removes sessions by age and count (retention). One call
 	// removes at most 10,000 sessions; has_more says to call again.

@@ -210,7 +210,9 @@ class ListMessagesRequest(_message.Message):
     plus one message, and always at least one message; see size_limited.
     """
     page_token: _builtins.str
-    """page_token continues a previous page with the same request fields."""
+    """page_token continues a previous page with the same request fields, from
+    the same caller (tenant, key's grants); else INVALID_ARGUMENT.
+    """
     descending: _builtins.bool
     """descending pages newest first; default oldest first."""
     after_seq: _builtins.int
@@ -526,7 +528,9 @@ class SearchMessagesRequest(_message.Message):
     and next_page_token continues after a page the bound cut short.
     """
     page_token: _builtins.str
-    """page_token continues a previous search with the same query."""
+    """page_token continues a previous search with the same query, from the
+    same caller (tenant, key's grants); else INVALID_ARGUMENT.
+    """
     @_builtins.property
     def session_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """session_ids limits the search to these sessions; empty means all."""

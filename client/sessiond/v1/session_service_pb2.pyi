@@ -505,8 +505,9 @@ class ListSessionsRequest(_message.Message):
     last session returned.
     """
     page_token: _builtins.str
-    """page_token continues a previous listing; it must come with the same
-    filter and order, else INVALID_ARGUMENT. Tokens carry the sort values of
+    """page_token continues a previous listing; it must come from the same
+    caller (tenant, key's grants) with the same filter and order, else
+    INVALID_ARGUMENT. Tokens carry the sort values of
     the last row returned, so deleting that row does not break the next
     page, and are signed: a changed token is INVALID_ARGUMENT.
     """
@@ -891,8 +892,10 @@ Global___ReconcileSessionsRequest: _TypeAlias = ReconcileSessionsRequest  # noqa
 @_typing.final
 class ReconcileSessionsResponse(_message.Message):
     """ReconcileSessionsResponse is the output of ReconcileSessions. One call marks
-    at most 1,000 sessions, the first by id, all in one revision; has_more says
-    that more remain, and the caller repeats the same request until it is false.
+    at most 1,000 sessions, the first by id, all in one revision, and stops
+    sooner once the sessions it marked reach 8 MiB (each goes whole into its
+    event; the one that crosses the bound is marked too); has_more says that
+    more remain, and the caller repeats the same request until it is false.
     Repeating is safe: a session already marked is no longer ACTIVE.
     """
 

@@ -253,7 +253,8 @@ class SessionServiceServicer:
     def ReconcileSessions(self, request, context):
         """ReconcileSessions is called by a runtime instance after it restarts: its
         ACTIVE sessions (abandoned included), except those named in
-        keep_session_ids, become UNKNOWN, all in one revision.
+        keep_session_ids, become UNKNOWN: at most 1,000 (and 8 MiB of sessions)
+        per call, each call one revision; has_more says to call again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -116,7 +116,8 @@ class SessionServiceStub:
     ReconcileSessions: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ReconcileSessionsRequest, _session_service_pb2.ReconcileSessionsResponse]
     """ReconcileSessions is called by a runtime instance after it restarts: its
     ACTIVE sessions (abandoned included), except those named in
-    keep_session_ids, become UNKNOWN, all in one revision.
+    keep_session_ids, become UNKNOWN: at most 1,000 (and 8 MiB of sessions)
+    per call, each call one revision; has_more says to call again.
     """
     PurgeSessions: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.PurgeSessionsRequest, _session_service_pb2.PurgeSessionsResponse]
     """PurgeSessions removes sessions by age and count (retention). One call
@@ -235,7 +236,8 @@ class SessionServiceAsyncStub(SessionServiceStub):
     ReconcileSessions: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ReconcileSessionsRequest, _session_service_pb2.ReconcileSessionsResponse]  # type: ignore[assignment]
     """ReconcileSessions is called by a runtime instance after it restarts: its
     ACTIVE sessions (abandoned included), except those named in
-    keep_session_ids, become UNKNOWN, all in one revision.
+    keep_session_ids, become UNKNOWN: at most 1,000 (and 8 MiB of sessions)
+    per call, each call one revision; has_more says to call again.
     """
     PurgeSessions: _aio.UnaryUnaryMultiCallable[_session_service_pb2.PurgeSessionsRequest, _session_service_pb2.PurgeSessionsResponse]  # type: ignore[assignment]
     """PurgeSessions removes sessions by age and count (retention). One call
@@ -411,7 +413,8 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_session_service_pb2.ReconcileSessionsResponse, _abc.Awaitable[_session_service_pb2.ReconcileSessionsResponse]]:
         """ReconcileSessions is called by a runtime instance after it restarts: its
         ACTIVE sessions (abandoned included), except those named in
-        keep_session_ids, become UNKNOWN, all in one revision.
+        keep_session_ids, become UNKNOWN: at most 1,000 (and 8 MiB of sessions)
+        per call, each call one revision; has_more says to call again.
         """
 
     @_abc_1.abstractmethod

@@ -121,8 +121,9 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
                 c.fail(name, "cannot be combined with paging fields")
         c.non_negative("after_seq", request.after_seq)
         c.done()
-        digest = request_digest(request.session_id, request.descending, request.after_seq,
-                                request.after_time)
+        scope = self.api.scope(context)
+        digest = request_digest(scope, request.session_id, request.descending,
+                                request.after_seq, request.after_time)
         cursor = None
         if request.page_token:
             cursor = int(self.api.tokens.decode("page_token", request.page_token, "messages",
@@ -133,7 +134,7 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
                                if request.HasField("after_time") else 0),
             last_n=request.last_n, last_turns=request.last_turns, cursor_seq=cursor,
             max_messages=lim.max_message_page_size, max_bytes=lim.max_page_bytes)
-        page = await self.api.store.list_messages(self.api.scope(context), request.session_id,
+        page = await self.api.store.list_messages(scope, request.session_id,
                                                   query)
         token = ("" if page.next_cursor is None
                  else self.api.tokens.encode("messages", digest, page.next_cursor))
@@ -193,13 +194,14 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
         size = c.page_size("page_size", request.page_size, lim.default_page_size,
                            lim.max_page_size)
         c.done()
-        digest = request_digest(request.query, list(request.session_ids))
+        scope = self.api.scope(context)
+        digest = request_digest(scope, request.query, list(request.session_ids))
         cursor = None
         if request.page_token:
             cursor = int(self.api.tokens.decode("page_token", request.page_token, "search",
                                                 digest))
         found, next_cursor, revision = await self.api.store.search_messages(
-            self.api.scope(context), request.query, list(request.session_ids), size, cursor,
+            scope, request.query, list(request.session_ids), size, cursor,
             lim.max_page_bytes)
         token = "" if next_cursor is None else self.api.tokens.encode("search", digest,
                                                                       next_cursor)

@@ -1,7 +1,7 @@
 """Opaque, signed keyset page tokens.
 
 A token carries the sort values of the last row returned plus a digest of the
-request fields that shape the listing. It is signed with HMAC-SHA256, so a
+caller's scope and the request fields that shape the listing. It is signed with HMAC-SHA256, so a
 tampered or foreign token is rejected as INVALID_ARGUMENT instead of being
 trusted, and it survives restarts because the key is kept in the database.
 """
@@ -16,12 +16,18 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from ..store import Scope
 from .errors import BadRequest
 
 
-def request_digest(*parts: Message | Any) -> str:
-    """A short digest of what a continued listing must keep unchanged."""
+def request_digest(scope: Scope, *parts: Message | Any) -> str:
+    """A short digest of what a continued listing must keep unchanged: the caller's
+    scope (a token is only good for the principal it was issued to: it may carry
+    what that caller's listing counted) and the request fields that shape it."""
     h = hashlib.sha256()
+    h.update(repr((scope.tenant, scope.user_id, sorted(scope.dataset_ids),
+                   scope.sees_all)).encode())
+    h.update(b"\x00")
     for part in parts:
         h.update(part.SerializeToString(deterministic=True) if isinstance(part, Message)
                  else repr(part).encode())

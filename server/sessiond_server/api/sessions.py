@@ -212,7 +212,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         size = c.page_size("page_size", request.page_size, lim.default_page_size,
                            lim.max_page_size)
         c.done()
-        digest = request_digest(request.filter, request.order_by, request.ascending)
+        scope = self.api.scope(context)
+        digest = request_digest(scope, request.filter, request.order_by, request.ascending)
         cursor = None
         # total_size is counted once per listing (the proto's rule): a token carries the
         # count of the page that issued it, or None when that page skipped it (and in
@@ -224,7 +225,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             cursor = (int(value), str(key))
             carried = int(rest[0]) if rest and rest[0] is not None else None
         count = not request.skip_total_size and carried is None
-        page = await self.api.store.list_sessions(self.api.scope(context), request.filter,
+        page = await self.api.store.list_sessions(scope, request.filter,
                                                   request.order_by, request.ascending, size,
                                                   cursor, self.api.config.limits.max_page_bytes,
                                                   count_total=count)

@@ -93,6 +93,9 @@ HELD_SNAPSHOT_IDLE_SECONDS = 60.0
 #: holds a database connection of its own and a page of up to 64 sessions in
 #: memory, so this bounds both (PostgreSQL: the pool's connections plus these).
 MAX_HELD_SNAPSHOTS = 16
+#: Bytes of marked sessions after which one ReconcileSessions call stops marking
+#: (and answers has_more): its events are one revision, built and held whole.
+RECONCILE_EVENT_BYTES = 8 << 20
 #: Sessions per page of a watch's initial state: a session is at most about
 #: 150 KB (goal, state, labels, ids at their limits), so a page is under 10 MB.
 INITIAL_PAGE_ROWS = 64
@@ -773,7 +776,10 @@ class StoreLogic:
                                  keep_ids: Sequence[str], reason: str, limit: int
                                  ) -> tuple[list[str], int, bool]:
         """Mark at most ``limit`` of the instance's ACTIVE sessions, but those kept,
-        UNKNOWN in one revision (in id order); whether more remain to mark."""
+        UNKNOWN in one revision (in id order); whether more remain to mark. The
+        marking also stops once the marked sessions (each in its event, a session
+        being up to about 150 KB) reach RECONCILE_EVENT_BYTES, so one revision's
+        events stay bounded in bytes as well as in number."""
         keep = set(keep_ids)
 
         async def write(ctx: Ctx) -> tuple[list[str], int, bool]:
@@ -787,10 +793,11 @@ class StoreLogic:
                 f" ORDER BY s.id LIMIT {p(limit + len(keep) + 1)}{self.dialect.lock_rows}",
                 p.values)
             marked: list[str] = []
+            spent = 0
             for pk, sid in found:
                 if sid in keep:
                     continue
-                if len(marked) == limit:
+                if len(marked) == limit or spent >= RECONCILE_EVENT_BYTES:
                     return marked, ctx.write_revision, True
                 p = self.dialect.params()
                 await ctx.tx.execute(
@@ -798,7 +805,9 @@ class StoreLogic:
                     f" end_reason = {p(reason or 'runtime restarted')},"
                     f" updated_at = {p(ctx.now)}, revision = {p(ctx.take_revision())}"
                     f" WHERE pk = {p(pk)}", p.values)
-                self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, await self._reload(ctx, pk))
+                session = await self._reload(ctx, pk)
+                self._emit(ctx, E.EVENT_TYPE_STATUS_CHANGED, session)
+                spent += session.ByteSize()
                 marked.append(sid)
             return marked, ctx.write_revision, False
 

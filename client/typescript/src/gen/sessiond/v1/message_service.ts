@@ -164,7 +164,10 @@ export interface ListMessagesRequest {
    * plus one message, and always at least one message; see size_limited.
    */
   pageSize: number;
-  /** page_token continues a previous page with the same request fields. */
+  /**
+   * page_token continues a previous page with the same request fields, from
+   * the same caller (tenant, key's grants); else INVALID_ARGUMENT.
+   */
   pageToken: string;
   /** descending pages newest first; default oldest first. */
   descending: boolean;
@@ -319,7 +322,10 @@ export interface SearchMessagesRequest {
    * and next_page_token continues after a page the bound cut short.
    */
   pageSize: number;
-  /** page_token continues a previous search with the same query. */
+  /**
+   * page_token continues a previous search with the same query, from the
+   * same caller (tenant, key's grants); else INVALID_ARGUMENT.
+   */
   pageToken: string;
 }
 

@@ -346,8 +346,9 @@ export interface ListSessionsRequest {
    */
   pageSize: number;
   /**
-   * page_token continues a previous listing; it must come with the same
-   * filter and order, else INVALID_ARGUMENT. Tokens carry the sort values of
+   * page_token continues a previous listing; it must come from the same
+   * caller (tenant, key's grants) with the same filter and order, else
+   * INVALID_ARGUMENT. Tokens carry the sort values of
    * the last row returned, so deleting that row does not break the next
    * page, and are signed: a changed token is INVALID_ARGUMENT.
    */
@@ -513,8 +514,10 @@ export interface ReconcileSessionsRequest {
 
 /**
  * ReconcileSessionsResponse is the output of ReconcileSessions. One call marks
- * at most 1,000 sessions, the first by id, all in one revision; has_more says
- * that more remain, and the caller repeats the same request until it is false.
+ * at most 1,000 sessions, the first by id, all in one revision, and stops
+ * sooner once the sessions it marked reach 8 MiB (each goes whole into its
+ * event; the one that crosses the bound is marked too); has_more says that
+ * more remain, and the caller repeats the same request until it is false.
  * Repeating is safe: a session already marked is no longer ACTIVE.
  */
 export interface ReconcileSessionsResponse {
@@ -4217,7 +4220,8 @@ export const SessionServiceService = {
   /**
    * ReconcileSessions is called by a runtime instance after it restarts: its
    * ACTIVE sessions (abandoned included), except those named in
-   * keep_session_ids, become UNKNOWN, all in one revision.
+   * keep_session_ids, become UNKNOWN: at most 1,000 (and 8 MiB of sessions)
+   * per call, each call one revision; has_more says to call again.
    */
   reconcileSessions: {
     path: "/sessiond.v1.SessionService/ReconcileSessions" as const,
@@ -4370,7 +4374,8 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
   /**
    * ReconcileSessions is called by a runtime instance after it restarts: its
    * ACTIVE sessions (abandoned included), except those named in
-   * keep_session_ids, become UNKNOWN, all in one revision.
+   * keep_session_ids, become UNKNOWN: at most 1,000 (and 8 MiB of sessions)
+   * per call, each call one revision; has_more says to call again.
    */
   reconcileSessions: handleUnaryCall<ReconcileSessionsRequest, ReconcileSessionsResponse>;
   /**
@@ -4601,7 +4606,8 @@ export interface SessionServiceClient extends Client {
   /**
    * ReconcileSessions is called by a runtime instance after it restarts: its
    * ACTIVE sessions (abandoned included), except those named in
-   * keep_session_ids, become UNKNOWN, all in one revision.
+   * keep_session_ids, become UNKNOWN: at most 1,000 (and 8 MiB of sessions)
+   * per call, each call one revision; has_more says to call again.
    */
   reconcileSessions(
     request: ReconcileSessionsRequest,
