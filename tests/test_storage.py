@@ -265,7 +265,8 @@ async def held_snapshots_are_bounded_and_an_idle_one_gives_its_turn_back(store: 
 async def initial_state_left_idle_lets_its_snapshot_go(store: Any) -> None:
     """The initial state comes a page at a time from one held snapshot; a reader
     that waits longer than ``held_snapshot_idle_seconds`` for the next page gets
-    Unavailable, and the store goes on serving."""
+    Unavailable, and the store goes on serving; so does one that asks for a page
+    past ``held_snapshot_max_seconds`` since the snapshot was taken."""
     scope = Scope()
     count = 2 * INITIAL_PAGE_ROWS + 5
     for i in range(count):
@@ -289,3 +290,13 @@ async def initial_state_left_idle_lets_its_snapshot_go(store: Any) -> None:
     assert session.id == "later"
     store.held_snapshot_idle_seconds = 60.0
     assert [s.id async for p, _ in store.initial_state(scope, ["later"]) for s in p] == ["later"]
+
+    # Pages taken within the idle bound, but past the bound on the whole read.
+    store.held_snapshot_max_seconds = 0.5
+    paced = store.initial_state(scope, [])
+    await anext(paced)
+    await asyncio.sleep(0.6)
+    with pytest.raises(Unavailable, match="in all"):
+        await anext(paced)
+    await paced.aclose()
+    store.held_snapshot_max_seconds = 600.0

@@ -88,6 +88,10 @@ REVISION = "(SELECT value FROM meta WHERE key = 'revision')"
 #: reclaiming what later writes replace (SQLite's write-ahead log, PostgreSQL's
 #: old row versions), so a client that stops reading must not hold it forever.
 HELD_SNAPSHOT_IDLE_SECONDS = 60.0
+#: ... and how long it may be held in all: a client that takes a page just before
+#: each idle bound would otherwise hold it (and the database's old versions) for
+#: as long as it likes. Reading every page of a million sessions takes well under it.
+HELD_SNAPSHOT_MAX_SECONDS = 600.0
 #: Held snapshots (watches' initial states being sent) one server process keeps
 #: at once; a watch beyond them waits its turn before its initial state. Each one
 #: holds a database connection of its own and a page of up to 64 sessions in
@@ -239,6 +243,7 @@ class StoreLogic:
         self._compacted_revision = 0
         self.page_token_key = b""
         self.held_snapshot_idle_seconds = HELD_SNAPSHOT_IDLE_SECONDS
+        self.held_snapshot_max_seconds = HELD_SNAPSHOT_MAX_SECONDS
         self.held_snapshots = asyncio.BoundedSemaphore(MAX_HELD_SNAPSHOTS)
 
     def add_listener(self, listener: ChangeListener) -> None:
@@ -1589,7 +1594,8 @@ class StoreLogic:
         not a pooled reader) while the caller takes the pages one at a time, so
         the server holds one page, not every session, however slowly they go out.
         A caller that waits longer than ``held_snapshot_idle_seconds`` before the
-        next page gets Unavailable instead.
+        next page gets Unavailable instead, and so does one that asks for a page
+        after ``held_snapshot_max_seconds`` since the snapshot was taken.
 
         At most MAX_HELD_SNAPSHOTS (``held_snapshots``) are held at once; a caller
         beyond them waits here for a turn. A caller idle for
@@ -1610,6 +1616,8 @@ class StoreLogic:
 
         try:
             now = self._clock()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.held_snapshot_max_seconds
             async with self._held_snapshot() as tx:
                 read_at = int((await tx.fetchrow(f"SELECT {REVISION}"))[0])
                 after = 0
@@ -1622,8 +1630,7 @@ class StoreLogic:
                         f" AND s.pk > {p(after)} ORDER BY s.pk LIMIT {p(INITIAL_PAGE_ROWS)}",
                         p.values)
                     if found or not after:  # the first page, even empty, gives the revision
-                        timer = asyncio.get_running_loop().call_later(
-                            self.held_snapshot_idle_seconds, give_back)
+                        timer = loop.call_later(self.held_snapshot_idle_seconds, give_back)
                         yield [self._session(r, now) for r in found], read_at
                         timer.cancel()
                     if len(found) < INITIAL_PAGE_ROWS:
@@ -1632,6 +1639,10 @@ class StoreLogic:
                         raise Unavailable(
                             f"the snapshot was let go after "
                             f"{self.held_snapshot_idle_seconds:g} s without a read")
+                    if loop.time() > deadline:
+                        raise Unavailable(
+                            f"the snapshot was let go after "
+                            f"{self.held_snapshot_max_seconds:g} s in all")
                     after = int(found[-1][-1])
         finally:
             if timer is not None:

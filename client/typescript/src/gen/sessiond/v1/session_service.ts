@@ -621,7 +621,8 @@ export interface WatchSessionsRequest {
    * start_revision must be 0. The server reads the sessions a page at a
    * time, every page from one snapshot held until the last is sent. A
    * client that stops reading for 60 seconds in the middle of it makes the
-   * server let the snapshot go, and the call ends UNAVAILABLE (watch again).
+   * server let the snapshot go, and the call ends UNAVAILABLE (watch again);
+   * so does one still reading it 10 minutes after it was taken.
    * A server process holds at most 16 such snapshots at once: a watch beyond
    * them waits, after CREATED, for a turn before its INITIAL events.
    */
