@@ -737,6 +737,16 @@ class StoreLogic:
         new_session_id = new_id or str(uuid.uuid4())
 
         async def write(ctx: Ctx) -> tuple[S.Session, bool, int]:
+            # A retry first, before any guard on the source: it answers the fork as
+            # made, however the source changed (or went) since.
+            existing = await self._find(ctx, scope.tenant, new_session_id)
+            if existing is not None:
+                found = self._session(existing, ctx.now)
+                if (found.parent_id == source_id
+                        and (not up_to_seq or found.fork_seq == up_to_seq)
+                        and scope.can_see(found.tenant, found.owner_id, found.dataset_id)):
+                    return found, False, 0
+                raise AlreadyExists(f"session {new_session_id!r} already exists")
             row = await self._load(ctx, scope, source_id)
             last_seq = row[COL["last_seq"]]
             if up_to_seq > last_seq:
@@ -744,13 +754,6 @@ class StoreLogic:
                                       f"source's last_seq {last_seq}")
             upto = up_to_seq or last_seq
             source = self._session(row, ctx.now)
-            existing = await self._find(ctx, scope.tenant, new_session_id)
-            if existing is not None:
-                found = self._session(existing, ctx.now)
-                if (found.parent_id == source_id and found.fork_seq == upto
-                        and scope.can_see(found.tenant, found.owner_id, found.dataset_id)):
-                    return found, False, 0
-                raise AlreadyExists(f"session {new_session_id!r} already exists")
             template = S.Session()
             template.CopyFrom(source)
             template.ClearField("started_at")
