@@ -1198,13 +1198,18 @@ class StoreLogic:
             removed, removed_turns, removed_calls = await self._range_counts(
                 ctx, pk, ">", after_seq)
             p = self.dialect.params()
-            if removed == len(messages) and all(m.id for m in messages):
-                # A retry of an applied replacement: the tail is already these
-                # messages. Answered before the guards, which the first attempt moved.
+            n = len(messages)
+            if n and all(m.id for m in messages) and (
+                    removed == n or (removed > n and expected_last_seq != last_seq)):
+                # A retry of an applied replacement: the tail starts with these
+                # messages (and is them alone, or went on with later appends, which
+                # moved last_seq past the guard this request carries: with a current
+                # guard it asks to drop those too, and is no retry). Answered before
+                # the guards, which the first attempt moved.
                 tail = await ctx.tx.fetch(
                     f"SELECT {self.dialect.message_columns} FROM messages m"
                     f" WHERE m.session_pk = {p(pk)} AND m.seq > {p(after_seq)}"
-                    f" ORDER BY m.seq", p.values)
+                    f" ORDER BY m.seq LIMIT {p(n)}", p.values)
                 stored = [rows.message_from_row(r, session_id) for r in tail]
                 if all((s.id, s.role, s.content) == (m.id, m.role, m.content)
                        for s, m in zip(stored, messages, strict=True)):
