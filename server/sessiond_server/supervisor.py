@@ -23,7 +23,13 @@ What the supervisor does, and nothing else (it never opens the store):
   back to 0.5 s once a worker has served a minute), and logged.
 * SIGTERM or SIGINT: each worker is sent SIGTERM and drains as a single
   server does; the supervisor exits 0 once all have exited 0. A second
-  signal kills the workers and exits 1.
+  signal kills the workers and exits 1. The escalation is the supervisor's
+  alone: a worker drains however many SIGTERMs it gets, because a SIGTERM to
+  the process group (systemd's ``KillMode=control-group``, Ctrl-C in a
+  terminal) reaches each worker twice, from the sender and from here.
+* Signals are blocked across ``fork``, so none can run the supervisor's
+  handler in a child before the child has set its own, and none reaches the
+  supervisor before it knows the new worker's pid.
 
 ``python -m sessiond_server.supervisor <serve flags>`` runs one replica on
 its own (no server lock): another process over the same file, on an
@@ -43,7 +49,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from .app import Replica, RunningServer, StartFailure, explain_start_failure, run
 from .config import ServerConfig
@@ -62,6 +68,8 @@ BACKOFF_MAX = 30.0
 #: A worker that served this long resets its backoff.
 STEADY_SECONDS = 60.0
 PR_SET_PDEATHSIG = 1
+#: The signals that stop the supervisor (and, relayed as SIGTERM, its workers).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def worker_count(config: ServerConfig) -> int:
@@ -88,18 +96,23 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(config: ServerConfig, index: int, report: int, parent: int) -> None:
-    """The worker process: never returns."""
+def _child(config: ServerConfig, index: int, report: int, parent: int,
+           unblocked: Iterable[int]) -> None:
+    """The worker process: never returns. ``unblocked``: the signal mask to restore."""
     code = 1
     try:
         _die_with_parent(parent)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor relays a Ctrl-C
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # Blocked by spawn; a SIGTERM that came meanwhile acts now, under SIG_DFL
+        # (nothing is open yet), never under the supervisor's inherited handler.
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
         def ready(running: RunningServer) -> None:
             os.write(report, b"ready\n")
 
-        code = run(config, Replica(index=index, maintenance=index == 0), ready)
+        code = run(config, Replica(index=index, maintenance=index == 0, supervised=True),
+                   ready)
     except StartFailure as exc:
         if config.log_level == "debug" and exc.__cause__ is not None:  # as serve does
             traceback.print_exception(exc.__cause__, file=sys.stderr)
@@ -121,16 +134,22 @@ class Supervisor:
     def spawn(self, worker: Worker) -> None:
         read, write = os.pipe()
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read)
-            _child(self.config, worker.index, write, parent)
-        os.close(write)
-        worker.pid, worker.started, worker.report, worker.restart_at = (
-            pid, time.monotonic(), read, None)
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os.close(read)
+                _child(self.config, worker.index, write, parent, unblocked)
+            os.close(write)
+            worker.pid, worker.started, worker.report, worker.restart_at = (
+                pid, time.monotonic(), read, None)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
     def on_signal(self, signum: int, frame: object) -> None:
         self.signals += 1
+        if self.signals == 2:
+            log.warning("second signal: killing the workers")
         self.tell_all(signal.SIGTERM if self.signals == 1 else signal.SIGKILL)
 
     def tell_all(self, sig: int) -> None:
@@ -171,9 +190,10 @@ class Supervisor:
     def start_all(self) -> None:
         """Start every worker and wait until each serves; StartFailure if one cannot."""
         for worker in self.workers:
-            self.spawn(worker)
+            if not self.signals:  # one told to stop already would never be told
+                self.spawn(worker)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        waiting = {w.report: w for w in self.workers}
+        waiting = {w.report: w for w in self.workers if w.pid}
         failure = ""
         while waiting and not failure and not self.signals:
             ready, _, _ = select.select(list(waiting), [], [], 0.2)
@@ -281,8 +301,7 @@ def supervise(config: ServerConfig) -> int:
             lock.release()
         raise StartFailure(explain_start_failure(exc, config)) from exc
     supervisor = Supervisor(dataclasses.replace(config, address=address, workers=1), count)
-    previous = {sig: signal.signal(sig, supervisor.on_signal)
-                for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in STOP_SIGNALS}
     try:
         supervisor.start_all()
         if supervisor.signals:
