@@ -9,7 +9,8 @@ worker that accepted it.
 What the supervisor does, and nothing else (it never opens the store):
 
 * Holds the SQLite database's server lock, so ``restore`` and ``import``
-  still refuse to run beside the server; the workers do not take it.
+  still refuse to run beside the server; the workers do not take it. After
+  a clean stop of every worker it opens the file once to close it last.
 * Takes the address first: it binds a placeholder socket (SO_REUSEPORT, never
   listening), which picks the port when the address asks for port 0 and
   keeps the port while a worker restarts.
@@ -46,6 +47,7 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import sys
 import time
 import traceback
@@ -56,6 +58,7 @@ from .config import ServerConfig
 from .maintenance import DatabaseLock
 from .observability import configure_logging
 from .store.postgres_url import postgres_url, redacted, sqlite_path
+from .store.sqlite import _close_last as close_last
 
 log = logging.getLogger("sessiond")
 
@@ -260,7 +263,16 @@ class Supervisor:
         codes = self.wait_all()
         for worker in self.workers:
             self.close_report(worker)
-        return 0 if self.signals == 1 and all(c == 0 for c in codes) else 1
+        if self.signals != 1 or any(c != 0 for c in codes):
+            return 1
+        if postgres_url(self.config.database) is None:
+            # Workers that drain together close together, and each leaves the
+            # write-ahead log to the other (SQLite removes it on the last close
+            # only); the next start would take it for the trace of a crash. So
+            # the supervisor, now the only one with the file, closes last.
+            with contextlib.suppress(sqlite3.Error):
+                close_last(sqlite_path(self.config.database))
+        return 0
 
 
 def _readable(fd: int) -> bool:
