@@ -400,6 +400,23 @@ def test_a_second_sigterm_to_the_process_group_kills_the_draining_workers(
     assert "second signal: exiting now" not in log, log  # no worker's own
 
 
+def test_a_worker_that_does_not_stop_in_time_is_killed_by_the_supervisor(
+        tmp_path: Path, processes: Any) -> None:
+    server = processes(WorkersProcess, tmp_path / "late.db", "--workers", "2",
+                       "--shutdown-grace-seconds", "0.5")
+    pids = server.worker_pids()
+    os.kill(pids[1], signal.SIGSTOP)  # it cannot drain: only SIGKILL ends it
+    try:
+        assert server.terminate(timeout=WAIT_SECONDS) == 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[1], signal.SIGCONT)
+    wait_until(lambda: not any(alive(pid) for pid in pids), "a worker outlived the kill")
+    log = server.log_path.read_text()
+    assert "worker 1 did not stop within 6.0s; killing it" in log, log
+    assert log.count("stopped: revision=") == 1, log  # worker 0 drained in time
+
+
 def test_the_supervisor_holds_the_server_lock_and_workers_die_with_it(
         tmp_path: Path, processes: Any) -> None:
     database = tmp_path / "locked.db"

@@ -24,10 +24,12 @@ What the supervisor does, and nothing else (it never opens the store):
   back to 0.5 s once a worker has served a minute), and logged.
 * SIGTERM or SIGINT: each worker is sent SIGTERM and drains as a single
   server does; the supervisor exits 0 once all have exited 0. A second
-  signal kills the workers and exits 1. The escalation is the supervisor's
-  alone: a worker drains however many SIGTERMs it gets, because a SIGTERM to
-  the process group (systemd's ``KillMode=control-group``, Ctrl-C in a
-  terminal) reaches each worker twice, from the sender and from here.
+  signal kills the workers and exits 1, and so does a worker still running
+  ``stop_seconds`` after the first (twice the shutdown grace plus a margin).
+  The escalation is the supervisor's alone: a worker drains however many
+  SIGTERMs it gets, because a SIGTERM to the process group (systemd's
+  ``KillMode=control-group``, Ctrl-C in a terminal) reaches each worker
+  twice, from the sender and from here.
 * Signals are blocked across ``fork``, so none can run the supervisor's
   handler in a child before the child has set its own, and none reaches the
   supervisor before it knows the new worker's pid.
@@ -71,6 +73,10 @@ BACKOFF_MAX = 30.0
 #: A worker that served this long resets its backoff.
 STEADY_SECONDS = 60.0
 PR_SET_PDEATHSIG = 1
+#: Seconds a worker gets to stop after the first signal beyond twice its
+#: shutdown grace (the drain of its calls, then the server's stop, may each take
+#: the grace), for closing the store; then the supervisor kills it.
+STOP_MARGIN_SECONDS = 5.0
 #: The signals that stop the supervisor (and, relayed as SIGTERM, its workers).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -226,15 +232,29 @@ class Supervisor:
             self.wait_all()
             raise StartFailure(failure)
 
-    def wait_all(self) -> list[int]:
-        codes = []
-        for worker in self.workers:
-            if worker.pid:
-                with contextlib.suppress(ChildProcessError):
-                    _, status = os.waitpid(worker.pid, 0)
-                    codes.append(os.waitstatus_to_exitcode(status))
-                worker.pid = 0
+    def wait_all(self, seconds: float | None = None) -> list[int]:
+        """Wait until every worker has exited; their exit codes. Those still running
+        after ``seconds`` (None: no bound) are killed."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        codes: list[int] = []
+        while any(worker.pid for worker in self.workers):
+            ended = self.reap()
+            codes.extend(code for _, code in ended)
+            if ended:
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                late = [str(worker.index) for worker in self.workers if worker.pid]
+                log.warning("worker %s did not stop within %.1fs; killing it",
+                            ",".join(late), seconds)
+                self.tell_all(signal.SIGKILL)
+                deadline = None
+            time.sleep(0.05)
         return codes
+
+    @property
+    def stop_seconds(self) -> float:
+        """How long the workers get to stop after the first signal."""
+        return 2 * self.config.shutdown_grace_seconds + STOP_MARGIN_SECONDS
 
     def serve(self) -> int:
         """Restart workers that die until a signal; then wait for all to drain."""
@@ -260,7 +280,7 @@ class Supervisor:
                     self.spawn(worker)
             time.sleep(0.1)
         log.info("supervisor: stopping %d workers", len(self.workers))
-        codes = self.wait_all()
+        codes = self.wait_all(self.stop_seconds)
         for worker in self.workers:
             self.close_report(worker)
         if self.signals != 1 or any(c != 0 for c in codes):
@@ -317,7 +337,7 @@ def supervise(config: ServerConfig) -> int:
     try:
         supervisor.start_all()
         if supervisor.signals:
-            supervisor.wait_all()
+            supervisor.wait_all(supervisor.stop_seconds)
             return 0 if supervisor.signals == 1 else 1
         log.info("supervising %d workers on %s database=%s pids=%s", count, address,
                  redacted(config.database), ",".join(str(w.pid) for w in supervisor.workers))
