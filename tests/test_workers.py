@@ -12,6 +12,7 @@ SIGTERM drains every worker; a worker that cannot start fails the start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,8 +20,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from sessiond.v1 import (
 from sessiond_server.store import SQLiteStore
 from sessiond_server.store.interface import Change, Scope
 from test_postgres_replicas import two_replicas_deliver_every_event_once_in_order_across_a_kill
+from test_shutdown import reason_of
 from test_watch_crash import (
     test_resume_after_kill_delivers_each_committed_event_once as resume_after_kill,
 )
@@ -261,6 +264,157 @@ def test_a_killed_worker_is_restarted_and_sigterm_drains_them_all(
     assert not wal.exists() or wal.stat().st_size == 0  # the last to close checkpointed
     _, problems = stored_state(database)
     assert problems == []
+
+
+def test_a_sigterm_to_the_process_group_drains_every_worker_and_exits_0(
+        tmp_path: Path, processes: Any) -> None:
+    # systemd's KillMode=control-group and a terminal's Ctrl-C signal the whole group:
+    # each worker gets SIGTERM from the sender and again from the supervisor.
+    database = tmp_path / "group.db"
+    server = processes(WorkersProcess, database, "--workers", "2")
+    pids = server.worker_pids()
+    channels = [grpc.insecure_channel(server.address, options=OWN_SUBCHANNELS)
+                for _ in range(4)]  # own connections: the kernel spreads them over the workers
+    first = session_service_pb2_grpc.SessionServiceStub(channels[0])
+    first.CreateSession(session_service_pb2.CreateSessionRequest(
+        session=session_pb2.Session(id="s")))
+    watches = [session_service_pb2_grpc.SessionServiceStub(ch).WatchSessions(
+        session_service_pb2.WatchSessionsRequest()) for ch in channels]
+    for watch in watches:
+        assert next(watch).type == session_service_pb2.WATCH_RESPONSE_TYPE_CREATED
+    acknowledged: list[str] = []
+    outcomes: list[grpc.StatusCode] = []
+
+    def writer(w: int) -> None:
+        messages = message_service_pb2_grpc.MessageServiceStub(channels[w])
+        for i in range(100_000):
+            message = user_message(f"{w} {i}")
+            message.id = f"w{w}-{i}"
+            try:
+                messages.AppendMessages(message_service_pb2.AppendMessagesRequest(
+                    session_id="s", messages=[message]), timeout=WAIT_SECONDS)
+            except grpc.RpcError as err:
+                outcomes.append(err.code())  # type: ignore[attr-defined]
+                return
+            acknowledged.append(message.id)
+            outcomes.append(grpc.StatusCode.OK)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(len(channels))]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(acknowledged) >= 40, "the writers did not get going")
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGTERM)
+    for watch in watches:  # each ended by its worker's drain, not cut by an exit
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in watch:
+                pass
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert reason_of(ended.value) == "SHUTTING_DOWN"
+    for thread in threads:
+        thread.join(timeout=WAIT_SECONDS)
+    for channel in channels:
+        channel.close()
+    assert server.process.wait(timeout=WAIT_SECONDS) == 0
+    assert set(outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, outcomes
+    assert not any(alive(pid) for pid in pids)
+    log = server.log_path.read_text()
+    assert log.count("shutting down (grace") == 2, log  # each worker drained, once
+    assert log.count("stopped: revision=") == 2, log  # and closed its store
+    assert "second signal" not in log, log
+    wal = Path(f"{database}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0  # the last to close checkpointed
+    ids, problems = stored_state(database)
+    assert problems == []
+    assert set(acknowledged) <= set(ids) and len(ids) == len(set(ids))
+
+
+@contextlib.contextmanager
+def a_write_held_in_a_worker(server: WorkersProcess) -> Iterator[None]:
+    """A CreateSession waiting in a worker for SQLite's write lock, which another
+    connection holds until the block ends; it holds that worker's drain open (with a
+    long shutdown grace) so signals can be sent to a worker still draining."""
+    channel = grpc.insecure_channel(server.address)
+    sessions = session_service_pb2_grpc.SessionServiceStub(channel)
+    sessions.CreateSession(session_service_pb2.CreateSessionRequest(
+        session=session_pb2.Session(id="s")))
+    intruder = sqlite3.connect(server.database, isolation_level=None)
+    intruder.execute("BEGIN IMMEDIATE")
+    held = sessions.CreateSession.future(session_service_pb2.CreateSessionRequest(
+        session=session_pb2.Session(id="t")), timeout=WAIT_SECONDS)
+    try:
+        yield
+    finally:
+        intruder.execute("ROLLBACK")
+        intruder.close()
+        with contextlib.suppress(grpc.RpcError):
+            held.result()
+        channel.close()
+
+
+def sigterm_the_group_and_wait_for_both_drains(server: WorkersProcess) -> None:
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGTERM)
+    wait_until(lambda: server.log_path.read_text().count("shutting down (grace") == 2,
+               "the workers did not start draining")
+
+
+def test_a_draining_worker_keeps_draining_through_more_sigterms(
+        tmp_path: Path, processes: Any) -> None:
+    # The copies of a group SIGTERM may reach a worker apart (the kernel merges them only
+    # while one is pending); here they come apart for certain, while a worker drains.
+    database = tmp_path / "more.db"
+    server = processes(WorkersProcess, database, "--workers", "2",
+                       "--shutdown-grace-seconds", "600")
+    pids = server.worker_pids()
+    with a_write_held_in_a_worker(server):
+        sigterm_the_group_and_wait_for_both_drains(server)
+        for pid in pids * 3:  # the one holding the write drains on (until the block ends
+            with contextlib.suppress(ProcessLookupError):  # or its 5 s busy wait does)
+                os.kill(pid, signal.SIGTERM)
+    assert server.process is not None
+    assert server.process.wait(timeout=WAIT_SECONDS) == 0
+    log = server.log_path.read_text()
+    assert "second signal" not in log, log
+    assert log.count("stopped: revision=") == 2, log
+    wal = Path(f"{database}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    _, problems = stored_state(database)
+    assert problems == []
+
+
+def test_a_second_sigterm_to_the_process_group_kills_the_draining_workers(
+        tmp_path: Path, processes: Any) -> None:
+    # Ctrl-C twice in a terminal: the supervisor escalates, not the workers.
+    server = processes(WorkersProcess, tmp_path / "twice.db", "--workers", "2",
+                       "--shutdown-grace-seconds", "600")
+    pids = server.worker_pids()
+    with a_write_held_in_a_worker(server):
+        sigterm_the_group_and_wait_for_both_drains(server)
+        assert server.process is not None
+        os.killpg(server.process.pid, signal.SIGTERM)
+        assert server.process.wait(timeout=WAIT_SECONDS) == 1
+    wait_until(lambda: not any(alive(pid) for pid in pids), "a worker outlived the kill")
+    log = server.log_path.read_text()
+    assert "second signal: killing the workers" in log, log  # the supervisor's line
+    assert "second signal: exiting now" not in log, log  # no worker's own
+
+
+def test_a_worker_that_does_not_stop_in_time_is_killed_by_the_supervisor(
+        tmp_path: Path, processes: Any) -> None:
+    server = processes(WorkersProcess, tmp_path / "late.db", "--workers", "2",
+                       "--shutdown-grace-seconds", "0.5")
+    pids = server.worker_pids()
+    os.kill(pids[1], signal.SIGSTOP)  # it cannot drain: only SIGKILL ends it
+    try:
+        assert server.terminate(timeout=WAIT_SECONDS) == 1
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pids[1], signal.SIGCONT)
+    wait_until(lambda: not any(alive(pid) for pid in pids), "a worker outlived the kill")
+    log = server.log_path.read_text()
+    assert "worker 1 did not stop within 6.0s; killing it" in log, log
+    assert log.count("stopped: revision=") == 1, log  # worker 0 drained in time
 
 
 def test_the_supervisor_holds_the_server_lock_and_workers_die_with_it(

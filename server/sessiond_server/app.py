@@ -3,7 +3,8 @@
 ``start_server`` is what tests and embedders call; ``run`` is what
 ``sessiond serve`` calls: it blocks, and shuts down in a fixed order on
 SIGTERM or SIGINT (health NOT_SERVING, watch streams told and ended, in-flight
-calls given the grace period, store closed). A second signal forces exit.
+calls given the grace period, store closed). A second signal forces exit,
+except in a worker of the supervisor, which escalates for it.
 With ``workers`` above 1 it hands over to the supervisor (``supervisor.py``),
 whose workers each run this same server as a :class:`Replica`.
 """
@@ -75,10 +76,17 @@ class Replica:
     It holds no server lock (the supervisor does), binds with SO_REUSEPORT,
     runs compaction and retention only if ``maintenance``, and serves
     metrics on the configured port + ``index`` (when the port is not 0).
+
+    ``supervised``: started by the supervisor of ``serve --workers``, which
+    owns escalation. Such a replica drains on SIGTERM however many it gets (a
+    SIGTERM to the whole process group reaches it from the sender and again
+    from the supervisor) and ignores SIGINT; the supervisor SIGKILLs it on a
+    second signal of its own. A replica on its own keeps the standalone rule.
     """
 
     index: int = 0
     maintenance: bool = True
+    supervised: bool = False
 
 
 def open_store(config: ServerConfig) -> Store:
@@ -472,8 +480,11 @@ def run(config: ServerConfig, replica: Replica | None = None,
 
     A failed start raises ``StartFailure`` (its cause the original error) after
     everything it started has been stopped. With ``workers`` other than 1 the
-    supervisor serves instead; a ``replica`` (one of its workers) stops on
-    SIGTERM only (the supervisor turns a Ctrl-C into SIGTERM for each worker).
+    supervisor serves instead. A standalone server drains on the first SIGTERM
+    or SIGINT and exits at once (code 1) on a second: an operator pressing
+    Ctrl-C twice means it. A supervised ``replica`` (one of its workers) stops
+    on SIGTERM only, and a repeated SIGTERM does not cut its drain short (see
+    :class:`Replica`).
     """
     if replica is None and config.workers != 1:
         from .supervisor import supervise
@@ -491,16 +502,19 @@ def run(config: ServerConfig, replica: Replica | None = None,
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         signals = 0
+        supervised = replica is not None and replica.supervised
 
         def on_signal() -> None:
             nonlocal signals
             signals += 1
-            if signals > 1:
+            if signals > 1 and supervised:
+                log.debug("signal again while draining; the supervisor escalates")
+            elif signals > 1:
                 log.warning("second signal: exiting now")
                 os._exit(1)
             stop.set()
 
-        for sig in (signal.SIGTERM,) if replica else (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM,) if supervised else (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         await stop.wait()
         log.info("shutting down (grace %.1fs)", config.shutdown_grace_seconds)

@@ -9,7 +9,8 @@ worker that accepted it.
 What the supervisor does, and nothing else (it never opens the store):
 
 * Holds the SQLite database's server lock, so ``restore`` and ``import``
-  still refuse to run beside the server; the workers do not take it.
+  still refuse to run beside the server; the workers do not take it. After
+  a clean stop of every worker it opens the file once to close it last.
 * Takes the address first: it binds a placeholder socket (SO_REUSEPORT, never
   listening), which picks the port when the address asks for port 0 and
   keeps the port while a worker restarts.
@@ -23,7 +24,15 @@ What the supervisor does, and nothing else (it never opens the store):
   back to 0.5 s once a worker has served a minute), and logged.
 * SIGTERM or SIGINT: each worker is sent SIGTERM and drains as a single
   server does; the supervisor exits 0 once all have exited 0. A second
-  signal kills the workers and exits 1.
+  signal kills the workers and exits 1, and so does a worker still running
+  ``stop_seconds`` after the first (twice the shutdown grace plus a margin).
+  The escalation is the supervisor's alone: a worker drains however many
+  SIGTERMs it gets, because a SIGTERM to the process group (systemd's
+  ``KillMode=control-group``, Ctrl-C in a terminal) reaches each worker
+  twice, from the sender and from here.
+* Signals are blocked across ``fork``, so none can run the supervisor's
+  handler in a child before the child has set its own, and none reaches the
+  supervisor before it knows the new worker's pid.
 
 ``python -m sessiond_server.supervisor <serve flags>`` runs one replica on
 its own (no server lock): another process over the same file, on an
@@ -40,16 +49,18 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from .app import Replica, RunningServer, StartFailure, explain_start_failure, run
 from .config import ServerConfig
 from .maintenance import DatabaseLock
 from .observability import configure_logging
 from .store.postgres_url import postgres_url, redacted, sqlite_path
+from .store.sqlite import _close_last as close_last
 
 log = logging.getLogger("sessiond")
 
@@ -62,6 +73,12 @@ BACKOFF_MAX = 30.0
 #: A worker that served this long resets its backoff.
 STEADY_SECONDS = 60.0
 PR_SET_PDEATHSIG = 1
+#: Seconds a worker gets to stop after the first signal beyond twice its
+#: shutdown grace (the drain of its calls, then the server's stop, may each take
+#: the grace), for closing the store; then the supervisor kills it.
+STOP_MARGIN_SECONDS = 5.0
+#: The signals that stop the supervisor (and, relayed as SIGTERM, its workers).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def worker_count(config: ServerConfig) -> int:
@@ -88,18 +105,23 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(config: ServerConfig, index: int, report: int, parent: int) -> None:
-    """The worker process: never returns."""
+def _child(config: ServerConfig, index: int, report: int, parent: int,
+           unblocked: Iterable[int]) -> None:
+    """The worker process: never returns. ``unblocked``: the signal mask to restore."""
     code = 1
     try:
         _die_with_parent(parent)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor relays a Ctrl-C
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # Blocked by spawn; a SIGTERM that came meanwhile acts now, under SIG_DFL
+        # (nothing is open yet), never under the supervisor's inherited handler.
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
         def ready(running: RunningServer) -> None:
             os.write(report, b"ready\n")
 
-        code = run(config, Replica(index=index, maintenance=index == 0), ready)
+        code = run(config, Replica(index=index, maintenance=index == 0, supervised=True),
+                   ready)
     except StartFailure as exc:
         if config.log_level == "debug" and exc.__cause__ is not None:  # as serve does
             traceback.print_exception(exc.__cause__, file=sys.stderr)
@@ -121,16 +143,22 @@ class Supervisor:
     def spawn(self, worker: Worker) -> None:
         read, write = os.pipe()
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read)
-            _child(self.config, worker.index, write, parent)
-        os.close(write)
-        worker.pid, worker.started, worker.report, worker.restart_at = (
-            pid, time.monotonic(), read, None)
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os.close(read)
+                _child(self.config, worker.index, write, parent, unblocked)
+            os.close(write)
+            worker.pid, worker.started, worker.report, worker.restart_at = (
+                pid, time.monotonic(), read, None)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
     def on_signal(self, signum: int, frame: object) -> None:
         self.signals += 1
+        if self.signals == 2:
+            log.warning("second signal: killing the workers")
         self.tell_all(signal.SIGTERM if self.signals == 1 else signal.SIGKILL)
 
     def tell_all(self, sig: int) -> None:
@@ -171,9 +199,10 @@ class Supervisor:
     def start_all(self) -> None:
         """Start every worker and wait until each serves; StartFailure if one cannot."""
         for worker in self.workers:
-            self.spawn(worker)
+            if not self.signals:  # one told to stop already would never be told
+                self.spawn(worker)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        waiting = {w.report: w for w in self.workers}
+        waiting = {w.report: w for w in self.workers if w.pid}
         failure = ""
         while waiting and not failure and not self.signals:
             ready, _, _ = select.select(list(waiting), [], [], 0.2)
@@ -203,15 +232,29 @@ class Supervisor:
             self.wait_all()
             raise StartFailure(failure)
 
-    def wait_all(self) -> list[int]:
-        codes = []
-        for worker in self.workers:
-            if worker.pid:
-                with contextlib.suppress(ChildProcessError):
-                    _, status = os.waitpid(worker.pid, 0)
-                    codes.append(os.waitstatus_to_exitcode(status))
-                worker.pid = 0
+    def wait_all(self, seconds: float | None = None) -> list[int]:
+        """Wait until every worker has exited; their exit codes. Those still running
+        after ``seconds`` (None: no bound) are killed."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        codes: list[int] = []
+        while any(worker.pid for worker in self.workers):
+            ended = self.reap()
+            codes.extend(code for _, code in ended)
+            if ended:
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                late = [str(worker.index) for worker in self.workers if worker.pid]
+                log.warning("worker %s did not stop within %.1fs; killing it",
+                            ",".join(late), seconds)
+                self.tell_all(signal.SIGKILL)
+                deadline = None
+            time.sleep(0.05)
         return codes
+
+    @property
+    def stop_seconds(self) -> float:
+        """How long the workers get to stop after the first signal."""
+        return 2 * self.config.shutdown_grace_seconds + STOP_MARGIN_SECONDS
 
     def serve(self) -> int:
         """Restart workers that die until a signal; then wait for all to drain."""
@@ -237,10 +280,19 @@ class Supervisor:
                     self.spawn(worker)
             time.sleep(0.1)
         log.info("supervisor: stopping %d workers", len(self.workers))
-        codes = self.wait_all()
+        codes = self.wait_all(self.stop_seconds)
         for worker in self.workers:
             self.close_report(worker)
-        return 0 if self.signals == 1 and all(c == 0 for c in codes) else 1
+        if self.signals != 1 or any(c != 0 for c in codes):
+            return 1
+        if postgres_url(self.config.database) is None:
+            # Workers that drain together close together, and each leaves the
+            # write-ahead log to the other (SQLite removes it on the last close
+            # only); the next start would take it for the trace of a crash. So
+            # the supervisor, now the only one with the file, closes last.
+            with contextlib.suppress(sqlite3.Error):
+                close_last(sqlite_path(self.config.database))
+        return 0
 
 
 def _readable(fd: int) -> bool:
@@ -281,12 +333,11 @@ def supervise(config: ServerConfig) -> int:
             lock.release()
         raise StartFailure(explain_start_failure(exc, config)) from exc
     supervisor = Supervisor(dataclasses.replace(config, address=address, workers=1), count)
-    previous = {sig: signal.signal(sig, supervisor.on_signal)
-                for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in STOP_SIGNALS}
     try:
         supervisor.start_all()
         if supervisor.signals:
-            supervisor.wait_all()
+            supervisor.wait_all(supervisor.stop_seconds)
             return 0 if supervisor.signals == 1 else 1
         log.info("supervising %d workers on %s database=%s pids=%s", count, address,
                  redacted(config.database), ",".join(str(w.pid) for w in supervisor.workers))
