@@ -60,7 +60,7 @@ from .config import ServerConfig
 from .maintenance import DatabaseLock
 from .observability import configure_logging
 from .store.postgres_url import postgres_url, redacted, sqlite_path
-from .store.sqlite import _close_last as close_last
+from .store.sqlite import close_last
 
 log = logging.getLogger("sessiond")
 

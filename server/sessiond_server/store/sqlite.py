@@ -261,7 +261,7 @@ class SQLiteStore(ReplicaFeed):
         # (it removes the log only if no other replica still has the file open).
         if self._writer is not None:
             with contextlib.suppress(sqlite3.Error):
-                await asyncio.to_thread(_close_last, self.path)
+                await asyncio.to_thread(close_last, self.path)
 
     async def _connect_reader(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
@@ -407,7 +407,7 @@ class SQLiteStore(ReplicaFeed):
         return problems
 
 
-def _close_last(path: Path) -> None:
+def close_last(path: Path) -> None:
     conn = sqlite3.connect(path)
     try:
         conn.execute("SELECT count(*) FROM meta").fetchone()  # opens the file and its log
