@@ -11,6 +11,7 @@ how many more there are, in trailers under the 8 KiB a client always accepts.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -42,8 +43,11 @@ async def bounded_failure(call: Any) -> RpcFailure:
         response = await call
     except grpc.RpcError as err:
         trailers = err.trailing_metadata() or ()  # type: ignore[attr-defined]
-        size = sum(len(key) + len(value) for key, value in trailers)
         failure = decode_failure(err)
+        # As sent: binary trailers in base64, the message (grpc-message)
+        # percent-encoded, at worst three bytes for each.
+        size = sum(len(key) + (base64_bytes(value) if key.endswith("-bin") else len(value))
+                   for key, value in trailers) + 3 * len(failure.message.encode())
     else:
         raise AssertionError(f"expected the call to fail, it answered: {response!r}")
     assert failure.code != grpc.StatusCode.RESOURCE_EXHAUSTED, failure.describe()
@@ -55,6 +59,10 @@ async def bounded_failure(call: Any) -> RpcFailure:
         assert len(field.encode()) <= FIELD_BYTES, field
         assert len(description.encode()) <= DESCRIPTION_BYTES, description
     return failure
+
+
+def base64_bytes(value: bytes) -> int:
+    return 4 * math.ceil(len(value) / 3)
 
 
 def omitted_count(failure: RpcFailure) -> int:
@@ -143,13 +151,16 @@ async def test_a_stale_etag_of_the_longest_allowed_size_answers_aborted(server):
     assert (await get_session(server.sessions, "s1")).message_count == 0
 
 
-async def test_long_metadata_keys_are_quoted_cut_in_the_field_path(server):
-    keys = {f"{i:02d}" + "k" * 10_000: "v" for i in range(30)}
+@pytest.mark.parametrize(("letter", "listed_count"), [("k", 20), ("\u00e9", 20), ("\x01", 16)])
+async def test_long_metadata_keys_are_quoted_cut_in_the_field_path(server, letter, listed_count):
+    # Quoted control characters take four bytes each, so each field path is cut at
+    # 128 bytes and 20 violations would pass the 3 KiB budget: fewer are listed.
+    keys = {f"{i:02d}" + letter * 10_000: "v" for i in range(30)}
     failure = await bounded_failure(server.messages.AppendMessages(ms.AppendMessagesRequest(
         session_id="s1", messages=[mp.Message(role=mp.ROLE_USER, content="x", metadata=keys)])))
     listed = failure.field_violations[:-1]
-    assert all(f.startswith("messages[0].metadata['") and f.endswith("\u2026']")
-               for f, _ in listed)
+    assert all(f.startswith("messages[0].metadata['") and "\u2026" in f for f, _ in listed)
+    assert len(listed) == listed_count
     assert len(listed) + omitted_count(failure) == 30
 
 
