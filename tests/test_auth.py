@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import subprocess
 import sys
@@ -144,6 +145,43 @@ async def test_a_page_token_is_good_only_for_the_caller_it_was_issued_to(world: 
     second = await world["admin-a"].sessions.ListSessions(ss.ListSessionsRequest(
         page_size=1, page_token=first.next_page_token))
     assert second.total_size == len(ACME) and second.sessions[0].id != first.sessions[0].id
+
+
+async def test_a_users_shared_state_is_that_users_and_the_admins_only(world: World) -> None:
+    """The application's state is the tenant's; a user's state is open to that user and
+    to admins only: another user (or a reader granted a dataset) is PERMISSION_DENIED,
+    directly and inside a CreateSession or AppendMessages, and nothing changes."""
+    def delta(value: str) -> S.StateDelta:
+        return S.StateDelta(set={"k": json.dumps(value)})
+
+    await world["bob"].sessions.UpdateSharedState(ss.UpdateSharedStateRequest(
+        app="adk", user_id="bob", delta=delta("bob's")))
+    await world["alice"].sessions.UpdateSharedState(ss.UpdateSharedStateRequest(
+        app="adk", delta=delta("the app's")))
+    for name in ("alice", "carol"):
+        await expect_failure(world[name].sessions.GetSharedState(ss.GetSharedStateRequest(
+            app="adk", user_id="bob")), grpc.StatusCode.PERMISSION_DENIED, "OWNER_NOT_ALLOWED")
+        app = await world[name].sessions.GetSharedState(ss.GetSharedStateRequest(app="adk"))
+        assert json.loads(app.state.state_json) == {"k": "the app's"}
+    planted = [S.SharedStateDelta(app="adk", user_id="bob", delta=delta("alice's"))]
+    for call in (
+        world["alice"].sessions.UpdateSharedState(ss.UpdateSharedStateRequest(
+            app="adk", user_id="bob", delta=delta("alice's"))),
+        world["alice"].sessions.CreateSession(ss.CreateSessionRequest(
+            session=S.Session(id="with-state"), shared_state_deltas=planted)),
+        world["alice"].messages.AppendMessages(ms.AppendMessagesRequest(
+            session_id="s-alice", messages=[user("hi")], shared_state_deltas=planted)),
+    ):
+        await expect_failure(call, grpc.StatusCode.PERMISSION_DENIED, "OWNER_NOT_ALLOWED")
+    for name in ("bob", "admin-a"):
+        state = await world[name].sessions.GetSharedState(ss.GetSharedStateRequest(
+            app="adk", user_id="bob"))
+        assert json.loads(state.state.state_json) == {"k": "bob's"}
+    own = await world["alice"].sessions.UpdateSharedState(ss.UpdateSharedStateRequest(
+        app="adk", user_id="alice", delta=delta("alice's own")))
+    assert json.loads(own.state.state_json) == {"k": "alice's own"}
+    await expect_failure(world["admin-a"].sessions.GetSession(ss.GetSessionRequest(
+        session_id="with-state")), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
 
 
 async def test_a_watch_delivers_only_events_of_sessions_in_scope(world: World) -> None:

@@ -91,6 +91,29 @@ async def test_a_retried_replace_returns_the_stored_result_before_the_guards(
     await assert_counters_match_recount(server.sessions, server.messages, "c")
 
 
+async def test_a_replace_retried_after_later_appends_is_still_a_retry(server: Any) -> None:
+    """A retry whose replacement was applied and then followed by appends finds the
+    tail starting with its messages and a guard the first attempt moved: it answers
+    them as stored and removes nothing. The same messages with the current guard ask
+    to drop what follows, and do."""
+    await seeded(server, "c")
+    request = ms.ReplaceMessagesRequest(
+        session_id="c", after_seq=4, expected_last_seq=6,
+        messages=[assistant("short", id="a"), user("next", id="b")])
+    await server.messages.ReplaceMessages(request)
+    await append(server.messages, "c", assistant("later", id="c9"))
+    again = await server.messages.ReplaceMessages(request)
+    assert again.revision == 0 and again.removed_count == 0
+    assert [(m.seq, m.id) for m in again.messages] == [(7, "a"), (8, "b")]
+    assert [seq for seq, _ in await contents(server, "c")] == [1, 2, 3, 4, 7, 8, 9]
+    request.expected_last_seq = 9  # current: a real request to drop "later"
+    dropped = await server.messages.ReplaceMessages(request)
+    assert dropped.revision > 0 and dropped.removed_count == 3
+    assert [(m.seq, m.id) for m in dropped.messages] == [(10, "a"), (11, "b")]
+    await assert_counters_match_recount(server.sessions, server.messages, "c")
+    assert await server.check_consistency() == []
+
+
 async def test_replace_refuses_stale_guards_and_bad_input(server: Any) -> None:
     await seeded(server, "c")
     await expect_failure(replace(server, "c", after_seq=2, expected_last_seq=5,

@@ -46,6 +46,28 @@ async def test_the_inline_reader_refuses_a_second_snapshot_until_the_first_ends(
         reader.begin()
 
 
+async def test_the_inline_reader_rolls_back_a_transaction_left_open_before_it_reads(
+        tmp_path: Path) -> None:
+    """A transaction left open on the inline connection (an ``end`` whose ROLLBACK
+    failed) is rolled back by the next ``begin``, which then reads a new snapshot:
+    small reads never stay stuck on an old one, nor fail, until a restart."""
+    store = SQLiteStore(tmp_path / "s.db", clock=wall_clock_micros)
+    await store.open()
+    try:
+        scope = Scope()
+        await store.create_session(scope, session_pb2.Session(id="a"))
+        conn = store._inline._conn
+        assert conn is not None
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM sessions").fetchall()  # holds this snapshot
+        await store.create_session(scope, session_pb2.Session(id="b"))
+        session, revision = await store.get_session(scope, "b")
+        assert session.id == "b" and revision == store.revision
+        assert not conn.in_transaction
+    finally:
+        await store.close()
+
+
 async def test_small_reads_answer_from_a_reader_thread_while_the_inline_one_is_taken(
         tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "s.db", clock=wall_clock_micros)

@@ -719,6 +719,26 @@ async def test_fork_retry_is_idempotent_and_a_different_fork_to_the_same_id_conf
     assert (await get_session(server.sessions, "f")).message_count == 2
 
 
+async def test_a_fork_retried_after_its_source_changed_or_went_answers_the_fork(server):
+    """A retry is recognised before any guard on the source: with up_to_seq 0 (every
+    message) after the source grew, with up_to_seq after the source shrank below
+    it, and after the source was deleted, the retry answers the fork as made."""
+    await make_history_starting_at_seq_3(server, "src")
+    latest = ss.ForkSessionRequest(source_session_id="src", new_session_id="f-latest")
+    pinned = ss.ForkSessionRequest(source_session_id="src", up_to_seq=4, new_session_id="f-4")
+    made = [await server.sessions.ForkSession(r) for r in (latest, pinned)]
+    await append(server.messages, "src", user("later"))
+    for _ in range(5):  # 8, 7, 6, 5, 4: the source now ends below the pinned fork's 4
+        await server.messages.PopMessage(ms.PopMessageRequest(session_id="src"))
+    for request, first in zip((latest, pinned), made, strict=True):
+        again = await server.sessions.ForkSession(request)
+        assert (again.created, again.revision) == (False, 0)
+        assert again.session == first.session
+    await server.sessions.DeleteSession(ss.DeleteSessionRequest(session_id="src"))
+    again = await server.sessions.ForkSession(latest)
+    assert not again.created and again.session.fork_seq == made[0].session.fork_seq
+
+
 async def test_fork_onto_an_existing_unrelated_session_id_is_already_exists(server):
     await create_session(server.sessions, "src")
     await create_session(server.sessions, "taken")

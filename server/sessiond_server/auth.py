@@ -235,7 +235,9 @@ class Denied(Exception):
 
 
 def check_ownership(principal: Principal, method: str, request: Any) -> None:
-    """What a non-admin write may claim: its own user as owner, a granted dataset.
+    """What a non-admin write may claim: its own user as owner, a granted dataset;
+    and which shared states a non-admin may read or change: the application's
+    (user_id empty) and its own user's, never another user's.
 
     An empty owner on a created session becomes the caller's user_id, so the
     caller can see what it created.
@@ -243,6 +245,11 @@ def check_ownership(principal: Principal, method: str, request: Any) -> None:
     if principal.is_admin:
         return
     name = method.rsplit("/", 1)[-1]
+    if name in ("GetSharedState", "UpdateSharedState"):
+        _check_user_state(principal, "user_id", request.user_id)
+    if name in ("CreateSession", "AppendMessages"):
+        for i, shared in enumerate(request.shared_state_deltas):
+            _check_user_state(principal, f"shared_state_deltas[{i}].user_id", shared.user_id)
     if name in ("CreateSession", "TouchSession"):
         session, paths = request.session, ("owner_id", "dataset_id")
         if not session.owner_id:
@@ -259,6 +266,13 @@ def check_ownership(principal: Principal, method: str, request: Any) -> None:
             session.dataset_id not in principal.dataset_ids:
         raise Denied(denial(grpc.StatusCode.PERMISSION_DENIED, "DATASET_NOT_ALLOWED",
                             "session.dataset_id must be a dataset you are granted"))
+
+
+def _check_user_state(principal: Principal, field: str, user_id: str) -> None:
+    if user_id and user_id != principal.user_id:
+        raise Denied(denial(grpc.StatusCode.PERMISSION_DENIED, "OWNER_NOT_ALLOWED",
+                            f"{field} must be empty (the application's state) or your own"
+                            " user id"))
 
 
 def peer_host(context: grpc.aio.ServicerContext[Any, Any]) -> str:

@@ -121,8 +121,12 @@ type SessionServiceClient interface {
 	SetRuntimeState(ctx context.Context, in *SetRuntimeStateRequest, opts ...grpc.CallOption) (*SetRuntimeStateResponse, error)
 	// ForkSession creates a session that starts with a copy of another's
 	// messages up to a sequence number, remembering its parent. Idempotent on
-	// new_session_id like CreateSession. Errors: NOT_FOUND for the source;
-	// ALREADY_EXISTS; INVALID_ARGUMENT for up_to_seq beyond last_seq.
+	// new_session_id: when that session exists as a fork of the same source
+	// (at the same up_to_seq; with up_to_seq 0, at any), the call is a retry
+	// and answers it as stored (created = false), checked before anything
+	// else, so a retry succeeds however the source changed or went since.
+	// Errors: NOT_FOUND for the source; ALREADY_EXISTS when new_session_id is
+	// another session; INVALID_ARGUMENT for up_to_seq beyond last_seq.
 	ForkSession(ctx context.Context, in *ForkSessionRequest, opts ...grpc.CallOption) (*ForkSessionResponse, error)
 	// ReconcileSessions is called by a runtime instance after it restarts: its
 	// ACTIVE sessions (abandoned included), except those named in
@@ -145,13 +149,18 @@ type SessionServiceClient interface {
 	WatchSessions(ctx context.Context, in *WatchSessionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchSessionsResponse], error)
 	// GetSharedState reads the state shared by an application's sessions, or
 	// by one user's sessions of it. A state never written reads as "{}" with
-	// etag "0". Errors: INVALID_ARGUMENT for a missing app.
+	// etag "0". A caller whose key is not an admin's reads the application's
+	// state and its own user's only. Errors: INVALID_ARGUMENT for a missing
+	// app; PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's state.
 	GetSharedState(ctx context.Context, in *GetSharedStateRequest, opts ...grpc.CallOption) (*GetSharedStateResponse, error)
 	// UpdateSharedState changes a shared state key by key. With etag set, it
 	// is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
 	// that changes nothing (a retry of one applied) answers the state as it
 	// is, whatever the etag. Shared state changes are not WatchSessions
-	// events. Errors: INVALID_ARGUMENT (delta, state too large).
+	// events. A caller whose key is not an admin's changes the application's
+	// state and its own user's only, here and in the shared_state_deltas of
+	// CreateSession and AppendMessages. Errors: INVALID_ARGUMENT (delta, state
+	// too large); PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's.
 	UpdateSharedState(ctx context.Context, in *UpdateSharedStateRequest, opts ...grpc.CallOption) (*UpdateSharedStateResponse, error)
 }
 
@@ -398,8 +407,12 @@ type SessionServiceServer interface {
 	SetRuntimeState(context.Context, *SetRuntimeStateRequest) (*SetRuntimeStateResponse, error)
 	// ForkSession creates a session that starts with a copy of another's
 	// messages up to a sequence number, remembering its parent. Idempotent on
-	// new_session_id like CreateSession. Errors: NOT_FOUND for the source;
-	// ALREADY_EXISTS; INVALID_ARGUMENT for up_to_seq beyond last_seq.
+	// new_session_id: when that session exists as a fork of the same source
+	// (at the same up_to_seq; with up_to_seq 0, at any), the call is a retry
+	// and answers it as stored (created = false), checked before anything
+	// else, so a retry succeeds however the source changed or went since.
+	// Errors: NOT_FOUND for the source; ALREADY_EXISTS when new_session_id is
+	// another session; INVALID_ARGUMENT for up_to_seq beyond last_seq.
 	ForkSession(context.Context, *ForkSessionRequest) (*ForkSessionResponse, error)
 	// ReconcileSessions is called by a runtime instance after it restarts: its
 	// ACTIVE sessions (abandoned included), except those named in
@@ -422,13 +435,18 @@ type SessionServiceServer interface {
 	WatchSessions(*WatchSessionsRequest, grpc.ServerStreamingServer[WatchSessionsResponse]) error
 	// GetSharedState reads the state shared by an application's sessions, or
 	// by one user's sessions of it. A state never written reads as "{}" with
-	// etag "0". Errors: INVALID_ARGUMENT for a missing app.
+	// etag "0". A caller whose key is not an admin's reads the application's
+	// state and its own user's only. Errors: INVALID_ARGUMENT for a missing
+	// app; PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's state.
 	GetSharedState(context.Context, *GetSharedStateRequest) (*GetSharedStateResponse, error)
 	// UpdateSharedState changes a shared state key by key. With etag set, it
 	// is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
 	// that changes nothing (a retry of one applied) answers the state as it
 	// is, whatever the etag. Shared state changes are not WatchSessions
-	// events. Errors: INVALID_ARGUMENT (delta, state too large).
+	// events. A caller whose key is not an admin's changes the application's
+	// state and its own user's only, here and in the shared_state_deltas of
+	// CreateSession and AppendMessages. Errors: INVALID_ARGUMENT (delta, state
+	// too large); PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's.
 	UpdateSharedState(context.Context, *UpdateSharedStateRequest) (*UpdateSharedStateResponse, error)
 	mustEmbedUnimplementedSessionServiceServer()
 }

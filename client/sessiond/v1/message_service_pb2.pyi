@@ -652,8 +652,11 @@ class ReplaceMessagesResponse(_message.Message):
     revision: _builtins.int
     """revision is the store revision of the write; 0 when the call was a
     retry of one already applied: every message carries an id and the
-    messages after after_seq are already exactly those ids, in order. That
-    check comes before the guards, so a retry after a lost answer succeeds.
+    messages after after_seq are already those (same id, role and content,
+    in order), alone or followed by messages appended since (then only when
+    expected_last_seq is not the session's last_seq: with the current one,
+    the call asks to remove those too). That check comes before the guards,
+    so a retry after a lost answer succeeds; messages answers them as stored.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:

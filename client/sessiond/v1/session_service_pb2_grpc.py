@@ -267,8 +267,12 @@ class SessionServiceServicer:
     def ForkSession(self, request, context):
         """ForkSession creates a session that starts with a copy of another's
         messages up to a sequence number, remembering its parent. Idempotent on
-        new_session_id like CreateSession. Errors: NOT_FOUND for the source;
-        ALREADY_EXISTS; INVALID_ARGUMENT for up_to_seq beyond last_seq.
+        new_session_id: when that session exists as a fork of the same source
+        (at the same up_to_seq; with up_to_seq 0, at any), the call is a retry
+        and answers it as stored (created = false), checked before anything
+        else, so a retry succeeds however the source changed or went since.
+        Errors: NOT_FOUND for the source; ALREADY_EXISTS when new_session_id is
+        another session; INVALID_ARGUMENT for up_to_seq beyond last_seq.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -311,7 +315,9 @@ class SessionServiceServicer:
     def GetSharedState(self, request, context):
         """GetSharedState reads the state shared by an application's sessions, or
         by one user's sessions of it. A state never written reads as "{}" with
-        etag "0". Errors: INVALID_ARGUMENT for a missing app.
+        etag "0". A caller whose key is not an admin's reads the application's
+        state and its own user's only. Errors: INVALID_ARGUMENT for a missing
+        app; PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -322,7 +328,10 @@ class SessionServiceServicer:
         is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
         that changes nothing (a retry of one applied) answers the state as it
         is, whatever the etag. Shared state changes are not WatchSessions
-        events. Errors: INVALID_ARGUMENT (delta, state too large).
+        events. A caller whose key is not an admin's changes the application's
+        state and its own user's only, here and in the shared_state_deltas of
+        CreateSession and AppendMessages. Errors: INVALID_ARGUMENT (delta, state
+        too large); PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -122,8 +122,12 @@ class SessionServiceStub:
     ForkSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ForkSessionRequest, _session_service_pb2.ForkSessionResponse]
     """ForkSession creates a session that starts with a copy of another's
     messages up to a sequence number, remembering its parent. Idempotent on
-    new_session_id like CreateSession. Errors: NOT_FOUND for the source;
-    ALREADY_EXISTS; INVALID_ARGUMENT for up_to_seq beyond last_seq.
+    new_session_id: when that session exists as a fork of the same source
+    (at the same up_to_seq; with up_to_seq 0, at any), the call is a retry
+    and answers it as stored (created = false), checked before anything
+    else, so a retry succeeds however the source changed or went since.
+    Errors: NOT_FOUND for the source; ALREADY_EXISTS when new_session_id is
+    another session; INVALID_ARGUMENT for up_to_seq beyond last_seq.
     """
     ReconcileSessions: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ReconcileSessionsRequest, _session_service_pb2.ReconcileSessionsResponse]
     """ReconcileSessions is called by a runtime instance after it restarts: its
@@ -150,14 +154,19 @@ class SessionServiceStub:
     GetSharedState: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.GetSharedStateRequest, _session_service_pb2.GetSharedStateResponse]
     """GetSharedState reads the state shared by an application's sessions, or
     by one user's sessions of it. A state never written reads as "{}" with
-    etag "0". Errors: INVALID_ARGUMENT for a missing app.
+    etag "0". A caller whose key is not an admin's reads the application's
+    state and its own user's only. Errors: INVALID_ARGUMENT for a missing
+    app; PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's state.
     """
     UpdateSharedState: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSharedStateRequest, _session_service_pb2.UpdateSharedStateResponse]
     """UpdateSharedState changes a shared state key by key. With etag set, it
     is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
     that changes nothing (a retry of one applied) answers the state as it
     is, whatever the etag. Shared state changes are not WatchSessions
-    events. Errors: INVALID_ARGUMENT (delta, state too large).
+    events. A caller whose key is not an admin's changes the application's
+    state and its own user's only, here and in the shared_state_deltas of
+    CreateSession and AppendMessages. Errors: INVALID_ARGUMENT (delta, state
+    too large); PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's.
     """
 
 @_typing.type_check_only
@@ -254,8 +263,12 @@ class SessionServiceAsyncStub(SessionServiceStub):
     ForkSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ForkSessionRequest, _session_service_pb2.ForkSessionResponse]  # type: ignore[assignment]
     """ForkSession creates a session that starts with a copy of another's
     messages up to a sequence number, remembering its parent. Idempotent on
-    new_session_id like CreateSession. Errors: NOT_FOUND for the source;
-    ALREADY_EXISTS; INVALID_ARGUMENT for up_to_seq beyond last_seq.
+    new_session_id: when that session exists as a fork of the same source
+    (at the same up_to_seq; with up_to_seq 0, at any), the call is a retry
+    and answers it as stored (created = false), checked before anything
+    else, so a retry succeeds however the source changed or went since.
+    Errors: NOT_FOUND for the source; ALREADY_EXISTS when new_session_id is
+    another session; INVALID_ARGUMENT for up_to_seq beyond last_seq.
     """
     ReconcileSessions: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ReconcileSessionsRequest, _session_service_pb2.ReconcileSessionsResponse]  # type: ignore[assignment]
     """ReconcileSessions is called by a runtime instance after it restarts: its
@@ -282,14 +295,19 @@ class SessionServiceAsyncStub(SessionServiceStub):
     GetSharedState: _aio.UnaryUnaryMultiCallable[_session_service_pb2.GetSharedStateRequest, _session_service_pb2.GetSharedStateResponse]  # type: ignore[assignment]
     """GetSharedState reads the state shared by an application's sessions, or
     by one user's sessions of it. A state never written reads as "{}" with
-    etag "0". Errors: INVALID_ARGUMENT for a missing app.
+    etag "0". A caller whose key is not an admin's reads the application's
+    state and its own user's only. Errors: INVALID_ARGUMENT for a missing
+    app; PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's state.
     """
     UpdateSharedState: _aio.UnaryUnaryMultiCallable[_session_service_pb2.UpdateSharedStateRequest, _session_service_pb2.UpdateSharedStateResponse]  # type: ignore[assignment]
     """UpdateSharedState changes a shared state key by key. With etag set, it
     is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
     that changes nothing (a retry of one applied) answers the state as it
     is, whatever the etag. Shared state changes are not WatchSessions
-    events. Errors: INVALID_ARGUMENT (delta, state too large).
+    events. A caller whose key is not an admin's changes the application's
+    state and its own user's only, here and in the shared_state_deltas of
+    CreateSession and AppendMessages. Errors: INVALID_ARGUMENT (delta, state
+    too large); PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's.
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -437,8 +455,12 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_session_service_pb2.ForkSessionResponse, _abc.Awaitable[_session_service_pb2.ForkSessionResponse]]:
         """ForkSession creates a session that starts with a copy of another's
         messages up to a sequence number, remembering its parent. Idempotent on
-        new_session_id like CreateSession. Errors: NOT_FOUND for the source;
-        ALREADY_EXISTS; INVALID_ARGUMENT for up_to_seq beyond last_seq.
+        new_session_id: when that session exists as a fork of the same source
+        (at the same up_to_seq; with up_to_seq 0, at any), the call is a retry
+        and answers it as stored (created = false), checked before anything
+        else, so a retry succeeds however the source changed or went since.
+        Errors: NOT_FOUND for the source; ALREADY_EXISTS when new_session_id is
+        another session; INVALID_ARGUMENT for up_to_seq beyond last_seq.
         """
 
     @_abc_1.abstractmethod
@@ -489,7 +511,9 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_session_service_pb2.GetSharedStateResponse, _abc.Awaitable[_session_service_pb2.GetSharedStateResponse]]:
         """GetSharedState reads the state shared by an application's sessions, or
         by one user's sessions of it. A state never written reads as "{}" with
-        etag "0". Errors: INVALID_ARGUMENT for a missing app.
+        etag "0". A caller whose key is not an admin's reads the application's
+        state and its own user's only. Errors: INVALID_ARGUMENT for a missing
+        app; PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's state.
         """
 
     @_abc_1.abstractmethod
@@ -502,7 +526,10 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
         that changes nothing (a retry of one applied) answers the state as it
         is, whatever the etag. Shared state changes are not WatchSessions
-        events. Errors: INVALID_ARGUMENT (delta, state too large).
+        events. A caller whose key is not an admin's changes the application's
+        state and its own user's only, here and in the shared_state_deltas of
+        CreateSession and AppendMessages. Errors: INVALID_ARGUMENT (delta, state
+        too large); PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's.
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -737,6 +737,16 @@ class StoreLogic:
         new_session_id = new_id or str(uuid.uuid4())
 
         async def write(ctx: Ctx) -> tuple[S.Session, bool, int]:
+            # A retry first, before any guard on the source: it answers the fork as
+            # made, however the source changed (or went) since.
+            existing = await self._find(ctx, scope.tenant, new_session_id)
+            if existing is not None:
+                found = self._session(existing, ctx.now)
+                if (found.parent_id == source_id
+                        and (not up_to_seq or found.fork_seq == up_to_seq)
+                        and scope.can_see(found.tenant, found.owner_id, found.dataset_id)):
+                    return found, False, 0
+                raise AlreadyExists(f"session {new_session_id!r} already exists")
             row = await self._load(ctx, scope, source_id)
             last_seq = row[COL["last_seq"]]
             if up_to_seq > last_seq:
@@ -744,13 +754,6 @@ class StoreLogic:
                                       f"source's last_seq {last_seq}")
             upto = up_to_seq or last_seq
             source = self._session(row, ctx.now)
-            existing = await self._find(ctx, scope.tenant, new_session_id)
-            if existing is not None:
-                found = self._session(existing, ctx.now)
-                if (found.parent_id == source_id and found.fork_seq == upto
-                        and scope.can_see(found.tenant, found.owner_id, found.dataset_id)):
-                    return found, False, 0
-                raise AlreadyExists(f"session {new_session_id!r} already exists")
             template = S.Session()
             template.CopyFrom(source)
             template.ClearField("started_at")
@@ -1195,13 +1198,18 @@ class StoreLogic:
             removed, removed_turns, removed_calls = await self._range_counts(
                 ctx, pk, ">", after_seq)
             p = self.dialect.params()
-            if removed == len(messages) and all(m.id for m in messages):
-                # A retry of an applied replacement: the tail is already these
-                # messages. Answered before the guards, which the first attempt moved.
+            n = len(messages)
+            if n and all(m.id for m in messages) and (
+                    removed == n or (removed > n and expected_last_seq != last_seq)):
+                # A retry of an applied replacement: the tail starts with these
+                # messages (and is them alone, or went on with later appends, which
+                # moved last_seq past the guard this request carries: with a current
+                # guard it asks to drop those too, and is no retry). Answered before
+                # the guards, which the first attempt moved.
                 tail = await ctx.tx.fetch(
                     f"SELECT {self.dialect.message_columns} FROM messages m"
                     f" WHERE m.session_pk = {p(pk)} AND m.seq > {p(after_seq)}"
-                    f" ORDER BY m.seq", p.values)
+                    f" ORDER BY m.seq LIMIT {p(n)}", p.values)
                 stored = [rows.message_from_row(r, session_id) for r in tail]
                 if all((s.id, s.role, s.content) == (m.id, m.role, m.content)
                        for s, m in zip(stored, messages, strict=True)):

@@ -23,6 +23,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,23 +82,34 @@ class InlineReader:
         conn = self._conn
         if conn is None or self._in_use:
             raise Busy
+        if conn.in_transaction and not self._rolled_back(conn):
+            raise Busy  # a transaction left by a failed end: the pooled readers serve
         conn.execute("BEGIN")
         try:
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.OperationalError as exc:
-            conn.execute("ROLLBACK")
-            if is_busy(exc):
+        except BaseException as exc:
+            # Whatever failed (busy, a damaged page, memory), no transaction is left open.
+            self._rolled_back(conn)
+            if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
                 raise Busy from exc
             raise
         self._in_use = True
         return InlineStatements(conn)
 
     def end(self) -> None:
-        """End the read transaction ``begin`` started (nothing to keep: it only read)."""
+        """End the read transaction ``begin`` started (nothing to keep: it only read).
+        Should its ROLLBACK fail, the next ``begin`` tries again before it reads."""
         conn = self._conn
         self._in_use = False
         if conn is not None and conn.in_transaction:
+            self._rolled_back(conn)
+
+    @staticmethod
+    def _rolled_back(conn: sqlite3.Connection) -> bool:
+        """Roll back the connection's transaction; whether none is left open."""
+        with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
+        return not conn.in_transaction
 
 
 def is_busy(exc: sqlite3.Error) -> bool:

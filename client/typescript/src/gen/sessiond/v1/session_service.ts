@@ -4218,8 +4218,12 @@ export const SessionServiceService = {
   /**
    * ForkSession creates a session that starts with a copy of another's
    * messages up to a sequence number, remembering its parent. Idempotent on
-   * new_session_id like CreateSession. Errors: NOT_FOUND for the source;
-   * ALREADY_EXISTS; INVALID_ARGUMENT for up_to_seq beyond last_seq.
+   * new_session_id: when that session exists as a fork of the same source
+   * (at the same up_to_seq; with up_to_seq 0, at any), the call is a retry
+   * and answers it as stored (created = false), checked before anything
+   * else, so a retry succeeds however the source changed or went since.
+   * Errors: NOT_FOUND for the source; ALREADY_EXISTS when new_session_id is
+   * another session; INVALID_ARGUMENT for up_to_seq beyond last_seq.
    */
   forkSession: {
     path: "/sessiond.v1.SessionService/ForkSession" as const,
@@ -4286,7 +4290,9 @@ export const SessionServiceService = {
   /**
    * GetSharedState reads the state shared by an application's sessions, or
    * by one user's sessions of it. A state never written reads as "{}" with
-   * etag "0". Errors: INVALID_ARGUMENT for a missing app.
+   * etag "0". A caller whose key is not an admin's reads the application's
+   * state and its own user's only. Errors: INVALID_ARGUMENT for a missing
+   * app; PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's state.
    */
   getSharedState: {
     path: "/sessiond.v1.SessionService/GetSharedState" as const,
@@ -4304,7 +4310,10 @@ export const SessionServiceService = {
    * is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
    * that changes nothing (a retry of one applied) answers the state as it
    * is, whatever the etag. Shared state changes are not WatchSessions
-   * events. Errors: INVALID_ARGUMENT (delta, state too large).
+   * events. A caller whose key is not an admin's changes the application's
+   * state and its own user's only, here and in the shared_state_deltas of
+   * CreateSession and AppendMessages. Errors: INVALID_ARGUMENT (delta, state
+   * too large); PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's.
    */
   updateSharedState: {
     path: "/sessiond.v1.SessionService/UpdateSharedState" as const,
@@ -4380,8 +4389,12 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
   /**
    * ForkSession creates a session that starts with a copy of another's
    * messages up to a sequence number, remembering its parent. Idempotent on
-   * new_session_id like CreateSession. Errors: NOT_FOUND for the source;
-   * ALREADY_EXISTS; INVALID_ARGUMENT for up_to_seq beyond last_seq.
+   * new_session_id: when that session exists as a fork of the same source
+   * (at the same up_to_seq; with up_to_seq 0, at any), the call is a retry
+   * and answers it as stored (created = false), checked before anything
+   * else, so a retry succeeds however the source changed or went since.
+   * Errors: NOT_FOUND for the source; ALREADY_EXISTS when new_session_id is
+   * another session; INVALID_ARGUMENT for up_to_seq beyond last_seq.
    */
   forkSession: handleUnaryCall<ForkSessionRequest, ForkSessionResponse>;
   /**
@@ -4412,7 +4425,9 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
   /**
    * GetSharedState reads the state shared by an application's sessions, or
    * by one user's sessions of it. A state never written reads as "{}" with
-   * etag "0". Errors: INVALID_ARGUMENT for a missing app.
+   * etag "0". A caller whose key is not an admin's reads the application's
+   * state and its own user's only. Errors: INVALID_ARGUMENT for a missing
+   * app; PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's state.
    */
   getSharedState: handleUnaryCall<GetSharedStateRequest, GetSharedStateResponse>;
   /**
@@ -4420,7 +4435,10 @@ export interface SessionServiceServer extends UntypedServiceImplementation {
    * is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
    * that changes nothing (a retry of one applied) answers the state as it
    * is, whatever the etag. Shared state changes are not WatchSessions
-   * events. Errors: INVALID_ARGUMENT (delta, state too large).
+   * events. A caller whose key is not an admin's changes the application's
+   * state and its own user's only, here and in the shared_state_deltas of
+   * CreateSession and AppendMessages. Errors: INVALID_ARGUMENT (delta, state
+   * too large); PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's.
    */
   updateSharedState: handleUnaryCall<UpdateSharedStateRequest, UpdateSharedStateResponse>;
 }
@@ -4598,8 +4616,12 @@ export interface SessionServiceClient extends Client {
   /**
    * ForkSession creates a session that starts with a copy of another's
    * messages up to a sequence number, remembering its parent. Idempotent on
-   * new_session_id like CreateSession. Errors: NOT_FOUND for the source;
-   * ALREADY_EXISTS; INVALID_ARGUMENT for up_to_seq beyond last_seq.
+   * new_session_id: when that session exists as a fork of the same source
+   * (at the same up_to_seq; with up_to_seq 0, at any), the call is a retry
+   * and answers it as stored (created = false), checked before anything
+   * else, so a retry succeeds however the source changed or went since.
+   * Errors: NOT_FOUND for the source; ALREADY_EXISTS when new_session_id is
+   * another session; INVALID_ARGUMENT for up_to_seq beyond last_seq.
    */
   forkSession(
     request: ForkSessionRequest,
@@ -4680,7 +4702,9 @@ export interface SessionServiceClient extends Client {
   /**
    * GetSharedState reads the state shared by an application's sessions, or
    * by one user's sessions of it. A state never written reads as "{}" with
-   * etag "0". Errors: INVALID_ARGUMENT for a missing app.
+   * etag "0". A caller whose key is not an admin's reads the application's
+   * state and its own user's only. Errors: INVALID_ARGUMENT for a missing
+   * app; PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's state.
    */
   getSharedState(
     request: GetSharedStateRequest,
@@ -4702,7 +4726,10 @@ export interface SessionServiceClient extends Client {
    * is a compare-and-set: a stale etag is ABORTED (ETAG_MISMATCH). A delta
    * that changes nothing (a retry of one applied) answers the state as it
    * is, whatever the etag. Shared state changes are not WatchSessions
-   * events. Errors: INVALID_ARGUMENT (delta, state too large).
+   * events. A caller whose key is not an admin's changes the application's
+   * state and its own user's only, here and in the shared_state_deltas of
+   * CreateSession and AppendMessages. Errors: INVALID_ARGUMENT (delta, state
+   * too large); PERMISSION_DENIED (OWNER_NOT_ALLOWED) for another user's.
    */
   updateSharedState(
     request: UpdateSharedStateRequest,
