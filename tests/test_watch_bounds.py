@@ -209,6 +209,35 @@ async def test_the_python_client_joins_fragments_into_one_revision(make_server):
     assert joined.ByteSize() > 4 << 20  # more than one response may carry
 
 
+async def test_the_python_client_ends_a_watch_whose_revision_passes_its_join_bound(make_server):
+    server = await make_server()
+    writer = ChangeLogWriter.for_server(server)
+    await create_big_sessions(writer, 20)  # about 1.7 MB: two or more fragments
+    reconciled = await writer.reconcile(RUNTIME)
+    bound = 1 << 20
+    async with sessiond.AsyncClient(server.address) as client:
+        stream = client.watch(start_revision=reconciled.revision, max_revision_bytes=bound)
+        try:
+            created = await asyncio.wait_for(anext(stream), 30)
+            with pytest.raises(sessiond.ResourceExhausted) as caught:
+                await asyncio.wait_for(anext(stream), 30)
+        finally:
+            await stream.aclose()
+        # The same revision under a bound it fits in arrives joined.
+        stream = client.watch(start_revision=reconciled.revision, max_revision_bytes=4 << 20)
+        try:
+            await asyncio.wait_for(anext(stream), 30)
+            joined = await asyncio.wait_for(anext(stream), 30)
+        finally:
+            await stream.aclose()
+    assert created.type == session_service_pb2.WATCH_RESPONSE_TYPE_CREATED
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"revision {reconciled.revision} exceeds max_revision_bytes ({bound} bytes" in str(
+        caught.value)
+    assert (joined.revision, joined.fragment) == (reconciled.revision, False)
+    assert sum(e.ByteSize() for e in joined.events) > bound
+
+
 async def test_sessiond_watch_prints_a_revision_larger_than_a_response(server: Any) -> None:
     writer = ChangeLogWriter.for_server(server)
     await create_big_sessions(writer, 60)
@@ -338,6 +367,28 @@ def test_the_cursor_delivers_a_split_revision_once_whole_and_resumes_after_it() 
     assert whole is not None and not whole.fragment
     assert [e.session_id for e in whole.events] == ["a", "b", "c", "d"]
     assert cursor.request().start_revision == 8
+
+
+def test_the_cursor_refuses_a_split_revision_past_its_join_bound_and_can_start_again() -> None:
+    part = events_response(7, "a", "b", fragment=True)
+    last = events_response(7, "c")
+    part_bytes = sum(e.ByteSize() for e in part.events)
+    whole_bytes = part_bytes * 2 + sum(e.ByteSize() for e in last.events)
+    fits = WatchCursor(session_service_pb2.WatchSessionsRequest(start_revision=7),
+                       max_revision_bytes=whole_bytes)
+    assert fits.accept(part) is None and fits.accept(part) is None
+    assert fits.accept(last) is not None  # exactly at the bound: joined
+
+    cursor = WatchCursor(session_service_pb2.WatchSessionsRequest(start_revision=7),
+                         max_revision_bytes=whole_bytes - 1)
+    assert cursor.accept(part) is None and cursor.accept(part) is None
+    with pytest.raises(sessiond.ResourceExhausted, match="revision 7 exceeds max_revision_bytes"):
+        cursor.accept(last)
+    # The buffer was let go: a new stream's parts are counted from zero.
+    assert cursor.request().start_revision == 7
+    assert cursor.accept(part) is None
+    whole = cursor.accept(events_response(7, "c"))
+    assert whole is not None and [e.session_id for e in whole.events] == ["a", "b", "c"]
 
 
 async def test_the_watch_loop_delivers_a_revision_cut_between_fragments_once() -> None:

@@ -53,6 +53,7 @@ from sessiond.v1 import (
     stats_service_pb2_grpc,
 )
 from sessiond.watching import (
+    MAX_REVISION_BYTES,
     WATCH_CREATED,
     Backoff,
     ConnectionHook,
@@ -414,6 +415,7 @@ class AsyncMethods:
         progress_interval_ms: int = 0,
         max_backoff: float = 30.0,
         on_connection: ConnectionHook | None = None,
+        max_revision_bytes: int = MAX_REVISION_BYTES,
     ) -> AsyncGenerator[WatchResponse, None]:
         """WatchSessions as an endless iterator that resumes by itself.
 
@@ -424,6 +426,8 @@ class AsyncMethods:
         other ``SessiondError`` subclasses for anything but UNAVAILABLE.
         ``on_connection`` is told of each call opened and confirmed
         (``sessiond.watching.WatchConnection``), to show reconnections.
+        ``max_revision_bytes`` bounds a revision joined from fragments (64 MiB
+        of encoded events); a larger one raises ``ResourceExhausted``.
         Close it to end the call: ``aclose()`` (or ``contextlib.aclosing``) on the
         asyncio client's, ``close()`` (or ``contextlib.closing``) on the blocking one's.
         """
@@ -446,6 +450,7 @@ class AsyncMethods:
             backoff=backoff,
             sleep=self._sleep,
             on_connection=on_connection,
+            max_revision_bytes=max_revision_bytes,
         )
 
     async def get_shared_state(
@@ -744,6 +749,7 @@ async def watch_async(
     backoff: Backoff,
     sleep: Sleep = asyncio.sleep,
     on_connection: ConnectionHook | None = None,
+    max_revision_bytes: int = MAX_REVISION_BYTES,
 ) -> AsyncGenerator[WatchResponse, None]:
     """Yield the responses of a watch that reconnects on connection loss.
 
@@ -753,7 +759,7 @@ async def watch_async(
     resume point) for anything but UNAVAILABLE or a stream that ends without
     an error. The rules of the stream are ``sessiond.watching``'s.
     """
-    cursor = WatchCursor(request)
+    cursor = WatchCursor(request, max_revision_bytes)
     failures = 0
     calls = 0
     while True:

@@ -58,6 +58,7 @@ from sessiond.v1 import (
     stats_service_pb2_grpc,
 )
 from sessiond.watching import (
+    MAX_REVISION_BYTES,
     WATCH_CREATED,
     Backoff,
     ConnectionHook,
@@ -419,6 +420,7 @@ class SyncMethods:
         progress_interval_ms: int = 0,
         max_backoff: float = 30.0,
         on_connection: ConnectionHook | None = None,
+        max_revision_bytes: int = MAX_REVISION_BYTES,
     ) -> Generator[WatchResponse, None]:
         """WatchSessions as an endless iterator that resumes by itself.
 
@@ -429,6 +431,8 @@ class SyncMethods:
         other ``SessiondError`` subclasses for anything but UNAVAILABLE.
         ``on_connection`` is told of each call opened and confirmed
         (``sessiond.watching.WatchConnection``), to show reconnections.
+        ``max_revision_bytes`` bounds a revision joined from fragments (64 MiB
+        of encoded events); a larger one raises ``ResourceExhausted``.
         Close it to end the call: ``aclose()`` (or ``contextlib.aclosing``) on the
         asyncio client's, ``close()`` (or ``contextlib.closing``) on the blocking one's.
         """
@@ -451,6 +455,7 @@ class SyncMethods:
             backoff=backoff,
             sleep=self._sleep,
             on_connection=on_connection,
+            max_revision_bytes=max_revision_bytes,
         )
 
     def get_shared_state(
@@ -749,6 +754,7 @@ def watch_sync(
     backoff: Backoff,
     sleep: Sleep = time.sleep,
     on_connection: ConnectionHook | None = None,
+    max_revision_bytes: int = MAX_REVISION_BYTES,
 ) -> Generator[WatchResponse, None]:
     """Yield the responses of a watch that reconnects on connection loss.
 
@@ -758,7 +764,7 @@ def watch_sync(
     resume point) for anything but UNAVAILABLE or a stream that ends without
     an error. The rules of the stream are ``sessiond.watching``'s.
     """
-    cursor = WatchCursor(request)
+    cursor = WatchCursor(request, max_revision_bytes)
     failures = 0
     calls = 0
     while True:

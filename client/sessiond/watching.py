@@ -18,7 +18,10 @@ What the consumer receives is ``WatchSessionsResponse`` messages:
 * ``EVENTS`` with whole revisions, each revision at most once. A revision
   too large for one response comes from the server in fragments; they are
   joined here, so the consumer gets it as one response (and a connection
-  lost between fragments resends the revision from its first part).
+  lost between fragments resends the revision from its first part). The join
+  is bounded: a revision whose events pass ``max_revision_bytes`` (64 MiB of
+  encoded events by default) ends the watch with ``ResourceExhausted``
+  rather than growing the buffer without limit.
 * ``PROGRESS`` bookmarks, never lower than a revision already delivered.
 
 The resume point advances on CREATED of a "from now" watch, on EVENTS, on
@@ -44,7 +47,7 @@ from collections.abc import Callable
 
 import grpc
 
-from sessiond.errors import Unavailable, error_from_rpc_error
+from sessiond.errors import ResourceExhausted, Unavailable, error_from_rpc_error
 from sessiond.v1 import session_service_pb2
 
 WatchRequest = session_service_pb2.WatchSessionsRequest
@@ -55,6 +58,9 @@ _EVENTS = session_service_pb2.WATCH_RESPONSE_TYPE_EVENTS
 _INITIAL = session_service_pb2.WATCH_RESPONSE_TYPE_INITIAL
 _INITIAL_COMPLETE = session_service_pb2.WATCH_RESPONSE_TYPE_INITIAL_COMPLETE
 _PROGRESS = session_service_pb2.WATCH_RESPONSE_TYPE_PROGRESS
+
+MAX_REVISION_BYTES = 64 << 20
+"""The default bound on one revision joined from fragments: 64 MiB of encoded events."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,10 +115,12 @@ class WatchCursor:
     ``request()`` is what to send on each (re)connection; ``accept(response)``
     updates the resume point and returns what to hand to the consumer, or
     None when the response holds nothing new (a repeated CREATED, a replayed
-    revision, a bookmark behind what was delivered).
+    revision, a bookmark behind what was delivered). ``max_revision_bytes``
+    bounds the encoded events of one revision joined from fragments.
     """
 
-    def __init__(self, request: WatchRequest) -> None:
+    def __init__(self, request: WatchRequest, max_revision_bytes: int = MAX_REVISION_BYTES
+                 ) -> None:
         if request.include_initial and request.start_revision:
             raise ValueError("include_initial requires start_revision 0")
         self._template = WatchRequest()
@@ -122,8 +130,11 @@ class WatchCursor:
         self.next_revision = request.start_revision
         self._initial_pending = request.include_initial
         self._created_seen = False
-        # The fragments received so far of a revision not yet complete.
+        # The fragments received so far of a revision not yet complete, and
+        # the encoded size of their events.
         self._fragments: list[WatchResponse] = []
+        self._fragment_bytes = 0
+        self._max_revision_bytes = max_revision_bytes
 
     @property
     def initial_pending(self) -> bool:
@@ -133,7 +144,7 @@ class WatchCursor:
     def request(self) -> WatchRequest:
         """The request that resumes the watch where delivery stopped."""
         # A new stream sends a split revision again from its first part.
-        self._fragments = []
+        self._drop_fragments()
         request = WatchRequest()
         request.CopyFrom(self._template)
         if self._initial_pending:
@@ -186,16 +197,32 @@ class WatchCursor:
             return response
         return None
 
+    def _drop_fragments(self) -> None:
+        self._fragments = []
+        self._fragment_bytes = 0
+
     def _join(self, part: WatchResponse) -> WatchResponse | None:
-        """Gather the fragments of one revision; the whole revision once its last part came."""
+        """Gather the fragments of one revision; the whole revision once its last part came.
+
+        Raises ``ResourceExhausted`` when the revision's events pass the join bound.
+        """
         if self._fragments and self._fragments[0].revision != part.revision:
             # A part of another revision: the server never sends that, so the
             # gathered parts cannot be completed; start again from this one.
-            self._fragments = []
+            self._drop_fragments()
+        self._fragment_bytes += sum(event.ByteSize() for event in part.events)
+        if self._fragment_bytes > self._max_revision_bytes:
+            self._drop_fragments()
+            raise ResourceExhausted(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"revision {part.revision} exceeds max_revision_bytes "
+                f"({self._max_revision_bytes} bytes of events)",
+            )
         if part.fragment:
             self._fragments.append(part)
             return None
         if not self._fragments:
+            self._drop_fragments()
             return part
         whole = WatchResponse()
         whole.CopyFrom(self._fragments[0])
@@ -204,7 +231,7 @@ class WatchCursor:
         whole.events.extend(part.events)
         whole.fragment = False
         whole.time.CopyFrom(part.time)
-        self._fragments = []
+        self._drop_fragments()
         return whole
 
 

@@ -39,8 +39,20 @@ class SessionServiceStub:
     Errors carry a google.rpc.Status with an ErrorInfo (domain
     "sessiond.v1", reason in UPPER_SNAKE_CASE) and, for bad input, a
     BadRequest naming each offending field. A session outside the caller's
-    scope answers NOT_FOUND, exactly as a missing one. These hold for every
-    RPC of every sessiond.v1 service:
+    scope answers NOT_FOUND, exactly as a missing one.
+
+    Every error status is bounded in bytes, because a gRPC client drops
+    trailers over its metadata limit and would see RESOURCE_EXHAUSTED instead:
+    the message is at most 512 bytes, each ErrorInfo metadata value at most
+    256; a BadRequest lists the first 20 field violations (fewer when they
+    pass 3 KiB), each field path at most 128 bytes and each description at
+    most 256, and when some are left out one last violation with field "…"
+    says "N more field violations not listed" (the message then ends "(M field
+    violations in all)"). A text cut to its bound ends with "…", and a value of
+    the request quoted in an error is cut to 64 bytes first. An etag in a
+    request is at most 64 bytes (INVALID_ARGUMENT naming etag).
+
+    These hold for every RPC of every sessiond.v1 service:
     - INVALID_ARGUMENT (reason BAD_REQUEST) for a field that breaks its rule;
       strings must not contain NUL characters; undecodable request bytes give
       reason MALFORMED_REQUEST.
@@ -171,8 +183,20 @@ class SessionServiceAsyncStub(SessionServiceStub):
     Errors carry a google.rpc.Status with an ErrorInfo (domain
     "sessiond.v1", reason in UPPER_SNAKE_CASE) and, for bad input, a
     BadRequest naming each offending field. A session outside the caller's
-    scope answers NOT_FOUND, exactly as a missing one. These hold for every
-    RPC of every sessiond.v1 service:
+    scope answers NOT_FOUND, exactly as a missing one.
+
+    Every error status is bounded in bytes, because a gRPC client drops
+    trailers over its metadata limit and would see RESOURCE_EXHAUSTED instead:
+    the message is at most 512 bytes, each ErrorInfo metadata value at most
+    256; a BadRequest lists the first 20 field violations (fewer when they
+    pass 3 KiB), each field path at most 128 bytes and each description at
+    most 256, and when some are left out one last violation with field "…"
+    says "N more field violations not listed" (the message then ends "(M field
+    violations in all)"). A text cut to its bound ends with "…", and a value of
+    the request quoted in an error is cut to 64 bytes first. An etag in a
+    request is at most 64 bytes (INVALID_ARGUMENT naming etag).
+
+    These hold for every RPC of every sessiond.v1 service:
     - INVALID_ARGUMENT (reason BAD_REQUEST) for a field that breaks its rule;
       strings must not contain NUL characters; undecodable request bytes give
       reason MALFORMED_REQUEST.
@@ -299,8 +323,20 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     Errors carry a google.rpc.Status with an ErrorInfo (domain
     "sessiond.v1", reason in UPPER_SNAKE_CASE) and, for bad input, a
     BadRequest naming each offending field. A session outside the caller's
-    scope answers NOT_FOUND, exactly as a missing one. These hold for every
-    RPC of every sessiond.v1 service:
+    scope answers NOT_FOUND, exactly as a missing one.
+
+    Every error status is bounded in bytes, because a gRPC client drops
+    trailers over its metadata limit and would see RESOURCE_EXHAUSTED instead:
+    the message is at most 512 bytes, each ErrorInfo metadata value at most
+    256; a BadRequest lists the first 20 field violations (fewer when they
+    pass 3 KiB), each field path at most 128 bytes and each description at
+    most 256, and when some are left out one last violation with field "…"
+    says "N more field violations not listed" (the message then ends "(M field
+    violations in all)"). A text cut to its bound ends with "…", and a value of
+    the request quoted in an error is cut to 64 bytes first. An etag in a
+    request is at most 64 bytes (INVALID_ARGUMENT naming etag).
+
+    These hold for every RPC of every sessiond.v1 service:
     - INVALID_ARGUMENT (reason BAD_REQUEST) for a field that breaks its rule;
       strings must not contain NUL characters; undecodable request bytes give
       reason MALFORMED_REQUEST.

@@ -161,10 +161,7 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
         c.identifier("session_id", request.session_id)
         check_message(c, "message", request.message, role_required=False)
         paths = list(request.update_mask.paths) or list(STREAMING_PATHS)
-        for i, path in enumerate(request.update_mask.paths):
-            if path not in UPDATE_PATHS:
-                c.fail(f"update_mask.paths[{i}]",
-                       f"{path!r} cannot be updated; allowed: {', '.join(sorted(UPDATE_PATHS))}")
+        c.mask_paths("update_mask", request.update_mask.paths, UPDATE_PATHS)
         c.done()
         expected = request.expected_seq if request.HasField("expected_seq") else None
         result = await self.api.store.update_last_message(
@@ -217,6 +214,7 @@ class MessageService(message_service_pb2_grpc.MessageServiceServicer):
         check_messages(c, request.messages, required=False)
         if not request.HasField("expected_last_seq"):
             c.fail("expected_last_seq", "is required: the session's last_seq as last read")
+        c.etag("etag", request.etag)
         c.done()
         result, removed = await self.api.store.replace_messages(
             self.api.scope(context), request.session_id, request.after_seq, request.messages,

@@ -181,11 +181,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         paths = list(request.update_mask.paths)
         if not paths:
             c.fail("update_mask", "is required and must name at least one field")
-        for i, path in enumerate(paths):
-            if path not in UPDATE_PATHS:
-                c.fail(f"update_mask.paths[{i}]",
-                       f"{path!r} cannot be updated; allowed: {', '.join(sorted(UPDATE_PATHS))}")
-        c.text("etag", request.etag, 64)
+        c.mask_paths("update_mask", paths, UPDATE_PATHS)
+        c.etag("etag", request.etag)
         c.done()
         session, revision = await self.api.store.update_session(
             self.api.scope(context), request.session, paths, request.etag)
@@ -196,7 +193,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                             ) -> ss.DeleteSessionResponse:
         c = self._checker()
         c.identifier("session_id", request.session_id)
-        c.text("etag", request.etag, 64)
+        c.etag("etag", request.etag)
         c.done()
         removed, revision = await self.api.store.delete_session(
             self.api.scope(context), request.session_id, request.etag)
@@ -457,7 +454,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         if not request.HasField("delta"):
             c.fail("delta", "is required")
         check_delta(c, "delta", request.delta)
-        c.text("etag", request.etag, 64)
+        c.etag("etag", request.etag)
         c.done()
         state = await self.api.store.update_shared_state(
             self.api.scope(context), request.app, request.user_id, request.delta, request.etag)

@@ -17,11 +17,13 @@ from google.protobuf.descriptor import EnumDescriptor
 from ..auth import REQUEST_VIOLATIONS
 from ..config import Limits
 from ..store.search import is_searchable
-from .errors import BadRequest
+from .errors import BadRequest, echo
 
 CHANNEL = re.compile(r"[a-z][a-z0-9_-]*(\.[A-Za-z0-9_.@:+-]+)?")
 CHANNEL_TYPE_PREFIX = re.compile(r"[a-z][a-z0-9_-]*\.")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The longest etag a request may carry; the server's etags are revision numbers.
+MAX_ETAG_BYTES = 64
 
 
 @functools.cache
@@ -81,6 +83,10 @@ class Checker:
         if size > limit:
             self.fail(field, f"is {size} bytes; the limit is {limit}")
 
+    def etag(self, field: str, value: str) -> None:
+        """An etag a write is guarded by: empty for none; never longer than any etag issued."""
+        self.text(field, value, MAX_ETAG_BYTES)
+
     def channel(self, field: str, value: str, *, type_prefix_ok: bool = False) -> None:
         if not value:
             return
@@ -97,12 +103,19 @@ class Checker:
             return
         for key, value in values.items():
             if not key or len(key.encode()) > lim.max_label_key_bytes or CONTROL.search(key):
-                self.fail(f"{field}[{key[:64]!r}]",
+                self.fail(f"{field}[{echo(key)}]",
                           f"keys must be 1 to {lim.max_label_key_bytes} bytes without control"
                           " characters")
             if len(value.encode()) > lim.max_label_value_bytes:
-                self.fail(f"{field}[{key[:64]!r}]",
+                self.fail(f"{field}[{echo(key)}]",
                           f"values must be at most {lim.max_label_value_bytes} bytes")
+
+    def mask_paths(self, field: str, paths: Iterable[str], allowed: Collection[str]) -> None:
+        """The paths of a FieldMask: each one a field the RPC may update."""
+        for i, path in enumerate(paths):
+            if path not in allowed:
+                self.fail(f"{field}.paths[{i}]",
+                          f"{echo(path)} cannot be updated; allowed: {', '.join(sorted(allowed))}")
 
     def enum(self, field: str, value: int, enum: Any,
              allowed: Iterable[int] | None = None, *, required: bool = False) -> None:
