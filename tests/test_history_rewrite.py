@@ -114,6 +114,16 @@ async def test_a_replace_retried_after_later_appends_is_still_a_retry(server: An
     assert await server.check_consistency() == []
 
 
+async def test_a_replace_of_nothing_with_nothing_changes_nothing(server: Any) -> None:
+    """No messages after the last one: nothing to remove and nothing to add, so no
+    write (revision 0), whatever the guard says, as a retry of it would be."""
+    await seeded(server, "c")
+    for guard in (6, 3):
+        answer = await replace(server, "c", after_seq=6, expected_last_seq=guard, messages=[])
+        assert (answer.revision, answer.removed_count, list(answer.messages)) == (0, 0, [])
+        assert answer.session.last_seq == 6
+
+
 async def test_replace_refuses_stale_guards_and_bad_input(server: Any) -> None:
     await seeded(server, "c")
     await expect_failure(replace(server, "c", after_seq=2, expected_last_seq=5,

@@ -97,8 +97,13 @@ async def test_watchers_that_never_read_hold_a_bounded_amount_of_server_memory(
         f"{after / MIB:.0f} MiB ({growth / WATCHERS / MIB:.1f} MiB each)")
 
 
+#: Sessions of the huge revision: 7.8 MB, under ReconcileSessions' 8 MiB per call.
+HUGE_SESSIONS = 90
+
+
 async def write_huge_revision(address: str, sessions: int) -> int:
-    """Sessions of about 87 KB each, then one ReconcileSessions marking them all: one revision."""
+    """Sessions of about 87 KB each, then one ReconcileSessions marking them all: one
+    revision (ReconcileSessions marks up to 8 MiB of sessions per call)."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = session_service_pb2_grpc.SessionServiceStub(channel)
         for i in range(sessions):
@@ -114,11 +119,11 @@ async def write_huge_revision(address: str, sessions: int) -> int:
 
 async def test_watchers_replaying_a_revision_larger_than_the_buffer_read_it_in_pieces(
         server_process: Any) -> None:
-    """A 21 MB revision (beyond the 16 MiB hub buffer) costs each stalled stream a piece."""
-    proc = server_process()
+    """A 7.8 MB revision (beyond a 4 MiB hub buffer) costs each stalled stream a piece."""
+    proc = server_process(None, "--watch-buffer-bytes", str(4 << 20))
     assert proc.process is not None
     pid = proc.process.pid
-    huge = await write_huge_revision(proc.address, 250)
+    huge = await write_huge_revision(proc.address, HUGE_SESSIONS)
     before = await settled_rss(pid)
     channels = [grpc.aio.insecure_channel(proc.address) for _ in range(WATCHERS)]
     calls = []
@@ -145,8 +150,8 @@ async def test_watchers_replaying_a_revision_larger_than_the_buffer_read_it_in_p
             call.cancel()
         for channel in channels:
             await channel.close()
-    assert len(parts) > 20 and all(p.revision == huge for p in parts)
-    assert sum(len(p.events) for p in parts) == 250
+    assert len(parts) > 5 and all(p.revision == huge for p in parts)
+    assert sum(len(p.events) for p in parts) == HUGE_SESSIONS
     growth = after - before
     assert growth < WATCHERS * BOUND_PER_WATCHER, (
         f"{WATCHERS} stalled watchers of a huge revision took the server from "

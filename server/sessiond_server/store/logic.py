@@ -1199,8 +1199,8 @@ class StoreLogic:
                 ctx, pk, ">", after_seq)
             p = self.dialect.params()
             n = len(messages)
-            if n and all(m.id for m in messages) and (
-                    removed == n or (removed > n and expected_last_seq != last_seq)):
+            if all(m.id for m in messages) and (
+                    removed == n or (n and removed > n and expected_last_seq != last_seq)):
                 # A retry of an applied replacement: the tail starts with these
                 # messages (and is them alone, or went on with later appends, which
                 # moved last_seq past the guard this request carries: with a current
