@@ -442,6 +442,25 @@ async def test_purge_runs_alone_while_other_replicas_append(open_store: OpenStor
     assert await a.check_consistency() == []
 
 
+async def lock_waits(conn: asyncpg.Connection, at_least: int) -> list[asyncpg.Record]:
+    """The locks other connections to this database wait for, once at least
+    ``at_least`` are waited for (the database has no event for it: poll). Each row:
+    pid, locktype, rel (the relation, for a tuple lock) and on_me (whether it waits
+    for ``conn``'s own transaction)."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            waits = await conn.fetch(
+                "SELECT l.pid, l.locktype, l.relation::regclass::text AS rel,"
+                " l.transactionid = (SELECT backend_xid FROM pg_stat_activity"
+                "  WHERE pid = pg_backend_pid()) AS on_me"
+                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE NOT l.granted AND a.datname = current_database()"
+                " AND l.pid <> pg_backend_pid()")
+            if len(waits) >= at_least:
+                return list(waits)
+            await asyncio.sleep(0.01)
+
+
 async def test_a_write_chosen_to_break_a_deadlock_runs_again(
         open_store: OpenStore, database: str) -> None:
     """A batch locks s1 and then waits for s2, which another transaction holds while it
@@ -460,14 +479,7 @@ async def test_a_write_chosen_to_break_a_deadlock_runs_again(
         appends = asyncio.gather(
             store.append_messages(Scope(), "s1", [message], None),
             store.append_messages(Scope(), "s2", [message], None))
-        async with asyncio.timeout(DEADLINE):
-            while True:  # until the batch waits for s2 (the database has no event for it)
-                waiting = await other.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database()")
-                if waiting:
-                    break
-                await asyncio.sleep(0.01)
+        await lock_waits(other, 1)  # until the batch waits for s2
         deadlocked = False
         try:
             await other.execute("SELECT 1 FROM sessions WHERE id = 's1' FOR UPDATE")
@@ -522,19 +534,11 @@ async def test_replicas_batches_wait_for_each_other_only_at_the_counter(
         appends = asyncio.gather(
             first.append_messages(Scope(), "a", [message], None),
             second.append_messages(Scope(), "b", [message], None))
-        async with asyncio.timeout(DEADLINE):
-            while True:  # until both batches wait (the database has no event for it)
-                # What each waits for: the counter row (its tuple lock, or the blocker's
-                # transaction, which holds the row) or, wrongly, the other batch.
-                waits = await blocker.fetch(
-                    "SELECT l.pid, l.locktype, l.relation::regclass::text AS rel,"
-                    " l.transactionid = (SELECT backend_xid FROM pg_stat_activity"
-                    "  WHERE pid = pg_backend_pid()) AS on_blocker"
-                    " FROM pg_locks l WHERE NOT l.granted AND l.pid <> pg_backend_pid()")
-                if len(waits) == 2:
-                    break
-                await asyncio.sleep(0.01)
-        assert all((w["locktype"] == "tuple" and w["rel"] == "meta") or w["on_blocker"]
+        # What each waits for: the counter row (its tuple lock, or the blocker's
+        # transaction, which holds the row) or, wrongly, the other batch.
+        waits = await lock_waits(blocker, 2)
+        assert len(waits) == 2, [dict(w) for w in waits]
+        assert all((w["locktype"] == "tuple" and w["rel"] == "meta") or w["on_me"]
                    for w in waits), [dict(w) for w in waits]
         await blocker.execute("ROLLBACK")
         answered = await asyncio.wait_for(appends, DEADLINE)
